@@ -1,0 +1,264 @@
+//! Ingest configuration: defaults, then a TOML file, then `PHONEHOME_*` environment variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A value that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Paths of the PEM files the report listener needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The fleet CA: appliance certificates must chain to it.
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// Everything `phonehome-ingest serve` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// libpq-style URL or key=value string; it may carry a password, hence `Secret`.
+    pub database_url: Secret,
+    pub report_listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub tls: TlsConfig,
+    /// Largest accepted report after decompression.
+    pub max_body_bytes: usize,
+    pub db_pool_size: usize,
+    /// Base URL of the dashboard as operators reach it; used in log lines and links.
+    pub public_dashboard_url: Option<String>,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: Secret::new(DEFAULT_DATABASE_URL),
+            report_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            ops_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: TlsConfig {
+                ca_cert: PathBuf::from("/etc/phonehome/pki/ca.crt"),
+                server_cert: PathBuf::from("/etc/phonehome/pki/server.crt"),
+                server_key: PathBuf::from("/etc/phonehome/pki/server.key"),
+            },
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            db_pool_size: 16,
+            public_dashboard_url: None,
+        }
+    }
+}
+
+/// The file form: every key optional, unknown keys refused so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<Secret>,
+    report_listen: Option<SocketAddr>,
+    ops_listen: Option<SocketAddr>,
+    tls: Option<TlsConfig>,
+    max_body_bytes: Option<usize>,
+    db_pool_size: Option<usize>,
+    public_dashboard_url: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env { name: &'static str, value: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment supplied by the caller (tests use this).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.apply_file(file, base);
+        }
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, f: FileConfig, base: &Path) {
+        if let Some(v) = f.database_url {
+            self.database_url = v;
+        }
+        if let Some(v) = f.report_listen {
+            self.report_listen = v;
+        }
+        if let Some(v) = f.ops_listen {
+            self.ops_listen = v;
+        }
+        if let Some(t) = f.tls {
+            // Relative paths in a config file mean "next to the config file", not "wherever the
+            // service happened to be started".
+            self.tls = TlsConfig {
+                ca_cert: base.join(t.ca_cert),
+                server_cert: base.join(t.server_cert),
+                server_key: base.join(t.server_key),
+            };
+        }
+        if let Some(v) = f.max_body_bytes {
+            self.max_body_bytes = v;
+        }
+        if let Some(v) = f.db_pool_size {
+            self.db_pool_size = v;
+        }
+        if f.public_dashboard_url.is_some() {
+            self.public_dashboard_url = f.public_dashboard_url;
+        }
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(
+            name: &'static str,
+            value: String,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                message: e.to_string(),
+                value,
+            })
+        }
+        if let Some(v) = env("PHONEHOME_DATABASE_URL") {
+            self.database_url = Secret::new(v);
+        }
+        if let Some(v) = env("PHONEHOME_REPORT_LISTEN") {
+            self.report_listen = parsed("PHONEHOME_REPORT_LISTEN", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_OPS_LISTEN") {
+            self.ops_listen = parsed("PHONEHOME_OPS_LISTEN", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_TLS_CA_CERT") {
+            self.tls.ca_cert = PathBuf::from(v);
+        }
+        if let Some(v) = env("PHONEHOME_TLS_SERVER_CERT") {
+            self.tls.server_cert = PathBuf::from(v);
+        }
+        if let Some(v) = env("PHONEHOME_TLS_SERVER_KEY") {
+            self.tls.server_key = PathBuf::from(v);
+        }
+        if let Some(v) = env("PHONEHOME_MAX_BODY_BYTES") {
+            self.max_body_bytes = parsed("PHONEHOME_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_DB_POOL_SIZE") {
+            self.db_pool_size = parsed("PHONEHOME_DB_POOL_SIZE", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_PUBLIC_DASHBOARD_URL") {
+            self.public_dashboard_url = Some(v);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "max_body_bytes = {} is too small; a report needs at least 1024 bytes",
+                self.max_body_bytes
+            )));
+        }
+        if self.db_pool_size == 0 {
+            return Err(ConfigError::Invalid("db_pool_size must be at least 1".into()));
+        }
+        self.database_url
+            .expose()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Invalid(format!("database_url is not usable: {e}")))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ingest.example.toml")
+    }
+
+    #[test]
+    fn example_config_loads_and_resolves_paths_next_to_it() {
+        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        assert_eq!(c.report_listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(c.ops_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+        assert!(c.tls.ca_cert.is_absolute(), "{:?}", c.tls.ca_cert);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_bad_values_are_named() {
+        let c = Config::load_with_env(Some(&example()), |k| match k {
+            "PHONEHOME_OPS_LISTEN" => Some("127.0.0.1:9999".into()),
+            "PHONEHOME_DATABASE_URL" => Some("postgres://u:hunter2@db/x".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.ops_listen.port(), 9999);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "secret leaked into Debug: {debug}");
+
+        let err = Config::load_with_env(None, |k| {
+            (k == "PHONEHOME_REPORT_LISTEN").then(|| "not-an-address".into())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("PHONEHOME_REPORT_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "max_body_byte = 5\n").unwrap();
+        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
+    }
+}

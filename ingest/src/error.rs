@@ -1,0 +1,98 @@
+//! The one error type every HTTP handler returns: it maps to a status and a JSON body that names
+//! the problem for the client, hides internals, and is logged exactly once.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::storage::StorageError;
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{message}")]
+    Contract { field: String, message: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("body exceeds the limit of {limit} bytes{after}")]
+    TooLarge { limit: usize, after: &'static str },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    BadEncoding(String),
+    #[error("request body not received in time")]
+    Timeout,
+    #[error("storage unavailable, retry later")]
+    Unavailable(#[source] StorageError),
+    #[error("internal error")]
+    Internal(#[source] StorageError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Stable machine-readable code, also the `result` label of `phonehome_reports_total`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::Contract { .. } => "contract_violation",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::BadEncoding(_) => "bad_encoding",
+            ApiError::Timeout => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadEncoding(_) => StatusCode::BAD_REQUEST,
+            ApiError::Contract { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        if e.is_transient() { ApiError::Unavailable(e) } else { ApiError::Internal(e) }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // Internals (SQL errors, connection strings) go to the log, never to the client.
+        match &self {
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "request refused: storage unavailable"),
+            ApiError::Internal(e) => tracing::error!(error = %e, "request failed"),
+            other => tracing::info!(status = status.as_u16(), code = other.code(), "request refused: {other}"),
+        }
+        let field = match &self {
+            ApiError::Contract { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = ErrorBody { error: self.code(), message: self.to_string(), field };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        response
+    }
+}

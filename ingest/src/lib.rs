@@ -1,0 +1,84 @@
+//! phonehome ingest: receives appliance reports over mutual TLS, keeps the fleet's history in
+//! PostgreSQL, and serves `/healthz`, `/metrics` and the dashboard to operators.
+//!
+//! The binary only parses its command line and calls into this library, so tests start the real
+//! server on port 0 with [`serve`].
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod pgcluster;
+pub mod pki;
+pub mod reports;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod tls;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+pub use server::serve;
+
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Shared by every request handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub storage: Storage,
+    pub metrics: Arc<Metrics>,
+    /// Largest accepted report, after decompression.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(storage: Storage, max_body_bytes: usize) -> Self {
+        AppState { storage, metrics: Arc::new(Metrics::new()), max_body_bytes }
+    }
+}
+
+/// The report API, as mounted on the mutual-TLS listener.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/reports", post(reports::post_report))
+        // The real limit is enforced while reading the body, after decompression.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// The operations API and the dashboard, as mounted on the plain-HTTP listener.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state.clone())
+        .merge(phonehome_dashboard::router(state.storage))
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.storage.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match state.storage.appliance_count().await {
+        Ok(n) => state.metrics.appliances.set(n),
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count appliances"),
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,191 @@
+//! The `phonehome-ingest` command line: parses arguments and configuration, then calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use phonehome_ingest::config::Config;
+use phonehome_ingest::storage::Storage;
+use phonehome_ingest::{AppState, demo, pki, telemetry, tls};
+use phonehome_schema::Serial;
+
+/// phonehome ingest: receives appliance health reports over mutual TLS, stores them in
+/// PostgreSQL and serves metrics and the operations dashboard.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the ingest: the mTLS report listener and the operations listener (/healthz, /metrics,
+    /// dashboard). Applies pending migrations first.
+    Serve {
+        /// TOML configuration file (see ingest/ingest.example.toml); PHONEHOME_* variables
+        /// override it. Without it, defaults and the environment apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the fleet's certificate authority and certificates.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Bring the whole system up on this machine: private PostgreSQL (or DATABASE_URL), a
+    /// throwaway CA, the ingest, and one collector run; then wait for Ctrl-C.
+    Demo {
+        /// Keep the cluster, certificates and config here instead of a temporary directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        report_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        ops_listen: SocketAddr,
+        /// The collector binary (default: phonehome-collector next to this program).
+        #[arg(long)]
+        collector: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a new CA (ca.crt, ca.key) in --dir. Refuses to overwrite an existing one.
+    Init {
+        /// Directory for the CA files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "phonehome fleet CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue the ingest's TLS server certificate (server.crt, server.key in --dir).
+    IssueServer {
+        /// Directory holding the CA; the certificate is written there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// DNS name or IP address appliances use to reach the ingest; repeat for several.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// File name stem of the certificate and key.
+        #[arg(long, default_value = "server")]
+        stem: String,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// Issue an appliance's client certificate; its serial goes in the subject CN and a URI SAN.
+    IssueAppliance {
+        /// Directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The appliance's serial number, exactly as its collector reports it.
+        #[arg(long)]
+        serial: String,
+        /// Where to write appliance-SERIAL.crt and .key (default: --dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("phonehome-ingest: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ca { command } => ca(command),
+        Command::Serve { config } => runtime()?.block_on(serve(Config::load(config.as_deref())?)),
+        Command::Migrate { config } => runtime()?.block_on(async {
+            let config = Config::load(config.as_deref())?;
+            let storage = Storage::connect(config.database_url.expose(), 1)?;
+            let applied = storage.migrate().await.context("apply migrations")?;
+            println!("applied {} migration(s): {applied:?}", applied.len());
+            Ok(())
+        }),
+        Command::Demo { dir, report_listen, ops_listen, collector } => runtime()?.block_on(
+            demo::run(demo::DemoOptions { dir, report_listen, ops_listen, collector }),
+        ),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting");
+    let tls = tls::server_config(&config.tls).context("load TLS files")?;
+    let storage = Storage::connect(config.database_url.expose(), config.db_pool_size)?;
+    storage.migrate().await.context("apply migrations (is PostgreSQL up and the database created?)")?;
+    let reports = tokio::net::TcpListener::bind(config.report_listen)
+        .await
+        .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
+    let ops = tokio::net::TcpListener::bind(config.ops_listen)
+        .await
+        .with_context(|| format!("listen on {} (ops_listen)", config.ops_listen))?;
+    tracing::info!(reports = %config.report_listen, ops = %config.ops_listen, "listening");
+    let state = AppState::new(storage, config.max_body_bytes);
+    phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the ingest");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown requested; finishing accepted reports");
+}
+
+fn ca(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init { dir, name, days } => {
+            let f = pki::init_ca(&dir, &name, days)?;
+            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+        }
+        CaCommand::IssueServer { dir, names, stem, days } => {
+            let f = pki::issue_server(&dir, &names, &stem, days)?;
+            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+        }
+        CaCommand::IssueAppliance { dir, serial, out, days } => {
+            let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
+            let out = out.unwrap_or_else(|| dir.clone());
+            let f = pki::issue_appliance(&dir, &out, &serial, days)?;
+            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! `POST /v1/reports`: bounded body reading, decompression, contract checks, the identity check
+//! against the client certificate, and the commit that the 202 acknowledges.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use phonehome_schema::Report;
+use serde_json::json;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::storage::InsertOutcome;
+use crate::tls::{ApplianceIdentity, IdentityError};
+
+/// The identity of the connection a request arrived on, inserted by the report listener.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Result<ApplianceIdentity, IdentityError>);
+
+/// How long a client may take to send its body once the headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn post_report(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerIdentity>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    state.metrics.in_flight.inc();
+    let result = handle(&state, peer.map(|Extension(p)| p), &headers, body).await;
+    state.metrics.in_flight.dec();
+    let label = match &result {
+        Ok((InsertOutcome::Stored, _)) => "stored",
+        Ok((InsertOutcome::Duplicate, _)) => "duplicate",
+        Err(e) => e.code(),
+    };
+    state.metrics.reports.with_label_values(&[label]).inc();
+    let (outcome, report_id) = result?;
+    Ok(match outcome {
+        InsertOutcome::Stored => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "stored", "report_id": report_id})),
+        ),
+        InsertOutcome::Duplicate => (
+            StatusCode::OK,
+            Json(json!({"status": "duplicate", "report_id": report_id})),
+        ),
+    })
+}
+
+async fn handle(
+    state: &AppState,
+    peer: Option<PeerIdentity>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(InsertOutcome, uuid::Uuid), ApiError> {
+    let identity = match peer.map(|p| p.0) {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            state.metrics.identity_failures.with_label_values(&[e.reason()]).inc();
+            return Err(ApiError::Forbidden(e.to_string()));
+        }
+        // Only the mTLS listener inserts the identity; anything else has no appliance behind it.
+        None => return Err(ApiError::Forbidden("no client certificate".into())),
+    };
+    let span = tracing::info_span!("report", serial = %identity.serial);
+    let _enter = span.enter();
+
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type {ct:?} is not accepted; send application/json"
+            )));
+        }
+    }
+    let encoding = Encoding::from_headers(headers)?;
+    let limit = state.max_body_bytes;
+    let raw = read_limited(body, limit).await?;
+    state.metrics.report_bytes.inc_by(raw.len() as u64);
+    let json = encoding.decode(&raw, limit)?;
+
+    let report = parse_report(&json)?;
+    if report.identity.serial != identity.serial {
+        state.metrics.identity_failures.with_label_values(&["serial_mismatch"]).inc();
+        return Err(ApiError::Forbidden(format!(
+            "report is for serial {:?} but the client certificate is for serial {:?}",
+            report.identity.serial.as_str(),
+            identity.serial.as_str()
+        )));
+    }
+    // serde_json has already proved the body is UTF-8.
+    let text = std::str::from_utf8(&json).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+
+    let started = Instant::now();
+    let outcome = state.storage.insert_report(&report, &identity, text).await?;
+    state.metrics.db_seconds.observe(started.elapsed().as_secs_f64());
+    tracing::info!(report_id = %report.report_id, ?outcome, "report committed");
+    Ok((outcome, report.report_id))
+}
+
+/// Parses and checks a report, naming the offending field on failure.
+pub fn parse_report(json: &[u8]) -> Result<Report, ApiError> {
+    // PostgreSQL's jsonb cannot hold U+0000; refuse it here as bad input rather than fail later.
+    if json.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        return Err(ApiError::Contract {
+            field: String::new(),
+            message: "strings must not contain U+0000".into(),
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(json);
+    let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::Contract {
+                message: format!("{field}: {inner}"),
+                field,
+            },
+            _ => ApiError::MalformedJson(format!("malformed JSON: {inner}")),
+        }
+    })?;
+    report.check().map_err(|v| ApiError::Contract { message: v.to_string(), field: v.field })?;
+    Ok(report)
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(ApiError::Timeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge { limit, after: "" })
+        }
+        Ok(Err(e)) => Err(ApiError::BadEncoding(format!("reading the body failed: {e}"))),
+    }
+}
+
+/// The `Content-Encoding`s a collector may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+            return Ok(Encoding::Identity);
+        };
+        match value.to_str().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+            "" | "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "zstd" => Ok(Encoding::Zstd),
+            other => Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Encoding {other:?} is not supported; use gzip, zstd or none"
+            ))),
+        }
+    }
+
+    /// Decompresses at most `limit` bytes: a zip bomb stops at the limit, it never inflates.
+    fn decode(self, raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+        let reader: Box<dyn Read + '_> = match self {
+            Encoding::Identity => return Ok(raw.to_vec()),
+            Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(raw)),
+            Encoding::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(raw)
+                    .map_err(|e| ApiError::BadEncoding(format!("zstd: {e}")))?,
+            ),
+        };
+        let mut out = Vec::new();
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| ApiError::BadEncoding(format!("cannot decompress the body: {e}")))?;
+        if out.len() > limit {
+            return Err(ApiError::TooLarge { limit, after: " after decompression" });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_limit() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 50 * 1024 * 1024]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 100 * 1024, "bomb is small on the wire: {}", bomb.len());
+        let err = Encoding::Gzip.decode(&bomb, 1024 * 1024).unwrap_err();
+        assert!(matches!(err, ApiError::TooLarge { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn zstd_and_gzip_round_trip_and_garbage_is_a_bad_encoding() {
+        let data = br#"{"a":1}"#;
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        assert_eq!(Encoding::Zstd.decode(&z, 1024).unwrap(), data);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        assert_eq!(Encoding::Gzip.decode(&enc.finish().unwrap(), 1024).unwrap(), data);
+        assert!(matches!(Encoding::Gzip.decode(b"nope", 1024), Err(ApiError::BadEncoding(_))));
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("{", "malformed_json", ""),
+            ("[1,2]", "contract_violation", "[0]"),
+            (r#"{"report_id": 5}"#, "contract_violation", "report_id"),
+            (r#"{"x": "\u0000"}"#, "contract_violation", ""),
+        ];
+        for (input, code, field) in cases {
+            let err = parse_report(input.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), *code, "{input}: {err}");
+            if let ApiError::Contract { field: f, .. } = &err {
+                assert_eq!(f, field, "{input}");
+            }
+        }
+        let mut example: serde_json::Value =
+            serde_json::from_str(include_str!("../../schema/examples/report.json")).unwrap();
+        example["identity"]["serial"] = "bad\nserial".into();
+        let err = parse_report(example.to_string().as_bytes()).unwrap_err();
+        match err {
+            ApiError::Contract { field, message } => {
+                assert_eq!(field, "identity.serial");
+                assert!(message.contains("printable ASCII"), "{message}");
+            }
+            other => panic!("expected a contract violation, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Everything the ingest keeps in PostgreSQL: the connection pool, migrations, and the queries.
+//! Rows become domain types here and nowhere else; handlers never see SQL.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use phonehome_dashboard::{ApplianceRow, FleetSource};
+use phonehome_schema::{Report, migrations};
+use tokio_postgres::NoTls;
+
+use crate::tls::ApplianceIdentity;
+
+/// Storage failures, split by what the client should be told.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// PostgreSQL cannot be reached or gave no connection in time: worth a retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StorageError::Unavailable(e.to_string())
+    }
+}
+
+/// The ingest's handle on PostgreSQL; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").field("pool", &self.pool.status()).finish()
+    }
+}
+
+/// What happened to a posted report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Newly committed.
+    Stored,
+    /// This appliance already delivered a report with this id; nothing was written.
+    Duplicate,
+}
+
+impl Storage {
+    /// Builds the pool; connections are opened lazily, so this does not need the server up.
+    pub fn connect(database_url: &str, pool_size: usize) -> Result<Self, StorageError> {
+        let mut pg: tokio_postgres::Config =
+            database_url.parse().map_err(|e: tokio_postgres::Error| {
+                StorageError::Config(e.to_string())
+            })?;
+        pg.application_name("phonehome-ingest");
+        pg.connect_timeout(Duration::from_secs(5));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        Ok(Storage { pool })
+    }
+
+    /// Applies every migration not yet applied. Safe to run from several ingests at once: an
+    /// advisory lock serialises them and each migration commits with its version row.
+    pub async fn migrate(&self) -> Result<Vec<i32>, StorageError> {
+        let mut client = self.pool.get().await?;
+        client.batch_execute("SELECT pg_advisory_lock(8424200001)").await?;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version    integer PRIMARY KEY,
+                        name       text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await?;
+            let applied: Vec<i32> = client
+                .query("SELECT version FROM schema_migrations", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut done = Vec::new();
+            for m in migrations::ALL.iter().filter(|m| !applied.contains(&m.version)) {
+                let tx = client.transaction().await?;
+                tx.batch_execute(m.sql).await?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    &[&m.version, &m.name],
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::info!(version = m.version, name = m.name, "applied migration");
+                done.push(m.version);
+            }
+            Ok::<_, StorageError>(done)
+        }
+        .await;
+        client.batch_execute("SELECT pg_advisory_unlock(8424200001)").await?;
+        result
+    }
+
+    /// Stores a report and updates the appliance's current state in one statement, so the
+    /// report and its effects commit together or not at all. `body` is the report's JSON text
+    /// exactly as received (after decompression), kept as evidence.
+    pub async fn insert_report(
+        &self,
+        report: &Report,
+        identity: &ApplianceIdentity,
+        body: &str,
+    ) -> Result<InsertOutcome, StorageError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH ins AS (
+                    INSERT INTO reports (serial, report_id, collected_at, cert_sha256, body)
+                    VALUES ($1, $2, $3, $4, $5::text::jsonb)
+                    ON CONFLICT (serial, report_id) DO NOTHING
+                    RETURNING received_at
+                 ), upsert AS (
+                    INSERT INTO appliances AS a (serial, hostname, system_uuid, machine_id,
+                        first_seen_at, last_report_at, last_collected_at, last_report_id,
+                        app_version, app_status, os_pretty_name, kernel, collector_version)
+                    SELECT $1, $6, $7, $8, ins.received_at, ins.received_at, $3, $2,
+                           $9, $10, $11, $12, $13
+                    FROM ins
+                    ON CONFLICT (serial) DO UPDATE SET
+                        report_count   = a.report_count + 1,
+                        last_report_at = EXCLUDED.last_report_at,
+                        -- A late, older report (delivered from a spool) must not overwrite
+                        -- newer current state.
+                        hostname          = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.hostname ELSE a.hostname END,
+                        system_uuid       = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.system_uuid ELSE a.system_uuid END,
+                        machine_id        = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.machine_id ELSE a.machine_id END,
+                        last_report_id    = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.last_report_id ELSE a.last_report_id END,
+                        app_version       = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.app_version ELSE a.app_version END,
+                        app_status        = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.app_status ELSE a.app_status END,
+                        os_pretty_name    = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.os_pretty_name ELSE a.os_pretty_name END,
+                        kernel            = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.kernel ELSE a.kernel END,
+                        collector_version = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.collector_version ELSE a.collector_version END,
+                        last_collected_at = GREATEST(a.last_collected_at, EXCLUDED.last_collected_at)
+                 )
+                 SELECT count(*) FROM ins",
+            )
+            .await?;
+        let id = &report.identity;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &identity.serial.as_str(),
+                    &report.report_id,
+                    &report.collected_at,
+                    &identity.cert_sha256.as_slice(),
+                    &body,
+                    &id.hostname,
+                    &id.system_uuid,
+                    &id.machine_id,
+                    &report.app.version,
+                    &report.app.status.as_str(),
+                    &report.system.os.as_ref().and_then(|o| o.pretty_name.clone()),
+                    &report.system.kernel,
+                    &report.collector.version,
+                ],
+            )
+            .await?;
+        let inserted: i64 = row.get(0);
+        Ok(if inserted == 1 { InsertOutcome::Stored } else { InsertOutcome::Duplicate })
+    }
+
+    /// Every appliance's current state, most recently heard from first.
+    pub async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT serial, hostname, last_report_at, app_version, app_status,
+                        os_pretty_name, report_count
+                 FROM appliances ORDER BY last_report_at DESC, serial LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApplianceRow {
+                serial: r.get(0),
+                hostname: r.get(1),
+                last_report_at: r.get(2),
+                app_version: r.get(3),
+                app_status: r.get(4),
+                os: r.get(5),
+                report_count: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Number of appliances that have ever reported.
+    pub async fn appliance_count(&self) -> Result<i64, StorageError> {
+        let client = self.pool.get().await?;
+        Ok(client.query_one("SELECT count(*) FROM appliances", &[]).await?.get(0))
+    }
+
+    /// Succeeds when PostgreSQL answers a query.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+impl FleetSource for Storage {
+    type Error = StorageError;
+
+    async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
+        Storage::appliances(self, limit).await
+    }
+}
+
+impl StorageError {
+    /// True when a retry later may succeed (the database is away, not the request wrong).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unavailable(_) => true,
+            StorageError::Query(e) => e.is_closed() || e.as_db_error().is_none(),
+            StorageError::Config(_) => false,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The database schema as an ordered list of SQL migrations, embedded so that every ingest binary
+//! carries the schema it needs. Only the ingest applies them; this crate never talks to a database.
+
+/// One forward-only migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing, starting at 1; recorded in `schema_migrations`.
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Append only: an applied migration is never edited.
+pub const ALL: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/0001_init.sql"),
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_from_one() {
+        for (i, m) in ALL.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "migration {} is out of order", m.name);
+            assert!(!m.sql.trim().is_empty(), "migration {} is empty", m.name);
+        }
+    }
+}
