@@ -120,7 +120,9 @@ mod tests {
 
     #[test]
     fn appliance_strings_are_escaped() {
-        let now = DateTime::parse_from_rfc3339("2026-11-21T06:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-21T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let html = fleet_page(&[row("SN<1>", "<script>alert(1)</script>")], now);
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));

@@ -45,7 +45,9 @@ pub const FLEET_PAGE_LIMIT: i64 = 1000;
 
 /// The dashboard's routes: `/` is the fleet page.
 pub fn router<S: FleetSource>(source: S) -> Router {
-    Router::new().route("/", get(fleet_page::<S>)).with_state(source)
+    Router::new()
+        .route("/", get(fleet_page::<S>))
+        .with_state(source)
 }
 
 async fn fleet_page<S: FleetSource>(State(source): State<S>) -> Response {

@@ -89,11 +89,18 @@ struct FileConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("environment variable {name}={value:?}: {message}")]
-    Env { name: &'static str, value: String, message: String },
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -111,8 +118,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut config = Config::default();
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
             let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: e.to_string(),
@@ -156,10 +165,7 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(
-            name: &'static str,
-            value: String,
-        ) -> Result<T, ConfigError>
+        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
         where
             T::Err: fmt::Display,
         {
@@ -207,7 +213,9 @@ impl Config {
             )));
         }
         if self.db_pool_size == 0 {
-            return Err(ConfigError::Invalid("db_pool_size must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "db_pool_size must be at least 1".into(),
+            ));
         }
         self.database_url
             .expose()
@@ -244,7 +252,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.ops_listen.port(), 9999);
         let debug = format!("{c:?}");
-        assert!(!debug.contains("hunter2"), "secret leaked into Debug: {debug}");
+        assert!(
+            !debug.contains("hunter2"),
+            "secret leaked into Debug: {debug}"
+        );
 
         let err = Config::load_with_env(None, |k| {
             (k == "PHONEHOME_REPORT_LISTEN").then(|| "not-an-address".into())

@@ -37,7 +37,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             d.clone()
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("phonehome-demo-").tempdir()?;
+            tmp = tempfile::Builder::new()
+                .prefix("phonehome-demo-")
+                .tempdir()?;
             tmp.path().to_path_buf()
         }
     };
@@ -77,12 +79,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     };
     let storage = Storage::connect(&database_url, 8)?;
     let applied = storage.migrate().await.context("apply migrations")?;
-    step(format!("database migrated ({} migration(s) applied)", applied.len()));
+    step(format!(
+        "database migrated ({} migration(s) applied)",
+        applied.len()
+    ));
 
     let pki_dir = dir.join("pki");
     pki::init_ca(&pki_dir, "phonehome demo CA", 30)?;
-    let server = pki::issue_server(&pki_dir, &["localhost".into(), "127.0.0.1".into()], "server", 30)?;
-    step(format!("CA and server certificate written to {}", pki_dir.display()));
+    let server = pki::issue_server(
+        &pki_dir,
+        &["localhost".into(), "127.0.0.1".into()],
+        "server",
+        30,
+    )?;
+    step(format!(
+        "CA and server certificate written to {}",
+        pki_dir.display()
+    ));
 
     let report = collect(&collector).await?;
     let serial = report.identity.serial.clone();
@@ -105,10 +118,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let ops_addr = ops_listener.local_addr()?;
     let state = AppState::new(storage, crate::config::DEFAULT_MAX_BODY_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server_task = tokio::spawn(crate::serve(report_listener, ops_listener, tls, state, async {
-        let _ = stop_rx.await;
-    }));
-    step(format!("ingest listening: reports https://{report_addr} (mTLS), operations http://{ops_addr}"));
+    let server_task = tokio::spawn(crate::serve(
+        report_listener,
+        ops_listener,
+        tls,
+        state,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    step(format!(
+        "ingest listening: reports https://{report_addr} (mTLS), operations http://{ops_addr}"
+    ));
 
     let server_url = format!("https://{}", loopback(report_addr));
     let collector_config = dir.join("collector.toml");
@@ -122,7 +143,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             path(&appliance.key),
         ),
     )?;
-    step(format!("running {} run --config {}", collector.display(), collector_config.display()));
+    step(format!(
+        "running {} run --config {}",
+        collector.display(),
+        collector_config.display()
+    ));
     let status = tokio::process::Command::new(&collector)
         .arg("run")
         .arg("--config")
@@ -140,7 +165,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("phonehome is up.");
     println!("  dashboard:  {dashboard}");
     println!("  metrics:    {dashboard}metrics");
-    println!("  post again: {} run --config {}", collector.display(), collector_config.display());
+    println!(
+        "  post again: {} run --config {}",
+        collector.display(),
+        collector_config.display()
+    );
     println!(
         "  with curl:  {} collect > /tmp/report.json && curl --cert {} --key {} --cacert {} {server_url}/v1/reports -H 'Content-Type: application/json' -d @/tmp/report.json",
         collector.display(),
@@ -196,7 +225,8 @@ async fn collect(collector: &Path) -> anyhow::Result<Report> {
     if !out.status.success() {
         bail!("{} collect failed ({})", collector.display(), out.status);
     }
-    serde_json::from_slice(&out.stdout).context("the collector printed a report the ingest cannot read")
+    serde_json::from_slice(&out.stdout)
+        .context("the collector printed a report the ingest cannot read")
 }
 
 /// Creates database `name` unless it exists.
@@ -210,7 +240,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> 
         .await?
         .is_some();
     if !exists {
-        client.batch_execute(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).await?;
+        client
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\"",
+                name.replace('"', "\"\"")
+            ))
+            .await?;
     }
     Ok(())
 }

@@ -71,7 +71,11 @@ impl ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        if e.is_transient() { ApiError::Unavailable(e) } else { ApiError::Internal(e) }
+        if e.is_transient() {
+            ApiError::Unavailable(e)
+        } else {
+            ApiError::Internal(e)
+        }
     }
 }
 
@@ -80,18 +84,30 @@ impl IntoResponse for ApiError {
         let status = self.status();
         // Internals (SQL errors, connection strings) go to the log, never to the client.
         match &self {
-            ApiError::Unavailable(e) => tracing::warn!(error = %e, "request refused: storage unavailable"),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %e, "request refused: storage unavailable")
+            }
             ApiError::Internal(e) => tracing::error!(error = %e, "request failed"),
-            other => tracing::info!(status = status.as_u16(), code = other.code(), "request refused: {other}"),
+            other => tracing::info!(
+                status = status.as_u16(),
+                code = other.code(),
+                "request refused: {other}"
+            ),
         }
         let field = match &self {
             ApiError::Contract { field, .. } => Some(field.as_str()),
             _ => None,
         };
-        let body = ErrorBody { error: self.code(), message: self.to_string(), field };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+            field,
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         response
     }

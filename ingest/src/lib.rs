@@ -40,7 +40,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(storage: Storage, max_body_bytes: usize) -> Self {
-        AppState { storage, metrics: Arc::new(Metrics::new()), max_body_bytes }
+        AppState {
+            storage,
+            metrics: Arc::new(Metrics::new()),
+            max_body_bytes,
+        }
     }
 }
 
@@ -78,7 +82,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count appliances"),
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

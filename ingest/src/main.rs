@@ -122,9 +122,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }),
-        Command::Demo { dir, report_listen, ops_listen, collector } => runtime()?.block_on(
-            demo::run(demo::DemoOptions { dir, report_listen, ops_listen, collector }),
-        ),
+        Command::Demo {
+            dir,
+            report_listen,
+            ops_listen,
+            collector,
+        } => runtime()?.block_on(demo::run(demo::DemoOptions {
+            dir,
+            report_listen,
+            ops_listen,
+            collector,
+        })),
     }
 }
 
@@ -139,7 +147,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
     let tls = tls::server_config(&config.tls).context("load TLS files")?;
     let storage = Storage::connect(config.database_url.expose(), config.db_pool_size)?;
-    storage.migrate().await.context("apply migrations (is PostgreSQL up and the database created?)")?;
+    storage
+        .migrate()
+        .await
+        .context("apply migrations (is PostgreSQL up and the database created?)")?;
     let reports = tokio::net::TcpListener::bind(config.report_listen)
         .await
         .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
@@ -174,17 +185,39 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Init { dir, name, days } => {
             let f = pki::init_ca(&dir, &name, days)?;
-            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+            println!(
+                "wrote {} and {} (mode 0600)",
+                f.cert.display(),
+                f.key.display()
+            );
         }
-        CaCommand::IssueServer { dir, names, stem, days } => {
+        CaCommand::IssueServer {
+            dir,
+            names,
+            stem,
+            days,
+        } => {
             let f = pki::issue_server(&dir, &names, &stem, days)?;
-            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+            println!(
+                "wrote {} and {} (mode 0600)",
+                f.cert.display(),
+                f.key.display()
+            );
         }
-        CaCommand::IssueAppliance { dir, serial, out, days } => {
+        CaCommand::IssueAppliance {
+            dir,
+            serial,
+            out,
+            days,
+        } => {
             let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
             let out = out.unwrap_or_else(|| dir.clone());
             let f = pki::issue_appliance(&dir, &out, &serial, days)?;
-            println!("wrote {} and {} (mode 0600)", f.cert.display(), f.key.display());
+            println!(
+                "wrote {} and {} (mode 0600)",
+                f.cert.display(),
+                f.key.display()
+            );
         }
     }
     Ok(())

@@ -56,7 +56,9 @@ impl Metrics {
                 "phonehome_db_insert_duration_seconds",
                 "Time to commit one report to PostgreSQL.",
             )
-            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )
         .expect("static metric definition");
         let in_flight = IntGauge::new(
@@ -78,9 +80,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(appliances.clone()),
         ] {
-            registry
-                .register(c)
-                .expect("metric names are distinct");
+            registry.register(c).expect("metric names are distinct");
         }
         Metrics {
             registry,

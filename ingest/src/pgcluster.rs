@@ -22,9 +22,16 @@ pub enum ClusterError {
     )]
     NoPostgresUser,
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{command} failed ({status}): {output}")]
-    Command { command: String, status: String, output: String },
+    Command {
+        command: String,
+        status: String,
+        output: String,
+    },
 }
 
 /// A running private cluster; stopped (and its directory removed, if we created it) on drop.
@@ -50,7 +57,10 @@ impl PrivateCluster {
                 let t = tempfile::Builder::new()
                     .prefix("phonehome-pg-")
                     .tempdir()
-                    .map_err(|source| ClusterError::Io { what: "create temp dir".into(), source })?;
+                    .map_err(|source| ClusterError::Io {
+                        what: "create temp dir".into(),
+                        source,
+                    })?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -62,13 +72,21 @@ impl PrivateCluster {
         if run_as_postgres {
             let (uid, gid) = postgres_ids().ok_or(ClusterError::NoPostgresUser)?;
             std::os::unix::fs::chown(&base, Some(uid), Some(gid)).map_err(|source| {
-                ClusterError::Io { what: format!("chown {} to postgres", base.display()), source }
+                ClusterError::Io {
+                    what: format!("chown {} to postgres", base.display()),
+                    source,
+                }
             })?;
         }
         let data = base.join("data");
         let port = free_port()?;
-        let mut cluster =
-            PrivateCluster { bindir, data, port, run_as_postgres, _dir: owned };
+        let mut cluster = PrivateCluster {
+            bindir,
+            data,
+            port,
+            run_as_postgres,
+            _dir: owned,
+        };
         cluster.run(
             "initdb",
             &[
@@ -94,7 +112,18 @@ impl PrivateCluster {
         let log = base.join("postgres.log");
         let started = cluster.run(
             "pg_ctl",
-            &["-D", path_str(&cluster.data), "-l", path_str(&log), "-o", &opts, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                path_str(&cluster.data),
+                "-l",
+                path_str(&log),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
         if let Err(e) = started {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -129,7 +158,11 @@ impl PrivateCluster {
         let pg_ctl = self.bindir.join("pg_ctl");
         let stop = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",
-            if self.run_as_postgres { "runuser -u postgres --" } else { "" },
+            if self.run_as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
             path_str(&pg_ctl),
             path_str(&self.data),
             path_str(self.data.parent().unwrap_or(&self.data)),
@@ -141,7 +174,10 @@ impl PrivateCluster {
             .stderr(Stdio::null())
             .spawn()
             .map(drop)
-            .map_err(|source| ClusterError::Io { what: "spawn cluster watchdog".into(), source })
+            .map_err(|source| ClusterError::Io {
+                what: "spawn cluster watchdog".into(),
+                source,
+            })
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> Result<(), ClusterError> {
@@ -161,7 +197,10 @@ impl PrivateCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .map_err(|source| ClusterError::Io { what: format!("run {}", exe.display()), source })?;
+            .map_err(|source| ClusterError::Io {
+                what: format!("run {}", exe.display()),
+                source,
+            })?;
         if out.status.success() {
             Ok(())
         } else {
@@ -192,7 +231,9 @@ fn path_str(p: &Path) -> &str {
 
 fn is_root() -> bool {
     // Root owns /proc/self when we are root; avoids unsafe libc calls.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn postgres_ids() -> Option<(u32, u32)> {
@@ -209,7 +250,10 @@ fn free_port() -> Result<u16, ClusterError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| ClusterError::Io { what: "find a free port".into(), source })
+        .map_err(|source| ClusterError::Io {
+            what: "find a free port".into(),
+            source,
+        })
 }
 
 /// The newest PostgreSQL server binaries on this machine.
@@ -232,9 +276,7 @@ pub fn find_bindir() -> Option<PathBuf> {
     if let Some((_, d)) = versions.pop() {
         return Some(d);
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).find(|d| has_tools(d))
-    })
+    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).find(|d| has_tools(d)))
 }
 
 #[cfg(test)]
@@ -243,19 +285,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_cluster_starts_answers_and_stops() {
-        let cluster = PrivateCluster::start(None, false).unwrap_or_else(|e| {
-            panic!("cannot start a private PostgreSQL cluster: {e}")
-        });
-        let (client, conn) = tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the private cluster");
+        let cluster = PrivateCluster::start(None, false)
+            .unwrap_or_else(|e| panic!("cannot start a private PostgreSQL cluster: {e}"));
+        let (client, conn) =
+            tokio_postgres::connect(&cluster.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect to the private cluster");
         tokio::spawn(conn);
-        let row = client.query_one("SELECT current_setting('port')", &[]).await.unwrap();
+        let row = client
+            .query_one("SELECT current_setting('port')", &[])
+            .await
+            .unwrap();
         let port: String = row.get(0);
         assert_eq!(port, cluster.port().to_string());
         let data = cluster.data_dir().to_path_buf();
         drop(client);
         drop(cluster);
-        assert!(!data.exists(), "the temporary cluster directory was not removed");
+        assert!(
+            !data.exists(),
+            "the temporary cluster directory was not removed"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, Duration, Utc};
 use phonehome_schema::Serial;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-};
 use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
 
 /// Prefix of the URI SAN that names an appliance: `urn:phonehome:serial:<percent-encoded serial>`.
 pub const SERIAL_URI_PREFIX: &str = "urn:phonehome:serial:";
@@ -25,7 +25,10 @@ pub const CA_KEY_FILE: &str = "ca.key";
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} already exists; refusing to overwrite it (remove it first to start a new CA)")]
     Exists(PathBuf),
     #[error("certificate generation failed: {0}")]
@@ -35,7 +38,10 @@ pub enum PkiError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Paths of a certificate and its private key written by one command.
@@ -49,7 +55,10 @@ pub struct IssuedFiles {
 /// because every appliance certificate ever issued hangs off it.
 pub fn init_ca(dir: &Path, common_name: &str, validity_days: i64) -> Result<IssuedFiles, PkiError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let files = IssuedFiles { cert: dir.join(CA_CERT_FILE), key: dir.join(CA_KEY_FILE) };
+    let files = IssuedFiles {
+        cert: dir.join(CA_CERT_FILE),
+        key: dir.join(CA_KEY_FILE),
+    };
     for p in [&files.cert, &files.key] {
         if p.exists() {
             return Err(PkiError::Exists(p.clone()));
@@ -94,7 +103,10 @@ pub fn issue_server(
         let san = match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(Ia5String::try_from(name.as_str()).map_err(|e| {
-                PkiError::BadName { name: name.clone(), reason: e.to_string() }
+                PkiError::BadName {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }
             })?),
         };
         params.subject_alt_names.push(san);
@@ -124,10 +136,14 @@ pub fn issue_appliance(
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(serial.as_str());
     let uri = serial_uri(serial);
-    params.subject_alt_names.push(SanType::URI(
-        Ia5String::try_from(uri.as_str())
-            .map_err(|e| PkiError::BadName { name: uri.clone(), reason: e.to_string() })?,
-    ));
+    params
+        .subject_alt_names
+        .push(SanType::URI(Ia5String::try_from(uri.as_str()).map_err(
+            |e| PkiError::BadName {
+                name: uri.clone(),
+                reason: e.to_string(),
+            },
+        )?));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, validity_days);
@@ -205,7 +221,8 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
         .mode(mode)
         .open(path)
         .map_err(io_err(path))?;
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(path))?;
     f.write_all(contents.as_bytes()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
 }
@@ -232,15 +249,23 @@ mod tests {
         let ca = init_ca(dir.path(), "test CA", 30).unwrap();
         let mode = fs::metadata(&ca.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(init_ca(dir.path(), "again", 30), Err(PkiError::Exists(_))));
+        assert!(matches!(
+            init_ca(dir.path(), "again", 30),
+            Err(PkiError::Exists(_))
+        ));
 
         let serial = Serial::parse("SN 1/2").unwrap();
         let app = issue_appliance(dir.path(), dir.path(), &serial, 30).unwrap();
         assert_eq!(app.cert.file_name().unwrap(), "appliance-SN_1_2.crt");
         let mode = fs::metadata(&app.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let srv = issue_server(dir.path(), &["localhost".into(), "127.0.0.1".into()], "server", 30)
-            .unwrap();
+        let srv = issue_server(
+            dir.path(),
+            &["localhost".into(), "127.0.0.1".into()],
+            "server",
+            30,
+        )
+        .unwrap();
         assert!(srv.cert.exists());
     }
 }

@@ -61,7 +61,11 @@ async fn handle(
     let identity = match peer.map(|p| p.0) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
-            state.metrics.identity_failures.with_label_values(&[e.reason()]).inc();
+            state
+                .metrics
+                .identity_failures
+                .with_label_values(&[e.reason()])
+                .inc();
             return Err(ApiError::Forbidden(e.to_string()));
         }
         // Only the mTLS listener inserts the identity; anything else has no appliance behind it.
@@ -86,7 +90,11 @@ async fn handle(
 
     let report = parse_report(&json)?;
     if report.identity.serial != identity.serial {
-        state.metrics.identity_failures.with_label_values(&["serial_mismatch"]).inc();
+        state
+            .metrics
+            .identity_failures
+            .with_label_values(&["serial_mismatch"])
+            .inc();
         return Err(ApiError::Forbidden(format!(
             "report is for serial {:?} but the client certificate is for serial {:?}",
             report.identity.serial.as_str(),
@@ -97,8 +105,14 @@ async fn handle(
     let text = std::str::from_utf8(&json).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
 
     let started = Instant::now();
-    let outcome = state.storage.insert_report(&report, &identity, text).await?;
-    state.metrics.db_seconds.observe(started.elapsed().as_secs_f64());
+    let outcome = state
+        .storage
+        .insert_report(&report, &identity, text)
+        .await?;
+    state
+        .metrics
+        .db_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::info!(report_id = %report.report_id, ?outcome, "report committed");
     Ok((outcome, report.report_id))
 }
@@ -114,8 +128,9 @@ pub fn parse_report(json: &[u8]) -> Result<Report, ApiError> {
     }
     let de = &mut serde_json::Deserializer::from_slice(json);
     let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
+        let path = e.path().to_string();
         let inner = e.into_inner();
+        let field = field_name(&path, &inner.to_string());
         match inner.classify() {
             serde_json::error::Category::Data => ApiError::Contract {
                 message: format!("{field}: {inner}"),
@@ -124,8 +139,26 @@ pub fn parse_report(json: &[u8]) -> Result<Report, ApiError> {
             _ => ApiError::MalformedJson(format!("malformed JSON: {inner}")),
         }
     })?;
-    report.check().map_err(|v| ApiError::Contract { message: v.to_string(), field: v.field })?;
+    report.check().map_err(|v| ApiError::Contract {
+        message: v.to_string(),
+        field: v.field,
+    })?;
     Ok(report)
+}
+
+/// The JSON path of the offending field; for a missing field, the path of the field itself
+/// (serde reports the enclosing object).
+fn field_name(path: &str, message: &str) -> String {
+    let parent = if path == "." { "" } else { path };
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match missing {
+        Some(name) if parent.is_empty() => name.to_owned(),
+        Some(name) => format!("{parent}.{name}"),
+        None => parent.to_owned(),
+    }
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
@@ -136,7 +169,9 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::TooLarge { limit, after: "" })
         }
-        Ok(Err(e)) => Err(ApiError::BadEncoding(format!("reading the body failed: {e}"))),
+        Ok(Err(e)) => Err(ApiError::BadEncoding(format!(
+            "reading the body failed: {e}"
+        ))),
     }
 }
 
@@ -153,7 +188,13 @@ impl Encoding {
         let Some(value) = headers.get(header::CONTENT_ENCODING) else {
             return Ok(Encoding::Identity);
         };
-        match value.to_str().unwrap_or("").trim().to_ascii_lowercase().as_str() {
+        match value
+            .to_str()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "" | "identity" => Ok(Encoding::Identity),
             "gzip" | "x-gzip" => Ok(Encoding::Gzip),
             "zstd" => Ok(Encoding::Zstd),
@@ -179,7 +220,10 @@ impl Encoding {
             .read_to_end(&mut out)
             .map_err(|e| ApiError::BadEncoding(format!("cannot decompress the body: {e}")))?;
         if out.len() > limit {
-            return Err(ApiError::TooLarge { limit, after: " after decompression" });
+            return Err(ApiError::TooLarge {
+                limit,
+                after: " after decompression",
+            });
         }
         Ok(out)
     }
@@ -195,7 +239,11 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         enc.write_all(&vec![b' '; 50 * 1024 * 1024]).unwrap();
         let bomb = enc.finish().unwrap();
-        assert!(bomb.len() < 100 * 1024, "bomb is small on the wire: {}", bomb.len());
+        assert!(
+            bomb.len() < 100 * 1024,
+            "bomb is small on the wire: {}",
+            bomb.len()
+        );
         let err = Encoding::Gzip.decode(&bomb, 1024 * 1024).unwrap_err();
         assert!(matches!(err, ApiError::TooLarge { .. }), "{err:?}");
     }
@@ -207,8 +255,14 @@ mod tests {
         assert_eq!(Encoding::Zstd.decode(&z, 1024).unwrap(), data);
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         enc.write_all(data).unwrap();
-        assert_eq!(Encoding::Gzip.decode(&enc.finish().unwrap(), 1024).unwrap(), data);
-        assert!(matches!(Encoding::Gzip.decode(b"nope", 1024), Err(ApiError::BadEncoding(_))));
+        assert_eq!(
+            Encoding::Gzip.decode(&enc.finish().unwrap(), 1024).unwrap(),
+            data
+        );
+        assert!(matches!(
+            Encoding::Gzip.decode(b"nope", 1024),
+            Err(ApiError::BadEncoding(_))
+        ));
     }
 
     #[test]
@@ -217,6 +271,11 @@ mod tests {
             ("{", "malformed_json", ""),
             ("[1,2]", "contract_violation", "[0]"),
             (r#"{"report_id": 5}"#, "contract_violation", "report_id"),
+            (
+                r#"{"schema_version": 1}"#,
+                "contract_violation",
+                "report_id",
+            ),
             (r#"{"x": "\u0000"}"#, "contract_violation", ""),
         ];
         for (input, code, field) in cases {

@@ -93,11 +93,19 @@ pub async fn serve_reports(
                     return;
                 }
             };
-            let identity = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            let identity = match stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+            {
                 Some(cert) => appliance_identity(cert),
                 None => Err(IdentityError::NoCertificate),
             };
-            let serial = identity.as_ref().map(|i| i.serial.to_string()).unwrap_or_default();
+            let serial = identity
+                .as_ref()
+                .map(|i| i.serial.to_string())
+                .unwrap_or_default();
             let span = tracing::info_span!("conn", %peer, serial);
             let peer_identity = PeerIdentity(identity);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -134,5 +142,7 @@ pub async fn serve_ops(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app: Router = ops_router(state);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -36,7 +36,9 @@ pub struct Storage {
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").field("pool", &self.pool.status()).finish()
+        f.debug_struct("Storage")
+            .field("pool", &self.pool.status())
+            .finish()
     }
 }
 
@@ -52,16 +54,17 @@ pub enum InsertOutcome {
 impl Storage {
     /// Builds the pool; connections are opened lazily, so this does not need the server up.
     pub fn connect(database_url: &str, pool_size: usize) -> Result<Self, StorageError> {
-        let mut pg: tokio_postgres::Config =
-            database_url.parse().map_err(|e: tokio_postgres::Error| {
-                StorageError::Config(e.to_string())
-            })?;
+        let mut pg: tokio_postgres::Config = database_url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StorageError::Config(e.to_string()))?;
         pg.application_name("phonehome-ingest");
         pg.connect_timeout(Duration::from_secs(5));
         let manager = Manager::from_config(
             pg,
             NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size)
@@ -78,7 +81,9 @@ impl Storage {
     /// advisory lock serialises them and each migration commits with its version row.
     pub async fn migrate(&self) -> Result<Vec<i32>, StorageError> {
         let mut client = self.pool.get().await?;
-        client.batch_execute("SELECT pg_advisory_lock(8424200001)").await?;
+        client
+            .batch_execute("SELECT pg_advisory_lock(8424200001)")
+            .await?;
         let result = async {
             client
                 .batch_execute(
@@ -95,7 +100,10 @@ impl Storage {
                 .map(|r| r.get(0))
                 .collect();
             let mut done = Vec::new();
-            for m in migrations::ALL.iter().filter(|m| !applied.contains(&m.version)) {
+            for m in migrations::ALL
+                .iter()
+                .filter(|m| !applied.contains(&m.version))
+            {
                 let tx = client.transaction().await?;
                 tx.batch_execute(m.sql).await?;
                 tx.execute(
@@ -110,7 +118,9 @@ impl Storage {
             Ok::<_, StorageError>(done)
         }
         .await;
-        client.batch_execute("SELECT pg_advisory_unlock(8424200001)").await?;
+        client
+            .batch_execute("SELECT pg_advisory_unlock(8424200001)")
+            .await?;
         result
     }
 
@@ -172,14 +182,22 @@ impl Storage {
                     &id.machine_id,
                     &report.app.version,
                     &report.app.status.as_str(),
-                    &report.system.os.as_ref().and_then(|o| o.pretty_name.clone()),
+                    &report
+                        .system
+                        .os
+                        .as_ref()
+                        .and_then(|o| o.pretty_name.clone()),
                     &report.system.kernel,
                     &report.collector.version,
                 ],
             )
             .await?;
         let inserted: i64 = row.get(0);
-        Ok(if inserted == 1 { InsertOutcome::Stored } else { InsertOutcome::Duplicate })
+        Ok(if inserted == 1 {
+            InsertOutcome::Stored
+        } else {
+            InsertOutcome::Duplicate
+        })
     }
 
     /// Every appliance's current state, most recently heard from first.
@@ -210,7 +228,10 @@ impl Storage {
     /// Number of appliances that have ever reported.
     pub async fn appliance_count(&self) -> Result<i64, StorageError> {
         let client = self.pool.get().await?;
-        Ok(client.query_one("SELECT count(*) FROM appliances", &[]).await?.get(0))
+        Ok(client
+            .query_one("SELECT count(*) FROM appliances", &[])
+            .await?
+            .get(0))
     }
 
     /// Succeeds when PostgreSQL answers a query.

@@ -35,9 +35,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsSetupError::Pem { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|e| TlsSetupError::Pem {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate { path: path.to_path_buf() });
+        return Err(TlsSetupError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
@@ -49,7 +54,8 @@ pub fn server_config(files: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tls
     for ca in read_certs(&files.ca_cert)? {
         roots.add(ca)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     let chain = read_certs(&files.server_cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| TlsSetupError::Pem {
         path: files.server_key.clone(),
@@ -131,7 +137,10 @@ pub fn appliance_identity(der: &[u8]) -> Result<ApplianceIdentity, IdentityError
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let mut cert_sha256 = [0u8; 32];
     cert_sha256.copy_from_slice(digest.as_ref());
-    Ok(ApplianceIdentity { serial, cert_sha256 })
+    Ok(ApplianceIdentity {
+        serial,
+        cert_sha256,
+    })
 }
 
 #[cfg(test)]
@@ -154,7 +163,10 @@ mod tests {
         assert_ne!(id.cert_sha256, [0; 32]);
 
         let srv = pki::issue_server(dir.path(), &["localhost".into()], "server", 10).unwrap();
-        assert_eq!(appliance_identity(&der_of(&srv.cert)), Err(IdentityError::NoSerialSan));
+        assert_eq!(
+            appliance_identity(&der_of(&srv.cert)),
+            Err(IdentityError::NoSerialSan)
+        );
         assert_eq!(appliance_identity(b"junk"), Err(IdentityError::Unparsable));
     }
 

@@ -24,7 +24,12 @@ mod tests {
     #[test]
     fn versions_increase_from_one() {
         for (i, m) in ALL.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "migration {} is out of order", m.name);
+            assert_eq!(
+                m.version as usize,
+                i + 1,
+                "migration {} is out of order",
+                m.name
+            );
             assert!(!m.sql.trim().is_empty(), "migration {} is empty", m.name);
         }
     }

@@ -32,9 +32,15 @@ impl fmt::Display for SerialError {
         match self {
             SerialError::Empty => write!(f, "serial is empty"),
             SerialError::TooLong(n) => {
-                write!(f, "serial is {n} characters long; at most {MAX_SERIAL_LEN} are allowed")
+                write!(
+                    f,
+                    "serial is {n} characters long; at most {MAX_SERIAL_LEN} are allowed"
+                )
             }
-            SerialError::BadCharacter { position, character } => write!(
+            SerialError::BadCharacter {
+                position,
+                character,
+            } => write!(
                 f,
                 "serial has {character:?} at position {position}; only printable ASCII is allowed"
             ),
@@ -56,10 +62,15 @@ impl Serial {
         if len > MAX_SERIAL_LEN {
             return Err(SerialError::TooLong(len));
         }
-        if let Some((position, character)) =
-            s.chars().enumerate().find(|(_, c)| !(' '..='~').contains(c))
+        if let Some((position, character)) = s
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(' '..='~').contains(c))
         {
-            return Err(SerialError::BadCharacter { position, character });
+            return Err(SerialError::BadCharacter {
+                position,
+                character,
+            });
         }
         if s.starts_with(' ') || s.ends_with(' ') {
             return Err(SerialError::SurroundingSpace);
@@ -75,7 +86,13 @@ impl Serial {
     pub fn file_stem(&self) -> String {
         self.0
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect()
     }
 }
@@ -142,7 +159,10 @@ mod tests {
     fn accepts_real_serials_and_refuses_the_rest() {
         let cases: &[(&str, bool)] = &[
             ("CZJ1234ABC", true),
-            ("VMware-56 4d 9e 0e 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5", true),
+            (
+                "VMware-56 4d 9e 0e 1a 2b 3c 4d-5e 6f 70 81 92 a3 b4 c5",
+                true,
+            ),
             ("3d1219c7c4c5404aaa1f6d2a48adfda4", true),
             ("A", true),
             ("", false),

@@ -16,7 +16,10 @@ fn generated() -> String {
 
 /// Formats (uuid, date-time) are assertions in our contract, not mere annotations.
 fn validator(schema: &serde_json::Value) -> jsonschema::Validator {
-    jsonschema::options().should_validate_formats(true).build(schema).expect("schema compiles")
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .expect("schema compiles")
 }
 
 fn sample() -> Report {
@@ -48,7 +51,10 @@ fn reports_the_types_produce_validate_against_the_committed_schema() {
     let report = sample();
     report.check().expect("sample passes the contract checks");
     let value = serde_json::to_value(&report).expect("serialise");
-    let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 
     // A minimal report (every optional field absent, every list empty) is valid too.
@@ -83,19 +89,30 @@ fn the_schema_refuses_what_the_types_refuse() {
 
     type Mutation = fn(&mut serde_json::Value);
     let mutations: &[(&str, Mutation)] = &[
-        ("serial with a newline", |v| v["identity"]["serial"] = "A\nB".into()),
+        ("serial with a newline", |v| {
+            v["identity"]["serial"] = "A\nB".into()
+        }),
         ("missing report_id", |v| {
             v.as_object_mut().unwrap().remove("report_id");
         }),
         ("report_id not a uuid", |v| v["report_id"] = "nope".into()),
-        ("negative byte count", |v| v["filesystems"]["filesystems"][0]["bytes_total"] = (-1).into()),
-        ("unknown serial source", |v| v["identity"]["serial_source"] = "guess".into()),
-        ("counter as string", |v| v["nics"]["nics"][0]["counters"]["rx_errors"] = "3".into()),
+        ("negative byte count", |v| {
+            v["filesystems"]["filesystems"][0]["bytes_total"] = (-1).into()
+        }),
+        ("unknown serial source", |v| {
+            v["identity"]["serial_source"] = "guess".into()
+        }),
+        ("counter as string", |v| {
+            v["nics"]["nics"][0]["counters"]["rx_errors"] = "3".into()
+        }),
     ];
     for (what, mutate) in mutations {
         let mut bad = good.clone();
         mutate(&mut bad);
-        assert!(!validator.is_valid(&bad), "schema accepted a report with {what}");
+        assert!(
+            !validator.is_valid(&bad),
+            "schema accepted a report with {what}"
+        );
         assert!(
             serde_json::from_value::<Report>(bad).is_err(),
             "types accepted a report with {what}"

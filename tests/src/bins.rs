@@ -1,0 +1,202 @@
+//! The real `phonehome-ingest` and `phonehome-collector` binaries, built from this workspace, and
+//! a running ingest process per test.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::TestDb;
+use crate::client;
+use crate::pki::TestPki;
+
+/// Path of a workspace binary, built (once per test process) so it is never stale.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "phonehome-ingest",
+                "-p",
+                "phonehome-collector",
+                "--bins",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map_err(|e| format!("run cargo: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("building the binaries under test failed:\n{e}");
+    }
+    // Test executables live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+/// A `phonehome-ingest serve` process with its own ports, stopped on drop.
+#[derive(Debug)]
+pub struct IngestProcess {
+    child: Child,
+    pub report_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl IngestProcess {
+    /// Starts the ingest against `db` with `pki`'s server certificate; configuration through
+    /// the environment, as an operator might. Waits until `/healthz` answers 200.
+    pub async fn start(db: &TestDb, pki: &TestPki) -> Self {
+        Self::start_with(db, pki, &[]).await
+    }
+
+    pub async fn start_with(db: &TestDb, pki: &TestPki, env: &[(&str, &str)]) -> Self {
+        let tls = pki.server_tls();
+        let report_addr = free_addr();
+        let ops_addr = free_addr();
+        let logdir = tempfile::tempdir().expect("temp dir");
+        let log = logdir.path().join("ingest.log");
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin("phonehome-ingest"));
+        cmd.arg("serve")
+            .env("PHONEHOME_DATABASE_URL", db.url())
+            .env("PHONEHOME_REPORT_LISTEN", report_addr.to_string())
+            .env("PHONEHOME_OPS_LISTEN", ops_addr.to_string())
+            .env("PHONEHOME_TLS_CA_CERT", &tls.ca_cert)
+            .env("PHONEHOME_TLS_SERVER_CERT", &tls.server_cert)
+            .env("PHONEHOME_TLS_SERVER_KEY", &tls.server_key)
+            .env("PHONEHOME_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logfile);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn phonehome-ingest");
+        let mut p = IngestProcess {
+            child,
+            report_addr,
+            ops_addr,
+            log,
+            _logdir: logdir,
+        };
+        p.wait_healthy().await;
+        p
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "phonehome-ingest exited ({status}) before it was healthy:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = client::get(self.ops_addr, "/healthz").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("phonehome-ingest not healthy after 30 s:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the ingest has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `https://127.0.0.1:PORT`, as a collector config wants it.
+    pub fn report_url(&self) -> String {
+        format!("https://{}", self.report_addr)
+    }
+
+    /// The value of an unlabelled (or exactly labelled) sample in `/metrics`, 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let r = client::get(self.ops_addr, "/metrics")
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status, 200);
+        r.body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().expect("metric value"))
+            .unwrap_or(0.0)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("phonehome-ingest did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Output of one collector run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `phonehome-collector` with `args`.
+pub fn collector(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(bin("phonehome-collector"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run phonehome-collector");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

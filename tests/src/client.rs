@@ -1,0 +1,176 @@
+//! Minimal HTTP/1.1 clients for tests: over mutual TLS to the report listener (with any client
+//! certificate, or none) and plain to the operations listener.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::pki::CertPair;
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A TLS client trusting `ca`, presenting `identity` when given.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsClient {
+    pub fn new(ca: &Path, identity: Option<&CertPair>) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
+            roots.add(cert.expect("CA PEM")).expect("add CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some(id) => {
+                let chain: Vec<_> = CertificateDer::pem_file_iter(&id.cert)
+                    .expect("read client cert")
+                    .collect::<Result<_, _>>()
+                    .expect("client cert PEM");
+                let key = PrivateKeyDer::from_pem_file(&id.key).expect("read client key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        TlsClient {
+            config: Arc::new(config),
+        }
+    }
+
+    /// POSTs `body` to `path`. An `Err` means no HTTP response arrived (handshake refused,
+    /// connection closed); its text is the transport error.
+    pub async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        exchange(tls, "POST", path, headers, body).await
+    }
+}
+
+/// A plain-HTTP GET, for the operations listener.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    exchange(tcp, "GET", path, &[], b"").await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    // A server may answer early (413) and close before reading all of a large body.
+    let write_result = stream.write_all(&bytes).await;
+    let _ = stream.flush().await;
+    let mut raw = Vec::new();
+    let read_result = stream.read_to_end(&mut raw).await;
+    if raw.is_empty() {
+        let why = match (write_result, read_result) {
+            (Err(e), _) | (_, Err(e)) => e.to_string(),
+            _ => "connection closed without a response".into(),
+        };
+        return Err(why);
+    }
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Result<Response, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("response has no header end")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().ok_or("empty response")?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,456 @@
+//! End to end: the real collector and ingest binaries, real mutual TLS, real PostgreSQL.
+
+use std::io::Write;
+use std::path::Path;
+
+use phonehome_schema::Report;
+use phonehome_tests::TestDb;
+use phonehome_tests::bins::{IngestProcess, collector};
+use phonehome_tests::client::TlsClient;
+use phonehome_tests::pki::{CertPair, TestPki};
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+/// The example report from the contract, for `serial`, with a fresh id.
+fn report_for(serial: &str) -> Report {
+    let mut r: Report =
+        serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
+    r.identity.serial = serial.parse().expect("serial");
+    r.report_id = uuid::Uuid::new_v4();
+    r
+}
+
+fn body(r: &Report) -> Vec<u8> {
+    serde_json::to_vec(r).expect("serialise")
+}
+
+fn collector_config(dir: &Path, ingest: &IngestProcess, pki: &TestPki, id: &CertPair) -> String {
+    let path = dir.join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server = {:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout_seconds = 10\n",
+            ingest.report_url(),
+            pki.ca_cert(),
+            id.cert,
+            id.key
+        ),
+    )
+    .expect("write collector config");
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_delivers_this_machines_report_into_postgres() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let mut ingest = IngestProcess::start(&db, &pki).await;
+
+    // What this machine says about itself decides which certificate it needs.
+    let collected = collector(&["collect"], &[]);
+    assert_eq!(
+        collected.code,
+        Some(0),
+        "collect failed: {}",
+        collected.stderr
+    );
+    let report: Report = serde_json::from_str(&collected.stdout).expect("collect prints a report");
+    let serial = report.identity.serial.as_str().to_owned();
+    let id = pki.appliance(&serial);
+    let config = collector_config(pki.dir(), &ingest, &pki, &id);
+
+    let run = collector(&["run", "--config", &config], &[]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "run failed: {}\ningest log:\n{}",
+        run.stderr,
+        ingest.log()
+    );
+    assert!(run.stderr.contains("202"), "summary line: {}", run.stderr);
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "one summary line: {}",
+        run.stderr
+    );
+
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT serial, body->'identity'->>'serial', cert_sha256 FROM reports",
+            &[],
+        )
+        .await
+        .expect("query reports");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), serial);
+    assert_eq!(rows[0].get::<_, String>(1), serial);
+    assert_eq!(
+        rows[0].get::<_, Vec<u8>>(2).len(),
+        32,
+        "certificate fingerprint stored"
+    );
+    let fs_count: i32 = client
+        .query_one(
+            "SELECT jsonb_array_length(body->'filesystems'->'filesystems') FROM reports",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert!(
+        fs_count >= 1,
+        "this machine's filesystems are in the stored report"
+    );
+
+    // A second daily run is a second report; the appliance's current state follows it.
+    let run = collector(&["run", "--config", &config], &[]);
+    assert_eq!(run.code, Some(0), "second run: {}", run.stderr);
+    assert_eq!(db.count("reports").await, 2);
+    let count: i64 = client
+        .query_one(
+            "SELECT report_count FROM appliances WHERE serial = $1",
+            &[&serial],
+        )
+        .await
+        .expect("appliance row")
+        .get(0);
+    assert_eq!(count, 2);
+
+    // The operator sees it on the dashboard and in the metrics.
+    let page = phonehome_tests::client::get(ingest.ops_addr, "/")
+        .await
+        .expect("GET /");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&serial),
+        "dashboard lists the serial:\n{}",
+        page.body
+    );
+    if let Some(host) = &report.identity.hostname {
+        assert!(
+            page.body.contains(host.as_str()),
+            "dashboard lists the hostname"
+        );
+    }
+    assert_eq!(
+        ingest
+            .metric("phonehome_reports_total{result=\"stored\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(ingest.metric("phonehome_appliances").await, 1.0);
+
+    let status = ingest.stop();
+    assert!(
+        status.success(),
+        "ingest exits cleanly on SIGTERM: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_report_is_stored_once_whatever_its_encoding() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-RETRY")));
+
+    let report = report_for("SN-RETRY");
+    let first = client
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &body(&report))
+        .await;
+    let first = first.expect("response");
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.json()["status"], "stored");
+
+    // The same report again, compressed this time: acknowledged, not stored again.
+    let gz = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&body(&report)).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    let again = client
+        .post(
+            ingest.report_addr,
+            "/v1/reports",
+            &[JSON, ("Content-Encoding", "gzip")],
+            &gz,
+        )
+        .await
+        .expect("response");
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["status"], "duplicate");
+    assert_eq!(db.count("reports").await, 1);
+
+    // A new report in zstd is a new row.
+    let other = report_for("SN-RETRY");
+    let zst = zstd::encode_all(&body(&other)[..], 3).expect("zstd");
+    let r = client
+        .post(
+            ingest.report_addr,
+            "/v1/reports",
+            &[JSON, ("Content-Encoding", "zstd")],
+            &zst,
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(db.count("reports").await, 2);
+    assert_eq!(
+        ingest
+            .metric("phonehome_reports_total{result=\"duplicate\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_from_another_ca_and_no_certificate_get_no_http_response() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let report = body(&report_for("SN-FOREIGN"));
+
+    let foreign = TlsClient::new(&pki.ca_cert(), Some(&pki.foreign_appliance("SN-FOREIGN")));
+    let err = foreign
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &report)
+        .await
+        .expect_err("a foreign certificate must not get an HTTP response");
+    assert!(
+        err.contains("alert") || err.contains("handshake") || err.contains("reset"),
+        "refused in the TLS layer: {err}"
+    );
+
+    let anonymous = TlsClient::new(&pki.ca_cert(), None);
+    let err = anonymous
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &report)
+        .await
+        .expect_err("no client certificate must not get an HTTP response");
+    assert!(
+        err.contains("alert") || err.contains("handshake") || err.contains("reset"),
+        "refused in the TLS layer: {err}"
+    );
+
+    assert_eq!(db.count("reports").await, 0);
+    assert_eq!(
+        ingest
+            .metric("phonehome_tls_handshake_failures_total")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_appliance_cannot_speak_for_another_serial() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-A")));
+
+    let r = client
+        .post(
+            ingest.report_addr,
+            "/v1/reports",
+            &[JSON],
+            &body(&report_for("SN-B")),
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["error"], "forbidden");
+    assert!(j["message"].as_str().unwrap_or("").contains("SN-A"), "{j}");
+    assert_eq!(db.count("reports").await, 0);
+    assert_eq!(db.count("appliances").await, 0);
+    assert_eq!(
+        ingest
+            .metric("phonehome_identity_failures_total{reason=\"serial_mismatch\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_bodies_get_their_codes_and_store_nothing() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-BAD")));
+
+    let good = serde_json::to_value(report_for("SN-BAD")).expect("json");
+    let without = |field: &str| {
+        let mut v = good.clone();
+        v.as_object_mut().expect("object").remove(field);
+        serde_json::to_vec(&v).expect("json")
+    };
+    let with = |pointer: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        *v.pointer_mut(pointer).expect("pointer") = value;
+        serde_json::to_vec(&v).expect("json")
+    };
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).expect("gzip");
+        e.finish().expect("gzip")
+    };
+    // Over the 1 MiB default once decompressed, small on the wire: a zip bomb.
+    let bomb = gzip(&vec![b' '; 8 * 1024 * 1024]);
+    let mut padded = good.clone();
+    padded["padding"] = "x".repeat(1024 * 1024 + 10).into();
+    let oversized = serde_json::to_vec(&padded).expect("json");
+
+    struct Case {
+        what: &'static str,
+        encoding: Option<&'static str>,
+        body: Vec<u8>,
+        status: u16,
+        error: &'static str,
+        field: Option<&'static str>,
+    }
+    let cases = vec![
+        Case {
+            what: "truncated JSON",
+            encoding: None,
+            body: b"{\"report_id\":".to_vec(),
+            status: 400,
+            error: "malformed_json",
+            field: None,
+        },
+        Case {
+            what: "not JSON at all",
+            encoding: None,
+            body: b"hello".to_vec(),
+            status: 400,
+            error: "malformed_json",
+            field: None,
+        },
+        Case {
+            what: "missing report_id",
+            encoding: None,
+            body: without("report_id"),
+            status: 422,
+            error: "contract_violation",
+            field: Some("report_id"),
+        },
+        Case {
+            what: "report_id not a UUID",
+            encoding: None,
+            body: with("/report_id", "abc".into()),
+            status: 422,
+            error: "contract_violation",
+            field: Some("report_id"),
+        },
+        Case {
+            what: "future schema_version",
+            encoding: None,
+            body: with("/schema_version", 2.into()),
+            status: 422,
+            error: "contract_violation",
+            field: Some("schema_version"),
+        },
+        Case {
+            what: "negative byte count",
+            encoding: None,
+            body: with("/filesystems/filesystems/0/bytes_total", (-5).into()),
+            status: 422,
+            error: "contract_violation",
+            field: Some("filesystems.filesystems[0].bytes_total"),
+        },
+        Case {
+            what: "oversized body",
+            encoding: None,
+            body: oversized,
+            status: 413,
+            error: "too_large",
+            field: None,
+        },
+        Case {
+            what: "gzip bomb",
+            encoding: Some("gzip"),
+            body: bomb,
+            status: 413,
+            error: "too_large",
+            field: None,
+        },
+        Case {
+            what: "corrupt gzip",
+            encoding: Some("gzip"),
+            body: b"not gzip".to_vec(),
+            status: 400,
+            error: "bad_encoding",
+            field: None,
+        },
+        Case {
+            what: "unknown encoding",
+            encoding: Some("br"),
+            body: b"{}".to_vec(),
+            status: 415,
+            error: "unsupported_media_type",
+            field: None,
+        },
+    ];
+    for case in cases {
+        let mut headers = vec![JSON];
+        if let Some(enc) = case.encoding {
+            headers.push(("Content-Encoding", enc));
+        }
+        let r = client
+            .post(ingest.report_addr, "/v1/reports", &headers, &case.body)
+            .await
+            .unwrap_or_else(|e| panic!("{}: no response: {e}", case.what));
+        assert_eq!(r.status, case.status, "{}: {}", case.what, r.body);
+        let j = r.json();
+        assert_eq!(j["error"], case.error, "{}: {j}", case.what);
+        assert!(
+            !j["message"].as_str().unwrap_or("").is_empty(),
+            "{}: message names the problem",
+            case.what
+        );
+        if let Some(field) = case.field {
+            assert_eq!(j["field"], field, "{}: {j}", case.what);
+        }
+    }
+    assert_eq!(db.count("reports").await, 0);
+    assert_eq!(db.count("appliances").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_as_in_the_readme_gets_202_then_200() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let id = pki.appliance("SN-CURL");
+    let report_path = pki.dir().join("report.json");
+    std::fs::write(&report_path, body(&report_for("SN-CURL"))).expect("write report");
+
+    let curl = |path: &Path| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--output",
+                "/dev/null",
+                "--write-out",
+                "%{http_code}",
+            ])
+            .arg("--cert")
+            .arg(&id.cert)
+            .arg("--key")
+            .arg(&id.key)
+            .arg("--cacert")
+            .arg(pki.ca_cert())
+            .args(["-H", "Content-Type: application/json"])
+            .arg(format!("{}/v1/reports", ingest.report_url()))
+            .arg("--data-binary")
+            .arg(format!("@{}", path.display()))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("curl is needed for this test (apt-get install -y curl): {e}")
+            });
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&report_path), "202");
+    assert_eq!(curl(&report_path), "200");
+    assert_eq!(db.count("reports").await, 1);
+}
