@@ -1,0 +1,319 @@
+//! The collector's configuration file (TOML): where to deliver, with which certificates, and
+//! the few facts about the appliance that the machine itself cannot tell.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phonehome_schema::Serial;
+use serde::Deserialize;
+
+use crate::machine::read_bounded;
+
+/// Overrides `server` from the file; lets tests and one-off runs aim at another ingest.
+pub const SERVER_ENV: &str = "PHONEHOME_COLLECTOR_SERVER";
+
+const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+/// A configuration file is a few hundred bytes; this only stops a wrong path from being slurped.
+const CONFIG_LIMIT: u64 = 1024 * 1024;
+
+/// A configuration problem, naming the file it is about. Leads to exit code 78 (EX_CONFIG).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct ConfigError {
+    /// The file that is missing, unreadable or wrong (the configuration, or a file it names).
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The configuration as the collector uses it: relative paths already resolved against the
+/// file's directory, the server URL checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this configuration was read from.
+    pub path: PathBuf,
+    /// Base URL of the ingest's report listener, without a trailing slash.
+    pub server: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Serial written at imaging time; overrides DMI.
+    pub serial: Option<Serial>,
+    pub timeout: Duration,
+    pub app: AppConfig,
+}
+
+/// The `[app]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppConfig {
+    /// File whose first line is the application's version.
+    pub version_file: Option<PathBuf>,
+}
+
+/// Everything `run` needs to deliver a report; all of it must be configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub server: String,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<String>,
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    serial: Option<String>,
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    app: RawApp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    version_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and checks a configuration file; `PHONEHOME_COLLECTOR_SERVER`, when set, replaces
+    /// its `server`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = read_bounded(path, CONFIG_LIMIT)
+            .map_err(|e| ConfigError::new(path, format!("cannot read configuration: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| ConfigError::new(path, "configuration is not UTF-8 text"))?;
+        let server_override = std::env::var(SERVER_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        Config::parse(&text, path, server_override)
+    }
+
+    /// Parses configuration text as if read from `path` (which anchors relative paths).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        server_override: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::new(
+                path,
+                format!("invalid configuration: {}", one_line(&e, text)),
+            )
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: Option<PathBuf>| p.map(|p| if p.is_relative() { dir.join(p) } else { p });
+
+        let server = match server_override {
+            Some(s) => Some(
+                check_server(&s)
+                    .map_err(|e| ConfigError::new(path, format!("{SERVER_ENV}={s:?}: {e}")))?,
+            ),
+            None => raw
+                .server
+                .map(|s| {
+                    check_server(&s)
+                        .map_err(|e| ConfigError::new(path, format!("server = {s:?}: {e}")))
+                })
+                .transpose()?,
+        };
+        let serial = raw
+            .serial
+            .map(|s| {
+                Serial::parse(&s)
+                    .map_err(|e| ConfigError::new(path, format!("serial = {s:?}: {e}")))
+            })
+            .transpose()?;
+        let timeout_seconds = raw.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+        if timeout_seconds == 0 {
+            return Err(ConfigError::new(path, "timeout_seconds must be at least 1"));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            server,
+            ca_cert: resolve(raw.ca_cert),
+            client_cert: resolve(raw.client_cert),
+            client_key: resolve(raw.client_key),
+            serial,
+            timeout: Duration::from_secs(timeout_seconds),
+            app: AppConfig {
+                version_file: resolve(raw.app.version_file),
+            },
+        })
+    }
+
+    /// The settings for delivering a report, or which required key is missing.
+    pub fn delivery(&self) -> Result<DeliverySettings, ConfigError> {
+        let missing = |key: &str| {
+            let mut problem = format!("`{key}` is not set");
+            if key == "server" {
+                problem.push_str(&format!(" (nor is {SERVER_ENV})"));
+            }
+            ConfigError::new(&self.path, problem)
+        };
+        Ok(DeliverySettings {
+            server: self.server.clone().ok_or_else(|| missing("server"))?,
+            ca_cert: self.ca_cert.clone().ok_or_else(|| missing("ca_cert"))?,
+            client_cert: self
+                .client_cert
+                .clone()
+                .ok_or_else(|| missing("client_cert"))?,
+            client_key: self
+                .client_key
+                .clone()
+                .ok_or_else(|| missing("client_key"))?,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// A TOML error as `line L, column C: message`: the default rendering spans several lines, and
+/// the collector's messages end up in one-line logs.
+fn one_line(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// Accepts `https://host[:port][/]` and returns it without the trailing slash; reports go to
+/// `{server}/v1/reports`.
+fn check_server(server: &str) -> Result<String, String> {
+    let server = server.trim().trim_end_matches('/');
+    let uri: ureq::http::Uri = server.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("must start with https:// (reports only travel over mutual TLS)".into());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err("must be the listener's base URL, without a path or query".into());
+    }
+    Ok(server.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/phonehome/collector.toml"), None)
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() -> Result<(), ConfigError> {
+        let config = parse(
+            "server = \"https://ingest.example:8443/\"\nca_cert = \"ca.crt\"\n\
+             client_cert = \"/abs/appliance.crt\"\nclient_key = \"keys/appliance.key\"\n\
+             serial = \"CZJ1234ABC\"\n[app]\nversion_file = \"../app/VERSION\"\n",
+        )?;
+        let delivery = config.delivery()?;
+        assert_eq!(delivery.server, "https://ingest.example:8443");
+        assert_eq!(delivery.ca_cert, Path::new("/etc/phonehome/ca.crt"));
+        assert_eq!(delivery.client_cert, Path::new("/abs/appliance.crt"));
+        assert_eq!(
+            delivery.client_key,
+            Path::new("/etc/phonehome/keys/appliance.key")
+        );
+        assert_eq!(delivery.timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.serial.as_ref().map(Serial::as_str),
+            Some("CZJ1234ABC")
+        );
+        assert_eq!(
+            config.app.version_file.as_deref(),
+            Some(Path::new("/etc/phonehome/../app/VERSION"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_the_problem() {
+        let cases = [
+            ("servr = \"https://x\"", "unknown field `servr`"),
+            ("[app]\nversion = \"1\"", "unknown field `version`"),
+            ("server = \"http://x:8443\"", "https://"),
+            ("server = \"https://x:8443/v1/reports\"", "without a path"),
+            ("serial = \"\"", "serial is empty"),
+            ("serial = \"tab\\there\"", "printable ASCII"),
+            ("timeout_seconds = 0", "at least 1"),
+            ("timeout_seconds = \"ten\"", "invalid type"),
+            ("server = ", "invalid configuration: line 1, column 10"),
+            (
+                "timeout_seconds = 5\n[app]\nversion = \"1\"",
+                "line 3, column 1: unknown field `version`",
+            ),
+        ];
+        for (text, expected) in cases {
+            match parse(text) {
+                Ok(c) => panic!("{text:?} was accepted: {c:?}"),
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.starts_with("/etc/phonehome/collector.toml: "),
+                        "{message}"
+                    );
+                    assert!(message.contains(expected), "{text:?}: {message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn run_needs_every_delivery_setting() -> Result<(), ConfigError> {
+        let config = parse("ca_cert = \"ca.crt\"")?;
+        let err = config
+            .delivery()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`server` is not set"), "{err}");
+        assert!(err.contains(SERVER_ENV), "{err}");
+        let config = parse("server = \"https://x\"\nca_cert = \"ca.crt\"\nclient_cert = \"c\"")?;
+        let err = config
+            .delivery()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("`client_key` is not set"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_environment_overrides_the_server() -> Result<(), ConfigError> {
+        let path = Path::new("c.toml");
+        let config = Config::parse(
+            "server = \"https://a:1\"",
+            path,
+            Some("https://127.0.0.1:9443".into()),
+        )?;
+        assert_eq!(config.server.as_deref(), Some("https://127.0.0.1:9443"));
+        let err = Config::parse("", path, Some("ftp://x".into()))
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains(SERVER_ENV));
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! The phonehome collector as a library: gathers one appliance's health into a
+//! [`phonehome_schema::Report`] and delivers it to the ingest over mutual TLS.
+//!
+//! The binary (`phonehome-collector`) is a thin command line around [`collect_report`] and
+//! [`deliver::deliver`]; end-to-end tests can call the same functions.
+//!
+//! Every reader takes a [`MachineRoot`], so the same code reads the live machine (`/`) or a
+//! recorded tree of `/sys`, `/proc` and `/etc` in a test.
+
+pub mod app;
+pub mod config;
+pub mod deliver;
+pub mod exit;
+pub mod filesystems;
+pub mod identity;
+pub mod machine;
+pub mod nics;
+pub mod smart;
+pub mod system;
+
+use chrono::Utc;
+use phonehome_schema::{CollectorInfo, Report, SCHEMA_VERSION, Serial};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+pub use config::{Config, ConfigError};
+pub use identity::NoSerialError;
+pub use machine::MachineRoot;
+
+/// The collector's own version, as written into every report.
+pub const COLLECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a collection run needs to know beyond the machine itself.
+#[derive(Debug, Clone, Default)]
+pub struct CollectOptions {
+    /// Serial written at imaging time; wins over DMI and machine-id.
+    pub serial_override: Option<Serial>,
+    /// File whose first line is the application's version.
+    pub app_version_file: Option<PathBuf>,
+}
+
+impl CollectOptions {
+    /// The options a configuration file asks for; no configuration means DMI and defaults.
+    pub fn from_config(config: Option<&Config>) -> Self {
+        match config {
+            Some(c) => CollectOptions {
+                serial_override: c.serial.clone(),
+                app_version_file: c.app.version_file.clone(),
+            },
+            None => CollectOptions::default(),
+        }
+    }
+}
+
+/// Gathers this machine's report (no network).
+///
+/// Fails only when no serial can be established at all, because a report without an identity
+/// cannot be delivered or stored; everything else that cannot be read is recorded in the
+/// section's `errors` and the report is still produced.
+pub fn collect_report(
+    root: &MachineRoot,
+    options: &CollectOptions,
+) -> Result<Report, NoSerialError> {
+    let identity = identity::collect(root, options.serial_override.as_ref())?;
+    Ok(Report {
+        report_id: Uuid::new_v4(),
+        schema_version: SCHEMA_VERSION,
+        collected_at: Utc::now(),
+        collector: CollectorInfo {
+            version: COLLECTOR_VERSION.to_owned(),
+        },
+        identity,
+        system: system::collect(root),
+        smart: smart::collect(),
+        filesystems: filesystems::collect(root),
+        nics: nics::collect(root),
+        app: app::collect(options.app_version_file.as_deref()),
+    })
+}
