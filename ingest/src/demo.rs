@@ -100,7 +100,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let report = collect(&collector).await?;
     let serial = report.identity.serial.clone();
     step(format!(
-        "this machine is serial {serial:?} (from {:?}), hostname {}",
+        "this machine is serial {serial} (from {:?}), hostname {}",
         report.identity.serial_source,
         report.identity.hostname.as_deref().unwrap_or("?")
     ));
