@@ -70,6 +70,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             let cluster =
                 tokio::task::spawn_blocking(move || PrivateCluster::start(Some(&pg_dir), true))
                     .await??;
+            // If we die without unwinding, the cluster must not outlive us; a throwaway working
+            // directory goes with it.
+            let remove = opts.dir.is_none().then(|| dir.clone());
+            cluster.stop_when_process_exits(std::process::id(), remove.as_deref())?;
             create_database(&cluster.url("postgres"), "phonehome").await?;
             let url = cluster.url("phonehome");
             step(format!("PostgreSQL is up at {url}"));

@@ -152,20 +152,28 @@ impl PrivateCluster {
         &self.data
     }
 
-    /// Starts a shell that stops this cluster once process `pid` has exited, for processes
-    /// (test binaries) that may end without running destructors.
-    pub fn stop_when_process_exits(&self, pid: u32) -> Result<(), ClusterError> {
-        let pg_ctl = self.bindir.join("pg_ctl");
+    /// Starts a shell that stops this cluster once process `pid` has exited, for processes that
+    /// may end without running destructors (test binaries, a demo killed with SIGKILL), and then
+    /// removes `remove` if given.
+    pub fn stop_when_process_exits(
+        &self,
+        pid: u32,
+        remove: Option<&Path>,
+    ) -> Result<(), ClusterError> {
         let stop = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {} {} -D {} -m immediate stop >/dev/null 2>&1; rm -rf {}",
-            if self.run_as_postgres {
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             if [ -f '{data}/postmaster.pid' ]; then {runas} '{pg_ctl}' -D '{data}' -m immediate stop; fi; \
+             {remove}",
+            runas = if self.run_as_postgres {
                 "runuser -u postgres --"
             } else {
                 ""
             },
-            path_str(&pg_ctl),
-            path_str(&self.data),
-            path_str(self.data.parent().unwrap_or(&self.data)),
+            pg_ctl = path_str(&self.bindir.join("pg_ctl")),
+            data = path_str(&self.data),
+            remove = remove
+                .map(|p| format!("rm -rf '{}'", path_str(p)))
+                .unwrap_or_default(),
         );
         Command::new("sh")
             .args(["-c", &stop])

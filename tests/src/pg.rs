@@ -62,8 +62,9 @@ fn private_cluster() -> Result<String, String> {
     static CLUSTER: OnceLock<PrivateCluster> = OnceLock::new();
     let cluster = PrivateCluster::start(None, false).map_err(|e| e.to_string())?;
     // Statics are never dropped: a watchdog stops the cluster when this test process ends.
+    let dir = cluster.data_dir().parent().map(|p| p.to_path_buf());
     cluster
-        .stop_when_process_exits(std::process::id())
+        .stop_when_process_exits(std::process::id(), dir.as_deref())
         .map_err(|e| e.to_string())?;
     let url = cluster.url("postgres");
     let _ = CLUSTER.set(cluster);
