@@ -298,6 +298,21 @@ fn a_configured_serial_wins_over_dmi() {
     assert_eq!(report.identity.serial_source, SerialSource::Config);
 }
 
+/// The report names the unreadable DMI product serial file, with the kind of failure.
+fn assert_product_serial_error(report: &Report, kind: ErrorKind) {
+    let error = report
+        .identity
+        .errors
+        .iter()
+        .find(|e| e.item == "/sys/class/dmi/id/product_serial");
+    assert_eq!(
+        error.map(|e| e.kind),
+        Some(kind),
+        "{:?}",
+        report.identity.errors
+    );
+}
+
 #[test]
 fn unreadable_serial_files_are_reported_and_skipped() {
     let dir = tree(&[
@@ -310,17 +325,7 @@ fn unreadable_serial_files_are_reported_and_skipped() {
     let report = collect(dir.path());
     assert_eq!(report.identity.serial.as_str(), "CH-77");
     assert_eq!(report.identity.serial_source, SerialSource::DmiChassis);
-    let error = report
-        .identity
-        .errors
-        .iter()
-        .find(|e| e.item == "/sys/class/dmi/id/product_serial");
-    assert_eq!(
-        error.map(|e| e.kind),
-        Some(ErrorKind::Failed),
-        "{:?}",
-        report.identity.errors
-    );
+    assert_product_serial_error(&report, ErrorKind::Failed);
 }
 
 #[test]
@@ -361,17 +366,7 @@ fn root_only_serial_files_are_permission_denied_not_a_crash() {
     );
     let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.identity.serial_source, SerialSource::MachineId);
-    let error = report
-        .identity
-        .errors
-        .iter()
-        .find(|e| e.item == "/sys/class/dmi/id/product_serial");
-    assert_eq!(
-        error.map(|e| e.kind),
-        Some(ErrorKind::PermissionDenied),
-        "{:?}",
-        report.identity.errors
-    );
+    assert_product_serial_error(&report, ErrorKind::PermissionDenied);
 }
 
 #[test]

@@ -71,7 +71,7 @@ async fn handle(
         // Only the mTLS listener inserts the identity; anything else has no appliance behind it.
         None => return Err(ApiError::Forbidden("no client certificate".into())),
     };
-    let span = tracing::info_span!("report", serial = %identity.serial);
+    let span = tracing::info_span!("report", route = "/v1/reports", serial = %identity.serial);
     let _enter = span.enter();
 
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
