@@ -24,7 +24,19 @@ pub enum StorageError {
 
 impl From<deadpool_postgres::PoolError> for StorageError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StorageError::Unavailable(e.to_string())
+        // The pool's own message ("error connecting to server") hides the cause ("Connection
+        // refused"); operators need the whole chain.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        StorageError::Unavailable(message)
     }
 }
 
