@@ -47,8 +47,6 @@ pub struct Config {
     /// Largest accepted report after decompression.
     pub max_body_bytes: usize,
     pub db_pool_size: usize,
-    /// Base URL of the dashboard as operators reach it; used in log lines and links.
-    pub public_dashboard_url: Option<String>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
@@ -67,7 +65,6 @@ impl Default for Config {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_pool_size: 16,
-            public_dashboard_url: None,
         }
     }
 }
@@ -82,7 +79,6 @@ struct FileConfig {
     tls: Option<TlsConfig>,
     max_body_bytes: Option<usize>,
     db_pool_size: Option<usize>,
-    public_dashboard_url: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -159,9 +155,6 @@ impl Config {
         if let Some(v) = f.db_pool_size {
             self.db_pool_size = v;
         }
-        if f.public_dashboard_url.is_some() {
-            self.public_dashboard_url = f.public_dashboard_url;
-        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -198,9 +191,6 @@ impl Config {
         }
         if let Some(v) = env("PHONEHOME_DB_POOL_SIZE") {
             self.db_pool_size = parsed("PHONEHOME_DB_POOL_SIZE", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_PUBLIC_DASHBOARD_URL") {
-            self.public_dashboard_url = Some(v);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::TlsConfig;
 use crate::pgcluster::PrivateCluster;
-use crate::storage::Storage;
+use crate::storage::{self, Storage};
 use crate::{AppState, pki, tls};
 
 /// What the demo needs to know; every field has a default on the command line.
@@ -74,7 +74,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             // directory goes with it.
             let remove = opts.dir.is_none().then(|| dir.clone());
             cluster.stop_when_process_exits(std::process::id(), remove.as_deref())?;
-            create_database(&cluster.url("postgres"), "phonehome").await?;
+            storage::create_database(&cluster.url("postgres"), "phonehome").await?;
             let url = cluster.url("phonehome");
             step(format!("PostgreSQL is up at {url}"));
             _cluster = Some(cluster);
@@ -231,25 +231,4 @@ async fn collect(collector: &Path) -> anyhow::Result<Report> {
     }
     serde_json::from_slice(&out.stdout)
         .context("the collector printed a report the ingest cannot read")
-}
-
-/// Creates database `name` unless it exists.
-pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let (client, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
-        .await
-        .context("connect to PostgreSQL")?;
-    tokio::spawn(conn);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some();
-    if !exists {
-        client
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{}\"",
-                name.replace('"', "\"\"")
-            ))
-            .await?;
-    }
-    Ok(())
 }

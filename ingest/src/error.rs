@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::storage::StorageError;
+use crate::storage::{FailureKind, StorageError};
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +71,14 @@ impl ApiError {
 
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
-        if e.is_transient() {
-            ApiError::Unavailable(e)
-        } else {
-            ApiError::Internal(e)
+        match e.kind() {
+            FailureKind::Transient => ApiError::Unavailable(e),
+            FailureKind::BadData => ApiError::Contract {
+                field: String::new(),
+                // A data exception describes the client's own value, not our internals.
+                message: format!("the report holds a value the database cannot store: {e}"),
+            },
+            FailureKind::Internal => ApiError::Internal(e),
         }
     }
 }

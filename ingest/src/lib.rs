@@ -52,6 +52,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/reports", post(reports::post_report))
+        .fallback(not_found)
         // The real limit is enforced while reading the body, after decompression.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -64,6 +65,17 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(phonehome_dashboard::router(state.storage))
+}
+
+/// Every answer of the report API is JSON, a wrong path included.
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "error": "not_found",
+            "message": format!("no route for {method} {}; reports go to POST /v1/reports", uri.path()),
+        })),
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {

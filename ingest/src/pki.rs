@@ -29,7 +29,9 @@ pub enum PkiError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0} already exists; refusing to overwrite it (remove it first to start a new CA)")]
+    #[error(
+        "{0} already exists; refusing to overwrite it (move it away first if you mean to replace it)"
+    )]
     Exists(PathBuf),
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -59,11 +61,6 @@ pub fn init_ca(dir: &Path, common_name: &str, validity_days: i64) -> Result<Issu
         cert: dir.join(CA_CERT_FILE),
         key: dir.join(CA_KEY_FILE),
     };
-    for p in [&files.cert, &files.key] {
-        if p.exists() {
-            return Err(PkiError::Exists(p.clone()));
-        }
-    }
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name);
@@ -208,19 +205,31 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
 }
 
 fn write_pair(files: &IssuedFiles, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+    // Checked up front so that neither file is written when the other already exists.
+    for p in [&files.cert, &files.key] {
+        if p.exists() {
+            return Err(PkiError::Exists(p.clone()));
+        }
+    }
     write_file(&files.key, key_pem, 0o600)?;
     write_file(&files.cert, cert_pem, 0o644)
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    // The mode is set at creation, so a private key is never readable by others, not even briefly.
+    // The mode is set at creation, so a private key is never readable by others, not even
+    // briefly; `create_new` never replaces a key or certificate that is already in use.
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(io_err(path))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_path_buf()),
+            _ => PkiError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
     f.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(path))?;
     f.write_all(contents.as_bytes()).map_err(io_err(path))?;
@@ -259,6 +268,10 @@ mod tests {
         assert_eq!(app.cert.file_name().unwrap(), "appliance-SN_1_2.crt");
         let mode = fs::metadata(&app.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        assert!(matches!(
+            issue_appliance(dir.path(), dir.path(), &serial, 30),
+            Err(PkiError::Exists(_))
+        ));
         let srv = issue_server(
             dir.path(),
             &["localhost".into(), "127.0.0.1".into()],

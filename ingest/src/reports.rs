@@ -8,9 +8,11 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
 use phonehome_schema::Report;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -30,9 +32,8 @@ pub async fn post_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    state.metrics.in_flight.inc();
+    let _in_flight = InFlight::new(&state.metrics.in_flight);
     let result = handle(&state, peer.map(|Extension(p)| p), &headers, body).await;
-    state.metrics.in_flight.dec();
     let label = match &result {
         Ok((InsertOutcome::Stored, _)) => "stored",
         Ok((InsertOutcome::Duplicate, _)) => "duplicate",
@@ -50,6 +51,23 @@ pub async fn post_report(
             Json(json!({"status": "duplicate", "report_id": report_id})),
         ),
     })
+}
+
+/// Counts a request in `phonehome_reports_in_flight` for as long as it lives, however the
+/// request ends (a dropped connection cancels the handler mid-way).
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 async fn handle(
@@ -72,23 +90,24 @@ async fn handle(
         None => return Err(ApiError::Forbidden("no client certificate".into())),
     };
     let span = tracing::info_span!("report", route = "/v1/reports", serial = %identity.serial);
-    let _enter = span.enter();
+    store(state, identity, headers, body).instrument(span).await
+}
 
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "Content-Type {ct:?} is not accepted; send application/json"
-            )));
-        }
-    }
+async fn store(
+    state: &AppState,
+    identity: ApplianceIdentity,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(InsertOutcome, uuid::Uuid), ApiError> {
+    // No Content-Type check: the body is proved to be JSON below, and `curl -d` (what an
+    // operator types by hand) sends application/x-www-form-urlencoded.
     let encoding = Encoding::from_headers(headers)?;
     let limit = state.max_body_bytes;
     let raw = read_limited(body, limit).await?;
     state.metrics.report_bytes.inc_by(raw.len() as u64);
     let json = encoding.decode(&raw, limit)?;
 
-    let report = parse_report(&json)?;
+    let report = parse_report(&json, Utc::now())?;
     if report.identity.serial != identity.serial {
         state
             .metrics
@@ -101,7 +120,7 @@ async fn handle(
             identity.serial.as_str()
         )));
     }
-    // serde_json has already proved the body is UTF-8.
+    // parse_report has already proved the body is UTF-8.
     let text = std::str::from_utf8(&json).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
 
     let started = Instant::now();
@@ -118,32 +137,64 @@ async fn handle(
 }
 
 /// Parses and checks a report, naming the offending field on failure.
-pub fn parse_report(json: &[u8]) -> Result<Report, ApiError> {
-    // PostgreSQL's jsonb cannot hold U+0000; refuse it here as bad input rather than fail later.
-    if json.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+///
+/// The whole document is parsed first, unknown fields included: serde would skip those
+/// unvalidated, and PostgreSQL's jsonb, which stores them, refuses lone surrogates, numbers out
+/// of range and U+0000. Bad input must be a 4xx here, not a 500 from the database.
+pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Contract {
+                field: String::new(),
+                message: e.to_string(),
+            },
+            _ => ApiError::MalformedJson(format!("malformed JSON: {e}")),
+        })?;
+    if let Some(path) = find_nul(&value, String::new()) {
         return Err(ApiError::Contract {
-            field: String::new(),
-            message: "strings must not contain U+0000".into(),
+            message: format!("{path}: strings must not contain U+0000"),
+            field: path,
         });
     }
-    let de = &mut serde_json::Deserializer::from_slice(json);
-    let report: Report = serde_path_to_error::deserialize(de).map_err(|e| {
+    let report: Report = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = field_name(&path, &inner.to_string());
-        match inner.classify() {
-            serde_json::error::Category::Data => ApiError::Contract {
-                message: format!("{field}: {inner}"),
-                field,
-            },
-            _ => ApiError::MalformedJson(format!("malformed JSON: {inner}")),
+        ApiError::Contract {
+            message: format!("{field}: {inner}"),
+            field,
         }
     })?;
-    report.check().map_err(|v| ApiError::Contract {
+    report.check(now).map_err(|v| ApiError::Contract {
         message: v.to_string(),
         field: v.field,
     })?;
     Ok(report)
+}
+
+/// The path of the first string or key holding U+0000, which jsonb cannot store.
+fn find_nul(value: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let child = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(child)
+            } else {
+                find_nul(v, child)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// The JSON path of the offending field; for a missing field, the path of the field itself
@@ -208,7 +259,7 @@ impl Encoding {
     fn decode(self, raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
         let reader: Box<dyn Read + '_> = match self {
             Encoding::Identity => return Ok(raw.to_vec()),
-            Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(raw)),
+            Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
             Encoding::Zstd => Box::new(
                 zstd::stream::read::Decoder::new(raw)
                     .map_err(|e| ApiError::BadEncoding(format!("zstd: {e}")))?,
@@ -276,19 +327,29 @@ mod tests {
                 "contract_violation",
                 "report_id",
             ),
-            (r#"{"x": "\u0000"}"#, "contract_violation", ""),
+            (
+                r#"{"x": {"y": ["a\u0000"]}}"#,
+                "contract_violation",
+                "x.y[0]",
+            ),
+            (r#"{"x": "\ud800"}"#, "malformed_json", ""),
+            (r#"{"x": 1e999999}"#, "malformed_json", ""),
         ];
         for (input, code, field) in cases {
-            let err = parse_report(input.as_bytes()).unwrap_err();
+            let err = parse_report(input.as_bytes(), Utc::now()).unwrap_err();
             assert_eq!(err.code(), *code, "{input}: {err}");
             if let ApiError::Contract { field: f, .. } = &err {
                 assert_eq!(f, field, "{input}");
             }
         }
+        let deep = "[".repeat(100_000);
+        let err = parse_report(deep.as_bytes(), Utc::now()).unwrap_err();
+        assert_eq!(err.code(), "malformed_json", "{err}");
+
         let mut example: serde_json::Value =
             serde_json::from_str(include_str!("../../schema/examples/report.json")).unwrap();
         example["identity"]["serial"] = "bad\nserial".into();
-        let err = parse_report(example.to_string().as_bytes()).unwrap_err();
+        let err = parse_report(example.to_string().as_bytes(), Utc::now()).unwrap_err();
         match err {
             ApiError::Contract { field, message } => {
                 assert_eq!(field, "identity.serial");

@@ -41,7 +41,17 @@ pub async fn serve(
         let _ = tx.send(true);
     });
     let reports = serve_reports(reports, tls, state.clone(), stopped(rx.clone()));
-    let ops = serve_ops(ops, state, stopped(rx));
+    let ops = serve_ops(ops, state, stopped(rx.clone()));
+    // An operator's browser holding a connection open must not keep the ingest from stopping.
+    let ops = async move {
+        tokio::select! {
+            r = ops => r,
+            () = async { stopped(rx).await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+                tracing::warn!("operations listener: connections still open after {DRAIN_TIMEOUT:?}; closing them");
+                Ok(())
+            }
+        }
+    };
     let (a, b) = tokio::join!(reports, ops);
     a.and(b)
 }
@@ -84,12 +94,14 @@ pub async fn serve_reports(
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     metrics.handshake_failures.inc();
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    // Debug, not info: scanners and misconfigured clients would flood the log;
+                    // the counter is what operators watch.
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
                     metrics.handshake_failures.inc();
-                    tracing::info!(%peer, "TLS handshake timed out");
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

@@ -16,7 +16,7 @@ pub enum StorageError {
     /// PostgreSQL cannot be reached or gave no connection in time: worth a retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe_pg(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database configuration: {0}")]
     Config(String),
@@ -262,13 +262,78 @@ impl FleetSource for Storage {
     }
 }
 
+/// What went wrong, in the server's own words where there are some: tokio-postgres' `Display`
+/// says only "db error".
+fn describe_pg(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!("; {detail}"));
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// How a failure should be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database is away or overloaded: retry later (503).
+    Transient,
+    /// The database refused a value in the request (SQLSTATE class 22, data exception): no retry
+    /// will help (422).
+    BadData,
+    /// A bug or misconfiguration (500).
+    Internal,
+}
+
 impl StorageError {
-    /// True when a retry later may succeed (the database is away, not the request wrong).
-    pub fn is_transient(&self) -> bool {
+    pub fn kind(&self) -> FailureKind {
         match self {
-            StorageError::Unavailable(_) => true,
-            StorageError::Query(e) => e.is_closed() || e.as_db_error().is_none(),
-            StorageError::Config(_) => false,
+            StorageError::Unavailable(_) => FailureKind::Transient,
+            StorageError::Config(_) => FailureKind::Internal,
+            StorageError::Query(e) => match e.as_db_error().map(|db| db.code().code()) {
+                // 08 connection, 40 rollback (serialization, deadlock), 53 resources,
+                // 57 operator intervention (shutdown, read-only after failover), 58 system.
+                Some(code)
+                    if ["08", "40", "53", "57", "58"]
+                        .iter()
+                        .any(|c| code.starts_with(c)) =>
+                {
+                    FailureKind::Transient
+                }
+                Some(code) if code.starts_with("22") || code == "54001" => FailureKind::BadData,
+                Some(_) => FailureKind::Internal,
+                // No server error: the connection broke (I/O) or a value failed to convert.
+                None if e.is_closed() => FailureKind::Transient,
+                None => match std::error::Error::source(e) {
+                    Some(cause) if cause.is::<std::io::Error>() => FailureKind::Transient,
+                    _ => FailureKind::Internal,
+                },
+            },
         }
     }
+}
+
+/// Creates database `name` through `admin_url` unless it exists (the demo's private cluster
+/// starts with none).
+pub async fn create_database(admin_url: &str, name: &str) -> Result<(), StorageError> {
+    let (client, conn) = tokio_postgres::connect(admin_url, NoTls).await?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
+            .await?;
+    }
+    Ok(())
 }

@@ -19,6 +19,11 @@ pub use serial::{Serial, SerialError};
 /// The contract version this crate writes and the ingest accepts.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// How far ahead of the ingest's clock `collected_at` may be.
+pub const MAX_CLOCK_AHEAD_HOURS: i64 = 24;
+/// Oldest report accepted: long enough for a spooled report to survive any realistic outage.
+pub const MAX_REPORT_AGE_DAYS: i64 = 400;
+
 /// One appliance's health report, as posted to `POST /v1/reports`.
 ///
 /// Unknown fields are ignored by the ingest (and kept in the stored evidence), so a newer
@@ -30,6 +35,7 @@ pub struct Report {
     /// report carries the same id and is stored once.
     pub report_id: Uuid,
     /// Always 1 for this contract.
+    #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     /// When the collector gathered the data (UTC, RFC 3339).
     pub collected_at: DateTime<Utc>,
@@ -60,6 +66,7 @@ pub struct Identity {
     pub system_uuid: Option<Uuid>,
     /// `/etc/machine-id`: 32 lowercase hexadecimal digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-f]{32}$"))]
     pub machine_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -280,9 +287,29 @@ impl std::fmt::Display for ContractViolation {
 impl std::error::Error for ContractViolation {}
 
 impl Report {
-    /// Checks what serde cannot: the contract version and value ranges that the JSON Schema also
-    /// states.
-    pub fn check(&self) -> Result<(), ContractViolation> {
+    /// Checks what serde cannot: the contract version, value ranges that the JSON Schema also
+    /// states, and a `collected_at` that is plausible at `now` (a report from a broken clock
+    /// would otherwise pose as the appliance's newest state for centuries).
+    pub fn check(&self, now: DateTime<Utc>) -> Result<(), ContractViolation> {
+        let age = now - self.collected_at;
+        if age < -chrono::Duration::hours(MAX_CLOCK_AHEAD_HOURS) {
+            return Err(ContractViolation {
+                field: "collected_at".into(),
+                message: format!(
+                    "collected_at {} is more than {MAX_CLOCK_AHEAD_HOURS} h in the future; is the appliance's clock right?",
+                    self.collected_at.to_rfc3339()
+                ),
+            });
+        }
+        if age > chrono::Duration::days(MAX_REPORT_AGE_DAYS) {
+            return Err(ContractViolation {
+                field: "collected_at".into(),
+                message: format!(
+                    "collected_at {} is more than {MAX_REPORT_AGE_DAYS} days old",
+                    self.collected_at.to_rfc3339()
+                ),
+            });
+        }
         if self.schema_version != SCHEMA_VERSION {
             return Err(ContractViolation {
                 field: "schema_version".into(),

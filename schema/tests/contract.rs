@@ -31,7 +31,10 @@ fn sample() -> Report {
 fn committed_schema_equals_generated() {
     let generated = generated();
     if std::env::var_os("PHONEHOME_BLESS").is_some() {
-        std::fs::write(committed_path(), &generated).expect("write report.schema.json");
+        // Atomically: other tests in this binary read the file concurrently.
+        let tmp = committed_path().with_extension("json.tmp");
+        std::fs::write(&tmp, &generated).expect("write report.schema.json");
+        std::fs::rename(&tmp, committed_path()).expect("replace report.schema.json");
     }
     let committed = std::fs::read_to_string(committed_path()).unwrap_or_default();
     assert!(
@@ -49,7 +52,9 @@ fn reports_the_types_produce_validate_against_the_committed_schema() {
     let validator = validator(&schema);
 
     let report = sample();
-    report.check().expect("sample passes the contract checks");
+    report
+        .check(report.collected_at)
+        .expect("sample passes the contract checks");
     let value = serde_json::to_value(&report).expect("serialise");
     let errors: Vec<String> = validator
         .iter_errors(&value)
@@ -102,6 +107,10 @@ fn the_schema_refuses_what_the_types_refuse() {
         ("unknown serial source", |v| {
             v["identity"]["serial_source"] = "guess".into()
         }),
+        ("schema_version 2", |v| v["schema_version"] = 2.into()),
+        ("machine_id not hex", |v| {
+            v["identity"]["machine_id"] = "XYZ".into()
+        }),
         ("counter as string", |v| {
             v["nics"]["nics"][0]["counters"]["rx_errors"] = "3".into()
         }),
@@ -113,10 +122,9 @@ fn the_schema_refuses_what_the_types_refuse() {
             !validator.is_valid(&bad),
             "schema accepted a report with {what}"
         );
-        assert!(
-            serde_json::from_value::<Report>(bad).is_err(),
-            "types accepted a report with {what}"
-        );
+        let typed = serde_json::from_value::<Report>(bad).map_err(|e| e.to_string());
+        let checked = typed.and_then(|r| r.check(r.collected_at).map_err(|e| e.to_string()));
+        assert!(checked.is_err(), "types accepted a report with {what}");
     }
 }
 
@@ -124,6 +132,26 @@ fn the_schema_refuses_what_the_types_refuse() {
 fn check_refuses_other_schema_versions() {
     let mut r = sample();
     r.schema_version = 2;
-    let err = r.check().unwrap_err();
+    let err = r.check(r.collected_at).unwrap_err();
     assert_eq!(err.field, "schema_version");
+}
+
+#[test]
+fn check_refuses_implausible_collection_times() {
+    let r = sample();
+    let at = r.collected_at;
+    let cases = [
+        (at, true),
+        (at + chrono::Duration::days(7), true),
+        (at - chrono::Duration::hours(23), true),
+        (at - chrono::Duration::hours(25), false),
+        (at + chrono::Duration::days(MAX_REPORT_AGE_DAYS + 1), false),
+    ];
+    for (now, ok) in cases {
+        let result = r.check(now);
+        assert_eq!(result.is_ok(), ok, "now = {now}: {result:?}");
+        if let Err(e) = result {
+            assert_eq!(e.field, "collected_at");
+        }
+    }
 }

@@ -13,18 +13,23 @@ use crate::pki::TestPki;
 
 /// Path of a workspace binary, built (once per test process) so it is never stale.
 pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile dir>/deps and the binaries one level up; they are
+    // built with the profile the tests themselves were built with.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+    };
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "phonehome-ingest",
-                "-p",
-                "phonehome-collector",
-                "--bins",
-            ])
+            .args(["build", "--quiet", "--profile", &profile, "--bins"])
+            .args(["-p", "phonehome-ingest", "-p", "phonehome-collector"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .map_err(|e| format!("run cargo: {e}"))?;
@@ -37,9 +42,6 @@ pub fn bin(name: &str) -> PathBuf {
     if let Err(e) = built {
         panic!("building the binaries under test failed:\n{e}");
     }
-    // Test executables live in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
     assert!(path.is_file(), "{} was not built", path.display());
     path
@@ -133,8 +135,9 @@ impl IngestProcess {
         format!("https://{}", self.report_addr)
     }
 
-    /// The value of an unlabelled (or exactly labelled) sample in `/metrics`, 0 if absent.
-    pub async fn metric(&self, series: &str) -> f64 {
+    /// The value of a sample in `/metrics`, given exactly as exposed (name and labels); `None`
+    /// when the series is not exposed at all.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
         let r = client::get(self.ops_addr, "/metrics")
             .await
             .expect("GET /metrics");
@@ -146,7 +149,6 @@ impl IngestProcess {
                     .and_then(|rest| rest.strip_prefix(' '))
             })
             .map(|v| v.trim().parse().expect("metric value"))
-            .unwrap_or(0.0)
     }
 
     /// Sends SIGTERM and waits for the process to exit.

@@ -100,6 +100,21 @@ impl TestDb {
         TestDb { name, url }
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A client connected to the server's admin database (not this test's), for tests that
+    /// must act on the database from outside.
+    pub async fn admin_client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(admin_url(), NoTls)
+            .await
+            .expect("connect to the admin database");
+        tokio::spawn(conn);
+        client
+    }
+
     /// The URL the ingest under test should use.
     pub fn url(&self) -> &str {
         &self.url

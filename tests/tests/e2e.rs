@@ -17,7 +17,23 @@ fn report_for(serial: &str) -> Report {
         serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
     r.identity.serial = serial.parse().expect("serial");
     r.report_id = uuid::Uuid::new_v4();
+    r.collected_at = chrono::Utc::now();
     r
+}
+
+/// The appliance's current-state row: report count, last report time, hostname, last report id.
+async fn appliance_state(db: &TestDb, serial: &str) -> (i64, String, Option<String>, String) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT report_count, last_report_at::text, hostname, last_report_id::text
+             FROM appliances WHERE serial = $1",
+            &[&serial],
+        )
+        .await
+        .expect("appliance row");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
 fn body(r: &Report) -> Vec<u8> {
@@ -138,9 +154,9 @@ async fn the_collector_delivers_this_machines_report_into_postgres() {
         ingest
             .metric("phonehome_reports_total{result=\"stored\"}")
             .await,
-        2.0
+        Some(2.0)
     );
-    assert_eq!(ingest.metric("phonehome_appliances").await, 1.0);
+    assert_eq!(ingest.metric("phonehome_appliances").await, Some(1.0));
 
     let status = ingest.stop();
     assert!(
@@ -164,10 +180,15 @@ async fn a_retried_report_is_stored_once_whatever_its_encoding() {
     assert_eq!(first.status, 202, "{}", first.body);
     assert_eq!(first.json()["status"], "stored");
 
-    // The same report again, compressed this time: acknowledged, not stored again.
+    let before = appliance_state(&db, "SN-RETRY").await;
+
+    // The same report again, compressed this time and with a different hostname: acknowledged,
+    // not stored again, and the appliance's current state is untouched.
+    let mut altered = report.clone();
+    altered.identity.hostname = Some("someone-else".into());
     let gz = {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(&body(&report)).expect("gzip");
+        e.write_all(&body(&altered)).expect("gzip");
         e.finish().expect("gzip")
     };
     let again = client
@@ -182,6 +203,11 @@ async fn a_retried_report_is_stored_once_whatever_its_encoding() {
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.json()["status"], "duplicate");
     assert_eq!(db.count("reports").await, 1);
+    assert_eq!(
+        appliance_state(&db, "SN-RETRY").await,
+        before,
+        "a duplicate changed the appliance's state"
+    );
 
     // A new report in zstd is a new row.
     let other = report_for("SN-RETRY");
@@ -201,7 +227,7 @@ async fn a_retried_report_is_stored_once_whatever_its_encoding() {
         ingest
             .metric("phonehome_reports_total{result=\"duplicate\"}")
             .await,
-        1.0
+        Some(1.0)
     );
 }
 
@@ -237,7 +263,7 @@ async fn certificates_from_another_ca_and_no_certificate_get_no_http_response() 
         ingest
             .metric("phonehome_tls_handshake_failures_total")
             .await,
-        2.0
+        Some(2.0)
     );
 }
 
@@ -267,7 +293,7 @@ async fn an_appliance_cannot_speak_for_another_serial() {
         ingest
             .metric("phonehome_identity_failures_total{reason=\"serial_mismatch\"}")
             .await,
-        1.0
+        Some(1.0)
     );
 }
 
@@ -294,8 +320,10 @@ async fn bad_bodies_get_their_codes_and_store_nothing() {
         e.write_all(data).expect("gzip");
         e.finish().expect("gzip")
     };
-    // Over the 1 MiB default once decompressed, small on the wire: a zip bomb.
+    // Over the 1 MiB default once decompressed, small on the wire: zip bombs.
     let bomb = gzip(&vec![b' '; 8 * 1024 * 1024]);
+    let zstd_bomb = zstd::encode_all(&vec![b' '; 8 * 1024 * 1024][..], 19).expect("zstd");
+    let in_two_days = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     let mut padded = good.clone();
     padded["padding"] = "x".repeat(1024 * 1024 + 10).into();
     let oversized = serde_json::to_vec(&padded).expect("json");
@@ -364,6 +392,54 @@ async fn bad_bodies_get_their_codes_and_store_nothing() {
             status: 413,
             error: "too_large",
             field: None,
+        },
+        Case {
+            what: "zstd bomb",
+            encoding: Some("zstd"),
+            body: zstd_bomb,
+            status: 413,
+            error: "too_large",
+            field: None,
+        },
+        Case {
+            what: "U+0000 in a string",
+            encoding: None,
+            body: with("/identity/hostname", "a\u{0}b".into()),
+            status: 422,
+            error: "contract_violation",
+            field: Some("identity.hostname"),
+        },
+        Case {
+            what: "lone surrogate in an unknown field",
+            encoding: None,
+            body: br#"{"x":"\ud800"}"#.to_vec(),
+            status: 400,
+            error: "malformed_json",
+            field: None,
+        },
+        Case {
+            what: "number out of range",
+            encoding: None,
+            body: br#"{"x":1e999999}"#.to_vec(),
+            status: 400,
+            error: "malformed_json",
+            field: None,
+        },
+        Case {
+            what: "nesting 100,000 deep",
+            encoding: None,
+            body: "[".repeat(100_000).into_bytes(),
+            status: 400,
+            error: "malformed_json",
+            field: None,
+        },
+        Case {
+            what: "collected two days in the future",
+            encoding: None,
+            body: with("/collected_at", in_two_days.into()),
+            status: 422,
+            error: "contract_violation",
+            field: Some("collected_at"),
         },
         Case {
             what: "gzip bomb",
@@ -440,9 +516,10 @@ async fn curl_as_in_the_readme_gets_202_then_200() {
             .arg(&id.key)
             .arg("--cacert")
             .arg(pki.ca_cert())
-            .args(["-H", "Content-Type: application/json"])
+            // Exactly the issue's command: `-d @file` and no Content-Type of our own (curl then
+            // sends application/x-www-form-urlencoded).
             .arg(format!("{}/v1/reports", ingest.report_url()))
-            .arg("--data-binary")
+            .arg("-d")
             .arg(format!("@{}", path.display()))
             .output()
             .unwrap_or_else(|e| {
@@ -453,4 +530,101 @@ async fn curl_as_in_the_readme_gets_202_then_200() {
     assert_eq!(curl(&report_path), "202");
     assert_eq!(curl(&report_path), "200");
     assert_eq!(db.count("reports").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_postgres_refuses_connections_reports_get_503_and_the_ingest_recovers() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-DOWN")));
+    let post = |r: Report| {
+        let client = client.clone();
+        let addr = ingest.report_addr;
+        async move {
+            client
+                .post(addr, "/v1/reports", &[JSON], &body(&r))
+                .await
+                .expect("response")
+        }
+    };
+
+    // Take the database away from the ingest: no new connections, existing ones killed.
+    let admin = db.admin_client().await;
+    let dbname = db.name().to_owned();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}';"
+        ))
+        .await
+        .expect("make the database unavailable");
+
+    let r = post(report_for("SN-DOWN")).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "unavailable");
+    let retry_after: u64 = r
+        .header("Retry-After")
+        .and_then(|v| v.parse().ok())
+        .expect("503 carries Retry-After in seconds");
+    assert!(retry_after > 0);
+    let health = phonehome_tests::client::get(ingest.ops_addr, "/healthz")
+        .await
+        .expect("healthz");
+    assert_eq!(health.status, 503);
+
+    // Back again: the same ingest, never restarted, stores reports.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .expect("make the database available");
+    let r = post(report_for("SN-DOWN")).await;
+    assert_eq!(r.status, 202, "{}\n{}", r.body, ingest.log());
+    assert_eq!(db.count("reports").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_paths_get_a_json_404() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-404")));
+    let r = client
+        .post(ingest.report_addr, "/v1/report", &[JSON], b"{}")
+        .await
+        .expect("response");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+}
+
+#[test]
+fn reports_the_real_collector_makes_validate_against_the_committed_schema() {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../schema/report.schema.json"))
+            .expect("schema is JSON");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles");
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../collector/tests/fixtures/sysfs"
+    );
+    let roots = [
+        "/".to_owned(),
+        format!("{fixtures}/node_exporter"),
+        format!("{fixtures}/procfs"),
+    ];
+    for root in roots {
+        let run = collector(&["collect", "--root", &root], &[]);
+        assert_eq!(run.code, Some(0), "{root}: {}", run.stderr);
+        let value: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{root}: {errors:#?}");
+    }
 }
