@@ -9,7 +9,7 @@ fail=0
 # Prints the paths by which DEPENDENCY enters PACKAGE's normal/build graph; empty when absent.
 paths() { # paths PACKAGE DEPENDENCY
   local out rc=0
-  out=$(cargo tree -e normal,build -p "$1" -i "$2" 2>&1) || rc=$?
+  out=$(cargo tree -e normal,build --all-features --target all -p "$1" -i "$2" 2>&1) || rc=$?
   if [ $rc -ne 0 ]; then
     # Absent from the graph is the only failure that means "not linked"; anything else is an error.
     if grep -q "did not match any packages" <<<"$out"; then return 0; fi

@@ -39,15 +39,27 @@ const PLACEHOLDERS: &[&str] = &[
     "unknown",
 ];
 
-/// No serial could be established: neither configured, nor in DMI, nor a usable machine-id.
+/// No serial could be established: neither configured, nor in DMI, nor a usable machine-id; or
+/// DMI holds a serial this process may not read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoSerialError {
     /// What went wrong on the way, machine-id last.
     pub errors: Vec<CollectionError>,
+    /// A DMI serial file that exists but is unreadable to us (usually root-only, 0400).
+    pub denied: Option<String>,
 }
 
 impl fmt::Display for NoSerialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(path) = &self.denied {
+            // Falling back to the machine-id here would silently give the appliance another
+            // identity than the one its certificate was issued for.
+            return write!(
+                f,
+                "cannot read the DMI serial {path}: permission denied; run the collector as root \
+                 or set `serial` in its configuration file"
+            );
+        }
         write!(
             f,
             "no serial number for this appliance: DMI has no usable serial and {MACHINE_ID} \
@@ -82,7 +94,13 @@ pub fn collect(
 
     let found = match serial_override {
         Some(serial) => Some((serial.clone(), SerialSource::Config)),
-        None if dmi_present => dmi_serial(root, &mut errors),
+        None if dmi_present => dmi_serial(root, &mut errors).map_err(|denied| {
+            errors.push(denied.clone());
+            NoSerialError {
+                errors: errors.clone(),
+                denied: Some(denied.item),
+            }
+        })?,
         None => None,
     };
     let (serial, serial_source) = match found {
@@ -91,9 +109,17 @@ pub fn collect(
             Some(Ok(serial)) => (serial, SerialSource::MachineId),
             Some(Err(e)) => {
                 errors.push(invalid(MACHINE_ID, e.to_string()));
-                return Err(NoSerialError { errors });
+                return Err(NoSerialError {
+                    errors,
+                    denied: None,
+                });
             }
-            None => return Err(NoSerialError { errors }),
+            None => {
+                return Err(NoSerialError {
+                    errors,
+                    denied: None,
+                });
+            }
         },
     };
 
@@ -124,27 +150,28 @@ pub fn collect(
     })
 }
 
+/// The first usable DMI serial. `Err` when a serial file is there but unreadable to us: the next
+/// source would be a different identity from the one the appliance has when run as root.
 fn dmi_serial(
     root: &MachineRoot,
     errors: &mut Vec<CollectionError>,
-) -> Option<(Serial, SerialSource)> {
+) -> Result<Option<(Serial, SerialSource)>, CollectionError> {
     for (path, source) in DMI_SERIALS {
-        // Serial files are often root-only (0400): a PermissionDenied is recorded and the next
-        // source is tried.
         let bytes = match root.read_bytes(path, ATTRIBUTE_LIMIT) {
             Ok(bytes) => bytes,
+            Err(e) if e.kind == ErrorKind::PermissionDenied => return Err(e),
             Err(e) => {
                 errors.push(e);
                 continue;
             }
         };
         match usable_serial(&bytes) {
-            Ok(Some(serial)) => return Some((serial, source)),
+            Ok(Some(serial)) => return Ok(Some((serial, source))),
             Ok(None) => {}
             Err(message) => errors.push(invalid(path, message)),
         }
     }
-    None
+    Ok(None)
 }
 
 /// The serial in a DMI file's bytes: `Ok(None)` for a vendor placeholder, `Err` for a value that
