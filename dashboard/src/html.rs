@@ -48,15 +48,22 @@ fn ago(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// The fleet page: one row per appliance.
-pub fn fleet_page(rows: &[ApplianceRow], now: DateTime<Utc>) -> String {
+/// The fleet page: one row per appliance, of `total` that have ever reported.
+pub fn fleet_page(rows: &[ApplianceRow], total: i64, now: DateTime<Utc>) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
-        "<h1>phonehome fleet</h1><p class=\"muted\" id=\"summary\">{} appliance{} reporting</p>",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
+        "<h1>phonehome fleet</h1><p class=\"muted\" id=\"summary\">{total} appliance{}",
+        if total == 1 { "" } else { "s" }
     );
+    if (rows.len() as i64) < total {
+        let _ = write!(
+            body,
+            "; the {} heard from most recently are listed",
+            rows.len()
+        );
+    }
+    body.push_str("</p>");
     if rows.is_empty() {
         body.push_str("<p id=\"empty\">No appliance has reported yet.</p>");
         return page("phonehome fleet", &body);
@@ -123,17 +130,27 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-11-21T06:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let html = fleet_page(&[row("SN<1>", "<script>alert(1)</script>")], now);
+        let html = fleet_page(&[row("SN<1>", "<script>alert(1)</script>")], 1, now);
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("SN&lt;1&gt;"));
         assert!(html.contains("3 h ago"));
-        assert!(html.contains("1 appliance reporting"));
+        assert!(html.contains(">1 appliance</p>"), "{html}");
     }
 
     #[test]
     fn empty_fleet_says_so() {
-        let html = fleet_page(&[], Utc::now());
+        let html = fleet_page(&[], 0, Utc::now());
         assert!(html.contains("No appliance has reported yet"));
+    }
+
+    #[test]
+    fn a_truncated_list_says_how_many_there_are() {
+        let rows = vec![row("A", "a"), row("B", "b")];
+        let html = fleet_page(&rows, 5000, Utc::now());
+        assert!(
+            html.contains("5000 appliances; the 2 heard from most recently are listed"),
+            "{html}"
+        );
     }
 }

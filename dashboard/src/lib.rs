@@ -38,6 +38,9 @@ pub trait FleetSource: Clone + Send + Sync + 'static {
         &self,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ApplianceRow>, Self::Error>> + Send;
+
+    /// How many appliances have ever reported (the page may list fewer).
+    fn fleet_size(&self) -> impl Future<Output = Result<i64, Self::Error>> + Send;
 }
 
 /// Most appliances listed on the fleet page until it gains paging.
@@ -51,8 +54,14 @@ pub fn router<S: FleetSource>(source: S) -> Router {
 }
 
 async fn fleet_page<S: FleetSource>(State(source): State<S>) -> Response {
-    match source.appliances(FLEET_PAGE_LIMIT).await {
-        Ok(rows) => Html(html::fleet_page(&rows, Utc::now())).into_response(),
+    let read = async {
+        Ok::<_, S::Error>((
+            source.fleet_size().await?,
+            source.appliances(FLEET_PAGE_LIMIT).await?,
+        ))
+    };
+    match read.await {
+        Ok((total, rows)) => Html(html::fleet_page(&rows, total, Utc::now())).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "dashboard: cannot read the fleet");
             (

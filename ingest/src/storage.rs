@@ -260,6 +260,10 @@ impl FleetSource for Storage {
     async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
         Storage::appliances(self, limit).await
     }
+
+    async fn fleet_size(&self) -> Result<i64, StorageError> {
+        self.appliance_count().await
+    }
 }
 
 /// What went wrong, in the server's own words where there are some: tokio-postgres' `Display`
