@@ -49,13 +49,43 @@ pub struct Config {
     pub serial: Option<Serial>,
     pub timeout: Duration,
     pub app: AppConfig,
+    /// `[filesystems] skip_types`: filesystem types left out of the report.
+    pub skip_fs_types: Vec<String>,
 }
 
 /// The `[app]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
     /// File whose first line is the application's version.
     pub version_file: Option<PathBuf>,
+    /// Program and arguments whose first output line is the version (when there is no file).
+    pub version_command: Option<Vec<String>>,
+    /// systemd units whose state is the application's health.
+    pub systemd_units: Vec<String>,
+    /// Program and arguments of a health check: exit 0 healthy, 1 degraded, 2 unhealthy, 3 unknown
+    /// (the monitoring-plugin convention); a JSON object on stdout is kept, and its `status`
+    /// counts too.
+    pub health_command: Option<Vec<String>>,
+    /// Deadline for each check and for the version command.
+    pub check_timeout: Duration,
+    /// The systemctl to ask (tests point this at a stand-in).
+    pub systemctl: PathBuf,
+}
+
+/// Per-check deadline when `[app] check_timeout_seconds` is not set.
+pub const DEFAULT_CHECK_TIMEOUT_SECONDS: u64 = 10;
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            version_file: None,
+            version_command: None,
+            systemd_units: Vec::new(),
+            health_command: None,
+            check_timeout: Duration::from_secs(DEFAULT_CHECK_TIMEOUT_SECONDS),
+            systemctl: PathBuf::from("systemctl"),
+        }
+    }
 }
 
 /// Everything `run` needs to deliver a report; all of it must be configured.
@@ -79,12 +109,27 @@ struct RawConfig {
     timeout_seconds: Option<u64>,
     #[serde(default)]
     app: RawApp,
+    #[serde(default)]
+    filesystems: RawFilesystems,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilesystems {
+    /// Replaces the built-in list of pseudo filesystem types.
+    skip_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
     version_file: Option<PathBuf>,
+    version_command: Option<Vec<String>>,
+    #[serde(default)]
+    systemd_units: Vec<String>,
+    health_command: Option<Vec<String>>,
+    check_timeout_seconds: Option<u64>,
+    systemctl: Option<PathBuf>,
 }
 
 impl Config {
@@ -148,9 +193,13 @@ impl Config {
             client_key: resolve(raw.client_key),
             serial,
             timeout: Duration::from_secs(timeout_seconds),
-            app: AppConfig {
-                version_file: resolve(raw.app.version_file),
-            },
+            app: app_config(raw.app, path, &resolve)?,
+            skip_fs_types: raw.filesystems.skip_types.unwrap_or_else(|| {
+                crate::filesystems::PSEUDO_FS_TYPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
         })
     }
 
@@ -177,6 +226,44 @@ impl Config {
             timeout: self.timeout,
         })
     }
+}
+
+fn app_config(
+    raw: RawApp,
+    path: &Path,
+    resolve: &dyn Fn(Option<PathBuf>) -> Option<PathBuf>,
+) -> Result<AppConfig, ConfigError> {
+    for (key, argv) in [
+        ("version_command", &raw.version_command),
+        ("health_command", &raw.health_command),
+    ] {
+        if argv
+            .as_ref()
+            .is_some_and(|a| a.first().is_none_or(|p| p.trim().is_empty()))
+        {
+            return Err(ConfigError::new(
+                path,
+                format!("[app] {key} must name a program, e.g. [\"/opt/app/bin/check\"]"),
+            ));
+        }
+    }
+    let check_timeout_seconds = raw
+        .check_timeout_seconds
+        .unwrap_or(DEFAULT_CHECK_TIMEOUT_SECONDS);
+    if check_timeout_seconds == 0 {
+        return Err(ConfigError::new(
+            path,
+            "[app] check_timeout_seconds must be at least 1",
+        ));
+    }
+    Ok(AppConfig {
+        version_file: resolve(raw.version_file),
+        version_command: raw.version_command,
+        systemd_units: raw.systemd_units,
+        health_command: raw.health_command,
+        check_timeout: Duration::from_secs(check_timeout_seconds),
+        systemctl: raw.systemctl.unwrap_or_else(|| PathBuf::from("systemctl")),
+    })
 }
 
 /// A TOML error as `line L, column C: message`: the default rendering spans several lines, and

@@ -6,6 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use phonehome_schema::{CollectionError, ErrorKind, Filesystem, FilesystemsSection};
 
@@ -65,7 +66,28 @@ impl Mount {
     }
 }
 
-pub fn collect(root: &MachineRoot) -> FilesystemsSection {
+/// Types whose `statvfs` goes over the network or through a user-space daemon and can block for
+/// as long as the server is gone (a hard NFS mount blocks forever).
+const REMOTE_FS_TYPES: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "afs",
+    "davfs",
+    "lustre",
+    "gpfs",
+    "sshfs",
+];
+/// How long one remote filesystem may take to answer `statvfs`.
+const REMOTE_STATVFS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `skip_types`: filesystem types left out (by default [`PSEUDO_FS_TYPES`]).
+pub fn collect(root: &MachineRoot, skip_types: &[String]) -> FilesystemsSection {
     let mut section = FilesystemsSection::default();
     let bytes = match root.read_bytes(MOUNTINFO, MOUNTINFO_LIMIT) {
         Ok(bytes) => bytes,
@@ -76,7 +98,7 @@ pub fn collect(root: &MachineRoot) -> FilesystemsSection {
     };
     let (mounts, bad_lines) = parse_mountinfo(&bytes);
     section.errors.extend(bad_lines);
-    for mount in real_mounts(mounts) {
+    for mount in real_mounts(mounts, skip_types) {
         match measure(root, &mount) {
             Ok(fs) => section.filesystems.push(fs),
             Err(e) => section.errors.push(e),
@@ -161,7 +183,7 @@ pub fn unescape(field: &[u8]) -> Vec<u8> {
 
 /// The mounts worth reporting: where a mount point appears more than once only the last
 /// (topmost, the one `statvfs` sees) counts, and pseudo filesystems are left out.
-pub fn real_mounts(mounts: Vec<Mount>) -> Vec<Mount> {
+pub fn real_mounts(mounts: Vec<Mount>, skip_types: &[String]) -> Vec<Mount> {
     let mut seen = HashSet::new();
     let mut kept: Vec<Mount> = mounts
         .into_iter()
@@ -169,7 +191,7 @@ pub fn real_mounts(mounts: Vec<Mount>) -> Vec<Mount> {
         .filter(|m| seen.insert(m.path.clone()))
         .collect();
     kept.reverse();
-    kept.retain(|m| !PSEUDO_FS_TYPES.contains(&m.fs_type.as_str()));
+    kept.retain(|m| !skip_types.iter().any(|t| *t == m.fs_type));
     kept
 }
 
@@ -192,8 +214,39 @@ fn measure(root: &MachineRoot, mount: &Mount) -> Result<Filesystem, CollectionEr
         }
         below
     };
-    let stat = statvfs(&target).map_err(|e| io_error(&mount_point, &e))?;
+    let remote =
+        REMOTE_FS_TYPES.contains(&mount.fs_type.as_str()) || mount.fs_type.starts_with("fuse.");
+    let stat = if remote {
+        within(REMOTE_STATVFS_TIMEOUT, move || statvfs(&target)).map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => CollectionError {
+                item: mount_point.clone(),
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "{} filesystem did not answer statvfs within {} s (server unreachable?)",
+                    mount.fs_type,
+                    REMOTE_STATVFS_TIMEOUT.as_secs()
+                ),
+            },
+            _ => io_error(&mount_point, &e),
+        })?
+    } else {
+        statvfs(&target).map_err(|e| io_error(&mount_point, &e))?
+    };
     Ok(filesystem_from(mount, &stat))
+}
+
+/// Runs `f` on a helper thread and gives up after `timeout`. A thread stuck on a dead server is
+/// abandoned; it dies with the process (NFS waits are killable).
+fn within<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(timeout)
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))?
 }
 
 fn statvfs(path: &Path) -> io::Result<rustix::fs::StatVfs> {
@@ -267,7 +320,7 @@ garbage line
     #[test]
     fn pseudo_filesystems_and_shadowed_mounts_are_left_out() {
         let (mounts, _) = parse_mountinfo(MOUNTINFO_SAMPLE.as_bytes());
-        let kept: Vec<(String, String)> = real_mounts(mounts)
+        let kept: Vec<(String, String)> = real_mounts(mounts, &default_skip())
             .iter()
             .map(|m| (m.mount_point(), m.fs_type.clone()))
             .collect();
@@ -286,6 +339,33 @@ garbage line
         assert_eq!(kept, expected);
     }
 
+    fn default_skip() -> Vec<String> {
+        PSEUDO_FS_TYPES.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_skip_list_is_the_callers() {
+        let (mounts, _) = parse_mountinfo(MOUNTINFO_SAMPLE.as_bytes());
+        let kept: Vec<String> = real_mounts(mounts, &["ext4".to_string(), "proc".to_string()])
+            .iter()
+            .map(|m| m.fs_type.clone())
+            .collect();
+        assert_eq!(kept, ["iso9660", "overlay", "xfs", "squashfs"]);
+    }
+
+    #[test]
+    fn a_call_that_never_answers_is_given_up() {
+        let started = std::time::Instant::now();
+        let hung = within(Duration::from_millis(200), || {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        });
+        assert_eq!(hung.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let live = within(Duration::from_secs(5), || statvfs(Path::new("/")));
+        assert!(live.is_ok(), "{:?}", live.err());
+    }
+
     #[test]
     fn escapes_that_are_not_bytes_stay_as_written() {
         assert_eq!(unescape(br"a\040b"), b"a b");
@@ -297,15 +377,13 @@ garbage line
 
     #[test]
     fn the_live_root_filesystem_is_measured() {
-        let section = collect(&MachineRoot::live());
+        let section = collect(&MachineRoot::live(), &default_skip());
         let root = section.filesystems.iter().find(|f| f.mount_point == "/");
-        // Containers may hide `/` behind a pseudo filesystem; then at least nothing may panic.
-        if let Some(root) = root {
-            assert!(root.bytes_total > 0);
-            assert!(root.bytes_used <= root.bytes_total);
-            assert!(root.bytes_available <= root.bytes_total);
-            assert!(root.inodes_used <= root.inodes_total || root.inodes_total == 0);
-        }
+        let root = root.unwrap_or_else(|| panic!("no / in {:?}", section.filesystems));
+        assert!(root.bytes_total > 0);
+        assert!(root.bytes_used <= root.bytes_total);
+        assert!(root.bytes_available <= root.bytes_total);
+        assert!(root.inodes_used <= root.inodes_total || root.inodes_total == 0);
         assert!(
             section
                 .filesystems
@@ -322,7 +400,7 @@ garbage line
             dir.path().join("proc/self/mountinfo"),
             "27 1 254:0 / / rw - ext4 /dev/vda rw\n28 27 8:1 / /data rw - xfs /dev/sdb1 rw\n",
         )?;
-        let section = collect(&MachineRoot::new(dir.path()));
+        let section = collect(&MachineRoot::new(dir.path()), &default_skip());
         let mounts: Vec<&str> = section
             .filesystems
             .iter()

@@ -8,6 +8,7 @@
 //! recorded tree of `/sys`, `/proc` and `/etc` in a test.
 
 pub mod app;
+pub mod command;
 pub mod config;
 pub mod deliver;
 pub mod exit;
@@ -20,7 +21,6 @@ pub mod system;
 
 use chrono::Utc;
 use phonehome_schema::{CollectorInfo, Report, SCHEMA_VERSION, Serial};
-use std::path::PathBuf;
 use uuid::Uuid;
 
 pub use config::{Config, ConfigError};
@@ -31,12 +31,27 @@ pub use machine::MachineRoot;
 pub const COLLECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a collection run needs to know beyond the machine itself.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CollectOptions {
     /// Serial written at imaging time; wins over DMI and machine-id.
     pub serial_override: Option<Serial>,
-    /// File whose first line is the application's version.
-    pub app_version_file: Option<PathBuf>,
+    /// How to find the application's version and health.
+    pub app: config::AppConfig,
+    /// Filesystem types left out of the report (kernel interfaces, memory-backed scratch).
+    pub skip_fs_types: Vec<String>,
+}
+
+impl Default for CollectOptions {
+    fn default() -> Self {
+        CollectOptions {
+            serial_override: None,
+            app: config::AppConfig::default(),
+            skip_fs_types: filesystems::PSEUDO_FS_TYPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
 }
 
 impl CollectOptions {
@@ -45,7 +60,8 @@ impl CollectOptions {
         match config {
             Some(c) => CollectOptions {
                 serial_override: c.serial.clone(),
-                app_version_file: c.app.version_file.clone(),
+                app: c.app.clone(),
+                skip_fs_types: c.skip_fs_types.clone(),
             },
             None => CollectOptions::default(),
         }
@@ -72,8 +88,8 @@ pub fn collect_report(
         identity,
         system: system::collect(root),
         smart: smart::collect(),
-        filesystems: filesystems::collect(root),
+        filesystems: filesystems::collect(root, &options.skip_fs_types),
         nics: nics::collect(root),
-        app: app::collect(options.app_version_file.as_deref()),
+        app: app::collect(&options.app),
     })
 }

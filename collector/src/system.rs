@@ -1,6 +1,6 @@
-//! Operating system (`os-release`), kernel release, architecture and uptime.
+//! Operating system (`os-release`), kernel release, architecture, uptime, load and memory.
 
-use phonehome_schema::{CollectionError, ErrorKind, OsRelease, SystemSection};
+use phonehome_schema::{CollectionError, ErrorKind, LoadAverage, Memory, OsRelease, SystemSection};
 
 use crate::machine::{MachineRoot, invalid};
 
@@ -10,6 +10,9 @@ const OS_RELEASE_FALLBACK: &str = "/usr/lib/os-release";
 const OS_RELEASE_LIMIT: u64 = 64 * 1024;
 const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 const UPTIME: &str = "/proc/uptime";
+const LOADAVG: &str = "/proc/loadavg";
+const MEMINFO: &str = "/proc/meminfo";
+const MEMINFO_LIMIT: u64 = 64 * 1024;
 
 pub fn collect(root: &MachineRoot) -> SystemSection {
     let mut errors = Vec::new();
@@ -38,11 +41,30 @@ pub fn collect(root: &MachineRoot) -> SystemSection {
             None
         }
     };
+    let load = match root.read_attribute(LOADAVG).and_then(|t| parse_loadavg(&t)) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let memory = match root
+        .read_bytes(MEMINFO, MEMINFO_LIMIT)
+        .and_then(|b| parse_meminfo(&String::from_utf8_lossy(&b)))
+    {
+        Ok(m) => Some(m),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
     SystemSection {
         os,
         kernel,
         arch: Some(std::env::consts::ARCH.to_owned()),
         uptime_seconds,
+        load,
+        memory,
         errors,
     }
 }
@@ -121,6 +143,48 @@ pub fn parse_uptime(text: &str) -> Result<u64, CollectionError> {
     }
 }
 
+/// The three load averages from `/proc/loadavg` (`0.52 0.58 0.59 1/467 12345`).
+pub fn parse_loadavg(text: &str) -> Result<LoadAverage, CollectionError> {
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0));
+    match (
+        fields.next().flatten(),
+        fields.next().flatten(),
+        fields.next().flatten(),
+    ) {
+        (Some(one), Some(five), Some(fifteen)) => Ok(LoadAverage { one, five, fifteen }),
+        _ => Err(invalid(
+            LOADAVG,
+            format!(
+                "{:?} does not start with three load averages",
+                text.chars().take(80).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// Memory and swap from `/proc/meminfo` (values in kB, which the kernel means as KiB).
+pub fn parse_meminfo(text: &str) -> Result<Memory, CollectionError> {
+    let field = |name: &str| {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        })
+    };
+    let total_bytes = field("MemTotal").ok_or_else(|| invalid(MEMINFO, "no MemTotal line"))?;
+    Ok(Memory {
+        total_bytes,
+        // Kernels before 3.14 have no MemAvailable; free memory is the closest they offer.
+        available_bytes: field("MemAvailable")
+            .or_else(|| field("MemFree"))
+            .unwrap_or(0),
+        swap_total_bytes: field("SwapTotal").unwrap_or(0),
+        swap_free_bytes: field("SwapFree").unwrap_or(0),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +206,25 @@ mod tests {
         assert_eq!(os.id.as_deref(), Some("rhel"));
         assert_eq!(os.pretty_name.as_deref(), Some("Say \"hi\" $HOME"));
         assert_eq!(os.version_id, None);
+    }
+
+    #[test]
+    fn load_and_memory_are_parsed() {
+        let l = parse_loadavg("0.52 1.58 12.00 1/467 12345\n").unwrap();
+        assert_eq!((l.one, l.five, l.fifteen), (0.52, 1.58, 12.0));
+        for bad in ["", "1 2", "a b c", "-1 0 0", "inf 1 1"] {
+            assert!(parse_loadavg(bad).is_err(), "{bad:?}");
+        }
+        let m = parse_meminfo(
+            "MemTotal:       24576000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n\
+             SwapTotal:  0 kB\nSwapFree: 0 kB\n",
+        )
+        .unwrap();
+        assert_eq!(m.total_bytes, 24_576_000 * 1024);
+        assert_eq!(m.available_bytes, 20_000_000 * 1024);
+        let old = parse_meminfo("MemTotal: 100 kB\nMemFree: 40 kB\n").unwrap();
+        assert_eq!(old.available_bytes, 40 * 1024);
+        assert!(parse_meminfo("garbage").is_err());
     }
 
     #[test]

@@ -196,3 +196,40 @@ fn the_example_configuration_is_valid() {
     assert_eq!(config.serial, None);
     assert_eq!(config.app.version_file, None);
 }
+
+#[test]
+fn every_commented_example_in_the_example_configuration_is_valid_too() {
+    // Operators uncomment these lines; each must parse as shown.
+    let path = manifest_path("collector.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(key, _)| {
+                    key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                }) =>
+            {
+                rest.to_owned()
+            }
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config =
+        Config::parse(&uncommented, &path, None).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    assert_eq!(config.serial.as_ref().map(|s| s.as_str()), Some("ABC123"));
+    assert_eq!(
+        config.app.systemd_units,
+        ["app.service", "app-worker.service"]
+    );
+    assert_eq!(
+        config.app.health_command.as_deref(),
+        Some(&["/opt/app/bin/healthcheck".to_owned(), "--json".to_owned()][..])
+    );
+    assert_eq!(config.app.check_timeout.as_secs(), 10);
+    assert_eq!(
+        config.skip_fs_types,
+        ["proc", "sysfs", "tmpfs", "devtmpfs", "squashfs"]
+    );
+}

@@ -132,8 +132,32 @@ pub struct SystemSection {
     pub arch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
+    /// `/proc/loadavg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadAverage>,
+    /// `/proc/meminfo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
     #[serde(default)]
     pub errors: Vec<CollectionError>,
+}
+
+/// Run-queue load averages over 1, 5 and 15 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadAverage {
+    pub one: f64,
+    pub five: f64,
+    pub fifteen: f64,
+}
+
+/// Memory and swap, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Memory {
+    pub total_bytes: u64,
+    /// The kernel's estimate of memory available for new work (`MemAvailable`).
+    pub available_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_free_bytes: u64,
 }
 
 /// The interesting fields of `/etc/os-release`.
@@ -237,14 +261,43 @@ pub struct Nic {
 }
 
 /// The appliance's own application.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AppSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The worst status of the checks; `unknown` when none is configured or none could run.
     #[serde(default)]
     pub status: AppStatus,
+    /// Every configured check and what it found.
+    #[serde(default)]
+    pub checks: Vec<AppCheck>,
     #[serde(default)]
     pub errors: Vec<CollectionError>,
+}
+
+/// One application health check: a systemd unit or a health command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AppCheck {
+    /// The unit name, or the command's configured name.
+    pub name: String,
+    pub kind: AppCheckKind,
+    pub status: AppStatus,
+    /// What decided the status, e.g. `ActiveState=failed` or `exit code 2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A health command's JSON output, when it printed a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// What kind of health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AppCheckKind {
+    SystemdUnit,
+    Command,
 }
 
 /// The application's health as its checks report it.
@@ -260,6 +313,17 @@ pub enum AppStatus {
 }
 
 impl AppStatus {
+    /// How bad a status is, for taking the worst of several checks (unknown counts as bad as
+    /// degraded: a check that cannot tell is no reason to relax).
+    pub fn severity(self) -> u8 {
+        match self {
+            AppStatus::Healthy => 0,
+            AppStatus::Unknown => 1,
+            AppStatus::Degraded => 2,
+            AppStatus::Unhealthy => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AppStatus::Healthy => "healthy",

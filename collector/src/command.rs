@@ -1,0 +1,189 @@
+//! Running an external program (smartctl, a health check, systemctl) with a deadline and bounded
+//! output, so that one hung or chatty program can neither stall nor bloat the collector.
+
+use std::ffi::OsStr;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a program did within its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// `None` when it was killed at the deadline.
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// More output than the limit was produced; the rest was read and discarded.
+    pub truncated: bool,
+}
+
+impl Finished {
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    /// The exit code, `None` when killed by a signal or at the deadline.
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+/// Runs `program` with `args`, stdin closed, until it exits or `timeout` passes; then it and
+/// every process it started (its process group) are killed. At most `limit` bytes of each of
+/// stdout and stderr are kept. `Err` only when the program cannot be started (not found,
+/// permission denied).
+pub fn run<S: AsRef<OsStr>>(
+    program: impl AsRef<OsStr>,
+    args: &[S],
+    timeout: Duration,
+    limit: usize,
+) -> io::Result<Finished> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout also kills what it spawned (which would otherwise
+        // hold the pipes open and keep us waiting).
+        .process_group(0)
+        .spawn()?;
+    let stdout = child.stdout.take().map(|p| drain(p, limit));
+    let stderr = child.stderr.take().map(|p| drain(p, limit));
+
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            kill_group(&child);
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        // Short first: most checks finish in milliseconds; then back off to stay cheap.
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
+    // After the deadline a grandchild may still hold a pipe: don't wait for it for long.
+    let grace = if status.is_some() {
+        timeout.max(Duration::from_secs(1))
+    } else {
+        Duration::from_millis(200)
+    };
+    let (stdout, out_truncated) = collect(stdout, grace);
+    let (stderr, err_truncated) = collect(stderr, grace);
+    Ok(Finished {
+        status,
+        stdout,
+        stderr,
+        truncated: out_truncated || err_truncated,
+    })
+}
+
+type Drained = mpsc::Receiver<(Vec<u8>, bool)>;
+
+fn drain(mut pipe: impl Read + Send + 'static, limit: usize) -> Drained {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut truncated = false;
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = limit.saturating_sub(kept.len());
+                    let chunk = buf.get(..n).unwrap_or_default();
+                    if chunk.len() > room {
+                        truncated = true;
+                    }
+                    kept.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+                }
+            }
+        }
+        let _ = tx.send((kept, truncated));
+    });
+    rx
+}
+
+fn collect(rx: Option<Drained>, grace: Duration) -> (Vec<u8>, bool) {
+    rx.and_then(|rx| rx.recv_timeout(grace).ok())
+        .unwrap_or_default()
+}
+
+fn kill_group(child: &std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_and_exit_code_are_captured() {
+        let f = run(
+            "sh",
+            &["-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(5),
+            1024,
+        )
+        .unwrap();
+        assert_eq!(f.code(), Some(3));
+        assert_eq!(f.stdout, b"out\n");
+        assert_eq!(f.stderr, b"err\n");
+        assert!(!f.timed_out());
+    }
+
+    #[test]
+    fn a_hung_program_and_its_children_are_killed_at_the_deadline() {
+        let started = Instant::now();
+        // The child's own child keeps stdout open: without the group kill we would hang.
+        let f = run(
+            "sh",
+            &["-c", "sleep 30 & sleep 30"],
+            Duration::from_millis(300),
+            1024,
+        )
+        .unwrap();
+        assert!(f.timed_out());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn output_beyond_the_limit_is_cut_and_flagged() {
+        let f = run(
+            "sh",
+            &["-c", "head -c 100000 /dev/zero"],
+            Duration::from_secs(5),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(f.stdout.len(), 1000);
+        assert!(f.truncated);
+        assert_eq!(f.code(), Some(0));
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error_not_a_panic() {
+        let e = run(
+            "/nonexistent/phonehome-test",
+            &[] as &[&str],
+            Duration::from_secs(1),
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+}
