@@ -191,7 +191,7 @@ pub fn real_mounts(mounts: Vec<Mount>, skip_types: &[String]) -> Vec<Mount> {
         .filter(|m| seen.insert(m.path.clone()))
         .collect();
     kept.reverse();
-    kept.retain(|m| !skip_types.iter().any(|t| *t == m.fs_type));
+    kept.retain(|m| !skip_types.contains(&m.fs_type));
     kept
 }
 
