@@ -290,7 +290,7 @@ fn a_configured_serial_wins_over_dmi() {
     let dir = tree(&[("/sys/class/dmi/id/product_serial", b"7N62AI2\n")]);
     let options = CollectOptions {
         serial_override: Some(Serial::parse("IMAGED-0001").unwrap_or_else(|e| panic!("{e}"))),
-        app_version_file: None,
+        ..CollectOptions::default()
     };
     let report =
         collect_report(&MachineRoot::new(dir.path()), &options).unwrap_or_else(|e| panic!("{e}"));
