@@ -41,15 +41,16 @@ pub fn run<S: AsRef<OsStr>>(
     timeout: Duration,
     limit: usize,
 ) -> io::Result<Finished> {
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout also kills what it spawned (which would otherwise
         // hold the pipes open and keep us waiting).
-        .process_group(0)
-        .spawn()?;
+        .process_group(0);
+    let mut child = spawn(&mut command)?;
     let stdout = child.stdout.take().map(|p| drain(p, limit));
     let stderr = child.stderr.take().map(|p| drain(p, limit));
 
@@ -84,6 +85,24 @@ pub fn run<S: AsRef<OsStr>>(
         stderr,
         truncated: out_truncated || err_truncated,
     })
+}
+
+/// ETXTBSY: the program file is still open for writing somewhere, typically because it was just
+/// written (an upgrade in progress, a test's stand-in) and another thread forked meanwhile.
+/// It clears within milliseconds, so retry briefly rather than report a failed check.
+const TEXT_FILE_BUSY: i32 = 26;
+
+fn spawn(command: &mut Command) -> io::Result<std::process::Child> {
+    let mut attempt = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(TEXT_FILE_BUSY) && attempt < 20 => {
+                attempt += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 type Drained = mpsc::Receiver<(Vec<u8>, bool)>;
