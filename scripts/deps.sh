@@ -11,6 +11,9 @@ have_pg_server() {
 have_pg_server || need+=(postgresql)
 command -v curl >/dev/null || need+=(curl)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v smartctl >/dev/null || [ -x /usr/sbin/smartctl ] || need+=(smartmontools)
+command -v python3 >/dev/null || need+=(python3)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

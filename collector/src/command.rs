@@ -16,8 +16,8 @@ pub struct Finished {
     pub status: Option<ExitStatus>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// More output than the limit was produced; the rest was read and discarded.
-    pub truncated: bool,
+    /// More standard output than the limit was produced; the rest was read and discarded.
+    pub stdout_truncated: bool,
 }
 
 impl Finished {
@@ -41,9 +41,21 @@ pub fn run<S: AsRef<OsStr>>(
     timeout: Duration,
     limit: usize,
 ) -> io::Result<Finished> {
+    run_with_env(program, args, &[], timeout, limit)
+}
+
+/// [`run`] with extra environment variables for the program.
+pub fn run_with_env<S: AsRef<OsStr>>(
+    program: impl AsRef<OsStr>,
+    args: &[S],
+    env: &[(&str, &str)],
+    timeout: Duration,
+    limit: usize,
+) -> io::Result<Finished> {
     let mut command = Command::new(program);
     command
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -77,13 +89,13 @@ pub fn run<S: AsRef<OsStr>>(
     } else {
         Duration::from_millis(200)
     };
-    let (stdout, out_truncated) = collect(stdout, grace);
-    let (stderr, err_truncated) = collect(stderr, grace);
+    let (stdout, stdout_truncated) = collect(stdout, grace);
+    let (stderr, _) = collect(stderr, grace);
     Ok(Finished {
         status,
         stdout,
         stderr,
-        truncated: out_truncated || err_truncated,
+        stdout_truncated,
     })
 }
 
@@ -190,7 +202,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.stdout.len(), 1000);
-        assert!(f.truncated);
+        assert!(f.stdout_truncated);
         assert_eq!(f.code(), Some(0));
     }
 

@@ -51,6 +51,10 @@ pub struct Config {
     pub app: AppConfig,
     /// `[filesystems] skip_types`: filesystem types left out of the report.
     pub skip_fs_types: Vec<String>,
+    /// `[spool]`: where undelivered reports wait, their bounds, and the retry budget.
+    pub spool: crate::spool::SpoolSettings,
+    /// `[smart]`: which smartctl, which devices beyond those it finds, and its timeout.
+    pub smart: crate::smart::SmartOptions,
 }
 
 /// The `[app]` table.
@@ -111,6 +115,10 @@ struct RawConfig {
     app: RawApp,
     #[serde(default)]
     filesystems: RawFilesystems,
+    #[serde(default)]
+    spool: crate::spool::RawSpool,
+    #[serde(default)]
+    smart: crate::smart::RawSmart,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,8 +193,14 @@ impl Config {
         if timeout_seconds == 0 {
             return Err(ConfigError::new(path, "timeout_seconds must be at least 1"));
         }
+        let spool = crate::spool::SpoolSettings::from_raw(raw.spool, dir)
+            .map_err(|e| ConfigError::new(path, e))?;
+        let smart = crate::smart::SmartOptions::from_raw(raw.smart, dir)
+            .map_err(|e| ConfigError::new(path, e))?;
         Ok(Config {
             path: path.to_owned(),
+            smart,
+            spool,
             server,
             ca_cert: resolve(raw.ca_cert),
             client_cert: resolve(raw.client_cert),

@@ -1,12 +1,15 @@
-//! Delivering a report to the ingest: `POST {server}/v1/reports`, gzip-compressed JSON, over
-//! mutual TLS with the fleet CA as the only trust root, and what the answer means.
+//! Delivering reports to the ingest: `POST {server}/v1/reports`, gzip-compressed JSON, over
+//! mutual TLS with the fleet CA as the only trust root; what each answer means; retries with
+//! backoff; and [`spool_and_deliver`], which spools this run's report and delivers everything
+//! waiting in the spool, oldest first.
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use phonehome_schema::Report;
@@ -14,15 +17,19 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+use uuid::Uuid;
 
 use crate::config::{ConfigError, DeliverySettings};
 use crate::exit;
 use crate::machine::read_bounded;
+use crate::spool::{DropReason, Dropped, SenderLock, SetAside, Spool, SpoolError, Tidy};
 
 /// The ingest answers with a short JSON document; anything longer is cut, never buffered whole.
 pub const RESPONSE_LIMIT: u64 = 64 * 1024;
 /// PEM files of a CA or an appliance are a few KiB.
 const PEM_LIMIT: u64 = 1024 * 1024;
+/// First backoff step; doubled per failed attempt up to the maximum wait, then fully jittered.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// An HTTPS client that trusts only the fleet CA and presents the appliance's certificate.
 #[derive(Debug)]
@@ -72,22 +79,24 @@ impl Client {
 
     /// Posts the report once and says what happened.
     pub fn deliver(&self, report: &Report) -> Outcome {
-        let body = match gzip_json(report) {
-            Ok(body) => body,
-            Err(e) => {
-                return Outcome::Unreachable {
-                    problem: Problem::Local,
-                    detail: e.to_string(),
-                };
-            }
-        };
+        match gzip_json(report) {
+            Ok(body) => self.post(&body),
+            Err(e) => Outcome::Unreachable {
+                problem: Problem::Local,
+                detail: e.to_string(),
+            },
+        }
+    }
+
+    /// Posts an already gzip-compressed JSON report once and says what happened.
+    pub fn post(&self, gzipped_json: &[u8]) -> Outcome {
         let response = self
             .agent
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Content-Encoding", "gzip")
             .header("Accept", "application/json")
-            .send(&body[..]);
+            .send(gzipped_json);
         let mut response = match response {
             Ok(response) => response,
             Err(e) => {
@@ -98,6 +107,11 @@ impl Client {
             }
         };
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
         let mut answer = Vec::new();
         // The status is what counts; a body that breaks off only loses the explanation.
         let _ = response
@@ -111,6 +125,7 @@ impl Client {
             Outcome::Refused {
                 status,
                 message: server_message(&answer),
+                retry_after,
             }
         }
     }
@@ -125,6 +140,8 @@ pub enum Outcome {
     Refused {
         status: u16,
         message: Option<String>,
+        /// The answer's `Retry-After`, as a wait from now.
+        retry_after: Option<Duration>,
     },
     /// No HTTP answer at all.
     Unreachable { problem: Problem, detail: String },
@@ -144,60 +161,62 @@ pub enum Problem {
     Local,
 }
 
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The ingest has the report: remove it from the spool.
+    Delivered,
+    /// Temporary: try the same report again, not before the given wait if the ingest named one.
+    Retry(Option<Duration>),
+    /// The ingest will never take this report: set it aside and go on with the next.
+    Reject,
+    /// Retrying cannot help and neither can the next report (wrong certificate, wrong server):
+    /// stop, keep everything, exit with this code.
+    Stop(u8),
+}
+
 impl Outcome {
-    /// The process exit code for this outcome (sysexits.h).
-    pub fn exit_code(&self) -> u8 {
+    pub fn verdict(&self) -> Verdict {
         match self {
-            Outcome::Delivered { .. } => exit::OK,
-            Outcome::Refused { status, .. } => match status {
-                408 | 429 | 500..=599 => exit::TEMPFAIL,
-                400 | 413 | 415 | 422 => exit::DATAERR,
+            Outcome::Delivered { .. } => Verdict::Delivered,
+            Outcome::Refused {
+                status,
+                retry_after,
+                ..
+            } => match status {
+                408 | 429 | 500..=599 => Verdict::Retry(*retry_after),
+                400 | 413 | 415 | 422 => Verdict::Reject,
                 // 403: the certificate is not this serial's; 3xx/404: `server` is wrong.
-                _ => exit::CONFIG,
+                _ => Verdict::Stop(exit::CONFIG),
             },
             Outcome::Unreachable { problem, .. } => match problem {
-                Problem::Timeout | Problem::Tls | Problem::Network => exit::TEMPFAIL,
-                Problem::Config => exit::CONFIG,
-                Problem::Local => exit::SOFTWARE,
+                Problem::Timeout | Problem::Tls | Problem::Network => Verdict::Retry(None),
+                Problem::Config => Verdict::Stop(exit::CONFIG),
+                Problem::Local => Verdict::Stop(exit::SOFTWARE),
             },
         }
     }
 
-    /// One line for the log: which report, for which serial, to where, and what happened.
-    pub fn summary(&self, report: &Report, server: &str) -> String {
-        let what = format!(
-            "report {} for serial {}",
-            report.report_id, report.identity.serial
-        );
+    /// What went wrong, for the summary line: `https://… unreachable (…)` or
+    /// `https://… answered 503 Service Unavailable: …`.
+    fn describe(&self, server: &str) -> String {
         match self {
-            Outcome::Delivered { status } => {
-                let note = match status {
-                    202 => ", stored",
-                    200 => ", already stored",
-                    _ => "",
-                };
-                format!("{what} delivered to {server} ({status}{note})")
-            }
-            Outcome::Refused { status, message } => {
-                let reason = ureq::http::StatusCode::from_u16(*status)
-                    .ok()
-                    .and_then(|s| s.canonical_reason())
-                    .unwrap_or("");
-                let mut line = format!("{what} refused by {server}: {status} {reason}");
-                if let Some(message) = message {
-                    line.push_str(&format!(": {message}"));
-                }
+            Outcome::Delivered { status } => format!("{server} answered {status}"),
+            Outcome::Refused {
+                status, message, ..
+            } => {
                 let hint = match status {
                     403 => " (is client_cert issued for this serial?)",
-                    408 | 429 | 500..=599 => " (temporary; try again later)",
                     300..=399 | 404 => " (is `server` the ingest's report listener?)",
                     _ => "",
                 };
-                line.push_str(hint);
-                line
+                format!(
+                    "{server} answered {}{hint}",
+                    status_text(*status, message.as_deref())
+                )
             }
             Outcome::Unreachable { problem, detail } => {
-                format!("{what} not delivered to {server}: {problem}: {detail}")
+                format!("{server} unreachable ({problem}: {detail})")
             }
         }
     }
@@ -215,11 +234,669 @@ impl fmt::Display for Problem {
     }
 }
 
+/// `422 Unprocessable Entity: message`.
+fn status_text(status: u16, message: Option<&str>) -> String {
+    let reason = ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut text = format!("{status} {reason}").trim_end().to_owned();
+    if let Some(message) = message {
+        text.push_str(": ");
+        text.push_str(message);
+    }
+    text
+}
+
+/// A `Retry-After` value (delay in seconds, or an HTTP-date) as a wait from `now`; a date in the
+/// past means no wait. Unparsable values are ignored, and the backoff decides.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long numbers mean "a very long time", which the maximum wait then refuses.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        at.with_timezone(&Utc)
+            .signed_duration_since(now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A uniformly distributed number in [0, 1), from the kernel's random source by way of a v4
+/// UUID (the collector has no other use for a random number generator).
+pub fn random_unit() -> f64 {
+    // The low 56 bits of a v4 UUID are all random (version and variant bits sit higher).
+    let bits = (Uuid::new_v4().as_u128() as u64) & ((1u64 << 53) - 1);
+    bits as f64 / (1u64 << 53) as f64
+}
+
+/// Exponential backoff with full jitter: a uniformly random wait up to `base × 2^(n-1)`,
+/// capped at `max`, after the `n`th failed attempt. Spreads a fleet's retries out instead of
+/// having every appliance come back at the same instant.
+pub fn backoff(failed_attempts: u32, max: Duration, unit: f64) -> Duration {
+    let exponent = failed_attempts.saturating_sub(1).min(30);
+    let ceiling = BACKOFF_BASE.saturating_mul(1u32 << exponent).min(max);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// How long one run may keep retrying.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    deadline: Instant,
+    max_wait: Duration,
+}
+
+impl Budget {
+    /// A budget of `total` waiting time, starting now, with no single wait over `max_wait`.
+    pub fn start(total: Duration, max_wait: Duration) -> Budget {
+        Budget {
+            deadline: Instant::now() + total,
+            max_wait,
+        }
+    }
+}
+
+/// The result of sending one report, retries included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Delivered {
+        status: u16,
+        attempts: u32,
+    },
+    /// Refused for good (400, 413, 415, 422).
+    Rejected {
+        status: u16,
+        message: Option<String>,
+    },
+    /// Only temporary failures, until the budget was spent; `last` is the last of them.
+    GaveUp {
+        last: Outcome,
+        attempts: u32,
+        why: GaveUp,
+    },
+    /// An answer that needs a human; see [`Verdict::Stop`].
+    Stopped {
+        last: Outcome,
+        code: u8,
+    },
+}
+
+/// Why retrying stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// The next wait would end after the run's retry budget.
+    BudgetSpent,
+    /// The ingest asked for a longer wait than `max_retry_wait_seconds`.
+    WaitTooLong(Duration),
+}
+
+/// Posts one report (JSON bytes) until it is delivered, refused for good, or the budget is
+/// spent. Waits between attempts follow [`backoff`], never shorter than a `Retry-After`.
+pub fn send_with_retries(client: &Client, json: &[u8], budget: &Budget) -> Sent {
+    let body = match gzip_bytes(json) {
+        Ok(body) => body,
+        Err(e) => {
+            return Sent::Stopped {
+                last: Outcome::Unreachable {
+                    problem: Problem::Local,
+                    detail: e.to_string(),
+                },
+                code: exit::SOFTWARE,
+            };
+        }
+    };
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let outcome = client.post(&body);
+        let wait = match outcome.verdict() {
+            Verdict::Delivered => {
+                let status = match outcome {
+                    Outcome::Delivered { status } => status,
+                    _ => 200,
+                };
+                return Sent::Delivered { status, attempts };
+            }
+            Verdict::Reject => {
+                let (status, message) = match outcome {
+                    Outcome::Refused {
+                        status, message, ..
+                    } => (status, message),
+                    _ => (0, None),
+                };
+                return Sent::Rejected { status, message };
+            }
+            Verdict::Stop(code) => {
+                return Sent::Stopped {
+                    last: outcome,
+                    code,
+                };
+            }
+            Verdict::Retry(asked) => {
+                let jittered = backoff(attempts, budget.max_wait, random_unit());
+                match asked {
+                    // Never sooner than the ingest asked.
+                    Some(asked) if asked > budget.max_wait => {
+                        return Sent::GaveUp {
+                            last: outcome,
+                            attempts,
+                            why: GaveUp::WaitTooLong(asked),
+                        };
+                    }
+                    Some(asked) => asked.max(jittered),
+                    None => jittered,
+                }
+            }
+        };
+        if Instant::now() + wait > budget.deadline {
+            return Sent::GaveUp {
+                last: outcome,
+                attempts,
+                why: GaveUp::BudgetSpent,
+            };
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+/// Why delivering the spool stopped with reports left in it.
+#[derive(Debug)]
+pub enum Stop {
+    /// Temporary failures outlasted the retry budget.
+    Temporary {
+        report_id: Uuid,
+        last: Outcome,
+        attempts: u32,
+        why: GaveUp,
+    },
+    /// An answer that needs a human (403, a wrong server); nothing more was sent.
+    Refused {
+        report_id: Uuid,
+        serial: String,
+        last: Outcome,
+        code: u8,
+    },
+    /// The spool itself failed.
+    Spool(SpoolError),
+}
+
+/// A report the ingest refused for good, now set aside.
+#[derive(Debug)]
+pub struct Rejection {
+    pub report_id: Uuid,
+    pub serial: String,
+    pub status: u16,
+    pub message: Option<String>,
+    pub moved_to: PathBuf,
+}
+
+/// What delivering the spool did.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Reports the ingest acknowledged, in the order sent, with the status.
+    pub delivered: Vec<(Uuid, u16)>,
+    pub rejected: Vec<Rejection>,
+    /// Unreadable entries set aside, with the problem.
+    pub corrupt: Vec<(PathBuf, String)>,
+    pub stop: Option<Stop>,
+}
+
+/// Sends every spooled report, oldest first, each until it is acknowledged (then removed),
+/// refused for good (then set aside), or the run must stop. A temporary failure of the oldest
+/// report stops the run rather than skipping ahead, so reports arrive in the order they were
+/// made.
+///
+/// Holding `sender` makes this the only run that sends or removes entries. It is released while
+/// `spool.lock` is held and the spool is seen empty, so a report stored by an overlapping run is
+/// either delivered here or finds the sender lock free.
+pub fn drain(client: &Client, spool: &Spool, sender: SenderLock, budget: &Budget) -> Drain {
+    let mut drain = Drain::default();
+    let mut sender = Some(sender);
+    loop {
+        let locked = match spool.lock() {
+            Ok(locked) => locked,
+            Err(e) => {
+                drain.stop = Some(Stop::Spool(e));
+                break;
+            }
+        };
+        let head = match locked.entries() {
+            Ok(entries) => entries.into_iter().next(),
+            Err(e) => {
+                drain.stop = Some(Stop::Spool(e));
+                break;
+            }
+        };
+        let Some(entry) = head else {
+            drop(sender.take());
+            drop(locked);
+            break;
+        };
+        // Sending takes seconds; overlapping runs may store their reports meanwhile.
+        drop(locked);
+
+        let loaded = match entry.load() {
+            Ok(loaded) => loaded,
+            // Dropped by an overlapping run's bounds meanwhile: not corrupt, just gone.
+            Err(_) if !entry.path.exists() => continue,
+            Err(problem) => {
+                match spool
+                    .lock()
+                    .and_then(|l| l.set_aside(&entry, SetAside::Corrupt))
+                {
+                    Ok(to) => drain.corrupt.push((to, problem)),
+                    Err(e) => {
+                        drain.stop = Some(Stop::Spool(e));
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
+        match send_with_retries(client, &loaded.json, budget) {
+            Sent::Delivered { status, .. } => {
+                if let Err(e) = spool.lock().and_then(|l| l.remove(&entry)) {
+                    // Left in place it would be sent again next time: stored once all the
+                    // same, but stop rather than loop on it.
+                    drain.delivered.push((entry.report_id, status));
+                    drain.stop = Some(Stop::Spool(e));
+                    break;
+                }
+                drain.delivered.push((entry.report_id, status));
+            }
+            Sent::Rejected { status, message } => {
+                match spool
+                    .lock()
+                    .and_then(|l| l.set_aside(&entry, SetAside::Rejected))
+                {
+                    Ok(moved_to) => drain.rejected.push(Rejection {
+                        report_id: entry.report_id,
+                        serial: loaded.report.identity.serial.as_str().to_owned(),
+                        status,
+                        message,
+                        moved_to,
+                    }),
+                    Err(e) => {
+                        drain.stop = Some(Stop::Spool(e));
+                        break;
+                    }
+                }
+            }
+            Sent::GaveUp {
+                last,
+                attempts,
+                why,
+            } => {
+                drain.stop = Some(Stop::Temporary {
+                    report_id: entry.report_id,
+                    last,
+                    attempts,
+                    why,
+                });
+                break;
+            }
+            Sent::Stopped { last, code } => {
+                drain.stop = Some(Stop::Refused {
+                    report_id: entry.report_id,
+                    serial: loaded.report.identity.serial.as_str().to_owned(),
+                    last,
+                    code,
+                });
+                break;
+            }
+        }
+    }
+    drain
+}
+
+/// What became of this run's own report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Delivered {
+        status: u16,
+    },
+    Rejected,
+    /// Waiting in the spool for a later run.
+    Saved,
+    /// Neither saved nor delivered.
+    Lost,
+}
+
+/// Everything one `run` did, for the exit code and the summary line.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub server: String,
+    pub spool_dir: PathBuf,
+    pub report_id: Uuid,
+    pub serial: String,
+    pub fate: Fate,
+    /// The report could not be spooled (and was sent directly instead).
+    pub store_error: Option<String>,
+    /// Older reports the spool bounds deleted undelivered.
+    pub dropped: Vec<Dropped>,
+    pub tidy: Tidy,
+    pub drain: Drain,
+    /// Another run holds the sender lock and delivers the spool.
+    pub other_sender: bool,
+    /// Reports left in the spool; `None` if it could not be counted.
+    pub remaining: Option<usize>,
+}
+
+/// Spools `report`, then delivers every spooled report oldest first (see [`drain`]).
+///
+/// If the report cannot be spooled (disk full, say), it is still sent, directly and after the
+/// older ones, so a broken spool loses nothing that the network could deliver.
+pub fn spool_and_deliver(client: &Client, spool: &Spool, mut report: Report) -> RunOutcome {
+    let settings = spool.settings();
+    let mut run = RunOutcome {
+        server: client.server().to_owned(),
+        spool_dir: spool.dir().to_owned(),
+        report_id: report.report_id,
+        serial: report.identity.serial.as_str().to_owned(),
+        fate: Fate::Saved,
+        store_error: None,
+        dropped: Vec::new(),
+        tidy: Tidy::default(),
+        drain: Drain::default(),
+        other_sender: false,
+        remaining: None,
+    };
+    let stored = spool.lock().and_then(|locked| {
+        run.tidy = locked.tidy();
+        locked.store(&mut report, Utc::now())
+    });
+    let unspooled = match stored {
+        Ok(stored) => {
+            run.dropped = stored.dropped;
+            None
+        }
+        Err(e) => {
+            run.store_error = Some(e.to_string());
+            // The drop count stays in the spool's counter for the next report that is stored.
+            report.collector.dropped_reports = 0;
+            Some(serde_json::to_vec(&report))
+        }
+    };
+
+    let budget = Budget::start(settings.retry_budget, settings.max_retry_wait);
+    match spool.try_lock_sender() {
+        Ok(Some(sender)) => run.drain = drain(client, spool, sender, &budget),
+        Ok(None) => run.other_sender = true,
+        Err(e) => run.drain.stop = Some(Stop::Spool(e)),
+    }
+
+    if let Some(delivered) = run
+        .drain
+        .delivered
+        .iter()
+        .find(|(id, _)| *id == run.report_id)
+    {
+        run.fate = Fate::Delivered {
+            status: delivered.1,
+        };
+    } else if run
+        .drain
+        .rejected
+        .iter()
+        .any(|r| r.report_id == run.report_id)
+    {
+        run.fate = Fate::Rejected;
+    } else if let Some(json) = unspooled {
+        run.fate = Fate::Lost;
+        let blocked = matches!(
+            run.drain.stop,
+            Some(Stop::Temporary { .. } | Stop::Refused { .. })
+        );
+        if let (Ok(json), false) = (json, blocked) {
+            match send_with_retries(client, &json, &budget) {
+                Sent::Delivered { status, .. } => run.fate = Fate::Delivered { status },
+                Sent::Rejected { status, message } => {
+                    run.fate = Fate::Rejected;
+                    run.drain.rejected.push(Rejection {
+                        report_id: run.report_id,
+                        serial: run.serial.clone(),
+                        status,
+                        message,
+                        moved_to: PathBuf::new(),
+                    });
+                }
+                Sent::GaveUp {
+                    last,
+                    attempts,
+                    why,
+                } => {
+                    run.drain.stop = Some(Stop::Temporary {
+                        report_id: run.report_id,
+                        last,
+                        attempts,
+                        why,
+                    })
+                }
+                Sent::Stopped { last, code } => {
+                    run.drain.stop = Some(Stop::Refused {
+                        report_id: run.report_id,
+                        serial: run.serial.clone(),
+                        last,
+                        code,
+                    })
+                }
+            }
+        }
+    } else if run
+        .drain
+        .corrupt
+        .iter()
+        .any(|(path, _)| path_names(path, run.report_id))
+    {
+        run.fate = Fate::Lost;
+    }
+    run.remaining = spool
+        .lock()
+        .and_then(|locked| locked.entries())
+        .map(|entries| entries.len())
+        .ok();
+    run
+}
+
+fn path_names(path: &Path, id: Uuid) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains(&id.to_string()))
+}
+
+impl RunOutcome {
+    /// The process exit code (sysexits.h): 78 a human must fix the configuration; 74 this run's
+    /// report was neither delivered nor saved; 65 the ingest refused a report for good; 75
+    /// something waits in the spool for a later run; 0 everything up to this run's report was
+    /// delivered.
+    pub fn exit_code(&self) -> u8 {
+        if let Some(Stop::Refused { code, .. }) = self.drain.stop {
+            return code;
+        }
+        if self.fate == Fate::Lost {
+            return exit::IOERR;
+        }
+        if !self.drain.rejected.is_empty() {
+            return exit::DATAERR;
+        }
+        if self.remaining != Some(0) || self.other_sender || self.drain.stop.is_some() {
+            return exit::TEMPFAIL;
+        }
+        exit::OK
+    }
+
+    /// The one line for the log, for example
+    /// `delivered 8 reports (7 from the spool) to https://…; spool empty` or
+    /// `https://… unreachable (connection failed: …); report … for serial … saved, 3 reports in
+    /// /var/spool/phonehome`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let server = &self.server;
+        let this = format!("report {} for serial {}", self.report_id, self.serial);
+
+        if let Some(e) = &self.store_error {
+            parts.push(format!("could not spool {this}: {e}"));
+        }
+        for problem in &self.tidy.problems {
+            parts.push(format!("spool: {problem}"));
+        }
+        for path in &self.tidy.set_aside {
+            parts.push(format!(
+                "moved a file that is not a spool entry aside to {}",
+                path.display()
+            ));
+        }
+        let too_old = self
+            .dropped
+            .iter()
+            .filter(|d| d.reason == DropReason::TooOld)
+            .count();
+        if too_old > 0 {
+            parts.push(format!(
+                "dropped {} undelivered for being too old",
+                reports(too_old)
+            ));
+        }
+        let full = self.dropped.len() - too_old;
+        if full > 0 {
+            parts.push(format!(
+                "spool full: dropped the oldest {} undelivered",
+                reports(full)
+            ));
+        }
+        for (path, problem) in &self.drain.corrupt {
+            parts.push(format!(
+                "unreadable spool entry moved aside to {}: {problem}",
+                path.display()
+            ));
+        }
+
+        let delivered = self.drain.delivered.len()
+            + usize::from(
+                matches!(self.fate, Fate::Delivered { .. })
+                    && !self
+                        .drain
+                        .delivered
+                        .iter()
+                        .any(|(id, _)| *id == self.report_id),
+            );
+        match (&self.fate, delivered) {
+            (Fate::Delivered { status }, 1) => parts.push(format!(
+                "delivered {this} to {server} ({})",
+                stored_note(*status)
+            )),
+            (Fate::Delivered { status }, n) => parts.push(format!(
+                "delivered {n} reports ({} from the spool) to {server}, the last {this} ({})",
+                n - 1,
+                stored_note(*status)
+            )),
+            (_, 0) => {}
+            (_, n) => parts.push(format!(
+                "delivered {} from the spool to {server}",
+                reports(n)
+            )),
+        }
+
+        for r in &self.drain.rejected {
+            let mut line = format!(
+                "report {} for serial {} rejected by {server}: {}",
+                r.report_id,
+                r.serial,
+                status_text(r.status, r.message.as_deref())
+            );
+            if !r.moved_to.as_os_str().is_empty() {
+                line.push_str(&format!(", moved to {}", r.moved_to.display()));
+            }
+            parts.push(line);
+        }
+
+        match &self.drain.stop {
+            None => {}
+            Some(Stop::Temporary {
+                last,
+                attempts,
+                why,
+                ..
+            }) => {
+                // Which report met the failure does not matter: the next run retries them all.
+                let mut line = last.describe(server);
+                let tries = if *attempts == 1 {
+                    "1 attempt".to_owned()
+                } else {
+                    format!("{attempts} attempts")
+                };
+                match why {
+                    GaveUp::BudgetSpent => {
+                        line.push_str(&format!(" after {tries} (retry budget spent)"));
+                    }
+                    GaveUp::WaitTooLong(asked) => line.push_str(&format!(
+                        " and asked to wait {} s, more than max_retry_wait_seconds",
+                        asked.as_secs()
+                    )),
+                }
+                parts.push(line);
+            }
+            Some(Stop::Refused {
+                report_id,
+                serial,
+                last,
+                ..
+            }) => parts.push(format!(
+                "report {report_id} for serial {serial} refused: {}; nothing more sent",
+                last.describe(server)
+            )),
+            Some(Stop::Spool(e)) => parts.push(format!("spool failed: {e}")),
+        }
+        if self.other_sender {
+            parts.push(format!(
+                "another run is delivering the spool ({} is held)",
+                self.spool_dir.join("send.lock").display()
+            ));
+        }
+
+        let dir = self.spool_dir.display();
+        let left = match self.remaining {
+            Some(0) => "spool empty".to_owned(),
+            Some(n) => format!("{} in {dir}", reports(n)),
+            None => format!("reports in {dir} could not be counted"),
+        };
+        parts.push(match self.fate {
+            Fate::Saved => format!("{this} saved, {left}"),
+            Fate::Lost => format!("{this} lost, {left}"),
+            Fate::Delivered { .. } | Fate::Rejected => left,
+        });
+        parts.join("; ")
+    }
+}
+
+fn reports(n: usize) -> String {
+    if n == 1 {
+        "1 report".to_owned()
+    } else {
+        format!("{n} reports")
+    }
+}
+
+fn stored_note(status: u16) -> String {
+    match status {
+        202 => "202 stored".to_owned(),
+        200 => "200 already stored".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// The report as gzip-compressed JSON, as the ingest accepts it.
 pub fn gzip_json(report: &Report) -> std::io::Result<Vec<u8>> {
+    gzip_bytes(&serde_json::to_vec(report)?)
+}
+
+/// JSON bytes, gzip-compressed.
+pub fn gzip_bytes(json: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    serde_json::to_writer(&mut encoder, report)?;
-    encoder.flush()?;
+    encoder.write_all(json)?;
     encoder.finish()
 }
 
@@ -376,32 +1053,160 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_follow_sysexits() {
-        let refused = |status| {
+    fn each_answer_has_one_verdict() {
+        let refused = |status, retry_after| {
             Outcome::Refused {
                 status,
                 message: None,
+                retry_after,
             }
-            .exit_code()
+            .verdict()
         };
-        assert_eq!(Outcome::Delivered { status: 202 }.exit_code(), 0);
-        assert_eq!(Outcome::Delivered { status: 200 }.exit_code(), 0);
-        for status in [500, 502, 503, 429] {
-            assert_eq!(refused(status), 75, "{status}");
+        assert_eq!(
+            Outcome::Delivered { status: 202 }.verdict(),
+            Verdict::Delivered
+        );
+        assert_eq!(
+            Outcome::Delivered { status: 200 }.verdict(),
+            Verdict::Delivered
+        );
+        for status in [500, 502, 503, 408, 429] {
+            assert_eq!(refused(status, None), Verdict::Retry(None), "{status}");
         }
-        for status in [400, 413, 422] {
-            assert_eq!(refused(status), 65, "{status}");
+        let asked = Some(Duration::from_secs(7));
+        assert_eq!(refused(503, asked), Verdict::Retry(asked));
+        for status in [400, 413, 415, 422] {
+            assert_eq!(refused(status, None), Verdict::Reject, "{status}");
         }
-        for status in [403, 404, 301] {
-            assert_eq!(refused(status), 78, "{status}");
+        for status in [403, 404, 301, 401] {
+            assert_eq!(refused(status, asked), Verdict::Stop(78), "{status}");
         }
         for problem in [Problem::Timeout, Problem::Tls, Problem::Network] {
             let outcome = Outcome::Unreachable {
                 problem,
                 detail: String::new(),
             };
-            assert_eq!(outcome.exit_code(), 75, "{problem:?}");
+            assert_eq!(outcome.verdict(), Verdict::Retry(None), "{problem:?}");
         }
+        let local = Outcome::Unreachable {
+            problem: Problem::Config,
+            detail: String::new(),
+        };
+        assert_eq!(local.verdict(), Verdict::Stop(78));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(parse_retry_after("120", now), secs(120));
+        assert_eq!(parse_retry_after(" 0 ", now), secs(0));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            secs(u64::MAX)
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            secs(30)
+        );
+        // A date already past: retry at once (the backoff still spaces attempts).
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            secs(0)
+        );
+        for junk in ["", "-1", "1.5", "soon", "Wed, 32 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_is_fully_jittered() {
+        let max = Duration::from_secs(60);
+        assert_eq!(
+            backoff(1, max, 0.999_999),
+            Duration::from_secs(1).mul_f64(0.999_999)
+        );
+        assert_eq!(backoff(3, max, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff(20, max, 0.5), Duration::from_secs(30));
+        assert_eq!(backoff(u32::MAX, max, 0.5), Duration::from_secs(30));
+        assert_eq!(backoff(5, max, 0.0), Duration::ZERO);
+        // The random source is uniform enough to spread a fleet out.
+        let samples: Vec<f64> = (0..2000).map(|_| random_unit()).collect();
+        assert!(samples.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = samples.iter().filter(|u| **u < 0.5).count();
+        assert!((800..1200).contains(&low), "{low} of 2000 below 0.5");
+    }
+
+    fn outcome(fate: Fate, remaining: usize) -> RunOutcome {
+        RunOutcome {
+            server: "https://ingest.example:8443".into(),
+            spool_dir: PathBuf::from("/var/spool/phonehome"),
+            report_id: Uuid::nil(),
+            serial: "SN1".into(),
+            fate,
+            store_error: None,
+            dropped: Vec::new(),
+            tidy: Tidy::default(),
+            drain: Drain::default(),
+            other_sender: false,
+            remaining: Some(remaining),
+        }
+    }
+
+    #[test]
+    fn the_exit_code_says_the_most_urgent_thing() {
+        let delivered = Fate::Delivered { status: 202 };
+        assert_eq!(outcome(delivered.clone(), 0).exit_code(), 0);
+        assert_eq!(outcome(Fate::Saved, 3).exit_code(), 75);
+        let mut busy = outcome(Fate::Saved, 1);
+        busy.other_sender = true;
+        assert_eq!(busy.exit_code(), 75);
+
+        let rejection = || Rejection {
+            report_id: Uuid::nil(),
+            serial: "SN1".into(),
+            status: 422,
+            message: None,
+            moved_to: PathBuf::new(),
+        };
+        let mut rejected = outcome(delivered, 2);
+        rejected.drain.rejected.push(rejection());
+        assert_eq!(
+            rejected.exit_code(),
+            65,
+            "a refused report outranks waiting ones"
+        );
+
+        let mut lost = outcome(Fate::Lost, 0);
+        lost.drain.rejected.push(rejection());
+        assert_eq!(lost.exit_code(), 74);
+
+        let mut refused = outcome(Fate::Lost, 4);
+        refused.drain.stop = Some(Stop::Refused {
+            report_id: Uuid::nil(),
+            serial: "SN1".into(),
+            last: Outcome::Refused {
+                status: 403,
+                message: None,
+                retry_after: None,
+            },
+            code: exit::CONFIG,
+        });
+        assert_eq!(refused.exit_code(), 78);
+
+        let mut uncounted = outcome(Fate::Saved, 0);
+        uncounted.remaining = None;
+        assert_eq!(uncounted.exit_code(), 75);
+        assert!(
+            uncounted.summary().ends_with(
+                "report 00000000-0000-0000-0000-000000000000 for serial SN1 saved, reports in \
+                 /var/spool/phonehome could not be counted"
+            ),
+            "{}",
+            uncounted.summary()
+        );
     }
 
     #[test]

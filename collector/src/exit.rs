@@ -1,16 +1,22 @@
 //! Process exit codes, from sysexits.h, so that cron wrappers and systemd can tell "try again
 //! later" from "a human must fix the configuration".
+//!
+//! For `run`, when several apply, the first in this order wins: 78, 74, 65, 75, 0.
 
-/// The report was delivered (2xx).
+/// Everything was delivered: this run's report and every report spooled before it (2xx).
 pub const OK: u8 = 0;
-/// EX_DATAERR: the ingest refused the report itself (400, 413, 415, 422).
+/// EX_DATAERR: the ingest refused a report for good (400, 413, 415, 422); it was set aside as
+/// `*.rejected` in the spool directory and the others were delivered or kept.
 pub const DATAERR: u8 = 65;
 /// EX_SOFTWARE: a bug in the collector (the report could not be encoded).
 pub const SOFTWARE: u8 = 70;
-/// EX_IOERR: the report could not be written to standard output.
+/// EX_IOERR: `collect` could not write the report to standard output, or `run` could neither
+/// spool nor deliver this run's report.
 pub const IOERR: u8 = 74;
-/// EX_TEMPFAIL: network error, timeout, TLS failure, 5xx, 408 or 429; the next run may succeed.
+/// EX_TEMPFAIL: reports wait in the spool (the ingest was unreachable or busy, or another run
+/// is delivering); a later run delivers them.
 pub const TEMPFAIL: u8 = 75;
-/// EX_CONFIG: configuration, certificate, key or CA missing or wrong, no serial, or the ingest
-/// answered 403 (the certificate is not this serial's) or a status that means a wrong `server`.
+/// EX_CONFIG: configuration, certificate, key, CA or spool directory missing or unusable, no
+/// serial, or the ingest answered 403 (the certificate is not this serial's) or a status that
+/// means a wrong `server`. Spooled reports are kept.
 pub const CONFIG: u8 = 78;

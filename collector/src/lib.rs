@@ -2,7 +2,7 @@
 //! [`phonehome_schema::Report`] and delivers it to the ingest over mutual TLS.
 //!
 //! The binary (`phonehome-collector`) is a thin command line around [`collect_report`] and
-//! [`deliver::deliver`]; end-to-end tests can call the same functions.
+//! [`deliver::spool_and_deliver`]; end-to-end tests can call the same functions.
 //!
 //! Every reader takes a [`MachineRoot`], so the same code reads the live machine (`/`) or a
 //! recorded tree of `/sys`, `/proc` and `/etc` in a test.
@@ -13,10 +13,12 @@ pub mod config;
 pub mod deliver;
 pub mod exit;
 pub mod filesystems;
+pub mod footprint;
 pub mod identity;
 pub mod machine;
 pub mod nics;
 pub mod smart;
+pub mod spool;
 pub mod system;
 
 use chrono::Utc;
@@ -39,6 +41,8 @@ pub struct CollectOptions {
     pub app: config::AppConfig,
     /// Filesystem types left out of the report (kernel interfaces, memory-backed scratch).
     pub skip_fs_types: Vec<String>,
+    /// Which smartctl to run, on which devices, for how long.
+    pub smart: smart::SmartOptions,
 }
 
 impl Default for CollectOptions {
@@ -50,6 +54,7 @@ impl Default for CollectOptions {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            smart: smart::SmartOptions::default(),
         }
     }
 }
@@ -62,6 +67,7 @@ impl CollectOptions {
                 serial_override: c.serial.clone(),
                 app: c.app.clone(),
                 skip_fs_types: c.skip_fs_types.clone(),
+                smart: c.smart.clone(),
             },
             None => CollectOptions::default(),
         }
@@ -84,10 +90,12 @@ pub fn collect_report(
         collected_at: Utc::now(),
         collector: CollectorInfo {
             version: COLLECTOR_VERSION.to_owned(),
+            // Set by the spool when the report is written there (`run`); `collect` drops nothing.
+            dropped_reports: 0,
         },
         identity,
         system: system::collect(root),
-        smart: smart::collect(),
+        smart: smart::collect(&options.smart),
         filesystems: filesystems::collect(root, &options.skip_fs_types),
         nics: nics::collect(root),
         app: app::collect(&options.app),

@@ -4,19 +4,26 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use phonehome_collector::deliver::Client;
+use phonehome_collector::deliver::{Client, random_unit, spool_and_deliver};
+use phonehome_collector::spool::Spool;
 use phonehome_collector::{CollectOptions, Config, ConfigError, MachineRoot, collect_report, exit};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0   the report was delivered (HTTP 2xx)
-  65  the ingest refused the report itself (400, 413, 415, 422)
-  74  the report could not be written to standard output
-  75  temporary failure: network error, timeout, TLS failure, HTTP 5xx, 408 or 429
-  78  configuration error: configuration, certificate, key or CA missing or unusable, no serial
-      obtainable, or the ingest answered 403 (the certificate is not this serial's)";
+  0   delivered: this run's report and every report spooled before it (HTTP 2xx)
+  65  the ingest refused a report for good (400, 413, 415, 422): it was moved aside to
+      SPOOL/*.rejected; the others were delivered or kept
+  74  collect: the report could not be written to standard output;
+      run: the report could neither be spooled nor delivered
+  75  saved for later: reports wait in the spool (ingest unreachable, timeout, TLS failure,
+      HTTP 5xx, 408 or 429, or another run is delivering); a later run sends them
+  78  configuration error: configuration, certificate, key, CA or spool directory missing or
+      unusable, no serial obtainable, or the ingest answered 403 (the certificate is not this
+      serial's); spooled reports are kept
+When several apply, the first of 78, 74, 65, 75 wins.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +38,10 @@ Exit codes:
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The smartctl to run instead of the configured one (default: `smartctl` from PATH, then
+    /// /usr/sbin), e.g. a stand-in that replays recorded outputs.
+    #[arg(long, value_name = "PATH", global = true)]
+    smartctl: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,17 +60,23 @@ enum Command {
         #[arg(long)]
         compact: bool,
     },
-    /// Collect this machine's report and deliver it to the ingest over mutual TLS; prints one
-    /// line on standard error saying what happened.
+    /// Collect this machine's report, save it in the spool, and deliver every spooled report
+    /// to the ingest over mutual TLS, oldest first; prints one line on standard error saying
+    /// what happened.
     #[command(after_help = EXIT_CODES)]
     Run {
-        /// Configuration file (TOML): server, ca_cert, client_cert, client_key, optional serial
-        /// and timeout_seconds. PHONEHOME_COLLECTOR_SERVER overrides `server`.
+        /// Configuration file (TOML): server, ca_cert, client_cert, client_key, optional serial,
+        /// timeout_seconds and [spool]. PHONEHOME_COLLECTOR_SERVER overrides `server`.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// Read /sys, /proc and /etc below DIR instead of /, e.g. a recorded machine tree.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+        /// Before collecting, sleep a random time between 0 and SECONDS (at most a day), so
+        /// that a fleet started by the same clock does not report in the same second.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0,
+              value_parser = clap::value_parser!(u64).range(..=86_400))]
+        splay: u64,
     },
 }
 
@@ -70,18 +87,24 @@ fn main() -> ExitCode {
             config,
             root,
             compact,
-        } => collect(config, root, compact),
-        Command::Run { config, root } => run(config, root),
+        } => collect(config, root, compact, cli.smartctl),
+        Command::Run {
+            config,
+            root,
+            splay,
+        } => run(config, root, splay, cli.smartctl),
     };
+    phonehome_collector::footprint::report_if_asked();
     ExitCode::from(code)
 }
 
-fn collect(config: Option<PathBuf>, root: PathBuf, compact: bool) -> u8 {
+fn collect(config: Option<PathBuf>, root: PathBuf, compact: bool, smartctl: Option<PathBuf>) -> u8 {
     let config = match config.as_deref().map(Config::load).transpose() {
         Ok(config) => config,
         Err(e) => return config_error(&e),
     };
-    let options = CollectOptions::from_config(config.as_ref());
+    let mut options = CollectOptions::from_config(config.as_ref());
+    options.smart.smartctl = smartctl.or(options.smart.smartctl);
     let report = match collect_report(&MachineRoot::new(root), &options) {
         Ok(report) => report,
         Err(e) => {
@@ -108,13 +131,22 @@ fn collect(config: Option<PathBuf>, root: PathBuf, compact: bool) -> u8 {
     }
 }
 
-fn run(config: PathBuf, root: PathBuf) -> u8 {
+fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) -> u8 {
     // Everything a human must fix is checked before anything is collected or sent.
     let (config, client) = match load_for_delivery(&config) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
-    let options = CollectOptions::from_config(Some(&config));
+    let spool = match Spool::open(config.spool.clone()) {
+        Ok(spool) => spool,
+        Err(e) => return config_error(&ConfigError::new(&config.path, format!("[spool] {e}"))),
+    };
+    if splay > 0 {
+        // Uniform over the window, so a fleet's load on the ingest is flat rather than a spike.
+        std::thread::sleep(Duration::from_secs(splay).mul_f64(random_unit()));
+    }
+    let mut options = CollectOptions::from_config(Some(&config));
+    options.smart.smartctl = smartctl.or(options.smart.smartctl);
     let report = match collect_report(&MachineRoot::new(root), &options) {
         Ok(report) => report,
         Err(e) => {
@@ -122,11 +154,8 @@ fn run(config: PathBuf, root: PathBuf) -> u8 {
             return exit::CONFIG;
         }
     };
-    let outcome = client.deliver(&report);
-    eprintln!(
-        "phonehome-collector: {}",
-        outcome.summary(&report, client.server())
-    );
+    let outcome = spool_and_deliver(&client, &spool, report);
+    eprintln!("phonehome-collector: {}", outcome.summary());
     outcome.exit_code()
 }
 

@@ -182,7 +182,7 @@ fn help_documents_the_exit_codes() {
 
 #[test]
 fn the_example_configuration_is_valid() {
-    let path = manifest_path("collector.example.toml");
+    let path = manifest_path("packaging/collector.example.toml");
     let config = Config::parse(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")),
         &path,
@@ -200,7 +200,7 @@ fn the_example_configuration_is_valid() {
 #[test]
 fn every_commented_example_in_the_example_configuration_is_valid_too() {
     // Operators uncomment these lines; each must parse as shown.
-    let path = manifest_path("collector.example.toml");
+    let path = manifest_path("packaging/collector.example.toml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
     let uncommented: String = text
         .lines()

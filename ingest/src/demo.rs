@@ -140,7 +140,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::write(
         &collector_config,
         format!(
-            "# Written by phonehome-ingest demo.\nserver = {:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout_seconds = 30\n",
+            "# Written by phonehome-ingest demo.\nserver = {:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout_seconds = 30\n\n# Undelivered reports wait here, next to this file.\n[spool]\ndir = \"spool\"\n",
             server_url,
             path(&tls_files.ca_cert),
             path(&appliance.cert),

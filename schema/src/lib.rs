@@ -53,6 +53,12 @@ pub struct Report {
 pub struct CollectorInfo {
     /// Collector version, for example `0.1.0`.
     pub version: String,
+    /// How many older reports the collector deleted from its spool undelivered (the spool was
+    /// full or they were too old) since the previous report it wrote, including the counts those
+    /// deleted reports carried themselves. Summed over the reports an appliance delivers, it is
+    /// the number of reports lost. Absent from older collectors, which means 0.
+    #[serde(default)]
+    pub dropped_reports: u64,
 }
 
 /// Who the appliance is. The serial must equal the one in the client certificate.
@@ -178,28 +184,311 @@ pub struct SmartSection {
     pub devices: Vec<SmartDevice>,
     #[serde(default)]
     pub errors: Vec<CollectionError>,
+    /// The smartctl (smartmontools) version that produced the data, e.g. `7.3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smartctl_version: Option<String>,
 }
 
-/// One disk as smartctl sees it.
+/// One disk as smartctl (`smartctl --json -x -n standby`) sees it.
+///
+/// Every field but `name` is optional: what smartctl did not report is absent, never zero. The
+/// alerting fields (`reallocated_sectors` … `crc_errors`) are filled from whichever protocol
+/// reports the equivalent; the full detail stays in `attributes`, `nvme` and `scsi`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SmartDevice {
-    /// The `/dev` name at collection time; it can change across reboots.
+    /// The device name given to smartctl (e.g. `/dev/sda`, `/dev/bus/0`); `/dev` names can change
+    /// across reboots, so history follows `serial`.
     pub name: String,
+    /// smartctl's device type (its `-d` argument as it resolved it), e.g. `sat`, `nvme`, `scsi`,
+    /// `sat+megaraid,0`, `usbjmicron`. Together with `name` it identifies a disk behind a RAID
+    /// controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
+    /// smartctl's description of the device, e.g. `/dev/sda [SAT]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_name: Option<String>,
     /// `ATA`, `NVMe` or `SCSI`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// Drive family from smartctl's drive database, e.g. `Western Digital Red`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_family: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// The drive's own serial: the stable key for its history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
+    /// World wide name as in `/dev/disk/by-id`: `0x5000cca264eb5e8c` (ATA, SCSI) or
+    /// `eui.002538b571b3e5c4` (NVMe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
+    /// Firmware version (SCSI: product revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    /// Nominal rotation rate; `0` for a solid state device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_rate_rpm: Option<u32>,
+    /// The device supports SMART.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_available: Option<bool>,
+    /// SMART is enabled on the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_enabled: Option<bool>,
     /// SMART overall health: `true` passed, `false` failed, absent unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_passed: Option<bool>,
+    /// The device was in standby or sleep, so it was not read (and not woken): only its name and
+    /// type are known this time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_standby: bool,
+    /// The device is failing or has recorded errors: health failed, an NVMe critical warning, or
+    /// exit status bits 3 to 7 (`health_failing` … `self_test_errors`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failing: bool,
+    /// smartctl's exit status (a bit mask, decoded in `exit_flags`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u8>,
+    /// The bits set in `exit_status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_flags: Vec<SmartctlExitFlag>,
+    /// Current temperature: smartctl's own reading, else the NVMe log, else ATA attribute
+    /// 194/190.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_celsius: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_on_hours: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_cycles: Option<u64>,
+    /// ATA attribute 5 (Reallocated_Sector_Ct); SCSI grown defect list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocated_sectors: Option<u64>,
+    /// ATA attribute 197 (Current_Pending_Sector); SCSI pending defects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_sectors: Option<u64>,
+    /// ATA attribute 198 (Offline_Uncorrectable); NVMe media and data integrity errors; SCSI
+    /// uncorrected read, write and verify errors together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncorrectable_errors: Option<u64>,
+    /// ATA attribute 199 (UDMA_CRC_Error_Count): cable or backplane trouble, not the medium.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc_errors: Option<u64>,
+    /// ATA SMART attributes, in smartctl's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<AtaAttribute>,
+    /// NVMe SMART/health information log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvme: Option<NvmeHealth>,
+    /// SCSI/SAS defect lists and error counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scsi: Option<ScsiHealth>,
+    /// The device's error log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_log: Option<SmartErrorLog>,
+    /// The device's self-test log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_test_log: Option<SmartSelfTestLog>,
+    /// What smartctl said while reading the device (warnings, errors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<SmartctlMessage>,
+    /// smartctl's complete JSON output, kept for a `failing` device as evidence (omitted when it
+    /// is too large to send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<serde_json::Value>,
+}
+
+/// One bit of smartctl's exit status (see `smartctl(8)`, RETURN VALUES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SmartctlExitFlag {
+    /// Bit 0: the command line did not parse.
+    CommandLine,
+    /// Bit 1: the device could not be opened, or it is in a low-power mode (`-n standby`).
+    DeviceOpenFailed,
+    /// Bit 2: a SMART or other command to the disk failed, or its data has a checksum error.
+    SmartCommandFailed,
+    /// Bit 3: SMART status says "DISK FAILING".
+    HealthFailing,
+    /// Bit 4: prefail attributes are at or below their threshold.
+    PrefailAttributeAtThreshold,
+    /// Bit 5: some attribute was at or below its threshold in the past.
+    AttributePastThreshold,
+    /// Bit 6: the device error log has entries.
+    ErrorLogHasEntries,
+    /// Bit 7: the self-test log has errors.
+    SelfTestErrors,
+}
+
+/// One ATA SMART attribute.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AtaAttribute {
+    pub id: u8,
+    #[serde(default)]
+    pub name: String,
+    /// Normalised value (vendor scale, usually 1 to 253; lower is worse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u8>,
+    /// Lowest normalised value seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst: Option<u8>,
+    /// Failure threshold; absent when the drive has none for this attribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresh: Option<u8>,
+    /// Raw value as an unsigned 64-bit integer (vendor-specific; may pack several fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<u64>,
+    /// smartctl's rendering of the raw value, e.g. `36 (Min/Max 16/31)` or `37054h+12m+58.233s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_string: Option<String>,
+    /// `now` or `past` when the value is or was at or below the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_failed: Option<String>,
+    /// A pre-failure attribute (below threshold means imminent failure), not just old age.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefailure: bool,
+}
+
+/// The NVMe SMART/health information log (log page 2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NvmeHealth {
+    /// The critical warning byte as reported (0 = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_warning: Option<u8>,
+    /// The bits set in `critical_warning`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub critical_warnings: Vec<NvmeCriticalWarning>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_spare_percent: Option<u8>,
+    /// Below this available spare, the drive raises `spare_below_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_spare_threshold_percent: Option<u8>,
+    /// Vendor estimate of life used; may exceed 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage_used: Option<u8>,
+    /// Unrecovered data integrity errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_errors: Option<u64>,
+    /// Error information log entries over the drive's life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_log_entries: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsafe_shutdowns: Option<u64>,
+    /// In units of 1000 × 512 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_units_read: Option<u64>,
+    /// In units of 1000 × 512 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_units_written: Option<u64>,
+    /// Minutes spent above the warning composite temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning_temperature_minutes: Option<u64>,
+    /// Minutes spent above the critical composite temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_temperature_minutes: Option<u64>,
+    /// Temperature sensors 1 to 8, where implemented.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temperature_sensors_celsius: Vec<i64>,
+}
+
+/// One bit of the NVMe critical warning byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NvmeCriticalWarning {
+    /// Bit 0: available spare is below its threshold.
+    SpareBelowThreshold,
+    /// Bit 1: a temperature is above an over- or below an under-temperature threshold.
+    Temperature,
+    /// Bit 2: NVM subsystem reliability is degraded (media or internal errors).
+    ReliabilityDegraded,
+    /// Bit 3: the media has been placed in read-only mode.
+    ReadOnly,
+    /// Bit 4: the volatile memory backup device has failed.
+    VolatileMemoryBackupFailed,
+    /// Bit 5: the persistent memory region is read-only or unreliable.
+    PersistentMemoryRegionUnreliable,
+    /// Bits 6 and 7: reserved by the specification when smartctl was written.
+    Other,
+}
+
+/// SCSI/SAS defect lists and error counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ScsiHealth {
+    /// Entries in the grown defect list (blocks reassigned since manufacture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grown_defects: Option<u64>,
+    /// Pending defects (smartmontools 7.1 and later, when the drive reports them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_defects: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ScsiErrorCounters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<ScsiErrorCounters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<ScsiErrorCounters>,
+}
+
+/// One row of the SCSI error counter log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ScsiErrorCounters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrected: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncorrected: Option<u64>,
+    /// As smartctl printed it (e.g. `176987.332`); kept as text because its decimal separator
+    /// follows the locale smartctl ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gigabytes_processed: Option<String>,
+}
+
+/// Summary of a device's error log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmartErrorLog {
+    /// Errors the device has logged over its life (ATA error count, NVMe error log entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Power-on hours at the most recent logged error (ATA), to tell old errors from new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_lifetime_hours: Option<u64>,
+}
+
+/// Summary of a device's self-test log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmartSelfTestLog {
+    /// Self-tests recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Recorded self-tests that failed (ATA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_count: Option<u64>,
+    /// The most recent self-test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<SmartSelfTest>,
+}
+
+/// One self-test result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmartSelfTest {
+    /// e.g. `Short offline`, `Extended offline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// e.g. `Completed without error`, `Completed: read failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Power-on hours when the test ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_hours: Option<u64>,
+}
+
+/// A message smartctl printed, e.g. a warning that the result is based on an attribute check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmartctlMessage {
+    /// `information`, `warning` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    pub text: String,
 }
 
 /// Filesystem use.

@@ -45,11 +45,13 @@ fn collector_config(dir: &Path, ingest: &IngestProcess, pki: &TestPki, id: &Cert
     std::fs::write(
         &path,
         format!(
-            "server = {:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout_seconds = 10\n",
+            "server = {:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\ntimeout_seconds = 10\n\n\
+             [spool]\ndir = {:?}\n",
             ingest.report_url(),
             pki.ca_cert(),
             id.cert,
-            id.key
+            id.key,
+            dir.join("spool"),
         ),
     )
     .expect("write collector config");
