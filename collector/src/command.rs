@@ -66,23 +66,24 @@ pub fn run_with_env<S: AsRef<OsStr>>(
     let stdout = child.stdout.take().map(|p| drain(p, limit));
     let stderr = child.stderr.take().map(|p| drain(p, limit));
 
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break Some(status);
-        }
-        let now = Instant::now();
-        if now >= deadline {
+    let status = match wait_until(|| child.try_wait(), Instant::now() + timeout) {
+        Ok(status) => status,
+        Err(e) => {
+            // We can no longer watch it: don't leave it running unwatched either.
             kill_group(&child);
             let _ = child.kill();
-            let _ = child.wait();
-            break None;
+            return Err(e);
         }
-        // Short first: most checks finish in milliseconds; then back off to stay cheap.
-        thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
     };
+    if status.is_none() {
+        kill_group(&child);
+        let _ = child.kill();
+        // SIGKILL takes effect only when the process leaves the kernel: one in uninterruptible
+        // sleep (D state, e.g. smartctl on a hung controller) may never die, and an unbounded
+        // wait() would hang the whole collector with it. Reap it if it goes within the grace;
+        // otherwise drop the handle and leave it to init when we exit.
+        let _ = wait_until(|| child.try_wait(), Instant::now() + REAP_GRACE);
+    }
     // After the deadline a grandchild may still hold a pipe: don't wait for it for long.
     let grace = if status.is_some() {
         timeout.max(Duration::from_secs(1))
@@ -97,6 +98,32 @@ pub fn run_with_env<S: AsRef<OsStr>>(
         stderr,
         stdout_truncated,
     })
+}
+
+/// How long a program killed at its deadline is given to die and be reaped before we stop
+/// waiting for it.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+/// Polls `try_wait` (a child's [`try_wait`](std::process::Child::try_wait), or a test's fake)
+/// until it yields a result or `deadline` passes: `Ok(None)` at the deadline, whatever the
+/// program is doing.
+fn wait_until<T>(
+    mut try_wait: impl FnMut() -> io::Result<Option<T>>,
+    deadline: Instant,
+) -> io::Result<Option<T>> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(done) = try_wait()? {
+            return Ok(Some(done));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        // Short first: most checks finish in milliseconds; then back off to stay cheap.
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// ETXTBSY: the program file is still open for writing somewhere, typically because it was just
@@ -204,6 +231,45 @@ mod tests {
         assert_eq!(f.stdout.len(), 1000);
         assert!(f.stdout_truncated);
         assert_eq!(f.code(), Some(0));
+    }
+
+    /// A killed program that never goes away (in D state on a hung controller, say) must not
+    /// hold us: the wait gives up at its deadline, however often it is asked.
+    #[test]
+    fn waiting_for_a_program_that_never_finishes_gives_up_at_the_deadline() {
+        let started = Instant::now();
+        let mut polls = 0;
+        let never = || -> io::Result<Option<ExitStatus>> {
+            polls += 1;
+            Ok(None)
+        };
+        let waited = wait_until(never, started + Duration::from_millis(300));
+        let elapsed = started.elapsed();
+        assert!(matches!(waited, Ok(None)), "{waited:?}");
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+            "{elapsed:?}"
+        );
+        // Polled more than once (it waited), but backing off rather than spinning.
+        assert!((2..=100).contains(&polls), "{polls} polls");
+        assert!(REAP_GRACE <= Duration::from_secs(5), "{REAP_GRACE:?}");
+    }
+
+    #[test]
+    fn waiting_returns_as_soon_as_the_program_finishes_or_fails() {
+        let mut polls = 0;
+        let third_time = || -> io::Result<Option<u8>> {
+            polls += 1;
+            Ok((polls == 3).then_some(7))
+        };
+        let started = Instant::now();
+        let waited = wait_until(third_time, started + Duration::from_secs(10));
+        assert!(matches!(waited, Ok(Some(7))), "{waited:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let broken = || -> io::Result<Option<u8>> { Err(io::Error::other("ECHILD")) };
+        let waited = wait_until(broken, Instant::now() + Duration::from_secs(10));
+        assert!(waited.is_err(), "{waited:?}");
     }
 
     #[test]

@@ -53,8 +53,11 @@ pub struct Config {
     pub skip_fs_types: Vec<String>,
     /// `[spool]`: where undelivered reports wait, their bounds, and the retry budget.
     pub spool: crate::spool::SpoolSettings,
-    /// `[smart]`: which smartctl, which devices beyond those it finds, and its timeout.
+    /// `[smart]`: which smartctl, which devices beyond those it finds, its per-run timeout and
+    /// the time budget for all runs together.
     pub smart: crate::smart::SmartOptions,
+    /// Largest report, as compact JSON: keep it under the ingest's `max_body_bytes`.
+    pub max_report_bytes: usize,
 }
 
 /// The `[app]` table.
@@ -111,6 +114,7 @@ struct RawConfig {
     client_key: Option<PathBuf>,
     serial: Option<String>,
     timeout_seconds: Option<u64>,
+    max_report_bytes: Option<usize>,
     #[serde(default)]
     app: RawApp,
     #[serde(default)]
@@ -207,6 +211,16 @@ impl Config {
             client_key: resolve(raw.client_key),
             serial,
             timeout: Duration::from_secs(timeout_seconds),
+            max_report_bytes: match raw.max_report_bytes {
+                Some(n) if n < 16 * 1024 => {
+                    return Err(ConfigError::new(
+                        path,
+                        "max_report_bytes must be at least 16384",
+                    ));
+                }
+                Some(n) => n,
+                None => crate::fit::DEFAULT_MAX_REPORT_BYTES,
+            },
             app: app_config(raw.app, path, &resolve)?,
             skip_fs_types: raw.filesystems.skip_types.unwrap_or_else(|| {
                 crate::filesystems::PSEUDO_FS_TYPES

@@ -201,14 +201,17 @@ pub fn is_placeholder(value: &str) -> bool {
 
 fn read_machine_id(root: &MachineRoot) -> Result<String, CollectionError> {
     let id = root.read_attribute(MACHINE_ID)?;
-    if is_machine_id(&id) {
-        Ok(id)
-    } else {
-        Err(invalid(
+    if !is_machine_id(&id) {
+        return Err(invalid(
             MACHINE_ID,
             format!("{:?} is not 32 lowercase hexadecimal digits", shorten(&id)),
-        ))
+        ));
     }
+    // An all-zero id is what broken images ship; as a serial it would merge every such machine.
+    if id.bytes().all(|b| b == b'0') {
+        return Err(invalid(MACHINE_ID, "is all zeros, a placeholder"));
+    }
+    Ok(id)
 }
 
 fn read_system_uuid(root: &MachineRoot, errors: &mut Vec<CollectionError>) -> Option<Uuid> {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod exit;
 pub mod filesystems;
+pub mod fit;
 pub mod footprint;
 pub mod identity;
 pub mod machine;
@@ -43,6 +44,8 @@ pub struct CollectOptions {
     pub skip_fs_types: Vec<String>,
     /// Which smartctl to run, on which devices, for how long.
     pub smart: smart::SmartOptions,
+    /// Largest report, as compact JSON; what does not fit is left out (see [`fit`]).
+    pub max_report_bytes: usize,
 }
 
 impl Default for CollectOptions {
@@ -55,6 +58,7 @@ impl Default for CollectOptions {
                 .map(|s| s.to_string())
                 .collect(),
             smart: smart::SmartOptions::default(),
+            max_report_bytes: fit::DEFAULT_MAX_REPORT_BYTES,
         }
     }
 }
@@ -68,6 +72,7 @@ impl CollectOptions {
                 app: c.app.clone(),
                 skip_fs_types: c.skip_fs_types.clone(),
                 smart: c.smart.clone(),
+                max_report_bytes: c.max_report_bytes,
             },
             None => CollectOptions::default(),
         }
@@ -84,7 +89,7 @@ pub fn collect_report(
     options: &CollectOptions,
 ) -> Result<Report, NoSerialError> {
     let identity = identity::collect(root, options.serial_override.as_ref())?;
-    Ok(Report {
+    let mut report = Report {
         report_id: Uuid::new_v4(),
         schema_version: SCHEMA_VERSION,
         collected_at: Utc::now(),
@@ -99,5 +104,7 @@ pub fn collect_report(
         filesystems: filesystems::collect(root, &options.skip_fs_types),
         nics: nics::collect(root),
         app: app::collect(&options.app),
-    })
+    };
+    fit::fit(&mut report, options.max_report_bytes);
+    Ok(report)
 }

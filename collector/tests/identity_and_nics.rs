@@ -396,3 +396,13 @@ fn no_serial_at_all_is_an_error_that_names_machine_id() {
         "{message}"
     );
 }
+
+#[test]
+fn an_all_zero_machine_id_is_no_identity() {
+    let dir = tree(&[("/etc/machine-id", b"00000000000000000000000000000000\n")]);
+    let err = collect_report(&MachineRoot::new(dir.path()), &CollectOptions::default())
+        .err()
+        .unwrap_or_else(|| panic!("an all-zero machine-id became a serial"));
+    assert!(err.to_string().contains("/etc/machine-id"), "{err}");
+    assert!(err.to_string().contains("all zeros"), "{err}");
+}

@@ -1,6 +1,8 @@
 //! SMART collection end to end: the real collector binary against a recorded machine
 //! (`--root`), with `--smartctl` pointing at a stand-in (`tests/smartctl-standin`) that replays
 //! real smartctl outputs from `fixtures/smartctl`, sleeps like a hung disk, or is missing.
+//! Hung disks are bounded twice: per run (`timeout_seconds`) and for all runs together
+//! (`total_timeout_seconds`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -262,6 +264,101 @@ fn a_recorded_machine_reports_every_disk_and_every_failure() {
             "--json -x -n standby -d megaraid,1 /dev/bus/0",
         ]
     );
+}
+
+/// Disks behind one hung controller hang together. Each is killed at its own timeout, but
+/// all runs together must also end within `[smart] total_timeout_seconds`, or a few dozen hung
+/// disks would outlast the systemd unit's TimeoutStartSec and lose the whole report.
+#[test]
+fn hung_disks_stop_at_the_total_budget_and_the_rest_are_listed_as_not_read() {
+    let machine = tempdir();
+    let hung = json!({"output": fixture("smartctl-rs/hdd.json"), "sleep_seconds": 60});
+    write(
+        &machine.path().join("machine.json"),
+        &json!({
+            "devices": {
+                "/dev/sda": {"output": fixture("beszel/sda.json")},
+                "/dev/sdf": hung,
+                "/dev/sdg": hung,
+                "/dev/sdh": hung,
+            }
+        })
+        .to_string(),
+    );
+    // Each run may take 3 s, all of them together 2 s: without the budget this takes 9 s.
+    let config = machine.path().join("collector.toml");
+    write(
+        &config,
+        "[smart]\nscan = false\ntimeout_seconds = 3\ntotal_timeout_seconds = 2\ndevices = [\n  \
+         { path = \"/dev/sda\" },\n  { path = \"/dev/sdf\" },\n  { path = \"/dev/sdg\" },\n  \
+         { path = \"/dev/sdh\" },\n]\n",
+    );
+    let log = machine.path().join("argv.log");
+    let started = Instant::now();
+    let out = collector(
+        &[
+            "collect",
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "--smartctl",
+            standin().to_str().unwrap_or_default(),
+        ],
+        machine.path(),
+        &log,
+    );
+    let elapsed = started.elapsed();
+    let report = report(&out);
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+    let smart = &report.smart;
+
+    // The disk that answered in time is reported as usual.
+    let names: Vec<&str> = smart.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["/dev/sda"]);
+
+    let kinds: Vec<(&str, ErrorKind)> = smart
+        .errors
+        .iter()
+        .map(|e| (e.item.as_str(), e.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("/dev/sdf", ErrorKind::Timeout),
+            ("/dev/sdg", ErrorKind::Timeout),
+            ("/dev/sdh", ErrorKind::Timeout),
+        ],
+        "{:#?}",
+        smart.errors
+    );
+    // The one tried was cut short by the budget, before its own 3 s.
+    let tried = error_for(&smart.errors, "/dev/sdf");
+    assert!(
+        tried.message.contains("killed")
+            && tried.message.contains("budget")
+            && tried.message.contains("total_timeout_seconds = 2"),
+        "{tried:?}"
+    );
+    for item in ["/dev/sdg", "/dev/sdh"] {
+        let skipped = error_for(&smart.errors, item);
+        assert!(
+            skipped
+                .message
+                .contains("not read: SMART time budget spent")
+                && skipped.message.contains("total_timeout_seconds = 2"),
+            "{skipped:?}"
+        );
+    }
+
+    // The disks past the budget were not even tried.
+    let reads: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .lines()
+        .map(|l| {
+            let argv: Vec<String> = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            argv.last().cloned().unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(reads, ["/dev/sda", "/dev/sdf"]);
 }
 
 #[test]

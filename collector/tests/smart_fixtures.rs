@@ -802,3 +802,36 @@ fn the_traps_in_the_corpus_are_read_right() {
         )]
     );
 }
+
+/// smartctl's JSON writer passes bytes ≥ 0x80 from the disk through unchanged, so a Latin-1
+/// byte in a model name makes the output invalid UTF-8. The device must still be reported, with
+/// the byte replaced (U+FFFD) and every other value as in the clean output.
+#[test]
+fn a_byte_that_is_not_utf8_costs_one_character_not_the_device() {
+    let rel = "scrutiny/smart-ata.json";
+    let clean = read(rel);
+    let model = b"\"model_name\": \"WDC WD140EDFZ-11A0VA0\"";
+    let at = clean
+        .windows(model.len())
+        .position(|w| w == model)
+        .unwrap_or_else(|| panic!("{rel} no longer has the model name this test expects"));
+    // After `"model_name": "WDC `: 0xE9 is é in Latin-1 and starts no valid UTF-8 sequence here.
+    let mut dirty = clean.clone();
+    dirty.insert(at + b"\"model_name\": \"WDC ".len(), 0xE9);
+    assert!(std::str::from_utf8(&dirty).is_err());
+
+    let out = parse_device(&dirty, None).unwrap_or_else(|e| panic!("{rel} with 0xE9: {e}"));
+    let mut device = out
+        .device
+        .unwrap_or_else(|| panic!("{rel} with 0xE9: no device"));
+    assert_eq!(
+        device.model.as_deref(),
+        Some("WDC \u{FFFD}WD140EDFZ-11A0VA0")
+    );
+
+    let expected = device_of(rel);
+    device.model = expected.model.clone();
+    assert_eq!(device.evidence.is_some(), expected.evidence.is_some());
+    device.evidence = expected.evidence.clone();
+    assert_eq!(device, expected, "only the model name may differ");
+}

@@ -22,7 +22,7 @@ const FALLBACK_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/local/sbin"];
 pub enum RunError {
     #[error("cannot run {}: {source}", path.display())]
     Spawn { path: PathBuf, source: io::Error },
-    #[error("no answer within {} s; smartctl was killed", timeout.as_secs())]
+    #[error("no answer within {} s; smartctl was killed", timeout.as_secs_f32())]
     Timeout { timeout: Duration },
     #[error("output is larger than {OUTPUT_LIMIT} bytes")]
     TooLarge,
@@ -64,22 +64,26 @@ impl Smartctl {
 
     /// Runs smartctl with `args`, killing it when it outlives the timeout.
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Result<RunOutput, RunError> {
+        self.run_within(args, self.timeout)
+    }
+
+    /// [`run`](Self::run) with a shorter limit, `min(timeout, self.timeout)`: what is left of
+    /// an overall time budget.
+    pub fn run_within<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        timeout: Duration,
+    ) -> Result<RunOutput, RunError> {
+        let timeout = timeout.min(self.timeout);
         // Untranslated messages and a `.` decimal separator: the output is parsed, not read.
-        let finished = command::run_with_env(
-            &self.path,
-            args,
-            &[("LC_ALL", "C")],
-            self.timeout,
-            OUTPUT_LIMIT,
-        )
-        .map_err(|source| RunError::Spawn {
-            path: self.path.clone(),
-            source,
-        })?;
+        let finished =
+            command::run_with_env(&self.path, args, &[("LC_ALL", "C")], timeout, OUTPUT_LIMIT)
+                .map_err(|source| RunError::Spawn {
+                    path: self.path.clone(),
+                    source,
+                })?;
         if finished.timed_out() {
-            return Err(RunError::Timeout {
-                timeout: self.timeout,
-            });
+            return Err(RunError::Timeout { timeout });
         }
         if finished.stdout_truncated {
             return Err(RunError::TooLarge);
@@ -128,6 +132,31 @@ mod tests {
         let out = sh("exec sleep 30", Duration::from_millis(300));
         assert!(matches!(out, Err(RunError::Timeout { .. })), "{out:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_shorter_limit_wins_but_never_extends_the_timeout() {
+        let smartctl = Smartctl {
+            path: PathBuf::from("/bin/sh"),
+            timeout: Duration::from_secs(20),
+        };
+        let started = Instant::now();
+        let out = smartctl.run_within(&["-c", "exec sleep 30"], Duration::from_millis(300));
+        assert!(
+            matches!(out, Err(RunError::Timeout { timeout }) if timeout == Duration::from_millis(300)),
+            "{out:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let short = Smartctl {
+            timeout: Duration::from_millis(300),
+            ..smartctl
+        };
+        let out = short.run_within(&["-c", "exec sleep 30"], Duration::from_secs(60));
+        assert!(
+            matches!(out, Err(RunError::Timeout { timeout }) if timeout == Duration::from_millis(300)),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -4,24 +4,32 @@
 //!
 //! Nothing smartctl does can stop the report: a missing smartctl, a denied permission, a disk
 //! that cannot be opened, a hung run (killed at the timeout) or unreadable output each become
-//! one of the section's errors, and the other devices are still reported.
+//! one of the section's errors, and the other devices are still reported. Nor can it delay the
+//! report without bound: all runs together share a time budget (`total_timeout_seconds`), and
+//! devices not reached within it are reported as not read.
 
 pub mod exec;
 mod json;
 pub mod parse;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use phonehome_schema::{CollectionError, ErrorKind, SmartDevice, SmartSection};
 use serde::Deserialize;
 
+use crate::machine;
 use exec::{RunError, Smartctl};
 use parse::{ScannedDevice, parse_device, parse_scan};
 
 /// Default per-run timeout: a healthy disk answers in well under a second, a dying one can
 /// take many (retries), a hung controller forever.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for all smartctl runs together. Disks on one hung controller tend to hang together:
+/// without an overall bound, N of them × the per-run timeout could outlast the systemd unit's
+/// `TimeoutStartSec` (15 min), which kills the run and loses the whole report. 300 s leaves
+/// ten hung disks at the default timeout, and most of the unit's time for delivery.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest smartctl output kept as one device's evidence: a report must stay well inside the
 /// ingest's body limit (1 MiB by default).
 pub const EVIDENCE_LIMIT: usize = 256 * 1024;
@@ -38,6 +46,8 @@ pub struct SmartOptions {
     pub smartctl: Option<PathBuf>,
     /// Limit for each smartctl run.
     pub timeout: Duration,
+    /// Limit for all smartctl runs together; devices not reached by then are not read.
+    pub total_timeout: Duration,
     /// Discover devices with `smartctl --scan-open`.
     pub scan: bool,
     /// Devices read in addition to those discovered, e.g. disks behind a RAID controller.
@@ -49,6 +59,7 @@ impl Default for SmartOptions {
         SmartOptions {
             smartctl: None,
             timeout: DEFAULT_TIMEOUT,
+            total_timeout: DEFAULT_TOTAL_TIMEOUT,
             scan: true,
             devices: Vec::new(),
         }
@@ -61,6 +72,7 @@ impl Default for SmartOptions {
 /// [smart]
 /// smartctl = "/usr/sbin/smartctl"   # default: from PATH, then /usr/sbin
 /// timeout_seconds = 30              # per smartctl run
+/// total_timeout_seconds = 300       # all smartctl runs together
 /// scan = true                       # discover with `smartctl --scan-open`
 /// devices = [{ path = "/dev/bus/0", type = "megaraid,0" }, { path = "/dev/sdb" }]
 /// ```
@@ -69,6 +81,7 @@ impl Default for SmartOptions {
 pub struct RawSmart {
     smartctl: Option<PathBuf>,
     timeout_seconds: Option<u64>,
+    total_timeout_seconds: Option<u64>,
     scan: Option<bool>,
     #[serde(default)]
     devices: Vec<RawTarget>,
@@ -90,6 +103,11 @@ impl SmartOptions {
             Some(0) => return Err("[smart] timeout_seconds must be at least 1".to_owned()),
             Some(s) => Duration::from_secs(s),
             None => DEFAULT_TIMEOUT,
+        };
+        let total_timeout = match raw.total_timeout_seconds {
+            Some(0) => return Err("[smart] total_timeout_seconds must be at least 1".to_owned()),
+            Some(s) => Duration::from_secs(s),
+            None => DEFAULT_TOTAL_TIMEOUT,
         };
         let smartctl = raw.smartctl.map(|p| {
             if p.is_relative() && p.components().count() > 1 {
@@ -119,6 +137,7 @@ impl SmartOptions {
         Ok(SmartOptions {
             smartctl,
             timeout,
+            total_timeout,
             scan: raw.scan.unwrap_or(true),
             devices,
         })
@@ -154,6 +173,8 @@ impl SmartTarget {
 
 /// Collects the SMART section: never fails, records what it could not do.
 pub fn collect(options: &SmartOptions) -> SmartSection {
+    // The scan counts too: `--scan-open` opens every disk, and can hang on them like a read.
+    let budget = Budget::start(options.total_timeout);
     let mut section = SmartSection::default();
     let Some(smartctl) = Smartctl::locate(options.smartctl.as_deref(), options.timeout) else {
         section.errors.push(CollectionError {
@@ -168,7 +189,7 @@ pub fn collect(options: &SmartOptions) -> SmartSection {
     // Devices the scan could not open: already reported, so not read again when configured.
     let mut unopened: Vec<SmartTarget> = Vec::new();
     if options.scan {
-        match scan(&smartctl, &mut section) {
+        match scan(&smartctl, &budget, &mut section) {
             Ok(found) => (targets, unopened) = found,
             // Without a runnable smartctl nothing else can work; one error says it all.
             Err(Fatal) => return section,
@@ -186,8 +207,17 @@ pub fn collect(options: &SmartOptions) -> SmartSection {
 
     let mut evidence_budget = EVIDENCE_TOTAL_LIMIT;
     for target in &targets {
+        if budget.left().is_zero() {
+            // Listed, so that a disk missing from the report is never silent.
+            section.errors.push(CollectionError {
+                item: target.label(),
+                kind: ErrorKind::Timeout,
+                message: format!("not read: SMART time budget spent ({})", budget.setting()),
+            });
+            continue;
+        }
         let version = &mut section.smartctl_version;
-        match read_device(&smartctl, target, &mut evidence_budget, version) {
+        match read_device(&smartctl, target, &budget, &mut evidence_budget, version) {
             Ok(device) => section.devices.push(device),
             Err(Failure::Device(error)) => section.errors.push(error),
             Err(Failure::Fatal(error)) => {
@@ -202,6 +232,30 @@ pub fn collect(options: &SmartOptions) -> SmartSection {
 /// smartctl itself cannot run; the error is already recorded.
 struct Fatal;
 
+/// The time left for all smartctl runs together.
+struct Budget {
+    total: Duration,
+    deadline: Instant,
+}
+
+impl Budget {
+    fn start(total: Duration) -> Budget {
+        Budget {
+            total,
+            deadline: Instant::now() + total,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The setting, as errors name it so that an operator knows what to raise.
+    fn setting(&self) -> String {
+        format!("[smart] total_timeout_seconds = {}", self.total.as_secs())
+    }
+}
+
 enum Failure {
     /// This device could not be read; go on with the next.
     Device(CollectionError),
@@ -212,13 +266,14 @@ enum Failure {
 /// The devices `--scan-open` found: those to read, and those it could not open (reported).
 fn scan(
     smartctl: &Smartctl,
+    budget: &Budget,
     section: &mut SmartSection,
 ) -> Result<(Vec<SmartTarget>, Vec<SmartTarget>), Fatal> {
     let item = "smartctl --scan-open";
-    let out = match smartctl.run(&["--scan-open", "--json"]) {
+    let out = match smartctl.run_within(&["--scan-open", "--json"], budget.left()) {
         Ok(out) => out,
         Err(e) => {
-            let (error, fatal) = run_error(item, smartctl, e);
+            let (error, fatal) = run_error(item, smartctl, budget, e);
             section.errors.push(error);
             return if fatal {
                 Err(Fatal)
@@ -270,6 +325,7 @@ fn scan(
 fn read_device(
     smartctl: &Smartctl,
     target: &SmartTarget,
+    budget: &Budget,
     evidence_budget: &mut usize,
     version: &mut Option<String>,
 ) -> Result<SmartDevice, Failure> {
@@ -287,12 +343,12 @@ fn read_device(
         args.extend(["-d", t]);
     }
     args.push(&target.path);
-    let out = smartctl
-        .run(&args)
-        .map_err(|e| match run_error(&item, smartctl, e) {
+    let out = smartctl.run_within(&args, budget.left()).map_err(|e| {
+        match run_error(&item, smartctl, budget, e) {
             (error, true) => Failure::Fatal(error),
             (error, false) => Failure::Device(error),
-        })?;
+        }
+    })?;
     // A status beyond one byte is not smartctl's; the one in its JSON then stands.
     let status = out.status.and_then(|s| u8::try_from(s).ok());
     let parsed = parse_device(&out.stdout, status).map_err(|e| {
@@ -336,20 +392,23 @@ fn read_device(
 
 /// A failed run as a section error, and whether smartctl cannot run at all (so trying the
 /// next device is pointless).
-fn run_error(item: &str, smartctl: &Smartctl, e: RunError) -> (CollectionError, bool) {
+fn run_error(
+    item: &str,
+    smartctl: &Smartctl,
+    budget: &Budget,
+    e: RunError,
+) -> (CollectionError, bool) {
     let path = smartctl.path.display();
     match e {
         RunError::Spawn { source, .. } => {
-            let (kind, message) = match source.kind() {
-                std::io::ErrorKind::NotFound => (
-                    ErrorKind::NotFound,
-                    format!("{path} not found; {INSTALL_HINT}"),
-                ),
-                std::io::ErrorKind::PermissionDenied => (
-                    ErrorKind::PermissionDenied,
-                    format!("{path} may not be run by this user: {source}"),
-                ),
-                _ => (ErrorKind::Failed, format!("cannot run {path}: {source}")),
+            // Classified like every other OS error in the report; only the advice is ours.
+            let kind = machine::error_kind(&source);
+            let message = match kind {
+                ErrorKind::NotFound => format!("{path} not found; {INSTALL_HINT}"),
+                ErrorKind::PermissionDenied => {
+                    format!("{path} may not be run by this user: {source}")
+                }
+                _ => format!("cannot run {path}: {source}"),
             };
             let item = "smartctl".to_owned();
             (
@@ -361,6 +420,19 @@ fn run_error(item: &str, smartctl: &Smartctl, e: RunError) -> (CollectionError, 
                 true,
             )
         }
+        // Cut short by what was left of the overall budget, not by its own timeout.
+        RunError::Timeout { timeout } if timeout < smartctl.timeout => (
+            CollectionError {
+                item: item.to_owned(),
+                kind: ErrorKind::Timeout,
+                message: format!(
+                    "smartctl was killed after {:.1} s when the SMART time budget ran out ({})",
+                    timeout.as_secs_f32(),
+                    budget.setting()
+                ),
+            },
+            false,
+        ),
         RunError::Timeout { timeout } => (
             CollectionError {
                 item: item.to_owned(),
@@ -453,6 +525,7 @@ mod tests {
     fn the_smart_table_is_read_and_checked() -> Result<(), String> {
         let options = from_toml(
             "[smart]\nsmartctl = \"bin/smartctl\"\ntimeout_seconds = 5\nscan = false\n\
+             total_timeout_seconds = 60\n\
              devices = [{ path = \"/dev/bus/0\", type = \"megaraid,0\" }, { path = \"/dev/sdb\" }]\n",
         )?;
         assert_eq!(
@@ -460,6 +533,7 @@ mod tests {
             Some(Path::new("/etc/phonehome/bin/smartctl"))
         );
         assert_eq!(options.timeout, Duration::from_secs(5));
+        assert_eq!(options.total_timeout, Duration::from_secs(60));
         assert!(!options.scan);
         assert_eq!(
             options.devices,
@@ -473,6 +547,8 @@ mod tests {
         assert_eq!(from_toml("[smart]")?, SmartOptions::default());
         for (text, expected) in [
             ("[smart]\ntimeout_seconds = 0", "at least 1"),
+            ("[smart]\ntotal_timeout_seconds = 0", "at least 1"),
+            ("[smart]\ntotal_timeout_seconds = -5", "invalid value"),
             (
                 "[smart]\ndevices = [{ path = \"-a\" }]",
                 "not a device name",
@@ -489,6 +565,48 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// A smartctl that cannot be started is classified like any OS error elsewhere in the
+    /// report (`machine::error_kind`), and stops the section.
+    #[test]
+    fn spawn_errors_are_classified_like_every_other_os_error() {
+        let smartctl = Smartctl {
+            path: PathBuf::from("/usr/sbin/smartctl"),
+            timeout: DEFAULT_TIMEOUT,
+        };
+        let budget = Budget::start(DEFAULT_TOTAL_TIMEOUT);
+        for io_kind in [
+            std::io::ErrorKind::NotFound,
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::TimedOut,
+            std::io::ErrorKind::InvalidData,
+            std::io::ErrorKind::OutOfMemory,
+        ] {
+            let source = std::io::Error::from(io_kind);
+            let expected = machine::error_kind(&source);
+            let spawn = RunError::Spawn {
+                path: smartctl.path.clone(),
+                source,
+            };
+            let (error, fatal) = run_error("/dev/sda", &smartctl, &budget, spawn);
+            assert_eq!(error.kind, expected, "{io_kind:?}");
+            assert_eq!(error.item, "smartctl");
+            assert!(fatal, "{io_kind:?}");
+        }
+        let (timed_out, _) = run_error(
+            "/dev/sda",
+            &smartctl,
+            &budget,
+            RunError::Timeout {
+                timeout: Duration::from_millis(1500),
+            },
+        );
+        assert!(
+            timed_out.message.contains("1.5 s")
+                && timed_out.message.contains("total_timeout_seconds = 300"),
+            "{timed_out:?}"
+        );
     }
 
     #[test]

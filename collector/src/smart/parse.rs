@@ -102,8 +102,19 @@ fn parse_object(bytes: &[u8]) -> Result<Value, ParseError> {
     }
     // serde_json bounds nesting depth itself (128), so hostile nesting is an error, not a stack
     // overflow.
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let value: Value = match serde_json::from_slice(bytes) {
+        Ok(value) => value,
+        // smartctl's JSON writer copies bytes ≥ 0x80 from the disk unchanged (a Latin-1 model
+        // name, a vendor's odd firmware string), so its output need not be UTF-8, and serde_json
+        // refuses the whole of it. One bad byte must not lose the device: decode lossily
+        // (U+FFFD for each bad sequence) and parse again. Only then: valid UTF-8, the common
+        // case, is neither copied nor validated twice.
+        Err(e) => match std::str::from_utf8(bytes) {
+            Ok(_) => return Err(ParseError::NotJson(e.to_string())),
+            Err(_) => serde_json::from_str(&String::from_utf8_lossy(bytes))
+                .map_err(|e| ParseError::NotJson(e.to_string()))?,
+        },
+    };
     if value.is_object() {
         Ok(value)
     } else {
@@ -722,6 +733,35 @@ mod tests {
         ));
         let deep = "[".repeat(100_000);
         assert!(parse_device(deep.as_bytes(), None).is_err());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_replaced_not_fatal() {
+        let mut bytes = br#"{"smartctl": {"exit_status": 0}, "model_name": "Disque "#.to_vec();
+        bytes.extend([0xE9, 0xFF]);
+        bytes.extend(br#"", "serial_number": "S1"}"#);
+        let device = parse_device(&bytes, None)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .device
+            .unwrap_or_else(|| panic!("no device"));
+        assert_eq!(device.model.as_deref(), Some("Disque \u{FFFD}\u{FFFD}"));
+        assert_eq!(device.serial.as_deref(), Some("S1"));
+
+        let mut scan = br#"{"devices": [{"name": "/dev/sd"#.to_vec();
+        scan.push(0xE9);
+        scan.extend(br#"", "type": "sat"}]}"#);
+        let scanned = parse_scan(&scan).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(scanned.devices.len(), 1);
+        assert_eq!(scanned.devices[0].name, "/dev/sd\u{FFFD}");
+        assert_eq!(scanned.devices[0].device_type.as_deref(), Some("sat"));
+
+        // Broken JSON stays broken, whatever its bytes.
+        let mut broken = br#"{"model_name": ""#.to_vec();
+        broken.push(0xE9);
+        assert!(matches!(
+            parse_device(&broken, None),
+            Err(ParseError::NotJson(_))
+        ));
     }
 
     #[test]
