@@ -1,7 +1,12 @@
 //! Delivering reports to the ingest: `POST {server}/v1/reports`, gzip-compressed JSON, over
 //! mutual TLS with the fleet CA as the only trust root; what each answer means; retries with
 //! backoff; and [`spool_and_deliver`], which spools this run's report and delivers everything
-//! waiting in the spool, oldest first.
+//! waiting in the spool, oldest first, or [`deliver_unspooled`] when the spool cannot be used.
+//!
+//! Every failure is sorted into "try again later" (network, timeouts, 5xx: exit 75, the spool
+//! keeps the reports) and "a human must act" (a certificate that is not trusted either way, a
+//! 403 for this appliance's own serial, a wrong `server`: exit 78, nothing more is sent, the spool
+//! keeps the reports). Retrying the second kind daily would only hide it.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -22,7 +27,9 @@ use uuid::Uuid;
 use crate::config::{ConfigError, DeliverySettings};
 use crate::exit;
 use crate::machine::read_bounded;
-use crate::spool::{DropReason, Dropped, SenderLock, SetAside, Spool, SpoolError, Tidy};
+use crate::spool::{
+    DropReason, Dropped, SenderLock, SetAside, Spool, SpoolError, SpoolSettings, Tidy,
+};
 
 /// The ingest answers with a short JSON document; anything longer is cut, never buffered whole.
 pub const RESPONSE_LIMIT: u64 = 64 * 1024;
@@ -151,9 +158,13 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {
     Timeout,
-    /// The TLS handshake failed, or the peer closed the session with a TLS alert (for example
-    /// because it does not trust the client certificate).
+    /// The TLS session failed for a reason that may pass (a garbled record, a handshake the
+    /// peer broke off without saying why).
     Tls,
+    /// The TLS handshake failed over a certificate: the ingest's is not trusted by `ca_cert`
+    /// (unknown issuer, expired, not for this name, ...) or the ingest refused this appliance's
+    /// (it sent a certificate alert). Only a human can fix either, so retrying is pointless.
+    Untrusted,
     Network,
     /// The request could not even be made from this configuration.
     Config,
@@ -191,7 +202,7 @@ impl Outcome {
             },
             Outcome::Unreachable { problem, .. } => match problem {
                 Problem::Timeout | Problem::Tls | Problem::Network => Verdict::Retry(None),
-                Problem::Config => Verdict::Stop(exit::CONFIG),
+                Problem::Untrusted | Problem::Config => Verdict::Stop(exit::CONFIG),
                 Problem::Local => Verdict::Stop(exit::SOFTWARE),
             },
         }
@@ -227,6 +238,7 @@ impl fmt::Display for Problem {
         f.write_str(match self {
             Problem::Timeout => "timed out",
             Problem::Tls => "TLS failure",
+            Problem::Untrusted => "TLS certificate not accepted",
             Problem::Network => "connection failed",
             Problem::Config => "cannot make the request",
             Problem::Local => "cannot encode the report",
@@ -423,7 +435,8 @@ pub enum Stop {
     Spool(SpoolError),
 }
 
-/// A report the ingest refused for good, now set aside.
+/// A report the ingest refused for good, now set aside: refused as malformed (400, 413, 415,
+/// 422), or refused with 403 while it names another serial than this run's.
 #[derive(Debug)]
 pub struct Rejection {
     pub report_id: Uuid,
@@ -449,10 +462,22 @@ pub struct Drain {
 /// report stops the run rather than skipping ahead, so reports arrive in the order they were
 /// made.
 ///
+/// A 403 stops the run only for a report of `serial`, this run's serial: then the certificate
+/// is not this appliance's and every later report would meet the same answer. A spooled report
+/// of another serial (written before the appliance was re-imaged with a new serial and
+/// certificate) can never be accepted with this certificate, so it is set aside as rejected
+/// and the queue goes on; otherwise it would block every later report forever.
+///
 /// Holding `sender` makes this the only run that sends or removes entries. It is released while
 /// `spool.lock` is held and the spool is seen empty, so a report stored by an overlapping run is
 /// either delivered here or finds the sender lock free.
-pub fn drain(client: &Client, spool: &Spool, sender: SenderLock, budget: &Budget) -> Drain {
+pub fn drain(
+    client: &Client,
+    spool: &Spool,
+    sender: SenderLock,
+    budget: &Budget,
+    serial: &str,
+) -> Drain {
     let mut drain = Drain::default();
     let mut sender = Some(sender);
     loop {
@@ -508,21 +533,11 @@ pub fn drain(client: &Client, spool: &Spool, sender: SenderLock, budget: &Budget
                 drain.delivered.push((entry.report_id, status));
             }
             Sent::Rejected { status, message } => {
-                match spool
-                    .lock()
-                    .and_then(|l| l.set_aside(&entry, SetAside::Rejected))
+                if let Err(e) =
+                    set_aside_rejected(spool, &mut drain, &entry, &loaded, status, message)
                 {
-                    Ok(moved_to) => drain.rejected.push(Rejection {
-                        report_id: entry.report_id,
-                        serial: loaded.report.identity.serial.as_str().to_owned(),
-                        status,
-                        message,
-                        moved_to,
-                    }),
-                    Err(e) => {
-                        drain.stop = Some(Stop::Spool(e));
-                        break;
-                    }
+                    drain.stop = Some(Stop::Spool(e));
+                    break;
                 }
             }
             Sent::GaveUp {
@@ -538,10 +553,25 @@ pub fn drain(client: &Client, spool: &Spool, sender: SenderLock, budget: &Budget
                 });
                 break;
             }
+            Sent::Stopped {
+                last:
+                    Outcome::Refused {
+                        status: 403,
+                        message,
+                        ..
+                    },
+                ..
+            } if loaded.serial.as_deref() != Some(serial) => {
+                if let Err(e) = set_aside_rejected(spool, &mut drain, &entry, &loaded, 403, message)
+                {
+                    drain.stop = Some(Stop::Spool(e));
+                    break;
+                }
+            }
             Sent::Stopped { last, code } => {
                 drain.stop = Some(Stop::Refused {
                     report_id: entry.report_id,
-                    serial: loaded.report.identity.serial.as_str().to_owned(),
+                    serial: serial_of(&loaded),
                     last,
                     code,
                 });
@@ -550,6 +580,33 @@ pub fn drain(client: &Client, spool: &Spool, sender: SenderLock, budget: &Budget
         }
     }
     drain
+}
+
+/// The serial a spooled report names, for messages.
+fn serial_of(loaded: &crate::spool::Loaded) -> String {
+    loaded.serial.clone().unwrap_or_else(|| "(none)".to_owned())
+}
+
+/// Moves a refused entry aside as `.rejected` and records why.
+fn set_aside_rejected(
+    spool: &Spool,
+    drain: &mut Drain,
+    entry: &crate::spool::Entry,
+    loaded: &crate::spool::Loaded,
+    status: u16,
+    message: Option<String>,
+) -> Result<(), SpoolError> {
+    let moved_to = spool
+        .lock()
+        .and_then(|l| l.set_aside(entry, SetAside::Rejected))?;
+    drain.rejected.push(Rejection {
+        report_id: entry.report_id,
+        serial: serial_of(loaded),
+        status,
+        message,
+        moved_to,
+    });
+    Ok(())
 }
 
 /// What became of this run's own report.
@@ -565,6 +622,15 @@ pub enum Fate {
     Lost,
 }
 
+/// The spool could not be opened at all, so this run's report went out without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolUnusable {
+    /// What failed, naming the file.
+    pub error: String,
+    /// See [`SpoolError::is_configuration`]: exit 78 rather than 74.
+    pub configuration: bool,
+}
+
 /// Everything one `run` did, for the exit code and the summary line.
 #[derive(Debug)]
 pub struct RunOutcome {
@@ -573,6 +639,8 @@ pub struct RunOutcome {
     pub report_id: Uuid,
     pub serial: String,
     pub fate: Fate,
+    /// The spool could not be opened; nothing in it was looked at.
+    pub spool_unusable: Option<SpoolUnusable>,
     /// The report could not be spooled (and was sent directly instead).
     pub store_error: Option<String>,
     /// Older reports the spool bounds deleted undelivered.
@@ -585,25 +653,69 @@ pub struct RunOutcome {
     pub remaining: Option<usize>,
 }
 
+impl RunOutcome {
+    fn start(client: &Client, spool_dir: &Path, report: &Report) -> RunOutcome {
+        RunOutcome {
+            server: client.server().to_owned(),
+            spool_dir: spool_dir.to_owned(),
+            report_id: report.report_id,
+            serial: report.identity.serial.as_str().to_owned(),
+            fate: Fate::Saved,
+            spool_unusable: None,
+            store_error: None,
+            dropped: Vec::new(),
+            tidy: Tidy::default(),
+            drain: Drain::default(),
+            other_sender: false,
+            remaining: None,
+        }
+    }
+
+    /// Sends this run's report without the spool, recording what happened.
+    fn send_unspooled(&mut self, client: &Client, json: &[u8], budget: &Budget) {
+        match send_with_retries(client, json, budget) {
+            Sent::Delivered { status, .. } => self.fate = Fate::Delivered { status },
+            Sent::Rejected { status, message } => {
+                self.fate = Fate::Rejected;
+                self.drain.rejected.push(Rejection {
+                    report_id: self.report_id,
+                    serial: self.serial.clone(),
+                    status,
+                    message,
+                    moved_to: PathBuf::new(),
+                });
+            }
+            Sent::GaveUp {
+                last,
+                attempts,
+                why,
+            } => {
+                self.drain.stop = Some(Stop::Temporary {
+                    report_id: self.report_id,
+                    last,
+                    attempts,
+                    why,
+                })
+            }
+            Sent::Stopped { last, code } => {
+                self.drain.stop = Some(Stop::Refused {
+                    report_id: self.report_id,
+                    serial: self.serial.clone(),
+                    last,
+                    code,
+                })
+            }
+        }
+    }
+}
+
 /// Spools `report`, then delivers every spooled report oldest first (see [`drain`]).
 ///
 /// If the report cannot be spooled (disk full, say), it is still sent, directly and after the
 /// older ones, so a broken spool loses nothing that the network could deliver.
 pub fn spool_and_deliver(client: &Client, spool: &Spool, mut report: Report) -> RunOutcome {
     let settings = spool.settings();
-    let mut run = RunOutcome {
-        server: client.server().to_owned(),
-        spool_dir: spool.dir().to_owned(),
-        report_id: report.report_id,
-        serial: report.identity.serial.as_str().to_owned(),
-        fate: Fate::Saved,
-        store_error: None,
-        dropped: Vec::new(),
-        tidy: Tidy::default(),
-        drain: Drain::default(),
-        other_sender: false,
-        remaining: None,
-    };
+    let mut run = RunOutcome::start(client, spool.dir(), &report);
     let stored = spool.lock().and_then(|locked| {
         run.tidy = locked.tidy();
         locked.store(&mut report, Utc::now())
@@ -623,7 +735,7 @@ pub fn spool_and_deliver(client: &Client, spool: &Spool, mut report: Report) -> 
 
     let budget = Budget::start(settings.retry_budget, settings.max_retry_wait);
     match spool.try_lock_sender() {
-        Ok(Some(sender)) => run.drain = drain(client, spool, sender, &budget),
+        Ok(Some(sender)) => run.drain = drain(client, spool, sender, &budget, &run.serial),
         Ok(None) => run.other_sender = true,
         Err(e) => run.drain.stop = Some(Stop::Spool(e)),
     }
@@ -651,39 +763,7 @@ pub fn spool_and_deliver(client: &Client, spool: &Spool, mut report: Report) -> 
             Some(Stop::Temporary { .. } | Stop::Refused { .. })
         );
         if let (Ok(json), false) = (json, blocked) {
-            match send_with_retries(client, &json, &budget) {
-                Sent::Delivered { status, .. } => run.fate = Fate::Delivered { status },
-                Sent::Rejected { status, message } => {
-                    run.fate = Fate::Rejected;
-                    run.drain.rejected.push(Rejection {
-                        report_id: run.report_id,
-                        serial: run.serial.clone(),
-                        status,
-                        message,
-                        moved_to: PathBuf::new(),
-                    });
-                }
-                Sent::GaveUp {
-                    last,
-                    attempts,
-                    why,
-                } => {
-                    run.drain.stop = Some(Stop::Temporary {
-                        report_id: run.report_id,
-                        last,
-                        attempts,
-                        why,
-                    })
-                }
-                Sent::Stopped { last, code } => {
-                    run.drain.stop = Some(Stop::Refused {
-                        report_id: run.report_id,
-                        serial: run.serial.clone(),
-                        last,
-                        code,
-                    })
-                }
-            }
+            run.send_unspooled(client, &json, &budget);
         }
     } else if run
         .drain
@@ -701,6 +781,45 @@ pub fn spool_and_deliver(client: &Client, spool: &Spool, mut report: Report) -> 
     run
 }
 
+/// Delivers this run's report when the spool cannot even be opened (read-only or failing
+/// filesystem, no permission, a directory that cannot exist): one report that gets out beats a
+/// disk problem that silences the appliance. Nothing is saved, so a report that cannot be
+/// delivered now is lost; reports already in the unusable spool wait until it works again.
+///
+/// The exit code still says that the spool is broken (74, or 78 when it is the configuration's
+/// fault), because an operator must learn of it even though this report arrived.
+pub fn deliver_unspooled(
+    client: &Client,
+    settings: &SpoolSettings,
+    error: &SpoolError,
+    report: &Report,
+) -> RunOutcome {
+    let mut run = RunOutcome::start(client, &settings.dir, report);
+    run.spool_unusable = Some(SpoolUnusable {
+        error: error.to_string(),
+        configuration: error.is_configuration(),
+    });
+    run.fate = Fate::Lost;
+    match serde_json::to_vec(report) {
+        Ok(json) => {
+            let budget = Budget::start(settings.retry_budget, settings.max_retry_wait);
+            run.send_unspooled(client, &json, &budget);
+        }
+        Err(e) => {
+            run.drain.stop = Some(Stop::Refused {
+                report_id: run.report_id,
+                serial: run.serial.clone(),
+                last: Outcome::Unreachable {
+                    problem: Problem::Local,
+                    detail: e.to_string(),
+                },
+                code: exit::SOFTWARE,
+            })
+        }
+    }
+    run
+}
+
 fn path_names(path: &Path, id: Uuid) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -708,15 +827,23 @@ fn path_names(path: &Path, id: Uuid) -> bool {
 }
 
 impl RunOutcome {
-    /// The process exit code (sysexits.h): 78 a human must fix the configuration; 74 this run's
-    /// report was neither delivered nor saved; 65 the ingest refused a report for good; 75
-    /// something waits in the spool for a later run; 0 everything up to this run's report was
-    /// delivered.
+    /// The process exit code (sysexits.h): 78 a human must fix the configuration; 74 the spool
+    /// is unusable or this run's report was neither delivered nor saved; 65 the ingest refused
+    /// a report for good; 75 something waits in the spool for a later run; 0 everything up to
+    /// this run's report was delivered.
     pub fn exit_code(&self) -> u8 {
         if let Some(Stop::Refused { code, .. }) = self.drain.stop {
             return code;
         }
-        if self.fate == Fate::Lost {
+        if let Some(unusable) = &self.spool_unusable {
+            // Even when the report was delivered directly: the next outage would lose reports.
+            return if unusable.configuration {
+                exit::CONFIG
+            } else {
+                exit::IOERR
+            };
+        }
+        if self.fate == Fate::Lost || self.store_error.is_some() {
             return exit::IOERR;
         }
         if !self.drain.rejected.is_empty() {
@@ -737,6 +864,17 @@ impl RunOutcome {
         let server = &self.server;
         let this = format!("report {} for serial {}", self.report_id, self.serial);
 
+        if let Some(unusable) = &self.spool_unusable {
+            let kind = if unusable.configuration {
+                "check [spool] dir"
+            } else {
+                "the disk may be failing"
+            };
+            parts.push(format!(
+                "spool unusable ({kind}), {this} sent without saving it: {}",
+                unusable.error
+            ));
+        }
         if let Some(e) = &self.store_error {
             parts.push(format!("could not spool {this}: {e}"));
         }
@@ -839,6 +977,12 @@ impl RunOutcome {
                 }
                 parts.push(line);
             }
+            // No HTTP answer (a certificate neither side accepts): no report in particular
+            // was refused, none can get through.
+            Some(Stop::Refused {
+                last: last @ Outcome::Unreachable { .. },
+                ..
+            }) => parts.push(format!("{}; nothing sent", last.describe(server))),
             Some(Stop::Refused {
                 report_id,
                 serial,
@@ -857,6 +1001,13 @@ impl RunOutcome {
             ));
         }
 
+        if self.spool_unusable.is_some() {
+            // Nothing was saved and the spool was not looked at: there is nothing to count.
+            if self.fate == Fate::Lost {
+                parts.push(format!("{this} lost"));
+            }
+            return parts.join("; ");
+        }
         let dir = self.spool_dir.display();
         let left = match self.remaining {
             Some(0) => "spool empty".to_owned(),
@@ -901,55 +1052,114 @@ pub fn gzip_bytes(json: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 fn classify(e: &ureq::Error) -> Problem {
+    if let Some(tls) = rustls_error(e) {
+        return if is_certificate_problem(tls) {
+            Problem::Untrusted
+        } else {
+            Problem::Tls
+        };
+    }
     match e {
         ureq::Error::Timeout(_) => Problem::Timeout,
         ureq::Error::Tls(_) | ureq::Error::Rustls(_) => Problem::Tls,
         ureq::Error::BadUri(_)
         | ureq::Error::RequireHttpsOnly(_)
         | ureq::Error::InvalidProxyUrl => Problem::Config,
-        ureq::Error::Io(io) => {
-            // rustls reports handshake failures and received alerts as I/O errors wrapping its
-            // own error type.
-            let tls = io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>());
-            if tls {
-                Problem::Tls
-            } else if matches!(
+        ureq::Error::Io(io)
+            if matches!(
                 io.kind(),
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) {
-                Problem::Timeout
-            } else {
-                Problem::Network
-            }
+            ) =>
+        {
+            Problem::Timeout
         }
+        // Refused, reset, unreachable, name not found: the network, which may be back tomorrow.
         _ => Problem::Network,
+    }
+}
+
+/// The rustls error behind a failed request, if TLS failed. ureq passes rustls's own errors on
+/// as [`ureq::Error::Rustls`], but rustls reports handshake failures and received alerts from
+/// inside its I/O as an [`std::io::Error`] wrapping a [`rustls::Error`], which ureq passes on
+/// as [`ureq::Error::Io`]; the source chain is followed in case another layer wraps it again.
+fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
+    match e {
+        ureq::Error::Rustls(tls) => Some(tls),
+        ureq::Error::Io(io) => {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            while let Some(error) = next {
+                if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+                    return Some(tls);
+                }
+                next = error.source();
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Whether a TLS failure is about a certificate, on either side, and so needs a human: the
+/// ingest's certificate is not valid for `ca_cert` and `server` (any kind: unknown issuer,
+/// expired, not valid for the name, bad signature, revoked, ...), or the ingest answered the
+/// handshake with an alert saying it does not accept this appliance's certificate.
+///
+/// Other alerts (`handshake_failure`, `decode_error`, `internal_error`, ...) and broken
+/// records can come from a restarting ingest or a middlebox, so they stay temporary.
+fn is_certificate_problem(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    match e {
+        rustls::Error::InvalidCertificate(_) => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+                | Alert::CertificateRequired
+        ),
+        _ => false,
+    }
+}
+
+/// What to check, for a TLS failure whose cause is usually local.
+fn tls_hint(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as Cert;
+    match e {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                " (is `server` a name the ingest's certificate was issued for?)"
+            }
+            Cert::Expired
+            | Cert::ExpiredContext { .. }
+            | Cert::NotValidYet
+            | Cert::NotValidYetContext { .. } => {
+                " (has the ingest's certificate expired, or is this appliance's clock wrong?)"
+            }
+            _ => " (is ca_cert the fleet CA that signed the ingest's certificate?)",
+        },
+        rustls::Error::AlertReceived(_) if is_certificate_problem(e) => {
+            " (the ingest refused this appliance's certificate: is client_cert issued by the \
+             fleet CA, current and not revoked?)"
+        }
+        _ => "",
     }
 }
 
 /// The error without ureq's category prefix, with a hint where the cause is usually local.
 fn describe(e: &ureq::Error, timeout: Duration) -> String {
+    let hint = rustls_error(e).map_or("", tls_hint);
     match e {
         ureq::Error::Timeout(which) => {
             format!("no answer within {} s ({which} timeout)", timeout.as_secs())
         }
-        ureq::Error::Io(io) => {
-            let hint = match io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(rustls::Error::InvalidCertificate(_)) => {
-                    " (is ca_cert the fleet CA that signed the ingest's certificate?)"
-                }
-                Some(rustls::Error::AlertReceived(_)) => {
-                    " (the ingest refused the handshake; is client_cert issued by the fleet CA?)"
-                }
-                _ => "",
-            };
-            format!("{io}{hint}")
-        }
-        other => other.to_string(),
+        ureq::Error::Io(io) => format!("{io}{hint}"),
+        other => format!("{other}{hint}"),
     }
 }
 
@@ -1095,6 +1305,102 @@ mod tests {
         assert_eq!(local.verdict(), Verdict::Stop(78));
     }
 
+    /// A rustls error as ureq passes it on from inside a handshake or a read.
+    fn tls_io(e: rustls::Error) -> ureq::Error {
+        ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn certificate_failures_need_a_human_and_network_failures_pass() {
+        use rustls::AlertDescription as Alert;
+        use rustls::CertificateError as Cert;
+        let untrusted = [
+            Cert::UnknownIssuer,
+            Cert::Expired,
+            Cert::NotValidYet,
+            Cert::NotValidForName,
+            Cert::BadSignature,
+            Cert::Revoked,
+            Cert::BadEncoding,
+            Cert::InvalidPurpose,
+            Cert::ApplicationVerificationFailure,
+        ]
+        .into_iter()
+        .map(rustls::Error::InvalidCertificate)
+        .chain(
+            [
+                Alert::BadCertificate,
+                Alert::UnknownCA,
+                Alert::CertificateExpired,
+                Alert::CertificateRevoked,
+                Alert::AccessDenied,
+                Alert::CertificateRequired,
+                Alert::CertificateUnknown,
+                Alert::UnsupportedCertificate,
+            ]
+            .map(rustls::Error::AlertReceived),
+        );
+        for e in untrusted {
+            // Both ways ureq can pass a rustls error on.
+            for error in [tls_io(e.clone()), ureq::Error::Rustls(e.clone())] {
+                assert_eq!(classify(&error), Problem::Untrusted, "{error}");
+                let outcome = Outcome::Unreachable {
+                    problem: classify(&error),
+                    detail: describe(&error, Duration::from_secs(5)),
+                };
+                assert_eq!(outcome.verdict(), Verdict::Stop(exit::CONFIG), "{error}");
+                assert!(
+                    outcome.describe("https://x").contains("?)"),
+                    "a hint: {outcome:?}"
+                );
+            }
+        }
+        let io = |kind| ureq::Error::Io(std::io::Error::from(kind));
+        use std::io::ErrorKind as Kind;
+        for (error, problem) in [
+            (io(Kind::ConnectionRefused), Problem::Network),
+            (io(Kind::ConnectionReset), Problem::Network),
+            (io(Kind::UnexpectedEof), Problem::Network),
+            (io(Kind::HostUnreachable), Problem::Network),
+            (ureq::Error::HostNotFound, Problem::Network),
+            (io(Kind::TimedOut), Problem::Timeout),
+            (
+                ureq::Error::Timeout(ureq::Timeout::Global),
+                Problem::Timeout,
+            ),
+            (
+                tls_io(rustls::Error::AlertReceived(Alert::HandshakeFailure)),
+                Problem::Tls,
+            ),
+            (tls_io(rustls::Error::DecryptError), Problem::Tls),
+        ] {
+            assert_eq!(classify(&error), problem, "{error}");
+            let outcome = Outcome::Unreachable {
+                problem,
+                detail: String::new(),
+            };
+            assert_eq!(outcome.verdict(), Verdict::Retry(None), "{error}");
+        }
+        // The hint points at what to check.
+        let hint = |e| describe(&tls_io(e), Duration::from_secs(5));
+        assert!(
+            hint(rustls::Error::InvalidCertificate(Cert::UnknownIssuer)).contains("ca_cert"),
+            "unknown issuer"
+        );
+        assert!(
+            hint(rustls::Error::InvalidCertificate(Cert::NotValidForName)).contains("`server`"),
+            "wrong name"
+        );
+        assert!(
+            hint(rustls::Error::InvalidCertificate(Cert::Expired)).contains("clock"),
+            "expired"
+        );
+        assert!(
+            hint(rustls::Error::AlertReceived(Alert::UnknownCA)).contains("client_cert"),
+            "refused by the ingest"
+        );
+    }
+
     #[test]
     fn retry_after_is_read_as_seconds_or_as_an_http_date() {
         let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
@@ -1146,6 +1452,7 @@ mod tests {
             report_id: Uuid::nil(),
             serial: "SN1".into(),
             fate,
+            spool_unusable: None,
             store_error: None,
             dropped: Vec::new(),
             tidy: Tidy::default(),
@@ -1195,6 +1502,37 @@ mod tests {
             code: exit::CONFIG,
         });
         assert_eq!(refused.exit_code(), 78);
+
+        // A spool that failed is reported by the exit code even when the report got through.
+        let mut unspooled = outcome(Fate::Delivered { status: 202 }, 0);
+        unspooled.store_error = Some("disk full".into());
+        assert_eq!(unspooled.exit_code(), 74);
+        let mut unusable = outcome(Fate::Delivered { status: 202 }, 0);
+        unusable.remaining = None;
+        unusable.spool_unusable = Some(SpoolUnusable {
+            error: "cannot open /spool/spool.lock: Read-only file system".into(),
+            configuration: false,
+        });
+        assert_eq!(unusable.exit_code(), 74);
+        assert_eq!(
+            unusable.summary(),
+            "spool unusable (the disk may be failing), report \
+             00000000-0000-0000-0000-000000000000 for serial SN1 sent without saving it: cannot \
+             open /spool/spool.lock: Read-only file system; delivered report \
+             00000000-0000-0000-0000-000000000000 for serial SN1 to https://ingest.example:8443 \
+             (202 stored)"
+        );
+        unusable.spool_unusable = Some(SpoolUnusable {
+            error: "cannot create the spool directory /proc/x: No such file".into(),
+            configuration: true,
+        });
+        assert_eq!(unusable.exit_code(), 78);
+        unusable.fate = Fate::Lost;
+        assert!(
+            unusable.summary().ends_with("SN1 lost"),
+            "{}",
+            unusable.summary()
+        );
 
         let mut uncounted = outcome(Fate::Saved, 0);
         uncounted.remaining = None;

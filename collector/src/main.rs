@@ -7,22 +7,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use phonehome_collector::deliver::{Client, random_unit, spool_and_deliver};
+use phonehome_collector::deliver::{Client, deliver_unspooled, random_unit, spool_and_deliver};
 use phonehome_collector::spool::Spool;
 use phonehome_collector::{CollectOptions, Config, ConfigError, MachineRoot, collect_report, exit};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0   delivered: this run's report and every report spooled before it (HTTP 2xx)
-  65  the ingest refused a report for good (400, 413, 415, 422): it was moved aside to
+  65  the ingest refused a report for good (400, 413, 415, 422, or 403 for a report of
+      another serial, spooled before the appliance was re-imaged): it was moved aside to
       SPOOL/*.rejected; the others were delivered or kept
   74  collect: the report could not be written to standard output;
-      run: the report could neither be spooled nor delivered
-  75  saved for later: reports wait in the spool (ingest unreachable, timeout, TLS failure,
-      HTTP 5xx, 408 or 429, or another run is delivering); a later run sends them
-  78  configuration error: configuration, certificate, key, CA or spool directory missing or
-      unusable, no serial obtainable, or the ingest answered 403 (the certificate is not this
-      serial's); spooled reports are kept
+      run: the spool is unusable (read-only or failing disk, or the report could not be
+      written to it): this run's report was sent without it if the ingest took it (the
+      summary says which), else it is lost
+  75  saved for later: reports wait in the spool (ingest unreachable, connection refused or
+      reset, timeout, HTTP 5xx, 408 or 429, or another run is delivering); a later run
+      sends them
+  78  configuration error: configuration, certificate, key or CA missing or unusable, the
+      spool directory missing and impossible to create (the report was still sent if the
+      ingest took it), no serial obtainable, a TLS certificate not accepted (the ingest's
+      not signed by ca_cert or not for `server`, or client_cert refused by the ingest), or
+      the ingest answered 403 for this run's serial (the certificate is not this serial's);
+      spooled reports are kept
 When several apply, the first of 78, 74, 65, 75 wins.";
 
 #[derive(Debug, Parser)]
@@ -73,7 +80,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
         /// Before collecting, sleep a random time between 0 and SECONDS (at most a day), so
-        /// that a fleet started by the same clock does not report in the same second.
+        /// that a fleet started by the same clock does not report in the same second. The
+        /// summary line starts with the wait chosen.
         #[arg(long, value_name = "SECONDS", default_value_t = 0,
               value_parser = clap::value_parser!(u64).range(..=86_400))]
         splay: u64,
@@ -137,14 +145,20 @@ fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) ->
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
-    let spool = match Spool::open(config.spool.clone()) {
-        Ok(spool) => spool,
-        Err(e) => return config_error(&ConfigError::new(&config.path, format!("[spool] {e}"))),
-    };
-    if splay > 0 {
-        // Uniform over the window, so a fleet's load on the ingest is flat rather than a spike.
-        std::thread::sleep(Duration::from_secs(splay).mul_f64(random_unit()));
-    }
+    // A spool that cannot be opened (read-only or failing disk, wrong permissions) must not
+    // silence the appliance: the report is still collected and sent directly, and the exit
+    // code and summary name the spool problem (see `deliver_unspooled`).
+    let spool = Spool::open(config.spool.clone());
+    // Uniform over the window, so a fleet's load on the ingest is flat rather than a spike. The
+    // wait is named in the summary, so a late report can be told from a slow one.
+    let splayed = (splay > 0).then(|| {
+        let wait = Duration::from_secs(splay).mul_f64(random_unit());
+        std::thread::sleep(wait);
+        format!(
+            "waited {:.3} s first (--splay {splay}); ",
+            wait.as_secs_f64()
+        )
+    });
     let mut options = CollectOptions::from_config(Some(&config));
     options.smart.smartctl = smartctl.or(options.smart.smartctl);
     let report = match collect_report(&MachineRoot::new(root), &options) {
@@ -154,8 +168,15 @@ fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) ->
             return exit::CONFIG;
         }
     };
-    let outcome = spool_and_deliver(&client, &spool, report);
-    eprintln!("phonehome-collector: {}", outcome.summary());
+    let outcome = match &spool {
+        Ok(spool) => spool_and_deliver(&client, spool, report),
+        Err(e) => deliver_unspooled(&client, &config.spool, e, &report),
+    };
+    eprintln!(
+        "phonehome-collector: {}{}",
+        splayed.unwrap_or_default(),
+        outcome.summary()
+    );
     outcome.exit_code()
 }
 

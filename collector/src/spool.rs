@@ -12,10 +12,16 @@
 //!   `spool.lock`, so a temp file seen while holding it was left by a killed run and is removed.
 //! - `*.corrupt`, `*.rejected`: entries set aside (unreadable, or refused for good by the ingest),
 //!   kept for a human to look at; only the newest [`KEEP_SET_ASIDE`] of each kind are kept.
-//! - `dropped`: how many reports were deleted undelivered and are not yet counted in a spooled
-//!   report's `collector.dropped_reports`.
+//! - `dropped`: how many reports were deleted undelivered or set aside as corrupt, and are not
+//!   yet counted in a spooled report's `collector.dropped_reports`. Corrupt entries count too,
+//!   because they will never be delivered either: the fleet learns of them from the next report.
 //! - `spool.lock`: `flock`ed for every short change of the directory (store, remove, set aside).
 //! - `send.lock`: `flock`ed by the one run that delivers the spool, for as long as it does.
+//!
+//! Reading an entry back needs only its `report_id` and `identity.serial` (see [`Entry::load`]),
+//! never the whole current [`Report`] type: a report spooled by an older or newer collector (a
+//! field added, an enum value this version does not know) is still delivered byte for byte, and
+//! the ingest, which knows the contract's history, judges it.
 //!
 //! Test hook: when `PHONEHOME_COLLECTOR_TEST_SPOOL_STEP_MS` is set to a number of milliseconds,
 //! every write sleeps that long between its steps (create, first half, second half, fsync,
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use phonehome_schema::{MAX_REPORT_AGE_DAYS, Report};
 use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -168,6 +175,9 @@ pub struct SpoolError {
     pub source: io::Error,
 }
 
+/// The `action` of the error [`Spool::open`] returns when the directory cannot be made.
+const CREATE_DIR: &str = "create the spool directory";
+
 impl SpoolError {
     fn new(action: &'static str, path: &Path, source: io::Error) -> SpoolError {
         SpoolError {
@@ -175,6 +185,24 @@ impl SpoolError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// Whether a human must fix the configuration, as opposed to a disk or filesystem failing.
+    ///
+    /// Configuration: the configured directory is missing and cannot be created (a parent is a
+    /// file, it would lie in `/proc`, no permission to create it), or the path exists and is not
+    /// a directory. Everything else, in particular a directory that exists but cannot be
+    /// written (read-only filesystem, I/O error, disk full), is the machine failing: the same
+    /// configuration worked before and may work again.
+    ///
+    /// A read-only or failing filesystem can also stop the directory from being created; those
+    /// errors are failures, not configuration, wherever they happen.
+    pub fn is_configuration(&self) -> bool {
+        let failing = self.source.raw_os_error().is_some_and(|code| {
+            let errno = Errno::from_raw_os_error(code);
+            [Errno::ROFS, Errno::IO, Errno::NOSPC, Errno::DQUOT].contains(&errno)
+        });
+        self.action == CREATE_DIR && !failing
     }
 }
 
@@ -195,7 +223,7 @@ impl Spool {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| SpoolError::new("create the spool directory", dir, e))?;
+            .map_err(|e| SpoolError::new(CREATE_DIR, dir, e))?;
         let spool = Spool {
             test_step: std::env::var(TEST_STEP_ENV)
                 .ok()
@@ -388,11 +416,27 @@ pub struct Stored {
     pub carries_dropped: u64,
 }
 
-/// A spooled report read back: the exact bytes to post and what they say.
+/// A spooled report read back: the exact bytes to post, and the little delivery needs to know
+/// about them.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The file's bytes, posted as they are.
     pub json: Vec<u8>,
-    pub report: Report,
+    pub report_id: Uuid,
+    /// `identity.serial`, if the report has one as a string (a 403 for a report of another
+    /// serial sets that report aside instead of stopping delivery).
+    pub serial: Option<String>,
+}
+
+/// What [`Entry::load`] reads of a spooled report; serde ignores every other field, so the
+/// rest of the document may be of any version of the contract.
+#[derive(Deserialize)]
+struct Envelope {
+    report_id: Uuid,
+    /// A raw value rather than a typed struct, so that even a reshaped `identity` costs only
+    /// the serial, not the report.
+    #[serde(default)]
+    identity: Option<serde_json::Value>,
 }
 
 impl Entry {
@@ -401,18 +445,30 @@ impl Entry {
         entry_name(self.seq, self.collected_at, self.report_id)
     }
 
-    /// Reads the report back; any problem means the entry is corrupt.
+    /// Reads the report back. Only a file that cannot be read, is not a JSON object with a
+    /// `report_id`, or holds another report than its name says is corrupt; everything else in
+    /// the document is the ingest's to judge.
     pub fn load(&self) -> Result<Loaded, String> {
         let json = read_bounded(&self.path, ENTRY_LIMIT).map_err(|e| e.to_string())?;
-        let report: Report =
+        let envelope: Envelope =
             serde_json::from_slice(&json).map_err(|e| format!("not a report: {e}"))?;
-        if report.report_id != self.report_id {
+        if envelope.report_id != self.report_id {
             return Err(format!(
                 "holds report {}, not the {} its name says",
-                report.report_id, self.report_id
+                envelope.report_id, self.report_id
             ));
         }
-        Ok(Loaded { json, report })
+        let serial = envelope
+            .identity
+            .as_ref()
+            .and_then(|identity| identity.get("serial"))
+            .and_then(|serial| serial.as_str())
+            .map(str::to_owned);
+        Ok(Loaded {
+            json,
+            report_id: envelope.report_id,
+            serial,
+        })
     }
 }
 
@@ -580,7 +636,22 @@ impl Locked<'_> {
 
     /// Renames an entry to `<name>.corrupt` or `<name>.rejected`, where it is never sent again.
     /// Returns the new path; an entry already gone is not an error.
+    ///
+    /// A corrupt entry is a report that will never arrive, so it is counted in the `dropped`
+    /// counter (with whatever count it carried itself) and the next spooled report tells the
+    /// fleet. A rejected one is not: the ingest has seen it and logged why.
     pub fn set_aside(&self, entry: &Entry, why: SetAside) -> Result<PathBuf, SpoolError> {
+        if why == SetAside::Corrupt && entry.path.exists() {
+            let counter_path = self.spool.dir().join(DROPPED);
+            let carried = read_counter(&counter_path)
+                .saturating_add(1)
+                .saturating_add(carried_count(entry));
+            // Counted before moving, as in `store`: a crash in between counts it twice at
+            // worst, never not at all.
+            self.spool
+                .write_atomically(DROPPED, format!("{carried}\n").as_bytes())
+                .map_err(|e| SpoolError::new("write", &counter_path, e))?;
+        }
         self.move_aside(&entry.path, why)
     }
 

@@ -1,6 +1,7 @@
 //! The spool as a library: order, exact round trip, removal, the three bounds and the drop
-//! count they leave for the next report, corrupt and stray files, temp files of killed runs,
-//! locks, and the `[spool]` configuration table.
+//! count they leave for the next report, reports of another contract version, corrupt and
+//! stray files (counted as dropped), temp files of killed runs, locks, directories that cannot
+//! be used, and the `[spool]` configuration table.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,7 +80,11 @@ fn reports_are_listed_in_the_order_spooled_and_load_back_exactly() -> TestResult
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     for (entry, original) in entries.iter().zip(&reports) {
         let loaded = entry.load()?;
-        assert_eq!(&loaded.report, original);
+        assert_eq!(loaded.report_id, original.report_id);
+        assert_eq!(
+            loaded.serial.as_deref(),
+            Some(original.identity.serial.as_str())
+        );
         assert_eq!(serde_json::from_slice::<Report>(&loaded.json)?, *original);
         assert_eq!(entry.size, loaded.json.len() as u64);
         assert_eq!(
@@ -155,7 +160,11 @@ fn the_count_bound_drops_the_oldest_and_the_next_report_carries_the_count() -> T
     let on_disk: Vec<u64> = locked
         .entries()?
         .iter()
-        .map(|e| e.load().map(|l| l.report.collector.dropped_reports))
+        .map(|e| {
+            e.load()
+                .and_then(|l| serde_json::from_slice::<Report>(&l.json).map_err(|e| e.to_string()))
+                .map(|r| r.collector.dropped_reports)
+        })
         .collect::<Result<_, _>>()?;
     assert_eq!(on_disk, [0, 1, 1]);
     Ok(())
@@ -291,8 +300,18 @@ fn corrupt_entries_stray_files_and_temp_files() -> TestResult {
     assert!(tidy.problems.is_empty(), "{:?}", tidy.problems);
     assert_eq!(tidy.temp_files_removed, 1);
     assert_eq!(tidy.set_aside, [dir.join("notes.json.corrupt")]);
+    // A file that was never an entry is no lost report.
+    assert_eq!(locked.pending_dropped(), 0);
     let moved = locked.set_aside(&entries[1], SetAside::Corrupt)?;
     assert!(moved.to_string_lossy().ends_with(".json.corrupt"));
+    // A corrupt entry is a report that will never arrive: the next report counts it.
+    assert_eq!(locked.pending_dropped(), 1);
+    let moved = locked.set_aside(&entries[2], SetAside::Corrupt)?;
+    assert!(moved.to_string_lossy().ends_with(".json.corrupt"));
+    assert_eq!(locked.pending_dropped(), 2);
+    // Setting aside one already gone counts nothing.
+    locked.set_aside(&entries[2], SetAside::Corrupt)?;
+    assert_eq!(locked.pending_dropped(), 2);
     let files = names(&dir);
     assert!(files.contains(&"README".to_owned()), "{files:?}");
     assert!(!files.iter().any(|n| n.ends_with(".tmp")), "{files:?}");
@@ -302,12 +321,65 @@ fn corrupt_entries_stray_files_and_temp_files() -> TestResult {
             .iter()
             .map(|e| e.report_id)
             .collect::<Vec<_>>(),
-        [good.report_id, other.report_id]
+        [good.report_id]
     );
     // A set-aside file is never listed again, and numbers are not reused while it exists.
     let mut next = report(now);
     let stored = locked.store(&mut next, now)?;
     assert!(stored.entry.seq > entries[2].seq);
+    assert_eq!(stored.carries_dropped, 2);
+    assert_eq!(next.collector.dropped_reports, 2);
+    assert_eq!(locked.pending_dropped(), 0);
+    Ok(())
+}
+
+#[test]
+fn entries_of_another_contract_version_load_and_keep_their_bytes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let spool = Spool::open(settings(tmp.path()))?;
+    let now = Utc::now();
+    let locked = spool.lock()?;
+    let mut original = report(now);
+    let stored = locked.store(&mut original, now)?;
+    // An older collector's report lacks a section today's contract requires; a newer one's has
+    // a field and an enum value this version does not know.
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&stored.entry.path)?)?;
+    let object = json.as_object_mut().ok_or("not an object")?;
+    object.remove("filesystems");
+    object.insert("quantum".into(), serde_json::json!([1, 2, 3]));
+    json["identity"]["serial_source"] = "tpm_endorsement".into();
+    let written = serde_json::to_vec_pretty(&json)?;
+    assert!(serde_json::from_slice::<Report>(&written).is_err());
+    std::fs::write(&stored.entry.path, &written)?;
+
+    let entries = locked.entries()?;
+    let loaded = entries[0].load()?;
+    assert_eq!(loaded.report_id, original.report_id);
+    assert_eq!(
+        loaded.serial.as_deref(),
+        Some(original.identity.serial.as_str())
+    );
+    assert_eq!(loaded.json, written, "posted as written");
+
+    // Without an identity it still loads: the ingest says what is wrong with it.
+    json.as_object_mut()
+        .ok_or("not an object")?
+        .remove("identity");
+    std::fs::write(&stored.entry.path, serde_json::to_vec(&json)?)?;
+    let loaded = entries[0].load()?;
+    assert_eq!(loaded.serial, None);
+
+    // Not JSON, or no report_id: corrupt.
+    for bad in [
+        &b"{\"report_id\": \"abc"[..],
+        b"[]",
+        b"{\"identity\": {}}",
+        b"\xff\xfe",
+    ] {
+        std::fs::write(&stored.entry.path, bad)?;
+        let err = entries[0].load().err().unwrap_or_default();
+        assert!(err.contains("not a report"), "{err}");
+    }
     Ok(())
 }
 
@@ -374,6 +446,27 @@ fn a_spool_directory_that_cannot_be_made_is_an_error_naming_it() -> TestResult {
         "{message}"
     );
     assert!(message.contains("spool directory"), "{message}");
+    assert!(err.is_configuration(), "a path below a file: {message}");
+
+    // Below /proc nothing can be created: the configuration names an impossible place.
+    let err = Spool::open(SpoolSettings {
+        dir: PathBuf::from("/proc/phonehome-spool-test"),
+        ..SpoolSettings::default()
+    })
+    .err()
+    .ok_or("a spool below /proc was accepted")?;
+    assert!(err.is_configuration(), "{err}");
+
+    // A directory that exists but takes no files is a failing filesystem, not configuration
+    // (a read-only remount after disk errors looks the same).
+    let err = Spool::open(SpoolSettings {
+        dir: PathBuf::from("/proc"),
+        ..SpoolSettings::default()
+    })
+    .err()
+    .ok_or("/proc was accepted as a spool")?;
+    assert!(!err.is_configuration(), "{err}");
+    assert!(err.to_string().contains("/proc/spool.lock"), "{err}");
     Ok(())
 }
 
