@@ -835,3 +835,38 @@ fn a_byte_that_is_not_utf8_costs_one_character_not_the_device() {
     device.evidence = expected.evidence.clone();
     assert_eq!(device, expected, "only the model name may differ");
 }
+
+#[test]
+fn the_project_copy_is_the_whole_shared_corpus_when_it_is_beside_the_repository() {
+    // CI and developer machines have ../shared beside the clone: there the copy walked above must
+    // hold every smartctl capture of the shared corpus, byte for byte. A plain clone has only
+    // the copy, which the other tests walk.
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/real");
+    if !shared.is_dir() {
+        eprintln!(
+            "{} not present; the project copy alone is walked",
+            shared.display()
+        );
+        return;
+    }
+    let mut paths = Vec::new();
+    for dir in ["beszel", "scrutiny", "smartctl-rs", "smartctl_exporter"] {
+        json_files(&shared.join(dir), &mut paths);
+    }
+    assert!(
+        paths.len() > 150,
+        "the shared corpus has {} smartctl files",
+        paths.len()
+    );
+    for path in paths {
+        let rel = path
+            .strip_prefix(&shared)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        let theirs = std::fs::read(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let ours = std::fs::read(fixtures().join(&rel))
+            .unwrap_or_else(|e| panic!("{rel} is in the shared corpus but not copied: {e}"));
+        assert!(ours == theirs, "{rel} differs from the shared corpus");
+    }
+}
