@@ -148,7 +148,10 @@ impl Storage {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "WITH ins AS (
+                "WITH prev AS (
+                    SELECT system_uuid::text AS system_uuid, machine_id, last_collected_at
+                    FROM appliances WHERE serial = $1
+                 ), ins AS (
                     INSERT INTO reports (serial, report_id, collected_at, cert_sha256, body)
                     VALUES ($1, $2, $3, $4, $5::text::jsonb)
                     ON CONFLICT (serial, report_id) DO NOTHING
@@ -175,8 +178,32 @@ impl Storage {
                         kernel            = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.kernel ELSE a.kernel END,
                         collector_version = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.collector_version ELSE a.collector_version END,
                         last_collected_at = GREATEST(a.last_collected_at, EXCLUDED.last_collected_at)
+                 ), changed AS (
+                    -- Judged only by a report newer than what we know: a late report from a
+                    -- spool describes the past, not a swap.
+                    INSERT INTO identity_events (serial, kind, old_value, new_value, report_id)
+                    SELECT $1, k.kind, k.old, k.new, $2
+                    FROM ins, prev, LATERAL (VALUES
+                        ('system_uuid_changed', prev.system_uuid, $7::text),
+                        ('machine_id_changed', prev.machine_id, $8::text)) AS k(kind, old, new)
+                    WHERE $3 >= prev.last_collected_at AND k.old IS NOT NULL
+                      AND k.new IS NOT NULL AND k.old <> k.new
+                    ON CONFLICT DO NOTHING
+                    RETURNING 1
+                 ), shared AS (
+                    INSERT INTO identity_events (serial, kind, new_value, other_serial, report_id)
+                    SELECT $1, 'machine_id_shared', $8::text, a.serial, $2
+                    FROM ins, appliances a
+                    WHERE $8::text IS NOT NULL AND a.machine_id = $8::text AND a.serial <> $1
+                    UNION ALL
+                    SELECT $1, 'system_uuid_shared', $7::text, a.serial, $2
+                    FROM ins, appliances a
+                    WHERE $7::uuid IS NOT NULL AND a.system_uuid = $7::uuid AND a.serial <> $1
+                    ON CONFLICT DO NOTHING
+                    RETURNING 1
                  )
-                 SELECT count(*) FROM ins",
+                 SELECT (SELECT count(*) FROM ins),
+                        (SELECT count(*) FROM changed) + (SELECT count(*) FROM shared)",
             )
             .await?;
         let id = &report.identity;
@@ -205,6 +232,17 @@ impl Storage {
             )
             .await?;
         let inserted: i64 = row.get(0);
+        let events: i64 = row.get(1);
+        if events > 0 {
+            // Chassis swaps and cloned images are what operators must hear about (issue 5
+            // turns these into alerts); the rows are in identity_events.
+            tracing::warn!(
+                serial = %identity.serial,
+                report_id = %report.report_id,
+                events,
+                "identity events recorded (system UUID or machine-id changed or shared)"
+            );
+        }
         Ok(if inserted == 1 {
             InsertOutcome::Stored
         } else {

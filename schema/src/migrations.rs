@@ -11,11 +11,18 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: an applied migration is never edited.
-pub const ALL: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const ALL: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "identity_events",
+        sql: include_str!("../migrations/0002_identity_events.sql"),
+    },
+];
 
 #[cfg(test)]
 mod tests {
