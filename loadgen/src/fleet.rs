@@ -1,0 +1,313 @@
+//! The simulated fleet's reports: every appliance gets its own identity and hardware (derived
+//! from `schema/examples/report.json`, whose SMART devices are real captures), and its report
+//! for day `d` shows that hardware `d` days older: power-on hours, data written, filesystem use
+//! and NIC counters rise, kernels and app versions get upgraded part-way through the run.
+//!
+//! Everything is derived deterministically from the appliance's index and the day, so the
+//! ceiling phase can rebuild exactly the reports the ingest phase sent (with new report ids).
+
+use anyhow::Context;
+use chrono::{DateTime, Duration, Utc};
+use phonehome_schema::{AppStatus, Filesystem, Nic, Report, Serial, SmartDevice, SmartSelfTestLog};
+use uuid::Uuid;
+
+const EXAMPLE: &str = include_str!("../../schema/examples/report.json");
+
+/// splitmix64: a cheap, well-mixed stream of numbers from a seed; no need for a random crate
+/// when all we want is per-appliance values that differ and repeat across phases.
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn uuid_from(seed: u64) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&mix(seed).to_le_bytes());
+    bytes[8..].copy_from_slice(&mix(seed ^ 0x5555_5555).to_le_bytes());
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// The report template and the time frame every report is placed in.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    template: Report,
+    ata: SmartDevice,
+    nvme: SmartDevice,
+    standby: SmartDevice,
+    /// `collected_at` of the last day; earlier days are whole days before it.
+    last_day: DateTime<Utc>,
+    /// Days of history the run covers (reports per appliance, rounded up).
+    days: u64,
+    /// Prefix of every serial, so that runs against one database can be told apart.
+    serial_prefix: String,
+}
+
+impl Fleet {
+    /// A fleet whose reports cover `days` days ending about now (the ingest refuses reports
+    /// from the future and older than `MAX_REPORT_AGE_DAYS`).
+    pub fn new(days: u64, serial_prefix: &str) -> anyhow::Result<Self> {
+        let max = phonehome_schema::MAX_REPORT_AGE_DAYS as u64 - 1;
+        if days > max {
+            anyhow::bail!(
+                "--reports / --appliances asks for {days} days of history per appliance; the \
+                 ingest refuses reports older than {} days, so use at most {max} reports per \
+                 appliance (more appliances or fewer reports)",
+                phonehome_schema::MAX_REPORT_AGE_DAYS
+            );
+        }
+        let template: Report = serde_json::from_str(EXAMPLE)
+            .context("schema/examples/report.json no longer parses as a Report")?;
+        let find = |pred: &dyn Fn(&SmartDevice) -> bool, what: &str| {
+            template
+                .smart
+                .devices
+                .iter()
+                .find(|d| pred(d))
+                .cloned()
+                .with_context(|| format!("schema/examples/report.json has no {what} device"))
+        };
+        let ata = find(
+            &|d| d.protocol.as_deref() == Some("ATA") && !d.in_standby,
+            "ATA",
+        )?;
+        let nvme = find(&|d| d.nvme.is_some(), "NVMe")?;
+        let standby = find(&|d| d.in_standby, "standby")?;
+        Ok(Fleet {
+            template,
+            ata,
+            nvme,
+            standby,
+            // An hour of slack keeps the last day safely in the past on the ingest's clock.
+            last_day: Utc::now() - Duration::hours(1),
+            days: days.max(1),
+            serial_prefix: serial_prefix.to_owned(),
+        })
+    }
+
+    /// The serial of appliance `i`.
+    pub fn serial(&self, i: u64) -> anyhow::Result<Serial> {
+        let s = format!("{}{i:07}", self.serial_prefix);
+        Serial::parse(&s).with_context(|| format!("serial {s:?} is not a valid serial"))
+    }
+
+    /// Appliance `i`'s report for `day` (0 = the oldest), with a fresh report id.
+    pub fn report(&self, serial: &Serial, i: u64, day: u64) -> Report {
+        let mut r = self.template.clone();
+        let seed = mix(i);
+        r.report_id = Uuid::new_v4();
+        // Appliances report at different times of day (splay), each one day after the last.
+        let splay = Duration::seconds((seed % 43_200) as i64);
+        let back = Duration::days(self.days.saturating_sub(1 + day) as i64);
+        r.collected_at = self.last_day - back - splay;
+
+        let id = &mut r.identity;
+        id.serial = serial.clone();
+        id.hostname = Some(format!("appliance-{i:07}"));
+        id.system_uuid = Some(uuid_from(seed));
+        id.machine_id = Some(format!("{:016x}{:016x}", mix(seed ^ 1), mix(seed ^ 2)));
+        // Appliances reboot about monthly; a reboot brings a new boot id and resets uptime.
+        let epoch = (day + seed % 30) / 30;
+        id.boot_id = Some(uuid_from(seed ^ (epoch << 32)));
+        r.system.uptime_seconds = Some(((day + seed % 30) % 30) * 86_400 + seed % 86_400);
+        let upgraded = day >= 5 + seed % 20;
+        if upgraded {
+            r.system.kernel = Some("6.1.0-28-amd64".into());
+            r.app.version = Some("4.3.0".into());
+        }
+        // A few appliances are in trouble, as in any real fleet.
+        r.app.status = match seed % 50 {
+            0 => AppStatus::Degraded,
+            1 => AppStatus::Unhealthy,
+            _ => AppStatus::Healthy,
+        };
+
+        r.smart.devices = self.devices(i, seed, day);
+        if seed % 10 != 0 {
+            // Only some appliances have the RAID controller that times out in the example.
+            r.smart.errors.clear();
+        }
+        r.filesystems.filesystems = filesystems(&r.filesystems.filesystems, seed, day);
+        r.nics.nics = nics(&r.nics.nics, i, seed, day);
+        r
+    }
+
+    fn devices(&self, i: u64, seed: u64, day: u64) -> Vec<SmartDevice> {
+        let ata_count = 1 + seed % 3;
+        let nvme_count = 1 + (seed >> 8) % 2;
+        let mut out = Vec::new();
+        let mut letter = b'a';
+        for j in 0..ata_count {
+            let mut d = self.ata.clone();
+            let name = format!("/dev/sd{}", letter as char);
+            letter += 1;
+            d.info_name = Some(format!("{name} [SAT]"));
+            d.name = name;
+            d.serial = Some(format!("ZA{i:07}{j}"));
+            d.wwn = Some(format!("0x5000c500{:08x}", (i * 8 + j) & 0xffff_ffff));
+            let hours = d.power_on_hours.unwrap_or(0) + seed % 8_000 + 24 * day;
+            d.power_on_hours = Some(hours);
+            d.power_cycles = d.power_cycles.map(|c| c + day / 30);
+            let temp = 24 + ((seed >> 16) + day + j) % 12;
+            d.temperature_celsius = Some(temp as i64);
+            for a in &mut d.attributes {
+                match a.id {
+                    9 => {
+                        a.raw = Some(hours);
+                        a.raw_string = Some(hours.to_string());
+                    }
+                    194 => {
+                        a.raw = Some(temp);
+                        a.raw_string = Some(format!("{temp} (0 13 0 0 0)"));
+                        a.value = Some(temp as u8);
+                    }
+                    _ => {}
+                }
+            }
+            // Self-tests run weekly.
+            d.self_test_log = Some(SmartSelfTestLog {
+                count: Some(2 + day / 7),
+                ..d.self_test_log.clone().unwrap_or_default()
+            });
+            if let Some(latest) = d.self_test_log.as_mut().and_then(|l| l.latest.as_mut()) {
+                latest.lifetime_hours = Some(hours - hours % 168);
+            }
+            out.push(d);
+        }
+        for j in 0..nvme_count {
+            let mut d = self.nvme.clone();
+            d.name = format!("/dev/nvme{j}");
+            d.info_name = Some(d.name.clone());
+            d.serial = Some(format!("S466NX0M{i:07}{j}"));
+            d.wwn = Some(format!("eui.002538{:010x}", (i * 8 + j) & 0xff_ffff_ffff));
+            d.power_on_hours = Some(d.power_on_hours.unwrap_or(0) + seed % 8_000 + 24 * day);
+            let temp = 30 + ((seed >> 24) + day + j) % 15;
+            d.temperature_celsius = Some(temp as i64);
+            if let Some(n) = d.nvme.as_mut() {
+                n.data_units_read = n.data_units_read.map(|v| v + day * 40_000);
+                n.data_units_written = n.data_units_written.map(|v| v + day * 90_000);
+                n.percentage_used = n.percentage_used.map(|p| p + (day / 100) as u8);
+                n.temperature_sensors_celsius = vec![temp as i64, temp as i64 + 4];
+            }
+            out.push(d);
+        }
+        if seed % 4 == 0 {
+            let mut d = self.standby.clone();
+            let name = format!("/dev/sd{}", letter as char);
+            d.info_name = Some(format!("{name} [SAT]"));
+            d.name = name;
+            out.push(d);
+        }
+        out
+    }
+}
+
+fn filesystems(example: &[Filesystem], seed: u64, day: u64) -> Vec<Filesystem> {
+    let Some(root) = example.first() else {
+        return Vec::new();
+    };
+    let grow = |fs: &Filesystem, per_day: u64, inodes_per_day: u64| {
+        let mut fs = fs.clone();
+        // ext4 keeps 5 % for root: what is neither used nor reserved is available.
+        let cap = fs.bytes_total / 100 * 95;
+        fs.bytes_used = (fs.bytes_used + (seed % 1_000) * 1_000_000 + day * per_day).min(cap);
+        fs.bytes_available = cap - fs.bytes_used;
+        fs.inodes_used = (fs.inodes_used + day * inodes_per_day).min(fs.inodes_total);
+        fs.inodes_available = fs.inodes_total - fs.inodes_used;
+        fs
+    };
+    let var = Filesystem {
+        mount_point: "/var".into(),
+        device: "/dev/sda3".into(),
+        bytes_total: 53_687_091_200,
+        bytes_used: 4_294_967_296,
+        inodes_total: 3_276_800,
+        inodes_used: 41_522,
+        ..root.clone()
+    };
+    let data = Filesystem {
+        mount_point: "/data".into(),
+        device: "/dev/md0".into(),
+        fs_type: "xfs".into(),
+        bytes_total: 3_998_614_274_048,
+        bytes_used: 1_099_511_627_776,
+        inodes_total: 390_490_560,
+        inodes_used: 1_203_334,
+        ..root.clone()
+    };
+    vec![
+        grow(root, 20_000_000, 150),
+        grow(&var, 300_000_000, 900),
+        grow(&data, 8_000_000_000, 2_500),
+    ]
+}
+
+fn nics(example: &[Nic], i: u64, seed: u64, day: u64) -> Vec<Nic> {
+    let Some(first) = example.first() else {
+        return Vec::new();
+    };
+    (0..2u64)
+        .map(|j| {
+            let mut n = first.clone();
+            n.name = format!("eno{}", j + 1);
+            n.mac = Some(format!(
+                "b4:96:91:{:02x}:{:02x}:{:02x}",
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                ((i & 0x7f) << 1) | j
+            ));
+            let traffic = 1 + (seed >> (8 * j)) % 50;
+            n.counters = [
+                ("rx_bytes", day * traffic * 2_000_000_000),
+                ("tx_bytes", day * traffic * 700_000_000),
+                ("rx_packets", day * traffic * 1_600_000),
+                ("tx_packets", day * traffic * 900_000),
+                ("rx_errors", day / 10 * (seed % 3)),
+                ("tx_errors", 0),
+                ("rx_dropped", day * (seed % 7)),
+                ("tx_dropped", 2 + day / 20),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            n
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_pass_the_ingest_checks_and_evolve() {
+        let fleet = Fleet::new(30, "LGTEST-").unwrap();
+        for i in [0u64, 1, 2, 3, 17, 999_999] {
+            let serial = fleet.serial(i).unwrap();
+            let first = fleet.report(&serial, i, 0);
+            let last = fleet.report(&serial, i, 29);
+            for r in [&first, &last] {
+                let json = serde_json::to_vec(r).unwrap();
+                let parsed = phonehome_ingest::reports::parse_report(&json, Utc::now()).unwrap();
+                assert_eq!(parsed.identity.serial, serial);
+                assert!(r.smart.devices.len() >= 2);
+                assert_eq!(r.filesystems.filesystems.len(), 3);
+            }
+            assert_eq!(last.collected_at - first.collected_at, Duration::days(29));
+            assert!(last.smart.devices[0].power_on_hours > first.smart.devices[0].power_on_hours);
+            assert_ne!(first.report_id, last.report_id);
+            assert_eq!(first.identity.machine_id, last.identity.machine_id);
+        }
+        let a = fleet.report(&fleet.serial(1).unwrap(), 1, 0);
+        let b = fleet.report(&fleet.serial(2).unwrap(), 2, 0);
+        assert_ne!(a.identity.machine_id, b.identity.machine_id);
+        assert_ne!(a.smart.devices[0].serial, b.smart.devices[0].serial);
+    }
+
+    #[test]
+    fn too_much_history_is_refused_clearly() {
+        let err = Fleet::new(1000, "X").unwrap_err().to_string();
+        assert!(err.contains("400 days"), "{err}");
+    }
+}

@@ -1,0 +1,651 @@
+//! The run: setup, the ingest phase (reports over mutual TLS), the ceiling phase (the same
+//! number of reports straight into PostgreSQL) and the summary.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use phonehome_ingest::storage::{InsertOutcome, Storage};
+use phonehome_schema::Report;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::Cli;
+use crate::fleet::Fleet;
+use crate::http;
+use crate::setup::{self, Appliance, LocalIngest, Target};
+
+/// A report that has not been answered by then counts as a transport error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn progress(msg: impl std::fmt::Display) {
+    eprintln!("phonehome-loadgen: {msg}");
+}
+
+/// Runs everything; `Ok(false)` when the run completed but some reports were not accepted.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let n = cli.appliances;
+    let m = cli.reports;
+    let days = m.div_ceil(n);
+    let fleet = Arc::new(Fleet::new(days, &cli.serial_prefix)?);
+    if let Some(rate) = cli.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number"
+        );
+    }
+
+    progress(format!(
+        "checking PostgreSQL at {}",
+        setup::describe_db(&cli.database_url)
+    ));
+    setup::prepare_database(&cli.database_url).await?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("phonehome-loadgen-")
+        .tempdir()
+        .context("create a temporary directory for the certificates")?;
+    progress(format!(
+        "issuing {n} appliance certificates in {}",
+        dir.path().display()
+    ));
+    let started = Instant::now();
+    let pki = {
+        let dir = dir.path().to_path_buf();
+        let ca = cli.ca_dir.clone();
+        let fleet = fleet.clone();
+        tokio::task::spawn_blocking(move || setup::build_pki(&dir, ca.as_deref(), &fleet, n))
+            .await
+            .context("certificate thread")??
+    };
+    progress(format!(
+        "{n} certificates ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let pool = cli.db_pool_size as usize;
+    let (target, local) = match (&cli.target, &pki.server) {
+        (Some(url), _) => (setup::external_target(url).await?, None),
+        (None, Some(files)) => {
+            let ingest = LocalIngest::start(&cli.database_url, files, pool).await?;
+            (ingest.target.clone(), Some(ingest))
+        }
+        (None, None) => anyhow::bail!("no target: neither --target nor an in-process ingest"),
+    };
+
+    let mut db = DbSize::connect(&cli.database_url).await?;
+    let size0 = db.measure().await?;
+
+    let mode = if cli.keep_alive {
+        "keep-alive connections"
+    } else {
+        "fresh TCP + TLS handshake per report"
+    };
+    let where_ = match &local {
+        Some(_) => format!("in-process ingest on {}", target.addr),
+        None => format!("ingest at {}", target.addr),
+    };
+    println!(
+        "phonehome-loadgen {}: {n} appliances, {m} reports ({days} day(s) each), concurrency {}, {mode}, {} bodies, db pool {pool}, {where_}",
+        env!("CARGO_PKG_VERSION"),
+        cli.concurrency,
+        if cli.gzip { "gzip JSON" } else { "JSON" },
+    );
+    let _ = std::io::stdout().flush();
+
+    let appliances = Arc::new(pki.appliances);
+    let mut ingest = ingest_phase(&cli, &fleet, &appliances, &target).await;
+    if let Some(local) = local {
+        local.stop().await?;
+    }
+    let size1 = db.measure().await?;
+    let mut ok = ingest.print();
+
+    let sent = ingest.tally.sent();
+    let stored = ingest.tally.accepted;
+    if cli.no_ceiling || sent == 0 {
+        println!("ceiling: skipped");
+    } else {
+        let mut ceiling = ceiling_phase(&cli, &fleet, &appliances, sent).await?;
+        ok &= ceiling.print(&cli);
+        if ceiling.rate() > 0.0 {
+            let note = if cli.rate.is_some() || cli.duration_secs.is_some() {
+                " (the ingest was paced or time-limited: not a throughput comparison)"
+            } else {
+                ""
+            };
+            println!(
+                "ratio ingest/ceiling: {:.2}{note}",
+                ingest.rate() / ceiling.rate()
+            );
+        }
+    }
+    let size2 = db.measure().await?;
+    if stored > 0 {
+        let grew = size1.all - size0.all;
+        println!(
+            "storage: {:.0} bytes per report, tables + indexes (the database's tables grew {:.1} MB over {stored} reports stored by the ingest; reports + appliances alone: {:.0} bytes per report; no VACUUM)",
+            grew as f64 / stored as f64,
+            grew as f64 / 1e6,
+            (size1.core - size0.core) as f64 / stored as f64,
+        );
+    }
+    progress(format!(
+        "database now holds {:.1} MB in its tables ({:.1} MB before this run)",
+        size2.all as f64 / 1e6,
+        size0.all as f64 / 1e6
+    ));
+    Ok(ok)
+}
+
+/// Outcomes of one phase, per worker and then merged.
+#[derive(Debug, Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    accepted: u64,
+    duplicate: u64,
+    other: BTreeMap<u16, u64>,
+    transport: u64,
+    first_error: Option<String>,
+    connections: u64,
+    json_bytes: u64,
+    wire_bytes: u64,
+}
+
+impl Tally {
+    fn sent(&self) -> u64 {
+        self.accepted + self.duplicate + self.other.values().sum::<u64>() + self.transport
+    }
+
+    fn error(&mut self, e: String) {
+        self.transport += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    fn merge(&mut self, o: Tally) {
+        self.latencies_us.extend(o.latencies_us);
+        self.accepted += o.accepted;
+        self.duplicate += o.duplicate;
+        for (k, v) in o.other {
+            *self.other.entry(k).or_default() += v;
+        }
+        self.transport += o.transport;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        self.connections += o.connections;
+        self.json_bytes += o.json_bytes;
+        self.wire_bytes += o.wire_bytes;
+    }
+
+    /// "p50 X p99 Y max Z" in milliseconds (nearest rank).
+    fn latency(&mut self) -> String {
+        let l = &mut self.latencies_us;
+        if l.is_empty() {
+            return "no samples".into();
+        }
+        l.sort_unstable();
+        let rank = |p: f64| l[((p * l.len() as f64).ceil() as usize).clamp(1, l.len()) - 1];
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "p50 {:.1} p99 {:.1} max {:.1}",
+            ms(rank(0.50)),
+            ms(rank(0.99)),
+            ms(l[l.len() - 1])
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Phase {
+    tally: Tally,
+    elapsed: Duration,
+}
+
+impl Phase {
+    /// Acknowledged reports per second.
+    fn rate(&self) -> f64 {
+        (self.tally.accepted + self.tally.duplicate) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Prints the ingest lines; true when every report got a 2xx.
+    fn print(&mut self) -> bool {
+        let rate = self.rate();
+        let t = &mut self.tally;
+        let sent = t.sent();
+        let latency = t.latency();
+        println!(
+            "ingest: {sent} reports in {:.3} s: {rate:.0} reports/s; latency ms {latency}",
+            self.elapsed.as_secs_f64(),
+        );
+        let others: u64 = t.other.values().sum();
+        let detail = if t.other.is_empty() {
+            String::new()
+        } else {
+            let parts: Vec<String> = t.other.iter().map(|(s, c)| format!("{s}x{c}")).collect();
+            format!(" ({})", parts.join(", "))
+        };
+        println!(
+            "ingest: 202: {}, 200: {}, other status: {others}{detail}, transport errors: {}; {} TLS connections; body avg {} bytes JSON, {} on the wire",
+            t.accepted,
+            t.duplicate,
+            t.transport,
+            t.connections,
+            t.json_bytes / sent.max(1),
+            t.wire_bytes / sent.max(1),
+        );
+        if let Some(e) = &t.first_error {
+            println!("ingest: first transport error: {e}");
+        }
+        others == 0 && t.transport == 0
+    }
+}
+
+/// Shared by the senders of the ingest phase, each a task of its own so that the client side's
+/// TLS work spreads over the runtime's threads like the server's does.
+struct Run {
+    fleet: Arc<Fleet>,
+    appliances: Arc<Vec<Appliance>>,
+    target: Target,
+    gzip: bool,
+    keep_alive: bool,
+    total: u64,
+    /// Next report (fresh mode) or next appliance (keep-alive mode) to claim.
+    next: AtomicU64,
+    /// Reports started, for pacing.
+    tickets: AtomicU64,
+    done: Arc<AtomicU64>,
+    start: Instant,
+    deadline: Option<Instant>,
+    rate: Option<f64>,
+}
+
+impl Run {
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Waits until the next report is due when a rate is set.
+    async fn pace(&self) {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        if let Some(rate) = self.rate {
+            let due = self.start + Duration::from_secs_f64(ticket as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+
+    /// The JSON body of appliance `i`'s report for `day`, and what goes on the wire.
+    fn body(&self, i: u64, day: u64) -> anyhow::Result<(usize, Vec<u8>)> {
+        let a = &self.appliances[i as usize];
+        let json = serde_json::to_vec(&self.fleet.report(&a.serial, i, day))?;
+        if !self.gzip {
+            return Ok((json.len(), json));
+        }
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(json.len() / 4),
+            flate2::Compression::fast(),
+        );
+        enc.write_all(&json)?;
+        Ok((json.len(), enc.finish()?))
+    }
+
+    async fn connect(&self, a: &Appliance) -> Result<TlsStream<TcpStream>, String> {
+        let tcp = TcpStream::connect(self.target.addr)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", self.target.addr))?;
+        // Small request, small answer: Nagle would only add delay.
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(a.tls.clone())
+            .connect(self.target.server_name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))
+    }
+
+    fn record(&self, t: &mut Tally, started: Instant, result: Result<http::Answer, String>) {
+        match result {
+            Ok(answer) => {
+                t.latencies_us.push(started.elapsed().as_micros() as u64);
+                match answer.status {
+                    202 => t.accepted += 1,
+                    200 => t.duplicate += 1,
+                    s => *t.other.entry(s).or_default() += 1,
+                }
+            }
+            Err(e) => t.error(e),
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Fresh mode: report k is appliance k mod N on day k / N, over its own connection.
+    async fn fresh_worker(&self) -> Tally {
+        let mut t = Tally::default();
+        let n = self.appliances.len() as u64;
+        loop {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            if k >= self.total || self.expired() {
+                return t;
+            }
+            self.pace().await;
+            let (i, day) = (k % n, k / n);
+            let (json_len, body) = match self.body(i, day) {
+                Ok(b) => b,
+                Err(e) => {
+                    t.error(format!("build report: {e:#}"));
+                    continue;
+                }
+            };
+            t.json_bytes += json_len as u64;
+            t.wire_bytes += body.len() as u64;
+            let started = Instant::now();
+            let a = &self.appliances[i as usize];
+            let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let mut s = self.connect(a).await?;
+                let answer =
+                    http::post_report(&mut s, &self.target.host, &body, self.gzip, false).await?;
+                // close_notify, as a well-behaved client sends; its failure changes nothing.
+                let _ = s.shutdown().await;
+                Ok(answer)
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+            t.connections += 1;
+            self.record(&mut t, started, result);
+        }
+    }
+
+    /// Keep-alive mode: claim an appliance, send all of its reports (day by day) over one
+    /// connection, reconnecting only if the server closes it.
+    async fn keep_alive_worker(&self) -> Tally {
+        let mut t = Tally::default();
+        let n = self.appliances.len() as u64;
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= n.min(self.total) {
+                return t;
+            }
+            let a = &self.appliances[i as usize];
+            let reports = self.total / n + u64::from(i < self.total % n);
+            let mut conn: Option<TlsStream<TcpStream>> = None;
+            for day in 0..reports {
+                if self.expired() {
+                    return t;
+                }
+                self.pace().await;
+                let (json_len, body) = match self.body(i, day) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        t.error(format!("build report: {e:#}"));
+                        continue;
+                    }
+                };
+                t.json_bytes += json_len as u64;
+                t.wire_bytes += body.len() as u64;
+                let started = Instant::now();
+                let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                    let s = match conn.as_mut() {
+                        Some(s) => s,
+                        None => {
+                            t.connections += 1;
+                            conn.insert(self.connect(a).await?)
+                        }
+                    };
+                    http::post_report(s, &self.target.host, &body, self.gzip, true).await
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
+                if !matches!(&result, Ok(answer) if !answer.closes) {
+                    conn = None;
+                }
+                self.record(&mut t, started, result);
+            }
+            if let Some(mut s) = conn {
+                let _ = s.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Prints a progress line every few seconds until dropped.
+fn ticker(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut last = 0;
+        let mut interval = tokio::time::interval(Duration::from_secs(5));
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let d = done.load(Ordering::Relaxed);
+            progress(format!(
+                "{label}: {d}/{total} reports, {:.0}/s over the last 5 s, {:.0} s elapsed",
+                (d - last) as f64 / 5.0,
+                start.elapsed().as_secs_f64()
+            ));
+            last = d;
+        }
+    })
+}
+
+async fn ingest_phase(
+    cli: &Cli,
+    fleet: &Arc<Fleet>,
+    appliances: &Arc<Vec<Appliance>>,
+    target: &Target,
+) -> Phase {
+    let start = Instant::now();
+    let run = Arc::new(Run {
+        fleet: fleet.clone(),
+        appliances: appliances.clone(),
+        target: target.clone(),
+        gzip: cli.gzip,
+        keep_alive: cli.keep_alive,
+        total: cli.reports,
+        next: AtomicU64::new(0),
+        tickets: AtomicU64::new(0),
+        done: Arc::new(AtomicU64::new(0)),
+        start,
+        deadline: cli.duration_secs.map(|s| start + Duration::from_secs(s)),
+        rate: cli.rate,
+    });
+    progress(format!("ingest phase: sending {} reports", cli.reports));
+    let tick = ticker("ingest", run.done.clone(), cli.reports);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..cli.concurrency {
+        let run = run.clone();
+        set.spawn(async move {
+            if run.keep_alive {
+                run.keep_alive_worker().await
+            } else {
+                run.fresh_worker().await
+            }
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(t) => tally.merge(t),
+            Err(e) => {
+                tally.transport += 1;
+                tally
+                    .first_error
+                    .get_or_insert(format!("a sender failed: {e}"));
+            }
+        }
+    }
+    tick.abort();
+    Phase {
+        tally,
+        elapsed: start.elapsed(),
+    }
+}
+
+struct Ceiling {
+    tally: Tally,
+    elapsed: Duration,
+    errors: u64,
+}
+
+impl Ceiling {
+    fn rate(&self) -> f64 {
+        (self.tally.accepted + self.tally.duplicate) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn print(&mut self, cli: &Cli) -> bool {
+        let latency = self.tally.latency();
+        println!(
+            "ceiling: {} reports in {:.3} s: {:.0} reports/s straight into PostgreSQL (Storage::insert_report, concurrency {}, pool {}); latency ms {latency}; errors: {}",
+            self.tally.accepted + self.tally.duplicate + self.errors,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            cli.concurrency,
+            cli.db_pool_size,
+            self.errors,
+        );
+        if let Some(e) = &self.tally.first_error {
+            println!("ceiling: first error: {e}");
+        }
+        self.errors == 0
+    }
+}
+
+/// The same number of reports (same appliances and days, new report ids) inserted through the
+/// ingest's own storage layer, with the same concurrency and pool size: what the ingest could
+/// reach if HTTP, TLS and parsing cost nothing.
+async fn ceiling_phase(
+    cli: &Cli,
+    fleet: &Arc<Fleet>,
+    appliances: &Arc<Vec<Appliance>>,
+    count: u64,
+) -> anyhow::Result<Ceiling> {
+    let storage = Storage::connect(&cli.database_url, cli.db_pool_size as usize)?;
+    progress(format!(
+        "ceiling phase: inserting {count} reports straight into PostgreSQL"
+    ));
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let n = appliances.len() as u64;
+    let tick = ticker("ceiling", done.clone(), count);
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..cli.concurrency {
+        let (next, done, storage) = (next.clone(), done.clone(), storage.clone());
+        let (fleet, appliances) = (fleet.clone(), appliances.clone());
+        set.spawn(async move {
+            let mut t = Tally::default();
+            let mut errors = 0u64;
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= count {
+                    return (t, errors);
+                }
+                let (i, day) = (k % n, k / n);
+                let a = &appliances[i as usize];
+                let report: Report = fleet.report(&a.serial, i, day);
+                let body = match serde_json::to_string(&report) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        errors += 1;
+                        t.first_error
+                            .get_or_insert(format!("serialise report: {e}"));
+                        continue;
+                    }
+                };
+                let started = Instant::now();
+                let result = storage.insert_report(&report, &a.identity, &body).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                match result {
+                    Ok(InsertOutcome::Stored) => t.accepted += 1,
+                    Ok(InsertOutcome::Duplicate) => t.duplicate += 1,
+                    Err(e) => {
+                        errors += 1;
+                        t.first_error.get_or_insert(e.to_string());
+                        continue;
+                    }
+                }
+                t.latencies_us.push(started.elapsed().as_micros() as u64);
+            }
+        });
+    }
+    let mut tally = Tally::default();
+    let mut errors = 0;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((t, e)) => {
+                tally.merge(t);
+                errors += e;
+            }
+            Err(e) => {
+                errors += 1;
+                tally
+                    .first_error
+                    .get_or_insert(format!("an inserter failed: {e}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    tick.abort();
+    Ok(Ceiling {
+        tally,
+        elapsed,
+        errors,
+    })
+}
+
+/// On-disk size of the database's tables, TOAST and indexes included.
+struct DbSize {
+    client: tokio_postgres::Client,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Every user table.
+    all: i64,
+    /// `reports` and `appliances` (partitions included).
+    core: i64,
+}
+
+impl DbSize {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connect to {}", setup::describe_db(url)))?;
+        tokio::spawn(conn);
+        Ok(DbSize { client })
+    }
+
+    async fn measure(&mut self) -> anyhow::Result<Sizes> {
+        // Every user table, so that tables added later (per-drive history, events) count too;
+        // the partitions of a partitioned `reports` are tables of their own and count as well.
+        let row = self
+            .client
+            .query_one(
+                "WITH t AS (
+                    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relkind IN ('r', 'm')
+                      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND n.nspname NOT LIKE 'pg_toast%'
+                 ), core AS (
+                    -- pg_partition_tree is empty for a table that is not partitioned.
+                    SELECT 'reports'::regclass AS relid
+                    UNION ALL SELECT 'appliances'::regclass
+                    UNION ALL SELECT relid FROM pg_partition_tree('reports')
+                    UNION ALL SELECT relid FROM pg_partition_tree('appliances')
+                 )
+                 SELECT coalesce(sum(pg_total_relation_size(oid)), 0)::bigint,
+                        coalesce(sum(pg_total_relation_size(oid))
+                                 FILTER (WHERE oid IN (SELECT relid FROM core)), 0)::bigint
+                 FROM t",
+                &[],
+            )
+            .await
+            .context("measure the database's size")?;
+        Ok(Sizes {
+            all: row.get(0),
+            core: row.get(1),
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Runs the real `phonehome-loadgen` binary for a tiny load against a fresh database and checks
+//! what it prints against what PostgreSQL holds afterwards.
+
+use std::process::Command;
+
+use phonehome_tests::TestDb;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tiny_run_sends_every_report_and_measures_the_ceiling() {
+    let db = TestDb::new().await;
+    let url = db.url().to_owned();
+    // The binary is blocking work for this test; run it off the runtime's threads.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+            .args([
+                "--database-url",
+                &url,
+                "--appliances",
+                "5",
+                "--reports",
+                "50",
+                "--concurrency",
+                "8",
+            ])
+            .output()
+            .expect("run phonehome-loadgen")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let has = |needle: &str| {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from stdout:\n{stdout}\nstderr:\n{stderr}"
+        )
+    };
+    has("ingest: 50 reports in ");
+    has("ingest: 202: 50, 200: 0, other status: 0, transport errors: 0;");
+    has("ceiling: 50 reports in ");
+    has("errors: 0");
+    has("ratio ingest/ceiling: ");
+    has("bytes per report, tables + indexes");
+
+    assert_eq!(
+        db.count("reports").await,
+        100,
+        "50 via the ingest + 50 via the ceiling"
+    );
+    assert_eq!(db.count("appliances").await, 5);
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+        .args([
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/nothing",
+            "--appliances",
+            "1",
+            "--reports",
+            "1",
+        ])
+        .output()
+        .expect("run phonehome-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to PostgreSQL at 127.0.0.1:1/nothing"),
+        "{stderr}"
+    );
+}
