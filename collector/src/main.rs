@@ -111,14 +111,9 @@ fn collect(config: Option<PathBuf>, root: PathBuf, compact: bool, smartctl: Opti
         Ok(config) => config,
         Err(e) => return config_error(&e),
     };
-    let mut options = CollectOptions::from_config(config.as_ref());
-    options.smart.smartctl = smartctl.or(options.smart.smartctl);
-    let report = match collect_report(&MachineRoot::new(root), &options) {
+    let report = match gather(config.as_ref(), root, smartctl) {
         Ok(report) => report,
-        Err(e) => {
-            eprintln!("phonehome-collector: {e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let mut out = std::io::stdout().lock();
     let written = if compact {
@@ -159,14 +154,9 @@ fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) ->
             wait.as_secs_f64()
         )
     });
-    let mut options = CollectOptions::from_config(Some(&config));
-    options.smart.smartctl = smartctl.or(options.smart.smartctl);
-    let report = match collect_report(&MachineRoot::new(root), &options) {
+    let report = match gather(Some(&config), root, smartctl) {
         Ok(report) => report,
-        Err(e) => {
-            eprintln!("phonehome-collector: {e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let outcome = match &spool {
         Ok(spool) => spool_and_deliver(&client, spool, report),
@@ -184,6 +174,21 @@ fn load_for_delivery(path: &Path) -> Result<(Config, Client), ConfigError> {
     let config = Config::load(path)?;
     let client = Client::new(&config.delivery()?)?;
     Ok((config, client))
+}
+
+/// Collects this machine's report with the configuration's options and `--smartctl`; a report
+/// without a serial is a configuration error (exit 78), said on stderr.
+fn gather(
+    config: Option<&Config>,
+    root: PathBuf,
+    smartctl: Option<PathBuf>,
+) -> Result<phonehome_schema::Report, u8> {
+    let mut options = CollectOptions::from_config(config);
+    options.smart.smartctl = smartctl.or(options.smart.smartctl);
+    collect_report(&MachineRoot::new(root), &options).map_err(|e| {
+        eprintln!("phonehome-collector: {e}");
+        exit::CONFIG
+    })
 }
 
 fn config_error(e: &ConfigError) -> u8 {
