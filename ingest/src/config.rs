@@ -47,10 +47,15 @@ pub struct Config {
     /// Largest accepted report after decompression.
     pub max_body_bytes: usize,
     pub db_pool_size: usize,
+    /// Reports received or stored at once before the ingest answers 503 with `Retry-After`.
+    pub max_in_flight: usize,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Enough to keep PostgreSQL busy with a queue per connection, small enough to bound memory
+/// (at most this many bodies of `max_body_bytes` at once).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 
 impl Default for Config {
     fn default() -> Self {
@@ -65,6 +70,7 @@ impl Default for Config {
             },
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_pool_size: 16,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -79,6 +85,7 @@ struct FileConfig {
     tls: Option<TlsConfig>,
     max_body_bytes: Option<usize>,
     db_pool_size: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 /// Why the configuration could not be loaded.
@@ -155,6 +162,9 @@ impl Config {
         if let Some(v) = f.db_pool_size {
             self.db_pool_size = v;
         }
+        if let Some(v) = f.max_in_flight {
+            self.max_in_flight = v;
+        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -192,6 +202,9 @@ impl Config {
         if let Some(v) = env("PHONEHOME_DB_POOL_SIZE") {
             self.db_pool_size = parsed("PHONEHOME_DB_POOL_SIZE", v)?;
         }
+        if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT") {
+            self.max_in_flight = parsed("PHONEHOME_MAX_IN_FLIGHT", v)?;
+        }
         Ok(())
     }
 
@@ -201,6 +214,11 @@ impl Config {
                 "max_body_bytes = {} is too small; a report needs at least 1024 bytes",
                 self.max_body_bytes
             )));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "max_in_flight must be at least 1".into(),
+            ));
         }
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid(

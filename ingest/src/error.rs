@@ -27,6 +27,8 @@ pub enum ApiError {
     Timeout,
     #[error("storage unavailable, retry later")]
     Unavailable(#[source] StorageError),
+    #[error("the ingest is at capacity, retry later")]
+    Saturated,
     #[error("internal error")]
     Internal(#[source] StorageError),
 }
@@ -51,6 +53,7 @@ impl ApiError {
             ApiError::BadEncoding(_) => "bad_encoding",
             ApiError::Timeout => "timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Saturated => "saturated",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -63,10 +66,17 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Saturated => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// Seconds a refused collector should wait: 15 to 45, spread at random so that a fleet turned
+/// away together does not come back together.
+pub fn retry_after() -> u64 {
+    let random = uuid::Uuid::new_v4().as_u128();
+    15 + (random % 31) as u64
 }
 
 impl From<StorageError> for ApiError {
@@ -92,6 +102,8 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %e, "request refused: storage unavailable")
             }
             ApiError::Internal(e) => tracing::error!(error = %e, "request failed"),
+            // Under overload one line per refusal would add to the load; the counter tells.
+            ApiError::Saturated => tracing::debug!("request refused: at capacity"),
             other => tracing::info!(
                 status = status.as_u16(),
                 code = other.code(),
@@ -111,7 +123,7 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after()));
         }
         response
     }

@@ -36,6 +36,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest accepted report, after decompression.
     pub max_body_bytes: usize,
+    /// Reports being received or stored at once; past this the ingest answers 503 rather than
+    /// queue without bound.
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -44,7 +47,14 @@ impl AppState {
             storage,
             metrics: Arc::new(Metrics::new()),
             max_body_bytes,
+            admission: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_IN_FLIGHT)),
         }
+    }
+
+    /// Sets how many reports may be in flight at once (at least 1).
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.admission = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 }
 

@@ -32,6 +32,16 @@ pub async fn post_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    // Admission first, before a byte of the body is read: a saturated ingest costs the client one
+    // round trip and us nothing.
+    let Ok(_permit) = state.admission.try_acquire() else {
+        state
+            .metrics
+            .reports
+            .with_label_values(&["saturated"])
+            .inc();
+        return Err(ApiError::Saturated);
+    };
     let _in_flight = InFlight::new(&state.metrics.in_flight);
     let result = handle(&state, peer.map(|Extension(p)| p), &headers, body).await;
     let label = match &result {

@@ -91,6 +91,70 @@ impl TlsClient {
     }
 }
 
+/// A POST whose body is sent in two parts, so a test can hold a request open on the server.
+pub struct PartialPost {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl std::fmt::Debug for PartialPost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartialPost")
+    }
+}
+
+impl TlsClient {
+    /// Sends the headers (announcing `body.len()` bytes) and the first `sent` bytes of `body`.
+    pub async fn start_post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &[u8],
+        sent: usize,
+    ) -> Result<PartialPost, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+        let mut stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(body.get(..sent).unwrap_or(body))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        Ok(PartialPost { stream })
+    }
+}
+
+impl PartialPost {
+    /// Sends the rest of the body and reads the response.
+    pub async fn finish(mut self, rest: &[u8]) -> Result<Response, String> {
+        self.stream
+            .write_all(rest)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stream.flush().await.map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        self.stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        parse(&raw)
+    }
+}
+
 /// A plain-HTTP GET, for the operations listener.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, String> {
     let tcp = TcpStream::connect(addr)

@@ -1,0 +1,86 @@
+//! Bounded work in flight: when the ingest is at capacity it answers 503 with a jittered
+//! Retry-After at once, instead of queueing without bound, and takes reports again as soon as
+//! capacity frees up.
+
+use phonehome_schema::Report;
+use phonehome_tests::TestDb;
+use phonehome_tests::bins::IngestProcess;
+use phonehome_tests::client::TlsClient;
+use phonehome_tests::pki::TestPki;
+
+fn body(serial: &str) -> Vec<u8> {
+    let mut r: Report =
+        serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
+    r.identity.serial = serial.parse().expect("serial");
+    r.report_id = uuid::Uuid::new_v4();
+    r.collected_at = chrono::Utc::now();
+    serde_json::to_vec(&r).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_capacity_reports_get_503_with_retry_after_and_nothing_queues() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start_with(&db, &pki, &[("PHONEHOME_MAX_IN_FLIGHT", "1")]).await;
+    let a = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-SLOW")));
+    let b = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-FAST")));
+
+    // A slow appliance holds the only slot: headers and half its body are in.
+    let slow = body("SN-SLOW");
+    let half = slow.len() / 2;
+    let held = a
+        .start_post(ingest.report_addr, "/v1/reports", &slow, half)
+        .await
+        .expect("start");
+    // The server admits it once the headers arrive; give it that moment.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let r = b
+            .post(
+                ingest.report_addr,
+                "/v1/reports",
+                &[("Content-Type", "application/json")],
+                &body("SN-FAST"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"], "saturated");
+        let wait: u64 = r
+            .header("Retry-After")
+            .and_then(|v| v.parse().ok())
+            .expect("Retry-After");
+        assert!((15..=45).contains(&wait), "Retry-After {wait}");
+        waits.push(wait);
+    }
+    assert_eq!(db.count("reports").await, 0, "nothing refused was stored");
+
+    // The slow report completes; capacity is back for the others.
+    let done = held
+        .finish(slow.get(half..).unwrap_or_default())
+        .await
+        .expect("slow response");
+    assert_eq!(done.status, 202, "{}", done.body);
+    let r = b
+        .post(
+            ingest.report_addr,
+            "/v1/reports",
+            &[("Content-Type", "application/json")],
+            &body("SN-FAST"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(db.count("reports").await, 2);
+    assert_eq!(
+        ingest
+            .metric("phonehome_reports_total{result=\"saturated\"}")
+            .await,
+        Some(5.0)
+    );
+    // Spread: five refusals do not all name the same second (a 1 in 31^4 chance of a false alarm).
+    waits.dedup();
+    assert!(waits.len() > 1, "Retry-After is not jittered: {waits:?}");
+}
