@@ -49,6 +49,8 @@ pub struct Config {
     pub db_pool_size: usize,
     /// Reports received or stored at once before the ingest answers 503 with `Retry-After`.
     pub max_in_flight: usize,
+    /// Connections the report listener holds open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
@@ -56,6 +58,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Enough to keep PostgreSQL busy with a queue per connection, small enough to bound memory
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// Each open connection costs a task and a TLS session (tens of KiB): 4,096 of them stay well
+/// under 1 GiB even with buffers, and far above what a daily fleet needs at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -71,6 +76,7 @@ impl Default for Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             db_pool_size: 16,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -86,6 +92,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     db_pool_size: Option<usize>,
     max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 /// Why the configuration could not be loaded.
@@ -165,6 +172,9 @@ impl Config {
         if let Some(v) = f.max_in_flight {
             self.max_in_flight = v;
         }
+        if let Some(v) = f.max_connections {
+            self.max_connections = v;
+        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -205,6 +215,9 @@ impl Config {
         if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT") {
             self.max_in_flight = parsed("PHONEHOME_MAX_IN_FLIGHT", v)?;
         }
+        if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
+            self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
+        }
         Ok(())
     }
 
@@ -214,6 +227,11 @@ impl Config {
                 "max_body_bytes = {} is too small; a report needs at least 1024 bytes",
                 self.max_body_bytes
             )));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError::Invalid(

@@ -39,6 +39,8 @@ pub struct AppState {
     /// Reports being received or stored at once; past this the ingest answers 503 rather than
     /// queue without bound.
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// Open connections on the report listener (handshaking or idle included).
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -48,7 +50,14 @@ impl AppState {
             metrics: Arc::new(Metrics::new()),
             max_body_bytes,
             admission: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_IN_FLIGHT)),
+            connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
         }
+    }
+
+    /// Sets how many connections the report listener holds open at once (at least 1).
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self
     }
 
     /// Sets how many reports may be in flight at once (at least 1).

@@ -158,8 +158,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {} (ops_listen)", config.ops_listen))?;
     tracing::info!(reports = %config.report_listen, ops = %config.ops_listen, "listening");
-    let state =
-        AppState::new(storage, config.max_body_bytes).with_max_in_flight(config.max_in_flight);
+    let state = AppState::new(storage, config.max_body_bytes)
+        .with_max_in_flight(config.max_in_flight)
+        .with_max_connections(config.max_connections);
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

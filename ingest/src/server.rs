@@ -73,6 +73,15 @@ pub async fn serve_reports(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // A slot first, then accept: at capacity, new connections wait in the kernel's bounded
+        // backlog instead of costing us a task, a TLS session and memory each.
+        let permit = tokio::select! {
+            permit = state.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -90,6 +99,7 @@ pub async fn serve_reports(
         let metrics = state.metrics.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -138,6 +138,30 @@ impl TlsClient {
     }
 }
 
+impl TlsClient {
+    /// Only the TLS handshake, given up after `within`; the connection is returned open.
+    pub async fn handshake(
+        &self,
+        addr: SocketAddr,
+        within: std::time::Duration,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+            let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("handshake: {e}"))
+        };
+        tokio::time::timeout(within, connect)
+            .await
+            .map_err(|_| format!("no handshake within {within:?}"))?
+    }
+}
+
 impl PartialPost {
     /// Sends the rest of the body and reads the response.
     pub async fn finish(mut self, rest: &[u8]) -> Result<Response, String> {

@@ -84,3 +84,47 @@ async fn at_capacity_reports_get_503_with_retry_after_and_nothing_queues() {
     waits.dedup();
     assert!(waits.len() > 1, "Retry-After is not jittered: {waits:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_the_connection_limit_new_connections_wait_until_one_closes() {
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start_with(&db, &pki, &[("PHONEHOME_MAX_CONNECTIONS", "1")]).await;
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-CONN")));
+
+    let first = client
+        .handshake(ingest.report_addr, Duration::from_secs(10))
+        .await
+        .expect("first");
+    // The only slot is taken: the next handshake is not served (it waits in the backlog).
+    let waiting = client
+        .handshake(ingest.report_addr, Duration::from_secs(1))
+        .await;
+    assert!(
+        waiting.is_err(),
+        "a second connection was served beyond max_connections"
+    );
+
+    // Once the first connection closes, new ones are served again.
+    drop(first);
+    let mut served = false;
+    for _ in 0..20 {
+        let r = client
+            .post(
+                ingest.report_addr,
+                "/v1/reports",
+                &[("Content-Type", "application/json")],
+                &body("SN-CONN"),
+            )
+            .await;
+        if let Ok(r) = r {
+            assert_eq!(r.status, 202, "{}", r.body);
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served, "the slot never came back:\n{}", ingest.log());
+    assert_eq!(db.count("reports").await, 1);
+}
