@@ -306,6 +306,22 @@ impl Run {
             .map_err(|e| format!("TLS handshake: {e}"))
     }
 
+    /// Appliance `i`'s report for `day`, counted in the tally; a report that cannot be built is
+    /// counted as an error and skipped.
+    fn prepare(&self, t: &mut Tally, i: u64, day: u64) -> Option<Vec<u8>> {
+        match self.body(i, day) {
+            Ok((json_len, body)) => {
+                t.json_bytes += json_len as u64;
+                t.wire_bytes += body.len() as u64;
+                Some(body)
+            }
+            Err(e) => {
+                t.error(format!("build report: {e:#}"));
+                None
+            }
+        }
+    }
+
     fn record(&self, t: &mut Tally, started: Instant, result: Result<http::Answer, String>) {
         match result {
             Ok(answer) => {
@@ -332,15 +348,9 @@ impl Run {
             }
             self.pace().await;
             let (i, day) = (k % n, k / n);
-            let (json_len, body) = match self.body(i, day) {
-                Ok(b) => b,
-                Err(e) => {
-                    t.error(format!("build report: {e:#}"));
-                    continue;
-                }
+            let Some(body) = self.prepare(&mut t, i, day) else {
+                continue;
             };
-            t.json_bytes += json_len as u64;
-            t.wire_bytes += body.len() as u64;
             let started = Instant::now();
             let a = &self.appliances[i as usize];
             let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
@@ -376,15 +386,9 @@ impl Run {
                     return t;
                 }
                 self.pace().await;
-                let (json_len, body) = match self.body(i, day) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        t.error(format!("build report: {e:#}"));
-                        continue;
-                    }
+                let Some(body) = self.prepare(&mut t, i, day) else {
+                    continue;
                 };
-                t.json_bytes += json_len as u64;
-                t.wire_bytes += body.len() as u64;
                 let started = Instant::now();
                 let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
                     let s = match conn.as_mut() {

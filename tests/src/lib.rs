@@ -7,3 +7,16 @@ pub mod pg;
 pub mod pki;
 
 pub use pg::TestDb;
+
+use phonehome_schema::Report;
+
+/// The contract's example report (`schema/examples/report.json`) for `serial`, with a fresh
+/// `report_id` and collected now, as a collector would send it today.
+pub fn example_report(serial: &str) -> Report {
+    let mut r: Report = serde_json::from_str(include_str!("../../schema/examples/report.json"))
+        .expect("the contract's example is a valid report");
+    r.identity.serial = serial.parse().expect("test serial is valid");
+    r.report_id = uuid::Uuid::new_v4();
+    r.collected_at = chrono::Utc::now();
+    r
+}

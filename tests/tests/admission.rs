@@ -2,19 +2,13 @@
 //! Retry-After at once, instead of queueing without bound, and takes reports again as soon as
 //! capacity frees up.
 
-use phonehome_schema::Report;
-use phonehome_tests::TestDb;
 use phonehome_tests::bins::IngestProcess;
 use phonehome_tests::client::TlsClient;
 use phonehome_tests::pki::TestPki;
+use phonehome_tests::{TestDb, example_report};
 
 fn body(serial: &str) -> Vec<u8> {
-    let mut r: Report =
-        serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
-    r.identity.serial = serial.parse().expect("serial");
-    r.report_id = uuid::Uuid::new_v4();
-    r.collected_at = chrono::Utc::now();
-    serde_json::to_vec(&r).expect("json")
+    serde_json::to_vec(&example_report(serial)).expect("json")
 }
 
 #[tokio::test(flavor = "multi_thread")]

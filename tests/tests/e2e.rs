@@ -11,15 +11,7 @@ use phonehome_tests::pki::{CertPair, TestPki};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
-/// The example report from the contract, for `serial`, with a fresh id.
-fn report_for(serial: &str) -> Report {
-    let mut r: Report =
-        serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
-    r.identity.serial = serial.parse().expect("serial");
-    r.report_id = uuid::Uuid::new_v4();
-    r.collected_at = chrono::Utc::now();
-    r
-}
+use phonehome_tests::example_report as report_for;
 
 /// The appliance's current-state row: report count, last report time, hostname, last report id.
 async fn appliance_state(db: &TestDb, serial: &str) -> (i64, String, Option<String>, String) {

@@ -8,13 +8,10 @@ use phonehome_tests::client::TlsClient;
 use phonehome_tests::pki::TestPki;
 
 fn report(serial: &str, system_uuid: &str, machine_id: &str, days_ago: i64) -> Report {
-    let mut r: Report =
-        serde_json::from_str(include_str!("../../schema/examples/report.json")).expect("example");
-    r.identity.serial = serial.parse().expect("serial");
+    let mut r = phonehome_tests::example_report(serial);
     r.identity.system_uuid = Some(system_uuid.parse().expect("uuid"));
     r.identity.machine_id = Some(machine_id.to_owned());
-    r.report_id = uuid::Uuid::new_v4();
-    r.collected_at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+    r.collected_at -= chrono::Duration::days(days_ago);
     r
 }
 
