@@ -51,6 +51,17 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Connections the report listener holds open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Concurrent batch writers (each holds one database connection while it commits).
+    pub db_writers: usize,
+    /// Most reports committed in one transaction.
+    pub db_batch_max: usize,
+    /// History older than this is dropped (whole months); older reports are refused.
+    pub retention_days: u32,
+    /// How often maintenance runs (partitions ahead, retention, dictionary, version counts);
+    /// once per interval for all replicas together.
+    pub maintenance_interval_seconds: u64,
+    /// Name of this replica in logs and `maintenance_runs` (default: hostname:pid).
+    pub replica_name: Option<String>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
@@ -61,6 +72,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Each open connection costs a task and a TLS session (tens of KiB): 4,096 of them stay well
 /// under 1 GiB even with buffers, and far above what a daily fleet needs at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// The contract refuses reports older than this anyway (`MAX_REPORT_AGE_DAYS`), so a longer
+/// retention would keep nothing more.
+pub const DEFAULT_RETENTION_DAYS: u32 = 400;
 
 impl Default for Config {
     fn default() -> Self {
@@ -77,6 +91,11 @@ impl Default for Config {
             db_pool_size: 16,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            db_writers: 4,
+            db_batch_max: 64,
+            retention_days: DEFAULT_RETENTION_DAYS,
+            maintenance_interval_seconds: 3600,
+            replica_name: None,
         }
     }
 }
@@ -93,6 +112,11 @@ struct FileConfig {
     db_pool_size: Option<usize>,
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
+    db_writers: Option<usize>,
+    db_batch_max: Option<usize>,
+    retention_days: Option<u32>,
+    maintenance_interval_seconds: Option<u64>,
+    replica_name: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -116,6 +140,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The storage layer's part of the configuration.
+    pub fn storage_settings(&self) -> crate::storage::StorageSettings {
+        crate::storage::StorageSettings {
+            pool_size: self.db_pool_size,
+            writers: self.db_writers,
+            batch_max: self.db_batch_max,
+            retention_days: self.retention_days,
+        }
+    }
+
     /// Loads defaults, then `path` (if given), then the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(path, |name| std::env::var(name).ok())
@@ -175,6 +209,21 @@ impl Config {
         if let Some(v) = f.max_connections {
             self.max_connections = v;
         }
+        if let Some(v) = f.db_writers {
+            self.db_writers = v;
+        }
+        if let Some(v) = f.db_batch_max {
+            self.db_batch_max = v;
+        }
+        if let Some(v) = f.retention_days {
+            self.retention_days = v;
+        }
+        if let Some(v) = f.maintenance_interval_seconds {
+            self.maintenance_interval_seconds = v;
+        }
+        if let Some(v) = f.replica_name {
+            self.replica_name = Some(v);
+        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -218,6 +267,22 @@ impl Config {
         if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
             self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
         }
+        if let Some(v) = env("PHONEHOME_DB_WRITERS") {
+            self.db_writers = parsed("PHONEHOME_DB_WRITERS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_DB_BATCH_MAX") {
+            self.db_batch_max = parsed("PHONEHOME_DB_BATCH_MAX", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_RETENTION_DAYS") {
+            self.retention_days = parsed("PHONEHOME_RETENTION_DAYS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_MAINTENANCE_INTERVAL_SECONDS") {
+            self.maintenance_interval_seconds =
+                parsed("PHONEHOME_MAINTENANCE_INTERVAL_SECONDS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_REPLICA_NAME") {
+            self.replica_name = Some(v);
+        }
         Ok(())
     }
 
@@ -236,6 +301,28 @@ impl Config {
         if self.max_in_flight == 0 {
             return Err(ConfigError::Invalid(
                 "max_in_flight must be at least 1".into(),
+            ));
+        }
+        if self.db_writers == 0 || self.db_writers > self.db_pool_size {
+            return Err(ConfigError::Invalid(format!(
+                "db_writers = {} must be between 1 and db_pool_size ({}): each writer holds a \
+                 connection while it commits",
+                self.db_writers, self.db_pool_size
+            )));
+        }
+        if self.db_batch_max == 0 {
+            return Err(ConfigError::Invalid(
+                "db_batch_max must be at least 1".into(),
+            ));
+        }
+        if self.retention_days == 0 {
+            return Err(ConfigError::Invalid(
+                "retention_days must be at least 1".into(),
+            ));
+        }
+        if self.maintenance_interval_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "maintenance_interval_seconds must be at least 1".into(),
             ));
         }
         if self.db_pool_size == 0 {

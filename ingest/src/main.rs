@@ -146,11 +146,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
     let tls = tls::server_config(&config.tls).context("load TLS files")?;
-    let storage = Storage::connect(config.database_url.expose(), config.db_pool_size)?;
+    let storage = Storage::connect_with(config.database_url.expose(), config.storage_settings())?;
     storage
         .migrate()
         .await
         .context("apply migrations (is PostgreSQL up and the database created?)")?;
+    storage
+        .load_dictionaries()
+        .await
+        .context("load report-body dictionaries")?;
+    let replica = config
+        .replica_name
+        .clone()
+        .unwrap_or_else(default_replica_name);
+    let maintenance = phonehome_ingest::storage::maintenance::spawn(
+        storage.clone(),
+        replica,
+        std::time::Duration::from_secs(config.maintenance_interval_seconds),
+    );
     let reports = tokio::net::TcpListener::bind(config.report_listen)
         .await
         .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
@@ -162,8 +175,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections(config.max_connections);
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
+    maintenance.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// hostname:pid, which tells replicas apart in maintenance_runs and logs.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
 }
 
 async fn shutdown_signal() {

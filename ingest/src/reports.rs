@@ -117,7 +117,19 @@ async fn store(
     state.metrics.report_bytes.inc_by(raw.len() as u64);
     let json = encoding.decode(&raw, limit)?;
 
-    let report = parse_report(&json, Utc::now())?;
+    let now = Utc::now();
+    let report = parse_report(&json, now)?;
+    let retention = state.storage.settings().retention_days;
+    if now - report.collected_at > chrono::Duration::days(i64::from(retention)) {
+        // Its month may already be dropped; storing it would only have it dropped again.
+        return Err(ApiError::Contract {
+            field: "collected_at".into(),
+            message: format!(
+                "collected_at {} is older than this ingest keeps history (retention_days = {retention})",
+                report.collected_at.to_rfc3339()
+            ),
+        });
+    }
     if report.identity.serial != identity.serial {
         state
             .metrics

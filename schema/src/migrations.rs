@@ -22,6 +22,11 @@ pub const ALL: &[Migration] = &[
         name: "identity_events",
         sql: include_str!("../migrations/0002_identity_events.sql"),
     },
+    Migration {
+        version: 3,
+        name: "history",
+        sql: include_str!("../migrations/0003_history.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -88,30 +88,39 @@ async fn the_collector_delivers_this_machines_report_into_postgres() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT serial, body->'identity'->>'serial', cert_sha256 FROM reports",
+            "SELECT a.serial, r.report_id, r.cert_sha256 FROM reports r
+             JOIN appliances a ON a.id = r.appliance_id",
             &[],
         )
         .await
         .expect("query reports");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, String>(0), serial);
-    assert_eq!(rows[0].get::<_, String>(1), serial);
     assert_eq!(
         rows[0].get::<_, Vec<u8>>(2).len(),
         32,
         "certificate fingerprint stored"
     );
-    let fs_count: i32 = client
-        .query_one(
-            "SELECT jsonb_array_length(body->'filesystems'->'filesystems') FROM reports",
-            &[],
-        )
+    // The evidence reads back as the JSON the collector sent.
+    let storage = phonehome_ingest::storage::Storage::connect(db.url(), 1).expect("storage");
+    let json = storage
+        .report_json(&serial, rows[0].get(1))
         .await
-        .expect("query")
-        .get(0);
+        .expect("read the stored body")
+        .expect("the report is there");
+    let body: serde_json::Value = serde_json::from_str(&json).expect("stored body is JSON");
+    assert_eq!(body["identity"]["serial"], serial.as_str());
+    let fs_count = body["filesystems"]["filesystems"]
+        .as_array()
+        .map_or(0, Vec::len);
     assert!(
         fs_count >= 1,
         "this machine's filesystems are in the stored report"
+    );
+    assert_eq!(
+        db.count("filesystem_samples").await,
+        fs_count as i64,
+        "one filesystem sample per mount point of the report"
     );
 
     // A second daily run is a second report; the appliance's current state follows it.

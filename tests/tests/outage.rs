@@ -76,7 +76,7 @@ async fn seven_runs_during_an_outage_are_delivered_in_order_once_each() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT report_id, collected_at FROM reports ORDER BY id",
+            "SELECT report_id, collected_at FROM reports ORDER BY received_at",
             &[],
         )
         .await

@@ -1,14 +1,28 @@
 //! Everything the ingest keeps in PostgreSQL: the connection pool, migrations, and the queries.
 //! Rows become domain types here and nowhere else; handlers never see SQL.
 
+mod batch;
+pub mod evidence;
+mod legacy;
+pub mod maintenance;
+pub mod rows;
+mod writer;
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chrono::Utc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use phonehome_dashboard::{ApplianceRow, FleetSource};
 use phonehome_schema::{Report, migrations};
 use tokio_postgres::NoTls;
 
 use crate::tls::ApplianceIdentity;
+use evidence::Codec;
+use maintenance::Month;
+use rows::PreparedReport;
+use writer::Writer;
 
 /// Storage failures, split by what the client should be told.
 #[derive(Debug, thiserror::Error)]
@@ -40,16 +54,55 @@ impl From<deadpool_postgres::PoolError> for StorageError {
     }
 }
 
+/// How the storage layer writes and keeps history.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Connections in the pool (writers, dashboard and metrics queries share it).
+    pub pool_size: usize,
+    /// Concurrent batch writers, each holding one connection while it commits.
+    pub writers: usize,
+    /// Most reports committed in one transaction.
+    pub batch_max: usize,
+    /// Reports collected longer ago than this are refused, and whole months of history older
+    /// than this are dropped.
+    pub retention_days: u32,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            pool_size: 16,
+            writers: 4,
+            batch_max: 64,
+            retention_days: 400,
+        }
+    }
+}
+
+/// What the batch writer tasks share with the handle: everything but the writer itself, so
+/// the tasks end when the last handle is dropped.
+#[derive(Clone)]
+pub(crate) struct Core {
+    pool: Pool,
+    codec: Arc<Codec>,
+    /// Months whose partitions are known to exist.
+    partitions: Arc<std::sync::Mutex<HashSet<Month>>>,
+}
+
 /// The ingest's handle on PostgreSQL; cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
-    pool: Pool,
+    core: Core,
+    writer: Arc<OnceLock<Writer>>,
+    settings: StorageSettings,
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage")
-            .field("pool", &self.pool.status())
+            .field("pool", &self.core.pool.status())
+            .field("codec", &self.core.codec)
+            .field("settings", &self.settings)
             .finish()
     }
 }
@@ -64,8 +117,24 @@ pub enum InsertOutcome {
 }
 
 impl Storage {
-    /// Builds the pool; connections are opened lazily, so this does not need the server up.
+    /// Builds the pool with default settings and `pool_size` connections; connections are
+    /// opened lazily, so this does not need the server up.
     pub fn connect(database_url: &str, pool_size: usize) -> Result<Self, StorageError> {
+        Self::connect_with(
+            database_url,
+            StorageSettings {
+                pool_size,
+                writers: StorageSettings::default().writers.min(pool_size.max(1)),
+                ..StorageSettings::default()
+            },
+        )
+    }
+
+    /// Builds the pool; connections are opened lazily, so this does not need the server up.
+    pub fn connect_with(
+        database_url: &str,
+        settings: StorageSettings,
+    ) -> Result<Self, StorageError> {
         let mut pg: tokio_postgres::Config = database_url
             .parse()
             .map_err(|e: tokio_postgres::Error| StorageError::Config(e.to_string()))?;
@@ -79,20 +148,41 @@ impl Storage {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(pool_size)
+            .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(5)))
             .create_timeout(Some(Duration::from_secs(5)))
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StorageError::Config(e.to_string()))?;
-        Ok(Storage { pool })
+        Ok(Storage {
+            core: Core {
+                pool,
+                codec: Arc::new(Codec::default()),
+                partitions: Arc::default(),
+            },
+            writer: Arc::new(OnceLock::new()),
+            settings,
+        })
     }
 
-    /// Applies every migration not yet applied. Safe to run from several ingests at once: an
-    /// advisory lock serialises them and each migration commits with its version row.
+    pub fn settings(&self) -> &StorageSettings {
+        &self.settings
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.core.pool
+    }
+
+    pub(crate) fn codec(&self) -> &Codec {
+        &self.core.codec
+    }
+
+    /// Applies every migration not yet applied, then moves reports kept by an older schema
+    /// into the current one. Safe to run from several ingests at once: an advisory lock
+    /// serialises them and each migration commits with its version row.
     pub async fn migrate(&self) -> Result<Vec<i32>, StorageError> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.core.pool.get().await?;
         client
             .batch_execute("SELECT pg_advisory_lock(8424200001)")
             .await?;
@@ -127,6 +217,7 @@ impl Storage {
                 tracing::info!(version = m.version, name = m.name, "applied migration");
                 done.push(m.version);
             }
+            legacy::convert(self, &client).await?;
             Ok::<_, StorageError>(done)
         }
         .await;
@@ -136,123 +227,94 @@ impl Storage {
         result
     }
 
-    /// Stores a report and updates the appliance's current state in one statement, so the
-    /// report and its effects commit together or not at all. `body` is the report's JSON text
-    /// exactly as received (after decompression), kept as evidence.
+    /// Stores a report with everything derived from it: time series, current state, drive
+    /// membership, versions and identity events commit together or not at all. `body` is the
+    /// report's JSON text exactly as received (after decompression), kept as evidence.
     pub async fn insert_report(
         &self,
         report: &Report,
         identity: &ApplianceIdentity,
         body: &str,
     ) -> Result<InsertOutcome, StorageError> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "WITH prev AS (
-                    SELECT system_uuid::text AS system_uuid, machine_id, last_collected_at
-                    FROM appliances WHERE serial = $1
-                 ), ins AS (
-                    INSERT INTO reports (serial, report_id, collected_at, cert_sha256, body)
-                    VALUES ($1, $2, $3, $4, $5::text::jsonb)
-                    ON CONFLICT (serial, report_id) DO NOTHING
-                    RETURNING received_at
-                 ), upsert AS (
-                    INSERT INTO appliances AS a (serial, hostname, system_uuid, machine_id,
-                        first_seen_at, last_report_at, last_collected_at, last_report_id,
-                        app_version, app_status, os_pretty_name, kernel, collector_version)
-                    SELECT $1, $6, $7, $8, ins.received_at, ins.received_at, $3, $2,
-                           $9, $10, $11, $12, $13
-                    FROM ins
-                    ON CONFLICT (serial) DO UPDATE SET
-                        report_count   = a.report_count + 1,
-                        last_report_at = EXCLUDED.last_report_at,
-                        -- A late, older report (delivered from a spool) must not overwrite
-                        -- newer current state.
-                        hostname          = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.hostname ELSE a.hostname END,
-                        system_uuid       = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.system_uuid ELSE a.system_uuid END,
-                        machine_id        = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.machine_id ELSE a.machine_id END,
-                        last_report_id    = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.last_report_id ELSE a.last_report_id END,
-                        app_version       = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.app_version ELSE a.app_version END,
-                        app_status        = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.app_status ELSE a.app_status END,
-                        os_pretty_name    = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.os_pretty_name ELSE a.os_pretty_name END,
-                        kernel            = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.kernel ELSE a.kernel END,
-                        collector_version = CASE WHEN EXCLUDED.last_collected_at >= a.last_collected_at THEN EXCLUDED.collector_version ELSE a.collector_version END,
-                        last_collected_at = GREATEST(a.last_collected_at, EXCLUDED.last_collected_at)
-                 ), changed AS (
-                    -- Judged only by a report newer than what we know: a late report from a
-                    -- spool describes the past, not a swap.
-                    INSERT INTO identity_events (serial, kind, old_value, new_value, report_id)
-                    SELECT $1, k.kind, k.old, k.new, $2
-                    FROM ins, prev, LATERAL (VALUES
-                        ('system_uuid_changed', prev.system_uuid, $7::text),
-                        ('machine_id_changed', prev.machine_id, $8::text)) AS k(kind, old, new)
-                    WHERE $3 >= prev.last_collected_at AND k.old IS NOT NULL
-                      AND k.new IS NOT NULL AND k.old <> k.new
-                    ON CONFLICT DO NOTHING
-                    RETURNING 1
-                 ), shared AS (
-                    INSERT INTO identity_events (serial, kind, new_value, other_serial, report_id)
-                    SELECT $1, 'machine_id_shared', $8::text, a.serial, $2
-                    FROM ins, appliances a
-                    WHERE $8::text IS NOT NULL AND a.machine_id = $8::text AND a.serial <> $1
-                    UNION ALL
-                    SELECT $1, 'system_uuid_shared', $7::text, a.serial, $2
-                    FROM ins, appliances a
-                    WHERE $7::uuid IS NOT NULL AND a.system_uuid = $7::uuid AND a.serial <> $1
-                    ON CONFLICT DO NOTHING
-                    RETURNING 1
-                 )
-                 SELECT (SELECT count(*) FROM ins),
-                        (SELECT count(*) FROM changed) + (SELECT count(*) FROM shared)",
+        let compressed = self
+            .core
+            .codec
+            .compress(body.as_bytes())
+            .map_err(|e| StorageError::Config(format!("zstd: {e}")))?;
+        let prepared = rows::prepare(report, &identity.cert_sha256, Utc::now(), compressed);
+        let writer = self.writer.get_or_init(|| {
+            Writer::start(
+                self.core.clone(),
+                self.settings.writers,
+                self.settings.batch_max,
             )
-            .await?;
-        let id = &report.identity;
+        });
+        writer.submit(prepared).await
+    }
+
+    /// The JSON of a stored report, as the appliance sent it.
+    pub async fn report_json(
+        &self,
+        serial: &str,
+        report_id: uuid::Uuid,
+    ) -> Result<Option<String>, StorageError> {
+        let client = self.core.pool.get().await?;
         let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &identity.serial.as_str(),
-                    &report.report_id,
-                    &report.collected_at,
-                    &identity.cert_sha256.as_slice(),
-                    &body,
-                    &id.hostname,
-                    &id.system_uuid,
-                    &id.machine_id,
-                    &report.app.version,
-                    &report.app.status.as_str(),
-                    &report
-                        .system
-                        .os
-                        .as_ref()
-                        .and_then(|o| o.pretty_name.clone()),
-                    &report.system.kernel,
-                    &report.collector.version,
-                ],
+            .query_opt(
+                "SELECT r.body, r.body_dictionary FROM reports r
+                 JOIN appliances a ON a.id = r.appliance_id
+                 WHERE a.serial = $1 AND r.report_id = $2
+                 ORDER BY r.collected_at LIMIT 1",
+                &[&serial, &report_id],
             )
             .await?;
-        let inserted: i64 = row.get(0);
-        let events: i64 = row.get(1);
-        if events > 0 {
-            // Chassis swaps and cloned images are what operators must hear about (issue 5
-            // turns these into alerts); the rows are in identity_events.
-            tracing::warn!(
-                serial = %identity.serial,
-                report_id = %report.report_id,
-                events,
-                "identity events recorded (system UUID or machine-id changed or shared)"
+        // The pool may hold a single connection, and loading a dictionary needs one.
+        drop(client);
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let body: Vec<u8> = row.get(0);
+        let dictionary: Option<i16> = row.get(1);
+        if let Some(id) = dictionary {
+            if !self.core.codec.knows(id) {
+                self.load_dictionaries().await?;
+            }
+        }
+        self.core
+            .codec
+            .decompress(&body, dictionary)
+            .map(Some)
+            .map_err(|e| StorageError::Config(format!("report {report_id} of {serial}: {e}")))
+    }
+
+    /// Loads dictionaries this process has not seen yet (another replica may have trained one).
+    pub async fn load_dictionaries(&self) -> Result<(), StorageError> {
+        let client = self.core.pool.get().await?;
+        let known: Vec<i16> = client
+            .query("SELECT id FROM body_dictionaries", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .filter(|id| !self.core.codec.knows(*id))
+            .collect();
+        for id in known {
+            let row = client
+                .query_one("SELECT dict FROM body_dictionaries WHERE id = $1", &[&id])
+                .await?;
+            let dict: Vec<u8> = row.get(0);
+            self.core.codec.add(id, &dict);
+            tracing::info!(
+                dictionary = id,
+                bytes = dict.len(),
+                "loaded report-body dictionary"
             );
         }
-        Ok(if inserted == 1 {
-            InsertOutcome::Stored
-        } else {
-            InsertOutcome::Duplicate
-        })
+        Ok(())
     }
 
     /// Every appliance's current state, most recently heard from first.
     pub async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.core.pool.get().await?;
         let rows = client
             .query(
                 "SELECT serial, hostname, last_report_at, app_version, app_status,
@@ -277,7 +339,7 @@ impl Storage {
 
     /// Number of appliances that have ever reported.
     pub async fn appliance_count(&self) -> Result<i64, StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.core.pool.get().await?;
         Ok(client
             .query_one("SELECT count(*) FROM appliances", &[])
             .await?
@@ -286,9 +348,57 @@ impl Storage {
 
     /// Succeeds when PostgreSQL answers a query.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        let client = self.pool.get().await?;
+        let client = self.core.pool.get().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+}
+
+impl Core {
+    /// Commits one batch (see [`batch`]), creating the months' partitions it needs first.
+    pub(crate) async fn write_batch(
+        &self,
+        reports: &[&PreparedReport],
+    ) -> Result<Vec<InsertOutcome>, StorageError> {
+        match self.try_write_batch(reports).await {
+            // Someone dropped a partition this process believed in (retention on another
+            // replica, an operator): forget what we knew and create what is needed.
+            Err(StorageError::Query(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
+                    && e.to_string().contains("no partition") =>
+            {
+                if let Ok(mut p) = self.partitions.lock() {
+                    p.clear();
+                }
+                self.try_write_batch(reports).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_write_batch(
+        &self,
+        reports: &[&PreparedReport],
+    ) -> Result<Vec<InsertOutcome>, StorageError> {
+        let mut client = self.pool.get().await?;
+        let months: HashSet<Month> = reports.iter().map(|r| Month::of(r.collected_at)).collect();
+        for month in months {
+            let known = self
+                .partitions
+                .lock()
+                .map(|p| p.contains(&month))
+                .unwrap_or(false);
+            if !known {
+                maintenance::ensure_month(&client, month).await?;
+                if let Ok(mut p) = self.partitions.lock() {
+                    p.insert(month);
+                }
+            }
+        }
+        let tx = client.transaction().await?;
+        let outcomes = batch::write(&tx, reports).await?;
+        tx.commit().await?;
+        Ok(outcomes)
     }
 }
 

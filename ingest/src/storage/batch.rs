@@ -1,0 +1,1061 @@
+//! One transaction for a batch of reports: the reports, their time series, the appliances'
+//! current state, drive membership, version changes and identity events commit together or not
+//! at all. Rows go in as arrays (`unnest`), so a batch of 50 reports costs about as many round
+//! trips as one.
+//!
+//! Appliance rows are locked in serial order first: two batches (or two replicas) that touch the
+//! same appliances queue behind each other instead of deadlocking, and what this batch derives
+//! from an appliance's previous state (events, membership, versions) cannot race another batch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+
+use super::rows::{CurrentState, PreparedReport};
+use super::{InsertOutcome, StorageError};
+
+/// An appliance's state before this batch, as far as the batch needs it.
+#[derive(Debug, Clone)]
+struct Before {
+    id: i32,
+    /// No report of this appliance has been kept yet (a row this batch created, or one whose
+    /// history is being rebuilt from legacy rows).
+    fresh: bool,
+    last_collected_at: DateTime<Utc>,
+    system_uuid: Option<String>,
+    machine_id: Option<String>,
+    versions: HashMap<&'static str, Option<String>>,
+}
+
+/// An open membership: drive `drive_id` is in the appliance under `device_name`.
+#[derive(Debug, Clone)]
+struct Member {
+    id: i64,
+    drive_id: i32,
+    device_name: String,
+}
+
+/// (serial, kind, old value, new value, other serial, report id)
+type IdentityEvent = (
+    String,
+    &'static str,
+    Option<String>,
+    String,
+    Option<String>,
+    Uuid,
+);
+/// (appliance, component, old version, new version, changed at, report id)
+type VersionChange = (
+    i32,
+    &'static str,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+    Uuid,
+);
+/// (drive, appliance, kind, from appliance, device name, at, report id)
+type DriveEvent = (
+    i32,
+    i32,
+    &'static str,
+    Option<i32>,
+    String,
+    DateTime<Utc>,
+    Uuid,
+);
+
+/// Rows derived from the batch, written at its end.
+#[derive(Debug, Default)]
+struct Writes {
+    identity_events: Vec<IdentityEvent>,
+    version_changes: Vec<VersionChange>,
+    /// (appliance, drive, device name, from)
+    opened: Vec<(i32, i32, String, DateTime<Utc>)>,
+    /// (membership, until)
+    closed: Vec<(i64, DateTime<Utc>)>,
+    drive_events: Vec<DriveEvent>,
+}
+
+/// Per appliance during a batch: its state as the batch moves it forward, its newest report
+/// that moved it, how many of its reports were stored, and when the last one arrived.
+type Progress<'a> = (Before, Option<&'a PreparedReport>, i64, DateTime<Utc>);
+
+/// Writes `batch` in one transaction and says, per report (in the batch's order), whether it
+/// was stored or a duplicate.
+pub(super) async fn write(
+    tx: &Transaction<'_>,
+    batch: &[&PreparedReport],
+) -> Result<Vec<InsertOutcome>, StorageError> {
+    let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
+    // A report twice in one batch (a retry racing its original) is stored once.
+    let mut seen = HashSet::new();
+    let unique: Vec<usize> = (0..batch.len())
+        .filter(|&i| {
+            let r = batch[i];
+            seen.insert((r.serial.as_str(), r.report_id, r.collected_at))
+        })
+        .collect();
+
+    let before = lock_appliances(tx, batch, &unique).await?;
+
+    // The reports themselves; ON CONFLICT says which are new.
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO reports (collected_at, received_at, appliance_id, body_dictionary,
+                 report_id, cert_sha256, app_status, app_version, body)
+             SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::int[],
+                 $4::smallint[], $5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::bytea[])
+             ON CONFLICT DO NOTHING
+             RETURNING appliance_id, report_id",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].collected_at)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].received_at)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| before[&batch[i].serial].id)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].body_dictionary)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].report_id)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].cert_sha256.as_slice())
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].state.app_status)
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].state.app_version.as_deref())
+                    .collect::<Vec<_>>(),
+                &unique
+                    .iter()
+                    .map(|&i| batch[i].body.as_slice())
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+    let inserted: HashSet<(i32, Uuid)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut stored: Vec<usize> = unique
+        .iter()
+        .copied()
+        .filter(|&i| inserted.contains(&(before[&batch[i].serial].id, batch[i].report_id)))
+        .collect();
+    if stored.is_empty() {
+        return Ok(outcomes);
+    }
+    for &i in &stored {
+        outcomes[i] = InsertOutcome::Stored;
+    }
+    // Oldest first per appliance: state, membership and versions move forward in time.
+    stored.sort_by(|&a, &b| {
+        (batch[a].serial.as_str(), batch[a].collected_at)
+            .cmp(&(batch[b].serial.as_str(), batch[b].collected_at))
+    });
+
+    let drive_ids = upsert_drives(tx, batch, &stored).await?;
+    let appliance_ids: Vec<i32> = before.values().map(|b| b.id).collect();
+    let drive_id_list: Vec<i32> = drive_ids.values().copied().collect();
+    let (members, latest_elsewhere, shared) = tokio::try_join!(
+        open_memberships(tx, &appliance_ids),
+        latest_memberships(tx, &drive_id_list),
+        appliances_sharing_identity(tx, batch, &stored),
+    )?;
+
+    let mut writes = Writes::default();
+    let mut states: BTreeMap<&str, Progress<'_>> = BTreeMap::new();
+    for &i in &stored {
+        let r = batch[i];
+        let entry = states.entry(r.serial.as_str()).or_insert_with(|| {
+            let b = before[&r.serial].clone();
+            (b, None, 0, r.received_at)
+        });
+        entry.2 += 1;
+        entry.3 = entry.3.max(r.received_at);
+        identity_shared(r, batch, &stored, &shared, &mut writes);
+        let b = &mut entry.0;
+        // A late report (delivered from a spool after newer ones) describes the past: it is
+        // kept, but it does not move current state, membership or versions.
+        if !b.fresh && r.collected_at < b.last_collected_at {
+            continue;
+        }
+        identity_changed(b, r, &mut writes);
+        versions_changed(b, r, &mut writes);
+        membership_changed(b, r, &drive_ids, &members, &latest_elsewhere, &mut writes);
+        b.fresh = false;
+        b.last_collected_at = r.collected_at;
+        b.system_uuid = r.state.system_uuid.map(|u| u.to_string());
+        b.machine_id = r.state.machine_id.clone();
+        for (component, version) in r.state.versions() {
+            b.versions.insert(component, version.map(str::to_owned));
+        }
+        entry.1 = Some(r);
+    }
+
+    tokio::try_join!(
+        insert_samples(tx, batch, &stored, &before, &drive_ids),
+        write_events(tx, &writes),
+        update_appliances(tx, &states),
+    )?;
+    Ok(outcomes)
+}
+
+/// Locks (creating where needed) the batch's appliances in serial order and reads what the
+/// batch derives events from.
+async fn lock_appliances(
+    tx: &Transaction<'_>,
+    batch: &[&PreparedReport],
+    unique: &[usize],
+) -> Result<HashMap<String, Before>, StorageError> {
+    let mut first: BTreeMap<&str, &PreparedReport> = BTreeMap::new();
+    for &i in unique {
+        first.entry(batch[i].serial.as_str()).or_insert(batch[i]);
+    }
+    let serials: Vec<&str> = first.keys().copied().collect();
+    // Create missing rows first and only then lock everything in serial order: locking existing
+    // rows before inserting new ones lets two batches each hold a row the other waits for. The
+    // unlocked look-up keeps inserts (and identity values) to appliances really missing.
+    let exists = tx
+        .prepare_cached("SELECT serial FROM appliances WHERE serial = ANY($1)")
+        .await?;
+    let existing: HashSet<String> = tx
+        .query(&exists, &[&serials])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&PreparedReport> = first
+        .iter()
+        .filter(|(s, _)| !existing.contains(**s))
+        .map(|(_, r)| *r)
+        .collect();
+    if !missing.is_empty() {
+        // New appliances get a row that says "nothing kept yet" (report_count 0); the state is
+        // filled in at the end of the batch like everyone else's.
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO appliances (serial, first_seen_at, last_report_at, last_collected_at,
+                     last_report_id, app_status, collector_version, report_count)
+                 SELECT s, r, r, c, id, st, v, 0
+                 FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::uuid[],
+                             $5::text[], $6::text[]) AS t(s, r, c, id, st, v)
+                 ORDER BY s
+                 ON CONFLICT (serial) DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &insert,
+            &[
+                &missing
+                    .iter()
+                    .map(|r| r.serial.as_str())
+                    .collect::<Vec<_>>(),
+                &missing.iter().map(|r| r.received_at).collect::<Vec<_>>(),
+                &missing.iter().map(|r| r.collected_at).collect::<Vec<_>>(),
+                &missing.iter().map(|r| r.report_id).collect::<Vec<_>>(),
+                &missing
+                    .iter()
+                    .map(|r| r.state.app_status)
+                    .collect::<Vec<_>>(),
+                &missing
+                    .iter()
+                    .map(|r| r.state.collector_version.as_str())
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+    }
+    let select = tx
+        .prepare_cached(
+            "SELECT id, serial, report_count = 0, last_collected_at, system_uuid::text,
+                    machine_id, app_version, os_pretty_name, kernel, collector_version
+             FROM appliances WHERE serial = ANY($1) ORDER BY serial FOR UPDATE",
+        )
+        .await?;
+    let mut before = HashMap::new();
+    for row in tx.query(&select, &[&serials]).await? {
+        let versions = HashMap::from([
+            ("app", row.get::<_, Option<String>>(6)),
+            ("os", row.get(7)),
+            ("kernel", row.get(8)),
+            ("collector", Some(row.get::<_, String>(9))),
+        ]);
+        before.insert(
+            row.get::<_, String>(1),
+            Before {
+                id: row.get(0),
+                fresh: row.get(2),
+                last_collected_at: row.get(3),
+                system_uuid: row.get(4),
+                machine_id: row.get(5),
+                versions,
+            },
+        );
+    }
+    match first.keys().find(|s| !before.contains_key(**s)) {
+        Some(s) => Err(StorageError::Unavailable(format!(
+            "appliance {s} could not be created or locked; retry"
+        ))),
+        None => Ok(before),
+    }
+}
+
+/// Ids of every drive in the stored reports, creating the drives not seen before.
+async fn upsert_drives(
+    tx: &Transaction<'_>,
+    batch: &[&PreparedReport],
+    stored: &[usize],
+) -> Result<HashMap<String, i32>, StorageError> {
+    let mut drives: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
+    for &i in stored {
+        for d in &batch[i].drives {
+            drives
+                .entry(d.key.as_str())
+                .or_insert((d, batch[i].collected_at));
+        }
+    }
+    if drives.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let keys: Vec<&str> = drives.keys().copied().collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO drives (drive_key, model, serial, wwn, first_seen_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                  $5::timestamptz[])
+             ON CONFLICT (drive_key) DO NOTHING",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &keys,
+            &drives
+                .values()
+                .map(|(d, _)| d.model.as_deref())
+                .collect::<Vec<_>>(),
+            &drives
+                .values()
+                .map(|(d, _)| d.serial.as_deref())
+                .collect::<Vec<_>>(),
+            &drives
+                .values()
+                .map(|(d, _)| d.wwn.as_deref())
+                .collect::<Vec<_>>(),
+            &drives.values().map(|(_, at)| *at).collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    let select = tx
+        .prepare_cached("SELECT drive_key, id FROM drives WHERE drive_key = ANY($1)")
+        .await?;
+    Ok(tx
+        .query(&select, &[&keys])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn open_memberships(
+    tx: &Transaction<'_>,
+    appliance_ids: &[i32],
+) -> Result<HashMap<i32, Vec<Member>>, StorageError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT appliance_id, id, drive_id, device_name FROM drive_membership
+             WHERE appliance_id = ANY($1) AND until_at IS NULL",
+        )
+        .await?;
+    let mut out: HashMap<i32, Vec<Member>> = HashMap::new();
+    for r in tx.query(&stmt, &[&appliance_ids]).await? {
+        out.entry(r.get(0)).or_default().push(Member {
+            id: r.get(1),
+            drive_id: r.get(2),
+            device_name: r.get(3),
+        });
+    }
+    Ok(out)
+}
+
+/// For each drive, its most recent membership anywhere: (membership id, appliance, still open).
+async fn latest_memberships(
+    tx: &Transaction<'_>,
+    drive_ids: &[i32],
+) -> Result<HashMap<i32, (i64, i32, bool)>, StorageError> {
+    if drive_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT DISTINCT ON (drive_id) drive_id, id, appliance_id, until_at IS NULL
+             FROM drive_membership WHERE drive_id = ANY($1)
+             ORDER BY drive_id, from_at DESC, id DESC",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&drive_ids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .collect())
+}
+
+/// Other appliances that report a machine-id or system UUID of this batch: (serial,
+/// machine_id, system_uuid).
+async fn appliances_sharing_identity(
+    tx: &Transaction<'_>,
+    batch: &[&PreparedReport],
+    stored: &[usize],
+) -> Result<Vec<(String, Option<String>, Option<String>)>, StorageError> {
+    let machine_ids: Vec<&str> = stored
+        .iter()
+        .filter_map(|&i| batch[i].state.machine_id.as_deref())
+        .collect();
+    let uuids: Vec<Uuid> = stored
+        .iter()
+        .filter_map(|&i| batch[i].state.system_uuid)
+        .collect();
+    if machine_ids.is_empty() && uuids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT serial, machine_id, system_uuid::text FROM appliances
+             WHERE machine_id = ANY($1) OR system_uuid = ANY($2)",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&machine_ids, &uuids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// A machine-id or system UUID that another serial reports too: a cloned image.
+fn identity_shared(
+    r: &PreparedReport,
+    batch: &[&PreparedReport],
+    stored: &[usize],
+    shared: &[(String, Option<String>, Option<String>)],
+    writes: &mut Writes,
+) {
+    let uuid = r.state.system_uuid.map(|u| u.to_string());
+    let mut others: Vec<(&str, Option<&str>, Option<&str>)> = shared
+        .iter()
+        .map(|(s, m, u)| (s.as_str(), m.as_deref(), u.as_deref()))
+        .collect();
+    others.extend(stored.iter().map(|&j| {
+        (
+            batch[j].serial.as_str(),
+            batch[j].state.machine_id.as_deref(),
+            None,
+        )
+    }));
+    let batch_uuids: Vec<(String, Option<String>)> = stored
+        .iter()
+        .map(|&j| {
+            (
+                batch[j].serial.clone(),
+                batch[j].state.system_uuid.map(|u| u.to_string()),
+            )
+        })
+        .collect();
+    for (serial, machine_id, system_uuid) in others.into_iter().chain(
+        batch_uuids
+            .iter()
+            .map(|(s, u)| (s.as_str(), None, u.as_deref())),
+    ) {
+        if serial == r.serial {
+            continue;
+        }
+        if let (Some(mine), Some(theirs)) = (r.state.machine_id.as_deref(), machine_id) {
+            if mine == theirs {
+                writes.identity_events.push((
+                    r.serial.clone(),
+                    "machine_id_shared",
+                    None,
+                    mine.to_owned(),
+                    Some(serial.to_owned()),
+                    r.report_id,
+                ));
+            }
+        }
+        if let (Some(mine), Some(theirs)) = (uuid.as_deref(), system_uuid) {
+            if mine == theirs {
+                writes.identity_events.push((
+                    r.serial.clone(),
+                    "system_uuid_shared",
+                    None,
+                    mine.to_owned(),
+                    Some(serial.to_owned()),
+                    r.report_id,
+                ));
+            }
+        }
+    }
+}
+
+/// A serial whose system UUID or machine-id changed: chassis or board swapped, re-imaged.
+fn identity_changed(b: &Before, r: &PreparedReport, writes: &mut Writes) {
+    if b.fresh {
+        return;
+    }
+    let uuid = r.state.system_uuid.map(|u| u.to_string());
+    for (kind, old, new) in [
+        ("system_uuid_changed", &b.system_uuid, &uuid),
+        ("machine_id_changed", &b.machine_id, &r.state.machine_id),
+    ] {
+        if let (Some(old), Some(new)) = (old, new) {
+            if old != new {
+                writes.identity_events.push((
+                    r.serial.clone(),
+                    kind,
+                    Some(old.clone()),
+                    new.clone(),
+                    None,
+                    r.report_id,
+                ));
+            }
+        }
+    }
+}
+
+fn versions_changed(b: &Before, r: &PreparedReport, writes: &mut Writes) {
+    for (component, new) in r.state.versions() {
+        let old = if b.fresh {
+            None
+        } else {
+            b.versions.get(component).cloned().flatten()
+        };
+        if old.as_deref() != new && !(b.fresh && new.is_none()) {
+            writes.version_changes.push((
+                b.id,
+                component,
+                old,
+                new.map(str::to_owned),
+                r.collected_at,
+                r.report_id,
+            ));
+        }
+    }
+}
+
+fn membership_changed(
+    b: &Before,
+    r: &PreparedReport,
+    drive_ids: &HashMap<String, i32>,
+    members: &HashMap<i32, Vec<Member>>,
+    latest: &HashMap<i32, (i64, i32, bool)>,
+    writes: &mut Writes,
+) {
+    // Open memberships as this batch has left them so far.
+    let mut open: Vec<(Option<i64>, i32, String)> = members
+        .get(&b.id)
+        .into_iter()
+        .flatten()
+        .map(|m| (Some(m.id), m.drive_id, m.device_name.clone()))
+        .collect();
+    let opened_here: Vec<(i32, String)> = writes
+        .opened
+        .iter()
+        .filter(|(a, _, _, _)| *a == b.id)
+        .map(|(_, d, n, _)| (*d, n.clone()))
+        .collect();
+    let closed_here: HashSet<i64> = writes.closed.iter().map(|(id, _)| *id).collect();
+    open.retain(|(id, _, _)| id.is_none_or(|id| !closed_here.contains(&id)));
+    open.extend(opened_here.into_iter().map(|(d, n)| (None, d, n)));
+
+    let present: HashMap<i32, &str> = r
+        .drives
+        .iter()
+        .filter_map(|d| {
+            drive_ids
+                .get(&d.key)
+                .map(|id| (*id, d.device_name.as_str()))
+        })
+        .collect();
+    for (drive_id, device_name) in &present {
+        if open.iter().any(|(_, d, _)| d == drive_id) {
+            continue;
+        }
+        let mut kind = (!b.fresh).then_some("appeared");
+        let mut from = None;
+        if let Some(&(membership, appliance, still_open)) = latest.get(drive_id) {
+            // Moved: it left another appliance (that one's report no longer showed it) and
+            // turns up here. A drive still open elsewhere is not taken from there: two
+            // appliances can report one key at once (virtual disks share serials), and a
+            // batch only ever changes rows of appliances it holds locked.
+            let left = !still_open || closed_here.contains(&membership);
+            if appliance != b.id && left {
+                kind = Some("moved");
+                from = Some(appliance);
+            }
+        }
+        writes
+            .opened
+            .push((b.id, *drive_id, (*device_name).to_owned(), r.collected_at));
+        if let Some(kind) = kind {
+            writes.drive_events.push((
+                *drive_id,
+                b.id,
+                kind,
+                from,
+                (*device_name).to_owned(),
+                r.collected_at,
+                r.report_id,
+            ));
+        }
+    }
+    if !r.smart_complete {
+        return;
+    }
+    for (membership, drive_id, device_name) in &open {
+        if present.contains_key(drive_id) || r.unidentified_devices.contains(device_name) {
+            continue;
+        }
+        match membership {
+            Some(id) => writes.closed.push((*id, r.collected_at)),
+            // Opened earlier in this batch and gone again: drop the opening.
+            None => writes
+                .opened
+                .retain(|(a, d, _, _)| !(*a == b.id && d == drive_id)),
+        }
+        writes.drive_events.push((
+            *drive_id,
+            b.id,
+            "disappeared",
+            None,
+            device_name.clone(),
+            r.collected_at,
+            r.report_id,
+        ));
+    }
+}
+
+async fn insert_samples(
+    tx: &Transaction<'_>,
+    batch: &[&PreparedReport],
+    stored: &[usize],
+    before: &HashMap<String, Before>,
+    drive_ids: &HashMap<String, i32>,
+) -> Result<(), StorageError> {
+    let id = |i: usize| before[&batch[i].serial].id;
+    let drives: Vec<(usize, &super::rows::DriveRow)> = stored
+        .iter()
+        .flat_map(|&i| batch[i].drives.iter().map(move |d| (i, d)))
+        .collect();
+    let filesystems: Vec<(usize, &super::rows::FilesystemRow)> = stored
+        .iter()
+        .flat_map(|&i| batch[i].filesystems.iter().map(move |f| (i, f)))
+        .collect();
+    let nics: Vec<(usize, &super::rows::NicRow)> = stored
+        .iter()
+        .flat_map(|&i| batch[i].nics.iter().map(move |n| (i, n)))
+        .collect();
+
+    let drive_stmt = tx
+        .prepare_cached(
+            "INSERT INTO drive_samples (collected_at, appliance_id, drive_id, power_on_hours,
+                 temperature_celsius, nvme_critical_warning, nvme_available_spare,
+                 nvme_percentage_used, health_passed, failing, reallocated_sectors,
+                 pending_sectors, offline_uncorrectable, crc_errors, nvme_media_errors,
+                 scsi_grown_defects, scsi_uncorrected)
+             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::int[],
+                 $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[], $9::bool[],
+                 $10::bool[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[],
+                 $15::bigint[], $16::bigint[], $17::bigint[])",
+        )
+        .await?;
+    let fs_stmt = tx
+        .prepare_cached(
+            "INSERT INTO filesystem_samples (collected_at, appliance_id, bytes_total, bytes_used,
+                 inodes_total, inodes_used, mount_point)
+             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::bigint[], $4::bigint[],
+                 $5::bigint[], $6::bigint[], $7::text[])",
+        )
+        .await?;
+    let nic_stmt = tx
+        .prepare_cached(
+            "INSERT INTO nic_samples (collected_at, appliance_id, rx_bytes, tx_bytes, rx_errors,
+                 tx_errors, rx_dropped, tx_dropped, name)
+             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::bigint[], $4::bigint[],
+                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[])",
+        )
+        .await?;
+
+    let s = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i16>| {
+        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
+    };
+    let l = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i64>| {
+        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
+    };
+    let drive_insert = async {
+        if drives.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            &drive_stmt,
+            &[
+                &drives
+                    .iter()
+                    .map(|(i, _)| batch[*i].collected_at)
+                    .collect::<Vec<_>>(),
+                &drives.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
+                &drives
+                    .iter()
+                    .map(|(_, d)| drive_ids.get(&d.key).copied())
+                    .collect::<Vec<_>>(),
+                &drives
+                    .iter()
+                    .map(|(_, d)| d.sample.power_on_hours)
+                    .collect::<Vec<_>>(),
+                &s(&|d| d.temperature_celsius),
+                &s(&|d| d.nvme_critical_warning),
+                &s(&|d| d.nvme_available_spare),
+                &s(&|d| d.nvme_percentage_used),
+                &drives
+                    .iter()
+                    .map(|(_, d)| d.sample.health_passed)
+                    .collect::<Vec<_>>(),
+                &drives
+                    .iter()
+                    .map(|(_, d)| d.sample.failing)
+                    .collect::<Vec<_>>(),
+                &l(&|d| d.reallocated_sectors),
+                &l(&|d| d.pending_sectors),
+                &l(&|d| d.offline_uncorrectable),
+                &l(&|d| d.crc_errors),
+                &l(&|d| d.nvme_media_errors),
+                &l(&|d| d.scsi_grown_defects),
+                &l(&|d| d.scsi_uncorrected),
+            ],
+        )
+        .await
+    };
+    let fs_insert = async {
+        if filesystems.is_empty() {
+            return Ok(0);
+        }
+        tx.execute(
+            &fs_stmt,
+            &[
+                &filesystems
+                    .iter()
+                    .map(|(i, _)| batch[*i].collected_at)
+                    .collect::<Vec<_>>(),
+                &filesystems.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
+                &filesystems
+                    .iter()
+                    .map(|(_, f)| f.bytes_total)
+                    .collect::<Vec<_>>(),
+                &filesystems
+                    .iter()
+                    .map(|(_, f)| f.bytes_used)
+                    .collect::<Vec<_>>(),
+                &filesystems
+                    .iter()
+                    .map(|(_, f)| f.inodes_total)
+                    .collect::<Vec<_>>(),
+                &filesystems
+                    .iter()
+                    .map(|(_, f)| f.inodes_used)
+                    .collect::<Vec<_>>(),
+                &filesystems
+                    .iter()
+                    .map(|(_, f)| f.mount_point.as_str())
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await
+    };
+    let nic_insert = async {
+        if nics.is_empty() {
+            return Ok(0);
+        }
+        let c = |f: &dyn Fn(&super::rows::NicRow) -> Option<i64>| {
+            nics.iter().map(|(_, n)| f(n)).collect::<Vec<_>>()
+        };
+        tx.execute(
+            &nic_stmt,
+            &[
+                &nics
+                    .iter()
+                    .map(|(i, _)| batch[*i].collected_at)
+                    .collect::<Vec<_>>(),
+                &nics.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
+                &c(&|n| n.rx_bytes),
+                &c(&|n| n.tx_bytes),
+                &c(&|n| n.rx_errors),
+                &c(&|n| n.tx_errors),
+                &c(&|n| n.rx_dropped),
+                &c(&|n| n.tx_dropped),
+                &nics
+                    .iter()
+                    .map(|(_, n)| n.name.as_str())
+                    .collect::<Vec<_>>(),
+            ],
+        )
+        .await
+    };
+    tokio::try_join!(drive_insert, fs_insert, nic_insert)?;
+    Ok(())
+}
+
+async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageError> {
+    let identity = async {
+        if w.identity_events.is_empty() {
+            return Ok(0);
+        }
+        let e = &w.identity_events;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO identity_events (serial, kind, old_value, new_value, other_serial,
+                     report_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                     $5::text[], $6::uuid[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let n = tx
+            .execute(
+                &stmt,
+                &[
+                    &e.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.1).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.2.as_deref()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.3.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.4.as_deref()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.5).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        if n > 0 {
+            // Chassis swaps and cloned images are what operators must hear about; the rows
+            // are in identity_events.
+            tracing::warn!(
+                events = n,
+                serials = ?e.iter().map(|x| x.0.as_str()).collect::<HashSet<_>>(),
+                "identity events recorded (system UUID or machine-id changed or shared)"
+            );
+        }
+        Ok::<_, StorageError>(n)
+    };
+    let versions = async {
+        if w.version_changes.is_empty() {
+            return Ok(0);
+        }
+        let v = &w.version_changes;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO version_changes (appliance_id, component, old_version, new_version,
+                     changed_at, report_id)
+                 SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[],
+                     $5::timestamptz[], $6::uuid[])",
+            )
+            .await?;
+        Ok(tx
+            .execute(
+                &stmt,
+                &[
+                    &v.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.1).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.2.as_deref()).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.3.as_deref()).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.4).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.5).collect::<Vec<_>>(),
+                ],
+            )
+            .await?)
+    };
+    let membership = async {
+        if w.closed.is_empty() && w.opened.is_empty() {
+            return Ok(0);
+        }
+        // Closing first: a drive that moved in this batch must leave before it arrives.
+        let close = tx
+            .prepare_cached(
+                "UPDATE drive_membership m SET until_at = c.at
+                 FROM unnest($1::bigint[], $2::timestamptz[]) AS c(id, at)
+                 WHERE m.id = c.id AND m.until_at IS NULL",
+            )
+            .await?;
+        let open = tx
+            .prepare_cached(
+                "INSERT INTO drive_membership (appliance_id, drive_id, device_name, from_at)
+                 SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::timestamptz[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let c = &w.closed;
+        let mut n = tx
+            .execute(
+                &close,
+                &[
+                    &c.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    &c.iter().map(|x| x.1).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        let o = &w.opened;
+        n += tx
+            .execute(
+                &open,
+                &[
+                    &o.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.1).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.2.as_str()).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.3).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        Ok(n)
+    };
+    let drive_events = async {
+        if w.drive_events.is_empty() {
+            return Ok(0);
+        }
+        let e = &w.drive_events;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO drive_events (drive_id, appliance_id, kind, from_appliance_id,
+                     device_name, at, report_id)
+                 SELECT * FROM unnest($1::int[], $2::int[], $3::text[], $4::int[], $5::text[],
+                     $6::timestamptz[], $7::uuid[])",
+            )
+            .await?;
+        Ok(tx
+            .execute(
+                &stmt,
+                &[
+                    &e.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.1).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.2).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.3).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.4.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.5).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.6).collect::<Vec<_>>(),
+                ],
+            )
+            .await?)
+    };
+    tokio::try_join!(identity, versions, membership, drive_events)?;
+    Ok(())
+}
+
+/// Counts for every appliance with a stored report; state from its newest report when that
+/// is newer than what was known.
+async fn update_appliances(
+    tx: &Transaction<'_>,
+    states: &BTreeMap<&str, Progress<'_>>,
+) -> Result<(), StorageError> {
+    let counts = tx
+        .prepare_cached(
+            "UPDATE appliances a SET report_count = a.report_count + u.n,
+                 last_report_at = GREATEST(a.last_report_at, u.at)
+             FROM unnest($1::int[], $2::bigint[], $3::timestamptz[]) AS u(id, n, at)
+             WHERE a.id = u.id",
+        )
+        .await?;
+    let ids: Vec<i32> = states.values().map(|s| s.0.id).collect();
+    tx.execute(
+        &counts,
+        &[
+            &ids,
+            &states.values().map(|s| s.2).collect::<Vec<_>>(),
+            &states.values().map(|s| s.3).collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    let newest: Vec<(i32, &PreparedReport)> = states
+        .values()
+        .filter_map(|s| s.1.map(|r| (s.0.id, r)))
+        .collect();
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE appliances a SET
+                 hostname = u.hostname, system_uuid = u.system_uuid, machine_id = u.machine_id,
+                 last_collected_at = u.collected_at, last_report_id = u.report_id,
+                 app_version = u.app_version, app_status = u.app_status,
+                 os_pretty_name = u.os, kernel = u.kernel,
+                 collector_version = u.collector_version, drive_count = u.drives,
+                 failing_drive_count = u.failing, filesystem_count = u.filesystems,
+                 nic_count = u.nics, collection_errors = u.errors,
+                 dropped_reports = u.dropped, last_cert_sha256 = u.cert
+             FROM unnest($1::int[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
+                 $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                 $12::int[], $13::int[], $14::int[], $15::int[], $16::int[], $17::bigint[],
+                 $18::bytea[])
+                 AS u(id, hostname, system_uuid, machine_id, collected_at, report_id,
+                      app_version, app_status, os, kernel, collector_version, drives, failing,
+                      filesystems, nics, errors, dropped, cert)
+             WHERE a.id = u.id",
+        )
+        .await?;
+    let st = |f: &dyn Fn(&CurrentState) -> i32| {
+        newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()
+    };
+    let text = |f: &dyn Fn(&CurrentState) -> Option<&str>| {
+        newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()
+    };
+    tx.execute(
+        &stmt,
+        &[
+            &newest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            &text(&|s| s.hostname.as_deref()),
+            &newest
+                .iter()
+                .map(|(_, r)| r.state.system_uuid)
+                .collect::<Vec<_>>(),
+            &text(&|s| s.machine_id.as_deref()),
+            &newest
+                .iter()
+                .map(|(_, r)| r.collected_at)
+                .collect::<Vec<_>>(),
+            &newest.iter().map(|(_, r)| r.report_id).collect::<Vec<_>>(),
+            &text(&|s| s.app_version.as_deref()),
+            &text(&|s| Some(s.app_status)),
+            &text(&|s| s.os.as_deref()),
+            &text(&|s| s.kernel.as_deref()),
+            &text(&|s| Some(s.collector_version.as_str())),
+            &st(&|s| s.drive_count),
+            &st(&|s| s.failing_drive_count),
+            &st(&|s| s.filesystem_count),
+            &st(&|s| s.nic_count),
+            &st(&|s| s.collection_errors),
+            &newest
+                .iter()
+                .map(|(_, r)| r.state.dropped_reports)
+                .collect::<Vec<_>>(),
+            &newest
+                .iter()
+                .map(|(_, r)| r.cert_sha256.as_slice())
+                .collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,440 @@
+//! Housekeeping that must run once for the whole fleet, whichever replica does it: monthly
+//! partitions created ahead, retention by dropping whole months, the report-body dictionary,
+//! and the per-day version counts. Every replica runs the loop; a session-level advisory lock
+//! and the time of the last logged run make sure one run happens per interval.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use deadpool_postgres::Object;
+
+use super::evidence;
+use super::{Storage, StorageError};
+
+/// Tables partitioned by month of `collected_at`.
+pub const PARTITIONED: [&str; 4] = [
+    "reports",
+    "drive_samples",
+    "filesystem_samples",
+    "nic_samples",
+];
+
+/// Held by the replica running maintenance.
+const MAINTENANCE_LOCK: i64 = 8_424_200_002;
+/// Serialises partition DDL (CREATE TABLE … PARTITION OF races on the catalog otherwise).
+const PARTITION_LOCK: i64 = 8_424_200_003;
+
+/// Months ahead of the current one that always have partitions.
+const MONTHS_AHEAD: u32 = 2;
+/// Reports needed before a first dictionary is trained.
+const DICTIONARY_MIN_REPORTS: i64 = 500;
+/// Samples a dictionary is trained on.
+const DICTIONARY_SAMPLES: i64 = 2_000;
+/// A dictionary older than this is replaced, so that it follows what the fleet now sends.
+const DICTIONARY_MAX_AGE_DAYS: i64 = 30;
+
+/// A calendar month (UTC), the unit of partitioning and retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Month {
+    pub year: i32,
+    pub month: u32,
+}
+
+impl Month {
+    pub fn of(t: DateTime<Utc>) -> Self {
+        Month {
+            year: t.year(),
+            month: t.month(),
+        }
+    }
+
+    pub fn next(self) -> Self {
+        if self.month == 12 {
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
+        } else {
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
+        }
+    }
+
+    pub fn start(self) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(self.year, self.month, 1, 0, 0, 0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// `reports_y2026m11` for `reports`.
+    pub fn partition(self, table: &str) -> String {
+        format!("{table}_y{:04}m{:02}", self.year, self.month)
+    }
+
+    /// The month a partition name stands for, if it is one of ours.
+    pub fn from_partition(table: &str, name: &str) -> Option<Self> {
+        let rest = name.strip_prefix(table)?.strip_prefix("_y")?;
+        let (y, m) = rest.split_once('m')?;
+        if y.len() != 4 || m.len() != 2 {
+            return None;
+        }
+        let month = Month {
+            year: y.parse().ok()?,
+            month: m.parse().ok()?,
+        };
+        (1..=12).contains(&month.month).then_some(month)
+    }
+}
+
+/// Creates `month`'s partition of every partitioned table that lacks one; returns how many
+/// were created. Idempotent, and safe against other replicas doing the same.
+pub async fn ensure_month(client: &Object, month: Month) -> Result<u32, StorageError> {
+    let exists = client
+        .prepare_cached("SELECT to_regclass($1) IS NOT NULL")
+        .await?;
+    let mut missing = Vec::new();
+    for table in PARTITIONED {
+        let name = month.partition(table);
+        let present: bool = client.query_one(&exists, &[&name]).await?.get(0);
+        if !present {
+            missing.push(table);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let from = month.start().format("%Y-%m-%d %H:%M:%S+00");
+    let to = month.next().start().format("%Y-%m-%d %H:%M:%S+00");
+    let mut sql = format!("SELECT pg_advisory_xact_lock({PARTITION_LOCK});");
+    for table in &missing {
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} \
+             FOR VALUES FROM ('{from}') TO ('{to}');",
+            name = month.partition(table)
+        ));
+    }
+    // One implicit transaction: the lock is held until every CREATE is done.
+    client.batch_execute(&format!("BEGIN;{sql}COMMIT;")).await?;
+    tracing::info!(
+        month = %format!("{:04}-{:02}", month.year, month.month),
+        tables = ?missing,
+        "created partitions"
+    );
+    Ok(u32::try_from(missing.len()).unwrap_or(u32::MAX))
+}
+
+/// What one maintenance run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub partitions_created: u32,
+    pub partitions_dropped: u32,
+    pub dictionary_trained: Option<i16>,
+    pub version_days: u32,
+}
+
+/// Runs maintenance unless another replica is running it or ran it less than `interval` ago.
+/// `None` means this replica had nothing to do.
+pub async fn run_once(
+    storage: &Storage,
+    replica: &str,
+    interval: Duration,
+) -> Result<Option<RunSummary>, StorageError> {
+    let client = storage.pool().get().await?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let result = run_locked(storage, &client, replica, interval).await;
+    // Unlock even after a failure: the lock is per session and the session goes back to the
+    // pool.
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .await?;
+    result
+}
+
+async fn run_locked(
+    storage: &Storage,
+    client: &Object,
+    replica: &str,
+    interval: Duration,
+) -> Result<Option<RunSummary>, StorageError> {
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    let recent: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM maintenance_runs
+                 WHERE started_at > now() - make_interval(secs => $1::float8 / 1000))",
+            &[&(interval_ms as f64)],
+        )
+        .await?
+        .get(0);
+    if recent {
+        return Ok(None);
+    }
+    let run_id: i64 = client
+        .query_one(
+            "INSERT INTO maintenance_runs (replica, started_at) VALUES ($1, clock_timestamp())
+             RETURNING id",
+            &[&replica],
+        )
+        .await?
+        .get(0);
+    let work = async {
+        let mut summary = RunSummary::default();
+        let now = Utc::now();
+        let mut month = Month::of(now);
+        for _ in 0..=MONTHS_AHEAD {
+            summary.partitions_created += ensure_month(client, month).await?;
+            month = month.next();
+        }
+        summary.partitions_dropped =
+            drop_expired(client, now, storage.settings().retention_days).await?;
+        summary.dictionary_trained = train_dictionary(storage, client).await?;
+        summary.version_days = version_counts(client, now).await?;
+        Ok::<_, StorageError>(summary)
+    };
+    let result = work.await;
+    let (summary, error) = match &result {
+        Ok(s) => (s.clone(), None),
+        Err(e) => (RunSummary::default(), Some(e.to_string())),
+    };
+    client
+        .execute(
+            "UPDATE maintenance_runs SET finished_at = clock_timestamp(),
+                 partitions_created = $2, partitions_dropped = $3, dictionary_trained = $4,
+                 error = $5
+             WHERE id = $1",
+            &[
+                &run_id,
+                &i32::try_from(summary.partitions_created).unwrap_or(i32::MAX),
+                &i32::try_from(summary.partitions_dropped).unwrap_or(i32::MAX),
+                &summary.dictionary_trained,
+                &error,
+            ],
+        )
+        .await?;
+    result.map(Some)
+}
+
+/// Drops every month of history that ended more than `retention_days` ago.
+async fn drop_expired(
+    client: &Object,
+    now: DateTime<Utc>,
+    retention_days: u32,
+) -> Result<u32, StorageError> {
+    let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+    let rows = client
+        .query(
+            "SELECT p.relname, c.relname FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             JOIN pg_class p ON p.oid = i.inhparent
+             WHERE p.relname = ANY($1)",
+            &[&PARTITIONED.as_slice()],
+        )
+        .await?;
+    let mut dropped = 0;
+    for row in rows {
+        let table: String = row.get(0);
+        let name: String = row.get(1);
+        let Some(month) = Month::from_partition(&table, &name) else {
+            continue;
+        };
+        if month.next().start() <= cutoff {
+            client
+                .batch_execute(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({PARTITION_LOCK}); \
+                     DROP TABLE IF EXISTS {name}; COMMIT;"
+                ))
+                .await?;
+            tracing::info!(partition = %name, retention_days, "dropped expired history");
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
+/// Trains a report-body dictionary when there is none yet (and enough reports to learn from),
+/// or when the newest is older than a month.
+async fn train_dictionary(storage: &Storage, client: &Object) -> Result<Option<i16>, StorageError> {
+    let newest: Option<DateTime<Utc>> = client
+        .query_one("SELECT max(created_at) FROM body_dictionaries", &[])
+        .await?
+        .get(0);
+    if newest.is_some_and(|t| Utc::now() - t < chrono::Duration::days(DICTIONARY_MAX_AGE_DAYS)) {
+        return Ok(None);
+    }
+    let recent: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM reports
+                 WHERE collected_at > now() - interval '31 days' LIMIT $1) s",
+            &[&DICTIONARY_MIN_REPORTS],
+        )
+        .await?
+        .get(0);
+    if recent < DICTIONARY_MIN_REPORTS {
+        return Ok(None);
+    }
+    storage.load_dictionaries().await?;
+    let rows = client
+        .query(
+            "SELECT body, body_dictionary FROM reports
+             WHERE collected_at > now() - interval '31 days' LIMIT $1",
+            &[&DICTIONARY_SAMPLES],
+        )
+        .await?;
+    let mut samples = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: Vec<u8> = row.get(0);
+        let dictionary: Option<i16> = row.get(1);
+        match storage.codec().decompress(&body, dictionary) {
+            Ok(json) => samples.push(json.into_bytes()),
+            Err(e) => tracing::warn!(error = %e, "dictionary training: skipped a body"),
+        }
+    }
+    let count = samples.len();
+    let Some(dict) = tokio::task::spawn_blocking(move || evidence::train(&samples))
+        .await
+        .ok()
+        .flatten()
+    else {
+        tracing::warn!(
+            samples = count,
+            "dictionary training found nothing to learn"
+        );
+        return Ok(None);
+    };
+    let id: i16 = client
+        .query_one(
+            "INSERT INTO body_dictionaries (id, samples, dict)
+             SELECT coalesce(max(id), 0) + 1, $1, $2 FROM body_dictionaries
+             RETURNING id",
+            &[&i32::try_from(count).unwrap_or(i32::MAX), &dict],
+        )
+        .await?
+        .get(0);
+    storage.codec().add(id, &dict);
+    tracing::info!(
+        dictionary = id,
+        samples = count,
+        bytes = dict.len(),
+        "trained a report-body dictionary; new reports are compressed with it"
+    );
+    Ok(Some(id))
+}
+
+/// Recomputes how many appliances ran which version at the end of each day, for the days
+/// not computed yet and the last three (late reports can still change those).
+async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, StorageError> {
+    let today = now.date_naive();
+    let row = client
+        .query_one(
+            "SELECT (SELECT max(day) FROM version_counts_daily),
+                    (SELECT min(changed_at) FROM version_changes)",
+            &[],
+        )
+        .await?;
+    let computed: Option<NaiveDate> = row.get(0);
+    let first_change: Option<DateTime<Utc>> = row.get(1);
+    let Some(first_change) = first_change else {
+        return Ok(0);
+    };
+    let from = match computed {
+        Some(day) => day - chrono::Duration::days(2),
+        None => first_change.date_naive(),
+    }
+    .max(first_change.date_naive())
+    .min(today);
+    let days = u32::try_from((today - from).num_days() + 1).unwrap_or(0);
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        client
+            .execute(
+                "DELETE FROM version_counts_daily WHERE day BETWEEN $1 AND $2",
+                &[&from, &today],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO version_counts_daily (day, component, version, appliances)
+                 SELECT d.day::date, v.component, coalesce(v.new_version, ''), count(*)
+                 FROM generate_series($1::date, $2::date, interval '1 day') AS d(day)
+                 CROSS JOIN LATERAL (
+                     SELECT DISTINCT ON (appliance_id, component) component, new_version
+                     FROM version_changes
+                     WHERE changed_at < d.day + interval '1 day'
+                     ORDER BY appliance_id, component, changed_at DESC, id DESC
+                 ) v
+                 GROUP BY 1, 2, 3",
+                &[&from, &today],
+            )
+            .await?;
+        Ok::<_, StorageError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    Ok(days)
+}
+
+/// Runs maintenance every `interval` until the process ends; every replica runs this loop.
+pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match run_once(&storage, &replica, interval).await {
+                Ok(Some(summary)) => tracing::info!(?summary, "maintenance run finished"),
+                Ok(None) => tracing::debug!("maintenance: another replica ran it recently"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "maintenance run failed; next try in one interval")
+                }
+            }
+            // A dictionary trained by another replica is picked up within one interval.
+            if let Err(e) = storage.load_dictionaries().await {
+                tracing::debug!(error = %e, "cannot refresh report-body dictionaries");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip_and_months_roll_over() {
+        let m = Month {
+            year: 2026,
+            month: 12,
+        };
+        assert_eq!(m.partition("reports"), "reports_y2026m12");
+        assert_eq!(
+            Month::from_partition("reports", "reports_y2026m12"),
+            Some(m)
+        );
+        assert_eq!(
+            m.next(),
+            Month {
+                year: 2027,
+                month: 1
+            }
+        );
+        assert_eq!(m.next().start().to_rfc3339(), "2027-01-01T00:00:00+00:00");
+        // Another table's partitions, or someone else's tables, are not ours to drop.
+        assert_eq!(
+            Month::from_partition("reports", "drive_samples_y2026m12"),
+            None
+        );
+        assert_eq!(Month::from_partition("reports", "reports_y2026m13"), None);
+        assert_eq!(Month::from_partition("reports", "reports_legacy"), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! A report turned into the rows the history model keeps. This runs on the request's own task,
+//! before the report joins a write batch, so the writer only moves rows and both cores share the
+//! compression work.
+
+use chrono::{DateTime, Utc};
+use phonehome_schema::{Report, SmartDevice};
+use uuid::Uuid;
+
+/// Everything one report writes, ready for the batch writer.
+#[derive(Debug, Clone)]
+pub struct PreparedReport {
+    pub serial: String,
+    pub report_id: Uuid,
+    pub collected_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub cert_sha256: Vec<u8>,
+    /// zstd-compressed JSON exactly as received.
+    pub body: Vec<u8>,
+    /// The dictionary `body` was compressed with, if any.
+    pub body_dictionary: Option<i16>,
+    pub state: CurrentState,
+    pub drives: Vec<DriveRow>,
+    /// `/dev` names of devices present but without an identity (in standby, or not readable):
+    /// a drive last seen under one of these names has not disappeared.
+    pub unidentified_devices: Vec<String>,
+    /// Whether the SMART section was collected without a section-level error; only then can a
+    /// drive's absence mean it is gone.
+    pub smart_complete: bool,
+    pub filesystems: Vec<FilesystemRow>,
+    pub nics: Vec<NicRow>,
+}
+
+/// What a report says about the appliance's current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentState {
+    pub hostname: Option<String>,
+    pub system_uuid: Option<Uuid>,
+    pub machine_id: Option<String>,
+    pub app_version: Option<String>,
+    pub app_status: &'static str,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub collector_version: String,
+    pub drive_count: i32,
+    pub failing_drive_count: i32,
+    pub filesystem_count: i32,
+    pub nic_count: i32,
+    pub collection_errors: i32,
+    pub dropped_reports: i64,
+}
+
+impl CurrentState {
+    /// The versions the patch audit trail follows, by component name.
+    pub fn versions(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            ("app", self.app_version.as_deref()),
+            ("os", self.os.as_deref()),
+            ("kernel", self.kernel.as_deref()),
+            ("collector", Some(self.collector_version.as_str())),
+        ]
+    }
+}
+
+/// One drive in one report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriveRow {
+    /// `wwn:…` or `sn:MODEL/SERIAL`: stable across reboots and slots.
+    pub key: String,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub wwn: Option<String>,
+    pub device_name: String,
+    pub sample: DriveSample,
+}
+
+/// The per-report values alerts and charts need.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DriveSample {
+    pub power_on_hours: Option<i32>,
+    pub temperature_celsius: Option<i16>,
+    pub nvme_critical_warning: Option<i16>,
+    pub nvme_available_spare: Option<i16>,
+    pub nvme_percentage_used: Option<i16>,
+    pub health_passed: Option<bool>,
+    pub failing: bool,
+    pub reallocated_sectors: Option<i64>,
+    pub pending_sectors: Option<i64>,
+    pub offline_uncorrectable: Option<i64>,
+    pub crc_errors: Option<i64>,
+    pub nvme_media_errors: Option<i64>,
+    pub scsi_grown_defects: Option<i64>,
+    pub scsi_uncorrected: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesystemRow {
+    pub mount_point: String,
+    pub bytes_total: i64,
+    pub bytes_used: i64,
+    pub inodes_total: i64,
+    pub inodes_used: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NicRow {
+    pub name: String,
+    pub rx_bytes: Option<i64>,
+    pub tx_bytes: Option<i64>,
+    pub rx_errors: Option<i64>,
+    pub tx_errors: Option<i64>,
+    pub rx_dropped: Option<i64>,
+    pub tx_dropped: Option<i64>,
+}
+
+/// Counters are u64 in the report and bigint in PostgreSQL; a value past i64::MAX is garbage
+/// from a broken drive or driver, kept verbatim in the body and saturated here rather than
+/// failing the whole batch.
+fn big(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn big_required(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The drive's stable key, if it has an identity at all.
+pub fn drive_key(d: &SmartDevice) -> Option<String> {
+    let clean = |s: &Option<String>| {
+        s.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    if let Some(wwn) = clean(&d.wwn) {
+        let wwn: String = wwn
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        return Some(format!("wwn:{wwn}"));
+    }
+    let serial = clean(&d.serial)?;
+    let model = clean(&d.model).unwrap_or_default();
+    Some(format!("sn:{model}/{serial}"))
+}
+
+fn drive_sample(d: &SmartDevice) -> DriveSample {
+    let nvme = d.nvme.as_ref();
+    let scsi = d.scsi.as_ref();
+    let scsi_uncorrected = scsi.and_then(|s| {
+        let parts = [&s.read, &s.write, &s.verify]
+            .into_iter()
+            .filter_map(|c| c.as_ref().and_then(|c| c.uncorrected))
+            .collect::<Vec<_>>();
+        (!parts.is_empty()).then(|| parts.into_iter().fold(0u64, u64::saturating_add))
+    });
+    DriveSample {
+        power_on_hours: d
+            .power_on_hours
+            .map(|h| i32::try_from(h).unwrap_or(i32::MAX)),
+        temperature_celsius: d
+            .temperature_celsius
+            .map(|t| t.clamp(i16::MIN.into(), i16::MAX.into()) as i16),
+        nvme_critical_warning: nvme.and_then(|n| n.critical_warning).map(i16::from),
+        nvme_available_spare: nvme.and_then(|n| n.available_spare_percent).map(i16::from),
+        nvme_percentage_used: nvme.and_then(|n| n.percentage_used).map(i16::from),
+        health_passed: d.health_passed,
+        failing: d.failing,
+        reallocated_sectors: big(d.reallocated_sectors),
+        pending_sectors: big(d.pending_sectors),
+        offline_uncorrectable: big(d.uncorrectable_errors),
+        crc_errors: big(d.crc_errors),
+        nvme_media_errors: big(nvme.and_then(|n| n.media_errors)),
+        scsi_grown_defects: big(scsi.and_then(|s| s.grown_defects)),
+        scsi_uncorrected: big(scsi_uncorrected),
+    }
+}
+
+/// The rows of `report`; `body` is the compressed JSON and its dictionary.
+pub fn prepare(
+    report: &Report,
+    cert_sha256: &[u8],
+    received_at: DateTime<Utc>,
+    body: (Vec<u8>, Option<i16>),
+) -> PreparedReport {
+    let mut drives: Vec<DriveRow> = Vec::new();
+    let mut unidentified_devices = Vec::new();
+    for d in &report.smart.devices {
+        match drive_key(d) {
+            // One drive seen through two paths (multipath, a RAID controller's pass-through)
+            // is still one drive.
+            Some(key) if !drives.iter().any(|r| r.key == key) => drives.push(DriveRow {
+                key,
+                model: d.model.clone(),
+                serial: d.serial.clone(),
+                wwn: d.wwn.clone(),
+                device_name: d.name.clone(),
+                sample: drive_sample(d),
+            }),
+            Some(_) => {}
+            None => unidentified_devices.push(d.name.clone()),
+        }
+    }
+    // An error naming a device (a RAID member that timed out) leaves that device unidentified;
+    // one naming no device (smartctl missing, the scan failed) leaves every drive unaccounted.
+    let mut smart_complete = true;
+    for e in &report.smart.errors {
+        match e.item.strip_prefix("/dev/") {
+            Some(_) => unidentified_devices.push(
+                e.item
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or(&e.item)
+                    .to_owned(),
+            ),
+            None => smart_complete = false,
+        }
+    }
+    let mut filesystems: Vec<FilesystemRow> = Vec::new();
+    for f in &report.filesystems.filesystems {
+        if filesystems.iter().any(|r| r.mount_point == f.mount_point) {
+            continue;
+        }
+        filesystems.push(FilesystemRow {
+            mount_point: f.mount_point.clone(),
+            bytes_total: big_required(f.bytes_total),
+            bytes_used: big_required(f.bytes_used),
+            inodes_total: big_required(f.inodes_total),
+            inodes_used: big_required(f.inodes_used),
+        });
+    }
+    let mut nics: Vec<NicRow> = Vec::new();
+    for n in &report.nics.nics {
+        if nics.iter().any(|r| r.name == n.name) {
+            continue;
+        }
+        let c = |name: &str| big(n.counters.get(name).copied());
+        nics.push(NicRow {
+            name: n.name.clone(),
+            rx_bytes: c("rx_bytes"),
+            tx_bytes: c("tx_bytes"),
+            rx_errors: c("rx_errors"),
+            tx_errors: c("tx_errors"),
+            rx_dropped: c("rx_dropped"),
+            tx_dropped: c("tx_dropped"),
+        });
+    }
+    let collection_errors = report.identity.errors.len()
+        + report.system.errors.len()
+        + report.smart.errors.len()
+        + report.filesystems.errors.len()
+        + report.nics.errors.len()
+        + report.app.errors.len();
+    let os = report.system.os.as_ref().and_then(|o| {
+        o.pretty_name
+            .clone()
+            .or_else(|| match (&o.id, &o.version_id) {
+                (Some(id), Some(v)) => Some(format!("{id} {v}")),
+                (Some(id), None) => Some(id.clone()),
+                _ => None,
+            })
+    });
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let state = CurrentState {
+        hostname: report.identity.hostname.clone(),
+        system_uuid: report.identity.system_uuid,
+        machine_id: report.identity.machine_id.clone(),
+        app_version: report.app.version.clone(),
+        app_status: report.app.status.as_str(),
+        os,
+        kernel: report.system.kernel.clone(),
+        collector_version: report.collector.version.clone(),
+        drive_count: count(report.smart.devices.len()),
+        failing_drive_count: count(report.smart.devices.iter().filter(|d| d.failing).count()),
+        filesystem_count: count(filesystems.len()),
+        nic_count: count(nics.len()),
+        collection_errors: count(collection_errors),
+        dropped_reports: big_required(report.collector.dropped_reports),
+    };
+    PreparedReport {
+        serial: report.identity.serial.as_str().to_owned(),
+        report_id: report.report_id,
+        collected_at: report.collected_at,
+        received_at,
+        cert_sha256: cert_sha256.to_vec(),
+        body: body.0,
+        body_dictionary: body.1,
+        state,
+        drives,
+        unidentified_devices,
+        smart_complete,
+        filesystems,
+        nics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../schema/examples/report.json");
+
+    fn example() -> Report {
+        serde_json::from_str(EXAMPLE).unwrap()
+    }
+
+    #[test]
+    fn drives_are_keyed_by_wwn_then_model_and_serial_never_by_dev_name() {
+        let mut d = example().smart.devices[0].clone();
+        d.wwn = Some("0x5000C500 A1B2C3D4".into());
+        assert_eq!(drive_key(&d).unwrap(), "wwn:0x5000c500a1b2c3d4");
+        d.wwn = None;
+        d.model = Some("ST4000NM0035".into());
+        d.serial = Some(" ZC1234 ".into());
+        assert_eq!(drive_key(&d).unwrap(), "sn:ST4000NM0035/ZC1234");
+        d.name = "/dev/sdz".into();
+        assert_eq!(drive_key(&d).unwrap(), "sn:ST4000NM0035/ZC1234");
+        d.serial = Some("  ".into());
+        assert_eq!(drive_key(&d), None);
+    }
+
+    #[test]
+    fn the_example_report_becomes_the_rows_alerts_need() {
+        let r = example();
+        let p = prepare(&r, &[7; 32], Utc::now(), (vec![1, 2, 3], None));
+        assert_eq!(p.serial, r.identity.serial.as_str());
+        assert_eq!(p.filesystems.len(), r.filesystems.filesystems.len());
+        assert_eq!(p.nics.len(), r.nics.nics.len());
+        // The standby drive has no identity in its output; it must not count as a new drive.
+        let standby: Vec<_> = r.smart.devices.iter().filter(|d| d.in_standby).collect();
+        // ... nor must the RAID member whose read timed out.
+        assert_eq!(
+            p.unidentified_devices.len(),
+            standby.len() + r.smart.errors.len()
+        );
+        assert!(p.unidentified_devices.contains(&"/dev/bus/0".to_owned()));
+        assert!(p.smart_complete);
+        assert_eq!(p.drives.len() + standby.len(), r.smart.devices.len());
+        let ata = r
+            .smart
+            .devices
+            .iter()
+            .find(|d| d.protocol.as_deref() == Some("ATA") && !d.in_standby)
+            .unwrap();
+        let row = p
+            .drives
+            .iter()
+            .find(|row| row.device_name == ata.name)
+            .unwrap();
+        assert_eq!(
+            row.sample.reallocated_sectors,
+            ata.reallocated_sectors.map(|v| v as i64)
+        );
+        assert_eq!(
+            row.sample.power_on_hours,
+            ata.power_on_hours.map(|v| v as i32)
+        );
+        let nvme = p
+            .drives
+            .iter()
+            .find(|row| row.sample.nvme_percentage_used.is_some())
+            .unwrap();
+        assert!(nvme.sample.nvme_available_spare.is_some());
+        assert_eq!(p.state.collector_version, r.collector.version);
+    }
+
+    #[test]
+    fn garbage_counters_saturate_instead_of_failing_the_batch() {
+        let mut r = example();
+        r.smart.devices[0].power_on_hours = Some(u64::MAX);
+        r.smart.devices[0].reallocated_sectors = Some(u64::MAX);
+        r.smart.devices[0].temperature_celsius = Some(1 << 40);
+        r.filesystems.filesystems[0].bytes_total = u64::MAX;
+        let p = prepare(&r, &[0; 32], Utc::now(), (vec![], None));
+        let d = &p.drives[0].sample;
+        assert_eq!(d.power_on_hours, Some(i32::MAX));
+        assert_eq!(d.reallocated_sectors, Some(i64::MAX));
+        assert_eq!(d.temperature_celsius, Some(i16::MAX));
+        assert_eq!(p.filesystems[0].bytes_total, i64::MAX);
+    }
+
+    #[test]
+    fn a_drive_seen_twice_is_one_drive() {
+        let mut r = example();
+        let mut twin = r.smart.devices[0].clone();
+        twin.name = "/dev/bus/0".into();
+        r.smart.devices.push(twin);
+        let p = prepare(&r, &[0; 32], Utc::now(), (vec![], None));
+        let keys: std::collections::HashSet<_> = p.drives.iter().map(|d| &d.key).collect();
+        assert_eq!(keys.len(), p.drives.len());
+    }
+}

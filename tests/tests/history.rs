@@ -1,0 +1,596 @@
+//! The history model, checked in PostgreSQL: per-report time series, current state, drive
+//! membership and its events, the version audit trail and per-day counts, monthly partitions and
+//! retention, the report-body dictionary, batching under concurrency, and the move of reports
+//! kept by the walking skeleton's schema.
+
+use chrono::{Duration, Utc};
+use phonehome_ingest::storage::maintenance;
+use phonehome_ingest::storage::{InsertOutcome, Storage, StorageSettings};
+use phonehome_ingest::tls::ApplianceIdentity;
+use phonehome_schema::Report;
+use phonehome_tests::TestDb;
+
+fn identity(serial: &str) -> ApplianceIdentity {
+    ApplianceIdentity {
+        serial: serial.parse().expect("serial"),
+        cert_sha256: [7; 32],
+    }
+}
+
+/// The example report (real SMART captures: an ATA disk, an NVMe drive, a disk in standby) for
+/// `serial`, collected `days_ago` days before now.
+fn report(serial: &str, days_ago: i64) -> Report {
+    let mut r = phonehome_tests::example_report(serial);
+    r.collected_at = Utc::now() - Duration::days(days_ago);
+    r
+}
+
+async fn store(storage: &Storage, r: &Report) -> InsertOutcome {
+    let body = serde_json::to_string(r).expect("json");
+    storage
+        .insert_report(r, &identity(r.identity.serial.as_str()), &body)
+        .await
+        .expect("report stored")
+}
+
+async fn rows(db: &TestDb, sql: &str) -> Vec<Vec<String>> {
+    db.client()
+        .await
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_report_becomes_time_series_and_current_state() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let mut day1 = report("SN-TS", 1);
+    let mut day0 = report("SN-TS", 0);
+    day0.smart.devices[0].reallocated_sectors = Some(12);
+    day0.smart.devices[0].temperature_celsius = Some(51);
+    day0.filesystems.filesystems[0].bytes_used += 1_000_000;
+    day1.nics.nics[0].counters.insert("rx_errors".into(), 3);
+    day0.nics.nics[0].counters.insert("rx_errors".into(), 9);
+    assert_eq!(store(&storage, &day1).await, InsertOutcome::Stored);
+    assert_eq!(store(&storage, &day0).await, InsertOutcome::Stored);
+    assert_eq!(store(&storage, &day0).await, InsertOutcome::Duplicate);
+
+    // Per drive, keyed by WWN (the /dev name is kept only as where it sat): the ATA disk's
+    // values of each day, oldest first.
+    let ata = rows(
+        &db,
+        "SELECT d.drive_key, s.reallocated_sectors::text, s.temperature_celsius::text,
+                s.power_on_hours::text
+         FROM drive_samples s JOIN drives d ON d.id = s.drive_id
+         WHERE d.drive_key LIKE 'wwn:0x5000c500%' ORDER BY s.collected_at",
+    )
+    .await;
+    let first = &day1.smart.devices[0];
+    assert_eq!(
+        ata,
+        vec![
+            vec![
+                "wwn:0x5000c500a2b3c4d5".to_owned(),
+                first.reallocated_sectors.unwrap_or(0).to_string(),
+                first.temperature_celsius.unwrap_or(0).to_string(),
+                first.power_on_hours.unwrap_or(0).to_string(),
+            ],
+            vec![
+                "wwn:0x5000c500a2b3c4d5".to_owned(),
+                "12".into(),
+                "51".into(),
+                first.power_on_hours.unwrap_or(0).to_string(),
+            ],
+        ]
+    );
+    let nvme = rows(
+        &db,
+        "SELECT s.nvme_percentage_used::text, s.nvme_available_spare::text,
+                s.nvme_media_errors::text, s.nvme_critical_warning::text
+         FROM drive_samples s JOIN drives d ON d.id = s.drive_id
+         WHERE d.drive_key LIKE 'wwn:eui.%' ORDER BY s.collected_at LIMIT 1",
+    )
+    .await;
+    let n = day1.smart.devices[1].nvme.clone().expect("nvme health");
+    assert_eq!(
+        nvme,
+        vec![vec![
+            n.percentage_used.unwrap_or(0).to_string(),
+            n.available_spare_percent.unwrap_or(0).to_string(),
+            n.media_errors.unwrap_or(0).to_string(),
+            n.critical_warning.unwrap_or(0).to_string(),
+        ]]
+    );
+    // The disk in standby has no identity in its output: no sample, no drive.
+    assert_eq!(db.count("drives").await, 2);
+
+    let fs = rows(
+        &db,
+        "SELECT mount_point, bytes_used::text FROM filesystem_samples ORDER BY collected_at",
+    )
+    .await;
+    let used = day1.filesystems.filesystems[0].bytes_used;
+    assert_eq!(
+        fs,
+        vec![
+            vec!["/".to_owned(), used.to_string()],
+            vec!["/".to_owned(), (used + 1_000_000).to_string()],
+        ]
+    );
+    let nic = rows(
+        &db,
+        "SELECT name, rx_errors::text FROM nic_samples ORDER BY collected_at",
+    )
+    .await;
+    let name = day1.nics.nics[0].name.clone();
+    assert_eq!(
+        nic,
+        vec![vec![name.clone(), "3".into()], vec![name, "9".into()]]
+    );
+
+    // Current state: one row, the newest report's values, counts of everything.
+    let state = rows(
+        &db,
+        "SELECT report_count::text, last_report_id::text, app_version, app_status,
+                drive_count::text, filesystem_count::text, nic_count::text
+         FROM appliances WHERE serial = 'SN-TS'",
+    )
+    .await;
+    assert_eq!(
+        state,
+        vec![vec![
+            "2".to_owned(),
+            day0.report_id.to_string(),
+            day0.app.version.clone().unwrap_or_default(),
+            day0.app.status.as_str().to_owned(),
+            day0.smart.devices.len().to_string(),
+            "1".into(),
+            day0.nics.nics.len().to_string(),
+        ]]
+    );
+    // The per-report app status and version are kept with each report.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT app_status, app_version FROM reports ORDER BY collected_at"
+        )
+        .await,
+        vec![
+            vec![
+                day1.app.status.as_str().to_owned(),
+                day1.app.version.clone().unwrap_or_default()
+            ],
+            vec![
+                day0.app.status.as_str().to_owned(),
+                day0.app.version.clone().unwrap_or_default()
+            ],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drives_appear_disappear_and_move_between_appliances() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let mut a0 = report("SN-A", 5);
+    store(&storage, &a0).await;
+    // Day 2: the ATA disk comes back as /dev/sdc after a reboot (same WWN: no event), and the
+    // standby disk is still spun down (no identity: not a disappearance).
+    a0.smart.devices[0].name = "/dev/sdc".into();
+    let mut a1 = a0.clone();
+    a1.report_id = uuid::Uuid::new_v4();
+    a1.collected_at = Utc::now() - Duration::days(4);
+    store(&storage, &a1).await;
+    // Day 3: the NVMe drive is pulled from SN-A...
+    let mut a2 = a1.clone();
+    a2.report_id = uuid::Uuid::new_v4();
+    a2.collected_at = Utc::now() - Duration::days(3);
+    let nvme = a2.smart.devices.remove(1);
+    store(&storage, &a2).await;
+    // ...and turns up in SN-B the next day, whose first report it is.
+    let mut b0 = report("SN-B", 2);
+    b0.smart.devices = vec![nvme.clone()];
+    store(&storage, &b0).await;
+    // A new disk in SN-A.
+    let mut a3 = a2.clone();
+    a3.report_id = uuid::Uuid::new_v4();
+    a3.collected_at = Utc::now() - Duration::days(1);
+    let mut fresh = a3.smart.devices[0].clone();
+    fresh.name = "/dev/sdd".into();
+    fresh.wwn = Some("0x5000c500ffffffff".into());
+    a3.smart.devices.push(fresh);
+    store(&storage, &a3).await;
+
+    let events = rows(
+        &db,
+        "SELECT a.serial, e.kind, d.drive_key, coalesce(f.serial, ''), e.device_name
+         FROM drive_events e JOIN drives d ON d.id = e.drive_id
+         JOIN appliances a ON a.id = e.appliance_id
+         LEFT JOIN appliances f ON f.id = e.from_appliance_id
+         ORDER BY e.at, e.id",
+    )
+    .await;
+    let nvme_key = format!("wwn:{}", nvme.wwn.clone().unwrap_or_default());
+    assert_eq!(
+        events,
+        vec![
+            vec![
+                "SN-A".to_owned(),
+                "disappeared".into(),
+                nvme_key.clone(),
+                "".into(),
+                "/dev/nvme0".into()
+            ],
+            vec![
+                "SN-B".to_owned(),
+                "moved".into(),
+                nvme_key.clone(),
+                "SN-A".into(),
+                "/dev/nvme0".into()
+            ],
+            vec![
+                "SN-A".to_owned(),
+                "appeared".into(),
+                "wwn:0x5000c500ffffffff".into(),
+                "".into(),
+                "/dev/sdd".into()
+            ],
+        ],
+        "first reports open membership silently; a /dev rename and a disk in standby are not events"
+    );
+    // Which drive sat where, from when to when.
+    let membership = rows(
+        &db,
+        &format!(
+            "SELECT a.serial, (m.until_at IS NULL)::text FROM drive_membership m
+             JOIN drives d ON d.id = m.drive_id JOIN appliances a ON a.id = m.appliance_id
+             WHERE d.drive_key = '{nvme_key}' ORDER BY m.from_at"
+        ),
+    )
+    .await;
+    assert_eq!(
+        membership,
+        vec![
+            vec!["SN-A".to_owned(), "false".into()],
+            vec!["SN-B".to_owned(), "true".into()],
+        ]
+    );
+
+    // A report whose SMART section failed as a whole says nothing about which drives are gone.
+    let mut a4 = a3.clone();
+    a4.report_id = uuid::Uuid::new_v4();
+    a4.collected_at = Utc::now();
+    a4.smart.devices.clear();
+    a4.smart.errors.push(phonehome_schema::CollectionError {
+        item: "smartctl".into(),
+        kind: phonehome_schema::ErrorKind::NotFound,
+        message: "smartctl: not found".into(),
+    });
+    store(&storage, &a4).await;
+    assert_eq!(db.count("drive_events").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_changes_are_an_audit_trail_with_counts_per_day() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    for (serial, upgraded_days_ago) in [("SN-V1", 2), ("SN-V2", 1), ("SN-V3", 99)] {
+        for days_ago in [3, 2, 1, 0] {
+            let mut r = report(serial, days_ago);
+            r.app.version = Some(
+                if days_ago <= upgraded_days_ago {
+                    "4.3.0"
+                } else {
+                    "4.2.1"
+                }
+                .into(),
+            );
+            store(&storage, &r).await;
+        }
+    }
+    // A late report (from a spool) with the old version is history, not a downgrade.
+    let mut late = report("SN-V1", 3);
+    late.collected_at += Duration::hours(1);
+    late.app.version = Some("4.2.1".into());
+    store(&storage, &late).await;
+
+    let trail = rows(
+        &db,
+        "SELECT a.serial, coalesce(v.old_version, '-'), v.new_version
+         FROM version_changes v JOIN appliances a ON a.id = v.appliance_id
+         WHERE v.component = 'app' ORDER BY a.serial, v.changed_at",
+    )
+    .await;
+    assert_eq!(
+        trail,
+        vec![
+            vec!["SN-V1".to_owned(), "-".into(), "4.2.1".into()],
+            vec!["SN-V1".to_owned(), "4.2.1".into(), "4.3.0".into()],
+            vec!["SN-V2".to_owned(), "-".into(), "4.2.1".into()],
+            vec!["SN-V2".to_owned(), "4.2.1".into(), "4.3.0".into()],
+            vec!["SN-V3".to_owned(), "-".into(), "4.3.0".into()],
+        ]
+    );
+    // The OS, kernel and collector versions are followed too, from the first report.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT DISTINCT component FROM version_changes ORDER BY 1"
+        )
+        .await,
+        vec![
+            vec!["app".to_owned()],
+            vec!["collector".into()],
+            vec!["kernel".into()],
+            vec!["os".into()]
+        ]
+    );
+
+    let summary = maintenance::run_once(&storage, "test", std::time::Duration::from_secs(3600))
+        .await
+        .expect("maintenance")
+        .expect("nobody else ran it");
+    assert!(summary.version_days >= 4, "{summary:?}");
+    let day = |days_ago: i64| (Utc::now() - Duration::days(days_ago)).date_naive();
+    let counts = rows(
+        &db,
+        &format!(
+            "SELECT day::text, version, appliances::text FROM version_counts_daily
+             WHERE component = 'app' AND day >= '{}' ORDER BY day, version",
+            day(3)
+        ),
+    )
+    .await;
+    assert_eq!(
+        counts,
+        vec![
+            vec![day(3).to_string(), "4.2.1".into(), "2".into()],
+            vec![day(3).to_string(), "4.3.0".into(), "1".into()],
+            vec![day(2).to_string(), "4.2.1".into(), "1".into()],
+            vec![day(2).to_string(), "4.3.0".into(), "2".into()],
+            vec![day(1).to_string(), "4.3.0".into(), "3".into()],
+            vec![day(0).to_string(), "4.3.0".into(), "3".into()],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn months_are_partitions_and_retention_drops_whole_months() {
+    let db = TestDb::new().await;
+    let settings = StorageSettings {
+        pool_size: 4,
+        retention_days: 60,
+        ..StorageSettings::default()
+    };
+    let storage = Storage::connect_with(db.url(), settings).expect("storage");
+    // Reports from five months ago (accepted by the storage layer: the 60-day limit on new
+    // reports is the handler's) and from now.
+    let old = report("SN-P", 150);
+    store(&storage, &old).await;
+    store(&storage, &report("SN-P", 0)).await;
+    let old_month = maintenance::Month::of(old.collected_at);
+    let partition = |table: &str| old_month.partition(table);
+    for table in maintenance::PARTITIONED {
+        let present = rows(
+            &db,
+            &format!(
+                "SELECT (to_regclass('{}') IS NOT NULL)::text",
+                partition(table)
+            ),
+        )
+        .await;
+        assert_eq!(present, vec![vec!["true".to_owned()]], "{table}");
+    }
+
+    let summary = maintenance::run_once(&storage, "test", std::time::Duration::from_secs(3600))
+        .await
+        .expect("maintenance")
+        .expect("nobody else ran it");
+    assert_eq!(summary.partitions_dropped, 4, "{summary:?}");
+    for table in maintenance::PARTITIONED {
+        let present = rows(
+            &db,
+            &format!(
+                "SELECT (to_regclass('{}') IS NOT NULL)::text",
+                partition(table)
+            ),
+        )
+        .await;
+        assert_eq!(present, vec![vec!["false".to_owned()]], "{table}");
+    }
+    assert_eq!(db.count("reports").await, 1, "this month's report is kept");
+    // Partitions for the coming months exist before any report needs them.
+    let ahead = maintenance::Month::of(Utc::now()).next().next();
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT (to_regclass('{}') IS NOT NULL)::text",
+                ahead.partition("reports")
+            )
+        )
+        .await,
+        vec![vec!["true".to_owned()]]
+    );
+    // One run per interval: a second call right away has nothing to do, and the run is logged.
+    assert!(
+        maintenance::run_once(&storage, "test", std::time::Duration::from_secs(3600))
+            .await
+            .expect("maintenance")
+            .is_none()
+    );
+    assert_eq!(
+        rows(&db, "SELECT replica, partitions_dropped::text, (finished_at IS NOT NULL)::text FROM maintenance_runs").await,
+        vec![vec!["test".to_owned(), "4".into(), "true".into()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dictionary_trained_on_the_fleet_shrinks_stored_bodies() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let mut first = None;
+    for i in 0..520 {
+        let mut r = report(&format!("SN-D{i:04}"), 1);
+        r.identity.hostname = Some(format!("appliance-{i:04}"));
+        store(&storage, &r).await;
+        first.get_or_insert(r);
+    }
+    let plain: f64 = rows(
+        &db,
+        "SELECT avg(octet_length(body))::float8::text FROM reports",
+    )
+    .await[0][0]
+        .parse()
+        .expect("number");
+    let summary = maintenance::run_once(&storage, "test", std::time::Duration::from_secs(3600))
+        .await
+        .expect("maintenance")
+        .expect("ran");
+    assert_eq!(summary.dictionary_trained, Some(1), "{summary:?}");
+    let r = report("SN-D9999", 0);
+    store(&storage, &r).await;
+    let with_dict: Vec<Vec<String>> = rows(
+        &db,
+        "SELECT body_dictionary::text, octet_length(body)::text FROM reports
+         WHERE collected_at > now() - interval '1 hour'",
+    )
+    .await;
+    assert_eq!(with_dict.len(), 1);
+    assert_eq!(with_dict[0][0], "1");
+    let size: f64 = with_dict[0][1].parse().expect("number");
+    assert!(
+        size * 2.0 < plain,
+        "with the dictionary {size} bytes, plain zstd {plain:.0} bytes on average"
+    );
+    // Bodies written before and after the dictionary both read back exactly, also from a
+    // process that has not loaded the dictionary yet.
+    let other = Storage::connect(db.url(), 1).expect("storage");
+    let first = first.expect("first report");
+    for r in [&first, &r] {
+        let json = other
+            .report_json(r.identity.serial.as_str(), r.report_id)
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(json, serde_json::to_string(r).expect("json"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reports_and_racing_retries_are_each_stored_once() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 8).expect("storage");
+    let reports: Vec<Report> = (0..300)
+        .map(|i| report(&format!("SN-C{:03}", i % 60), 10 - i64::from(i / 60)))
+        .collect();
+    let mut tasks = Vec::new();
+    // Every report twice at once: the original and a retry racing it, in different batches or
+    // the same one.
+    for r in reports.iter().chain(reports.iter()) {
+        let (storage, r) = (storage.clone(), r.clone());
+        tasks.push(tokio::spawn(async move { store(&storage, &r).await }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.expect("task") == InsertOutcome::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 300, "exactly one Stored per report");
+    assert_eq!(db.count("reports").await, 300);
+    assert_eq!(
+        rows(&db, "SELECT DISTINCT report_count::text FROM appliances").await,
+        vec![vec!["5".to_owned()]]
+    );
+    assert_eq!(db.count("drive_samples").await, 300 * 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
+    use phonehome_schema::migrations::ALL;
+    let db = TestDb::new().await;
+    // Rebuild the database as the walking skeleton left it: migrations 1 and 2, two reports.
+    let client = db.client().await;
+    client
+        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .await
+        .expect("reset");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .expect("schema_migrations");
+    for m in &ALL[..2] {
+        client.batch_execute(m.sql).await.expect("old migration");
+        client
+            .execute(
+                "INSERT INTO schema_migrations VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .await
+            .expect("record");
+    }
+    let old = [report("SN-L", 2), report("SN-L", 1)];
+    for r in &old {
+        let body = serde_json::to_string(r).expect("json");
+        client
+            .execute(
+                "INSERT INTO reports (serial, report_id, collected_at, cert_sha256, body)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb)",
+                &[
+                    &r.identity.serial.as_str(),
+                    &r.report_id,
+                    &r.collected_at,
+                    &vec![9u8; 32],
+                    &body,
+                ],
+            )
+            .await
+            .expect("legacy report");
+    }
+    client
+        .execute(
+            "INSERT INTO appliances (serial, first_seen_at, last_report_at, last_collected_at,
+                 last_report_id, app_status, collector_version, report_count)
+             VALUES ('SN-L', now(), now(), $1, $2, 'healthy', '0.1.0', 2)",
+            &[&old[1].collected_at, &old[1].report_id],
+        )
+        .await
+        .expect("legacy appliance");
+
+    let storage = Storage::connect(db.url(), 2).expect("storage");
+    let applied = storage.migrate().await.expect("migrate");
+    assert!(applied.contains(&3), "{applied:?}");
+    assert_eq!(
+        rows(&db, "SELECT (to_regclass('reports_legacy') IS NULL)::text").await,
+        vec![vec!["true".to_owned()]]
+    );
+    assert_eq!(db.count("reports").await, 2);
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT report_count::text, last_report_id::text FROM appliances"
+        )
+        .await,
+        vec![vec!["2".to_owned(), old[1].report_id.to_string()]]
+    );
+    assert_eq!(db.count("filesystem_samples").await, 2);
+    for r in &old {
+        let json = storage
+            .report_json("SN-L", r.report_id)
+            .await
+            .expect("read")
+            .expect("moved");
+        let back: Report = serde_json::from_str(&json).expect("report");
+        assert_eq!(back.report_id, r.report_id);
+    }
+    // A retry of a moved report is a duplicate, as before the move.
+    assert_eq!(store(&storage, &old[0]).await, InsertOutcome::Duplicate);
+}
