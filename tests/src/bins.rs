@@ -71,6 +71,12 @@ impl IngestProcess {
     }
 
     pub async fn start_with(db: &TestDb, pki: &TestPki, env: &[(&str, &str)]) -> Self {
+        Self::start_with_url(db.url(), pki, env).await
+    }
+
+    /// As [`IngestProcess::start_with`], against any database URL: for a test that brings its
+    /// own PostgreSQL (one it may crash, say) instead of a [`TestDb`] on the shared server.
+    pub async fn start_with_url(database_url: &str, pki: &TestPki, env: &[(&str, &str)]) -> Self {
         let tls = pki.server_tls();
         let report_addr = free_addr();
         let ops_addr = free_addr();
@@ -79,7 +85,7 @@ impl IngestProcess {
         let logfile = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(bin("phonehome-ingest"));
         cmd.arg("serve")
-            .env("PHONEHOME_DATABASE_URL", db.url())
+            .env("PHONEHOME_DATABASE_URL", database_url)
             .env("PHONEHOME_REPORT_LISTEN", report_addr.to_string())
             .env("PHONEHOME_OPS_LISTEN", ops_addr.to_string())
             .env("PHONEHOME_TLS_CA_CERT", &tls.ca_cert)

@@ -1,12 +1,14 @@
 //! Test support for phonehome's end-to-end tests: a fresh PostgreSQL database per test, a
-//! throwaway PKI, the real binaries, and a small TLS client that can misbehave on purpose.
+//! private cluster for tests that crash PostgreSQL, a throwaway PKI, the real binaries, and a
+//! small TLS client that can misbehave on purpose.
 
 pub mod bins;
 pub mod client;
+pub mod cluster;
 pub mod pg;
 pub mod pki;
 
-pub use pg::TestDb;
+pub use pg::{TestDb, report_copies};
 
 use phonehome_schema::Report;
 

@@ -129,6 +129,12 @@ impl TestDb {
         client
     }
 
+    /// How many copies of report `report_id` from appliance `serial` are stored; see
+    /// [`report_copies`].
+    pub async fn report_copies(&self, serial: &str, report_id: uuid::Uuid) -> i64 {
+        report_copies(&self.client().await, serial, report_id).await
+    }
+
     /// `SELECT count(*)` of a table.
     pub async fn count(&self, table: &str) -> i64 {
         self.client()
@@ -161,6 +167,28 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// How many copies of report `report_id` from appliance `serial` the database behind `client`
+/// holds: 1 is right, 0 is a lost report, more is a duplicate.
+///
+/// The one place tests ask this, so the one place to change when the `reports` table changes
+/// how it names the appliance (it holds `appliance_id`, referencing `appliances.id`).
+pub async fn report_copies(
+    client: &tokio_postgres::Client,
+    serial: &str,
+    report_id: uuid::Uuid,
+) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM reports r JOIN appliances a ON a.id = r.appliance_id
+             WHERE a.serial = $1 AND r.report_id = $2",
+            &[&serial, &report_id],
+        )
+        .await
+        // Debug: tokio-postgres' Display says only "db error", not what the server said.
+        .unwrap_or_else(|e| panic!("count copies of report {serial}/{report_id}: {e:?}"))
+        .get(0)
 }
 
 /// Replaces the database name in a postgres:// URL.
