@@ -1,5 +1,5 @@
 //! phonehome ingest: receives appliance reports over mutual TLS, keeps the fleet's history in
-//! PostgreSQL, and serves `/healthz`, `/metrics` and the dashboard to operators.
+//! PostgreSQL, and serves `/healthz`, `/readyz`, `/metrics` and the dashboard to operators.
 //!
 //! The binary only parses its command line and calls into this library, so tests start the real
 //! server on port 0 with [`serve`].
@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(phonehome_dashboard::router(state.storage))
@@ -102,6 +103,25 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(()) => (StatusCode::OK, "ok\n"),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+        }
+    }
+}
+
+/// For a load balancer: 503 while this replica turns reports away (every in-flight slot taken)
+/// or cannot reach PostgreSQL, so new connections go to a replica with room. `/healthz` stays
+/// about liveness and the database only.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.admission.available_permits() == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "saturated: every in-flight slot is taken (max_in_flight)\n",
+        );
+    }
+    match state.storage.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
         }
     }

@@ -50,6 +50,12 @@ async fn at_capacity_reports_get_503_with_retry_after_and_nothing_queues() {
         waits.push(wait);
     }
     assert_eq!(db.count("reports").await, 0, "nothing refused was stored");
+    // A load balancer sees it too, and sends new connections elsewhere.
+    let ready = phonehome_tests::client::get(ingest.ops_addr, "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("saturated"), "{}", ready.body);
 
     // The slow report completes; capacity is back for the others.
     let done = held
@@ -68,6 +74,10 @@ async fn at_capacity_reports_get_503_with_retry_after_and_nothing_queues() {
         .expect("response");
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(db.count("reports").await, 2);
+    let ready = phonehome_tests::client::get(ingest.ops_addr, "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(
         ingest
             .metric("phonehome_reports_total{result=\"saturated\"}")
