@@ -5,6 +5,8 @@
 //! the ingest always answers with a `Content-Length`, which is all this reader supports besides
 //! reading to end-of-stream.
 
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest response head we read; the ingest's are a few hundred bytes.
@@ -18,6 +20,8 @@ pub struct Answer {
     pub status: u16,
     /// The server will close the connection after this response.
     pub closes: bool,
+    /// `Retry-After`, as a wait from now (read as the collector reads it).
+    pub retry_after: Option<Duration>,
 }
 
 /// Writes `POST /v1/reports` with `body` and reads the response. An `Err` is a transport error:
@@ -86,6 +90,7 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, S
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
     let mut length = None;
+    let mut retry_after = None;
     let mut closes = status_line.starts_with("HTTP/1.0");
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -100,6 +105,8 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, S
             );
         } else if name.eq_ignore_ascii_case("connection") {
             closes = value.eq_ignore_ascii_case("close");
+        } else if name.eq_ignore_ascii_case("retry-after") {
+            retry_after = parse_retry_after(value, chrono::Utc::now());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(format!("unsupported Transfer-Encoding {value:?}"));
         }
@@ -126,7 +133,22 @@ async fn read_response<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Answer, S
             closes = true;
         }
     }
-    Ok(Answer { status, closes })
+    Ok(Answer {
+        status,
+        closes,
+        retry_after,
+    })
+}
+
+/// A `Retry-After` value (seconds, or an HTTP-date) as a wait from `now`, as the collector's
+/// `deliver::parse_retry_after` reads it: a date in the past is no wait, anything else unreadable
+/// is ignored.
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.to_utc() - now).to_std().unwrap_or(Duration::ZERO))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -163,7 +185,10 @@ mod tests {
             server.write_all(body).await.unwrap();
             read_request(&mut server).await;
             server
-                .write_all(b"HTTP/1.1 503 Busy\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 503 Busy\r\nconnection: close\r\nretry-after: 17\r\n\
+                      content-length: 0\r\n\r\n",
+                )
                 .await
                 .unwrap();
         });
@@ -174,7 +199,8 @@ mod tests {
             a,
             Answer {
                 status: 202,
-                closes: false
+                closes: false,
+                retry_after: None,
             }
         );
         let b = post_report(&mut client, "h", b"{}", false, true)
@@ -184,10 +210,31 @@ mod tests {
             b,
             Answer {
                 status: 503,
-                closes: true
+                closes: true,
+                retry_after: Some(Duration::from_secs(17)),
             }
         );
         server_task.await.unwrap();
         assert!(read_response(&mut client).await.is_err());
+    }
+
+    #[test]
+    fn retry_after_reads_like_the_collector() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .to_utc();
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(parse_retry_after("45", now), secs(45));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            secs(30)
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            secs(0)
+        );
+        for junk in ["", "-1", "1.5", "soon"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk:?}");
+        }
     }
 }

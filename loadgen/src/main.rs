@@ -8,11 +8,16 @@
 //! same concurrency and pool size, so the ratio between the two says how much the HTTP, TLS and
 //! parsing layers cost on this machine.
 //!
+//! With `--outage` it simulates instead the end of an ingest outage: every appliance holds a
+//! spool of undelivered reports and the whole fleet calls at once, delivering and retrying as the
+//! collector does; it prints how long the fleet takes to drain and checks the database.
+//!
 //! By default the ingest runs in this process (`phonehome_ingest::serve` on 127.0.0.1:0) against
 //! `--database-url`; `--target` aims at an ingest running elsewhere instead.
 
 mod fleet;
 mod http;
+mod outage;
 mod phases;
 mod setup;
 
@@ -25,9 +30,14 @@ use clap::Parser;
 /// certificate, post M reports over mutual TLS; then the same number of reports go straight
 /// into PostgreSQL (the ceiling) and the ratio is printed.
 ///
+/// With --outage instead: the ingest was down, each of the N appliances holds --backlog reports
+/// in its spool, and at t0 the whole fleet calls at once; the run prints how long the fleet
+/// takes to drain and checks that the database holds every report exactly once.
+///
 /// Results go to stdout, progress to stderr. Exit status: 0 when every report was acknowledged
-/// with 2xx and every ceiling insert succeeded, 3 when the run completed but some did not, 1 when
-/// the run could not be set up (database unreachable, ...), 2 for a bad command line.
+/// with 2xx and every ceiling insert succeeded (with --outage: and the database holds exactly
+/// N x K new reports), 3 when the run completed but some did not, 1 when the run could not be
+/// set up (database unreachable, ...), 2 for a bad command line.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
@@ -41,34 +51,83 @@ pub struct Cli {
     appliances: u64,
 
     /// Number of reports to send in all; appliance i sends its reports for consecutive days
-    /// (report k is appliance k mod N, day k / N), so M / N must stay below 400 days.
-    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
-    reports: u64,
+    /// (report k is appliance k mod N, day k / N), so M / N must stay below 400 days. Required
+    /// unless --outage, which sends N x --backlog instead.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..),
+          required_unless_present = "outage", conflicts_with = "outage")]
+    reports: Option<u64>,
 
-    /// Concurrent senders (and concurrent inserters in the ceiling phase).
-    #[arg(long, short = 'c', default_value_t = 64, value_name = "C",
+    /// Concurrent senders (and concurrent inserters in the ceiling phase) [default: 64]. With
+    /// --outage: connections open at once [default: 4096, the ingest's default
+    /// max_connections, beyond which a real fleet's connections wait in the kernel's backlog];
+    /// appliances waiting to retry do not hold one.
+    #[arg(long, short = 'c', value_name = "C",
           value_parser = clap::value_parser!(u64).range(1..))]
-    concurrency: u64,
+    concurrency: Option<u64>,
 
     /// Reuse connections (HTTP/1.1 keep-alive) instead of one TCP + TLS handshake per report.
     /// A connection carries one certificate, so each sender takes one appliance at a time and
     /// sends all of that appliance's reports over one connection (M / N reports per connection).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "outage")]
     keep_alive: bool,
 
     /// Stop sending after this many seconds even if fewer than M reports went out; the ceiling
     /// then inserts as many reports as were sent.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", conflicts_with = "outage")]
     duration_secs: Option<u64>,
 
     /// Pace the senders to at most this many reports per second (for latency at a given load);
     /// unpaced by default.
-    #[arg(long, value_name = "R")]
+    #[arg(long, value_name = "R", conflicts_with = "outage")]
     rate: Option<f64>,
 
-    /// Send bodies gzip-compressed (Content-Encoding: gzip), as the collector does.
+    /// Send bodies gzip-compressed (Content-Encoding: gzip), as the collector does (always so
+    /// with --outage).
     #[arg(long)]
     gzip: bool,
+
+    /// Outage drain instead of the throughput phases: the ingest was down, every appliance holds
+    /// --backlog reports in its spool, and at t0 the whole fleet calls at once (the worst case:
+    /// no splay). Each appliance delivers as the collector does: oldest report first, one
+    /// kept-alive TLS connection, gzip bodies; on 408, 429 or 5xx it waits Retry-After (at
+    /// least the collector's jittered backoff) or, on a transport error, the backoff alone,
+    /// then reconnects; it gives up once its retry budget is spent, leaving the rest for its
+    /// next daily run. Prints the drain time (t0 to the last acknowledgement), reports/s, 503s,
+    /// other non-2xx, transport errors, latency, peak connections, and checks that the
+    /// database gained exactly N x K reports. No ceiling phase.
+    #[arg(long)]
+    outage: bool,
+
+    /// With --outage: reports waiting in each appliance's spool, sent oldest first. The default
+    /// 2 is a 24-hour outage of a daily collector: the report of the run that fell inside the
+    /// outage, plus today's, made by the run that finds the ingest back. (A timer with
+    /// RandomizedDelaySec can fit two runs into 24 hours for a few appliances: 3 covers them.)
+    #[arg(long, value_name = "K", default_value_t = 2, conflicts_with = "reports",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    backlog: u64,
+
+    /// With --outage: how long each appliance's run keeps retrying, from t0; a retry that would
+    /// start later is not made, and the appliance's remaining reports wait for its next daily
+    /// run. The default is the collector's `retry_budget_seconds`; 0 means one attempt each.
+    #[arg(
+        long,
+        value_name = "S",
+        default_value_t = 300,
+        conflicts_with = "reports"
+    )]
+    retry_budget_secs: u64,
+
+    /// Reports the in-process ingest handles at once before answering 503 with Retry-After
+    /// (its `max_in_flight`; default 256, the ingest's own).
+    #[arg(long, value_name = "N", conflicts_with = "target",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: Option<u64>,
+
+    /// Connections the in-process ingest holds open at once; more wait in the kernel's backlog
+    /// (its `max_connections`; default 4096, the ingest's own).
+    #[arg(long, value_name = "N", conflicts_with = "target",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
 
     /// PostgreSQL pool size of the in-process ingest and of the ceiling (the ingest's default
     /// is 16).
@@ -86,18 +145,29 @@ pub struct Cli {
     target: Option<String>,
 
     /// With --target: the directory holding that ingest's fleet CA (ca.crt and ca.key, as
-    /// written by `phonehome-ingest ca init`); appliance certificates are issued from it into
-    /// a temporary directory, and the server certificate is verified against ca.crt.
+    /// written by `phonehome-ingest ca init`); appliance certificates are issued from it (in
+    /// memory), and the server certificate is verified against ca.crt.
     #[arg(long, alias = "ca", value_name = "DIR", requires = "target")]
     ca_dir: Option<PathBuf>,
 
     /// Skip the ceiling phase (e.g. when only filling a database with history).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "outage")]
     no_ceiling: bool,
 
     /// Prefix of the simulated serials (serial = prefix + 7-digit index).
     #[arg(long, default_value = "LOADGEN-", value_name = "PREFIX")]
     serial_prefix: String,
+}
+
+impl Cli {
+    /// `--concurrency`, or the default of the mode.
+    fn concurrency(&self) -> u64 {
+        self.concurrency.unwrap_or(if self.outage {
+            phonehome_ingest::config::DEFAULT_MAX_CONNECTIONS as u64
+        } else {
+            64
+        })
+    }
 }
 
 fn main() -> ExitCode {

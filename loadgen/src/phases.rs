@@ -12,26 +12,42 @@ use phonehome_ingest::storage::{InsertOutcome, Storage};
 use phonehome_schema::Report;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::Cli;
 use crate::fleet::Fleet;
-use crate::http;
 use crate::setup::{self, Appliance, LocalIngest, Target};
+use crate::{http, outage};
 
-/// A report that has not been answered by then counts as a transport error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A report that has not been answered by then counts as a transport error (the collector's
+/// default `timeout_seconds` too).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn progress(msg: impl std::fmt::Display) {
+pub(crate) fn progress(msg: impl std::fmt::Display) {
     eprintln!("phonehome-loadgen: {msg}");
 }
 
 /// Runs everything; `Ok(false)` when the run completed but some reports were not accepted.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let n = cli.appliances;
-    let m = cli.reports;
-    let days = m.div_ceil(n);
+    let m = match (cli.outage, cli.reports) {
+        (true, _) => n.saturating_mul(cli.backlog),
+        (false, Some(m)) => m,
+        (false, None) => anyhow::bail!("--reports is required unless --outage is given"),
+    };
+    let days = if cli.outage {
+        let max = phonehome_schema::MAX_REPORT_AGE_DAYS as u64 - 1;
+        anyhow::ensure!(
+            cli.backlog <= max,
+            "--backlog {} asks for reports {} days old; the ingest refuses reports older than {} days",
+            cli.backlog,
+            cli.backlog - 1,
+            phonehome_schema::MAX_REPORT_AGE_DAYS
+        );
+        cli.backlog
+    } else {
+        m.div_ceil(n)
+    };
     let fleet = Arc::new(Fleet::new(days, &cli.serial_prefix)?);
     if let Some(rate) = cli.rate {
         anyhow::ensure!(
@@ -49,11 +65,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new()
         .prefix("phonehome-loadgen-")
         .tempdir()
-        .context("create a temporary directory for the certificates")?;
-    progress(format!(
-        "issuing {n} appliance certificates in {}",
-        dir.path().display()
-    ));
+        .context("create a temporary directory for the CA")?;
+    progress(format!("issuing {n} appliance certificates"));
     let started = Instant::now();
     let pki = {
         let dir = dir.path().to_path_buf();
@@ -63,24 +76,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             .await
             .context("certificate thread")??
     };
+    let issued_in = started.elapsed();
     progress(format!(
         "{n} certificates ready in {:.1} s",
-        started.elapsed().as_secs_f64()
+        issued_in.as_secs_f64()
     ));
 
     let pool = cli.db_pool_size as usize;
+    let admission = setup::Admission {
+        max_in_flight: cli
+            .max_in_flight
+            .map_or(phonehome_ingest::config::DEFAULT_MAX_IN_FLIGHT, |v| {
+                v as usize
+            }),
+        max_connections: cli
+            .max_connections
+            .map_or(phonehome_ingest::config::DEFAULT_MAX_CONNECTIONS, |v| {
+                v as usize
+            }),
+    };
     let (target, local) = match (&cli.target, &pki.server) {
         (Some(url), _) => (setup::external_target(url).await?, None),
         (None, Some(files)) => {
-            let ingest = LocalIngest::start(&cli.database_url, files, pool).await?;
+            let ingest = LocalIngest::start(&cli.database_url, files, pool, admission).await?;
             (ingest.target.clone(), Some(ingest))
         }
         (None, None) => anyhow::bail!("no target: neither --target nor an in-process ingest"),
     };
+    let setup_line = format!(
+        "setup: {n} appliance certificates (one per serial, ECDSA P-256, issued in memory on {} thread(s)) in {:.1} s",
+        pki.threads,
+        issued_in.as_secs_f64()
+    );
+    if cli.outage {
+        println!("{setup_line}");
+        return outage::run(&cli, fleet, pki.appliances, target, local).await;
+    }
 
     let mut db = DbSize::connect(&cli.database_url).await?;
     let size0 = db.measure().await?;
 
+    println!("{setup_line}");
     let mode = if cli.keep_alive {
         "keep-alive connections"
     } else {
@@ -93,13 +129,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     println!(
         "phonehome-loadgen {}: {n} appliances, {m} reports ({days} day(s) each), concurrency {}, {mode}, {} bodies, db pool {pool}, {where_}",
         env!("CARGO_PKG_VERSION"),
-        cli.concurrency,
+        cli.concurrency(),
         if cli.gzip { "gzip JSON" } else { "JSON" },
     );
     let _ = std::io::stdout().flush();
 
     let appliances = Arc::new(pki.appliances);
-    let mut ingest = ingest_phase(&cli, &fleet, &appliances, &target).await;
+    let mut ingest = ingest_phase(&cli, m, &fleet, &appliances, &target).await;
     if let Some(local) = local {
         local.stop().await?;
     }
@@ -129,10 +165,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     if stored > 0 {
         let grew = size1.all - size0.all;
         println!(
-            "storage: {:.0} bytes per report, tables + indexes (the database's tables grew {:.1} MB over {stored} reports stored by the ingest; reports + appliances alone: {:.0} bytes per report; no VACUUM)",
+            "storage: {:.0} bytes per report, tables + indexes (the database's tables grew {:.1} MB over {stored} reports stored by the ingest; per table: {}; no VACUUM)",
             grew as f64 / stored as f64,
             grew as f64 / 1e6,
-            (size1.core - size0.core) as f64 / stored as f64,
+            size1.growth_per_table(&size0, stored),
         );
     }
     progress(format!(
@@ -143,31 +179,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-/// Outcomes of one phase, per worker and then merged.
+/// Outcomes of one phase, per worker (or appliance) and then merged.
 #[derive(Debug, Default)]
-struct Tally {
-    latencies_us: Vec<u64>,
-    accepted: u64,
-    duplicate: u64,
-    other: BTreeMap<u16, u64>,
-    transport: u64,
-    first_error: Option<String>,
-    connections: u64,
-    json_bytes: u64,
-    wire_bytes: u64,
+pub(crate) struct Tally {
+    pub(crate) latencies_us: Vec<u64>,
+    pub(crate) accepted: u64,
+    pub(crate) duplicate: u64,
+    /// Every other status, by status.
+    pub(crate) other: BTreeMap<u16, u64>,
+    pub(crate) transport: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) connections: u64,
+    pub(crate) json_bytes: u64,
+    pub(crate) wire_bytes: u64,
 }
 
 impl Tally {
-    fn sent(&self) -> u64 {
+    pub(crate) fn sent(&self) -> u64 {
         self.accepted + self.duplicate + self.other.values().sum::<u64>() + self.transport
     }
 
-    fn error(&mut self, e: String) {
+    pub(crate) fn error(&mut self, e: String) {
         self.transport += 1;
         self.first_error.get_or_insert(e);
     }
 
-    fn merge(&mut self, o: Tally) {
+    pub(crate) fn merge(&mut self, o: Tally) {
         self.latencies_us.extend(o.latencies_us);
         self.accepted += o.accepted;
         self.duplicate += o.duplicate;
@@ -184,7 +221,7 @@ impl Tally {
     }
 
     /// "p50 X p99 Y max Z" in milliseconds (nearest rank).
-    fn latency(&mut self) -> String {
+    pub(crate) fn latency(&mut self) -> String {
         let l = &mut self.latencies_us;
         if l.is_empty() {
             return "no samples".into();
@@ -295,15 +332,7 @@ impl Run {
     }
 
     async fn connect(&self, a: &Appliance) -> Result<TlsStream<TcpStream>, String> {
-        let tcp = TcpStream::connect(self.target.addr)
-            .await
-            .map_err(|e| format!("connect to {}: {e}", self.target.addr))?;
-        // Small request, small answer: Nagle would only add delay.
-        let _ = tcp.set_nodelay(true);
-        TlsConnector::from(a.tls.clone())
-            .connect(self.target.server_name.clone(), tcp)
-            .await
-            .map_err(|e| format!("TLS handshake: {e}"))
+        setup::connect(&self.target, a).await
     }
 
     /// Appliance `i`'s report for `day`, counted in the tally; a report that cannot be built is
@@ -414,7 +443,7 @@ impl Run {
     }
 }
 
-/// Prints a progress line every few seconds until dropped.
+/// Prints a progress line every few seconds until aborted.
 fn ticker(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
@@ -436,6 +465,7 @@ fn ticker(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task:
 
 async fn ingest_phase(
     cli: &Cli,
+    reports: u64,
     fleet: &Arc<Fleet>,
     appliances: &Arc<Vec<Appliance>>,
     target: &Target,
@@ -447,7 +477,7 @@ async fn ingest_phase(
         target: target.clone(),
         gzip: cli.gzip,
         keep_alive: cli.keep_alive,
-        total: cli.reports,
+        total: reports,
         next: AtomicU64::new(0),
         tickets: AtomicU64::new(0),
         done: Arc::new(AtomicU64::new(0)),
@@ -455,10 +485,10 @@ async fn ingest_phase(
         deadline: cli.duration_secs.map(|s| start + Duration::from_secs(s)),
         rate: cli.rate,
     });
-    progress(format!("ingest phase: sending {} reports", cli.reports));
-    let tick = ticker("ingest", run.done.clone(), cli.reports);
+    progress(format!("ingest phase: sending {reports} reports"));
+    let tick = ticker("ingest", run.done.clone(), reports);
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..cli.concurrency {
+    for _ in 0..cli.concurrency() {
         let run = run.clone();
         set.spawn(async move {
             if run.keep_alive {
@@ -505,7 +535,7 @@ impl Ceiling {
             self.tally.accepted + self.tally.duplicate + self.errors,
             self.elapsed.as_secs_f64(),
             self.rate(),
-            cli.concurrency,
+            cli.concurrency(),
             cli.db_pool_size,
             self.errors,
         );
@@ -535,7 +565,7 @@ async fn ceiling_phase(
     let tick = ticker("ceiling", done.clone(), count);
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
-    for _ in 0..cli.concurrency {
+    for _ in 0..cli.concurrency() {
         let (next, done, storage) = (next.clone(), done.clone(), storage.clone());
         let (fleet, appliances) = (fleet.clone(), appliances.clone());
         set.spawn(async move {
@@ -604,12 +634,29 @@ struct DbSize {
     client: tokio_postgres::Client,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 struct Sizes {
     /// Every user table.
     all: i64,
-    /// `reports` and `appliances` (partitions included).
-    core: i64,
+    /// Per table, a partitioned table's partitions counted under its name.
+    tables: std::collections::BTreeMap<String, i64>,
+}
+
+impl Sizes {
+    /// "reports 480, drive_samples 361, …" per report, biggest first, for the tables that grew.
+    fn growth_per_table(&self, before: &Sizes, reports: u64) -> String {
+        let mut grew: Vec<(&String, i64)> = self
+            .tables
+            .iter()
+            .map(|(t, n)| (t, n - before.tables.get(t).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        grew.sort_by(|a, b| b.1.cmp(&a.1));
+        grew.iter()
+            .map(|(t, n)| format!("{t} {:.0}", *n as f64 / reports as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl DbSize {
@@ -622,34 +669,29 @@ impl DbSize {
     }
 
     async fn measure(&mut self) -> anyhow::Result<Sizes> {
-        // Every user table, so that tables added later (per-drive history, events) count too;
-        // the partitions of a partitioned `reports` are tables of their own and count as well.
-        let row = self
+        // Every user table, so that tables added later count too; a partition counts under its
+        // partitioned table.
+        let rows = self
             .client
-            .query_one(
-                "WITH t AS (
-                    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                    WHERE c.relkind IN ('r', 'm')
-                      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                      AND n.nspname NOT LIKE 'pg_toast%'
-                 ), core AS (
-                    -- pg_partition_tree is empty for a table that is not partitioned.
-                    SELECT 'reports'::regclass AS relid
-                    UNION ALL SELECT 'appliances'::regclass
-                    UNION ALL SELECT relid FROM pg_partition_tree('reports')
-                    UNION ALL SELECT relid FROM pg_partition_tree('appliances')
-                 )
-                 SELECT coalesce(sum(pg_total_relation_size(oid)), 0)::bigint,
-                        coalesce(sum(pg_total_relation_size(oid))
-                                 FILTER (WHERE oid IN (SELECT relid FROM core)), 0)::bigint
-                 FROM t",
+            .query(
+                "SELECT coalesce(p.relname, c.relname)::text,
+                        sum(pg_total_relation_size(c.oid))::bigint
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+                 LEFT JOIN pg_class p ON p.oid = i.inhparent
+                 WHERE c.relkind IN ('r', 'm')
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg_toast%'
+                 GROUP BY 1",
                 &[],
             )
             .await
             .context("measure the database's size")?;
+        let tables: std::collections::BTreeMap<String, i64> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         Ok(Sizes {
-            all: row.get(0),
-            core: row.get(1),
+            all: tables.values().sum(),
+            tables,
         })
     }
 }

@@ -3,19 +3,27 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{Datelike, Utc};
 use phonehome_ingest::config::{DEFAULT_MAX_BODY_BYTES, TlsConfig};
 use phonehome_ingest::storage::Storage;
 use phonehome_ingest::tls::{ApplianceIdentity, appliance_identity};
 use phonehome_ingest::{AppState, pki, tls};
 use phonehome_schema::Serial;
+use rcgen::string::Ia5String;
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::fleet::Fleet;
 
@@ -95,10 +103,20 @@ pub async fn prepare_database(url: &str) -> anyhow::Result<()> {
 pub struct Pki {
     pub server: Option<TlsConfig>,
     pub appliances: Vec<Appliance>,
+    /// Threads that issued the appliance certificates.
+    pub threads: usize,
 }
 
-/// Creates (or, with `external_ca`, uses) a CA and issues one certificate per appliance into
-/// `dir`. Issuing is spread over several threads: each certificate is two fsynced files.
+/// Creates (or, with `external_ca`, uses) a CA and issues one certificate per appliance.
+///
+/// The CA and the ingest's server certificate are files in `dir` (the ingest loads them from
+/// there); the appliance certificates are issued in memory, one thread per core, because
+/// `pki::issue_appliance` writes two fsynced files per certificate: on the 2-core benchmark
+/// machine that took about 0.6 ms per certificate to write and, its ext4 being mounted with
+/// `discard`, 3 ms per file to delete, a minute and then ten more for 100,000 appliances. Each
+/// appliance still gets its own key pair and a certificate whose CN and URI SAN carry its
+/// serial, with the profile of `pki::issue_appliance` (a test compares the two), read back
+/// through the ingest's own `appliance_identity` before use.
 pub fn build_pki(
     dir: &Path,
     external_ca: Option<&Path>,
@@ -137,35 +155,34 @@ pub fn build_pki(
     }
     let roots = Arc::new(roots);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let issuer = load_issuer(&ca_dir)?;
+    let profile = Profile::new(CERT_DAYS);
 
-    let out_dir = dir.join("appliances");
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
-    let slots: Vec<Mutex<Option<Appliance>>> = (0..count).map(|_| Mutex::new(None)).collect();
     let started = Instant::now();
+    // Issuing is pure CPU now: one thread per core.
     let threads = std::thread::available_parallelism()
-        .map(|n| n.get() * 4)
-        .unwrap_or(8)
+        .map(|n| n.get())
+        .unwrap_or(2)
         .min(count as usize)
         .max(1);
     let step = (count / 10).max(1);
-    std::thread::scope(|s| -> anyhow::Result<()> {
+    let mut issued: Vec<(u64, Appliance)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| -> anyhow::Result<()> {
+                s.spawn(|| -> anyhow::Result<Vec<(u64, Appliance)>> {
+                    let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= count {
-                            return Ok(());
+                            return Ok(mine);
                         }
                         let serial = fleet.serial(i)?;
-                        let files = pki::issue_appliance(&ca_dir, &out_dir, &serial, CERT_DAYS)
-                            .with_context(|| format!("issue the certificate of {serial}"))?;
-                        let appliance =
-                            client_for(serial, &files.cert, &files.key, &roots, &provider)?;
-                        if let Ok(mut slot) = slots[i as usize].lock() {
-                            *slot = Some(appliance);
-                        }
+                        let appliance = profile
+                            .issue(&issuer, serial, &roots, &provider)
+                            .with_context(|| format!("issue the certificate of appliance {i}"))?;
+                        mine.push((i, appliance));
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if count >= 100 && (n % step == 0) {
                             eprintln!(
@@ -177,20 +194,96 @@ pub fn build_pki(
                 })
             })
             .collect();
+        let mut all = Vec::with_capacity(count as usize);
         for w in workers {
             match w.join() {
-                Ok(r) => r?,
+                Ok(r) => all.extend(r?),
                 Err(_) => bail!("a certificate thread panicked"),
             }
         }
-        Ok(())
+        Ok(all)
     })?;
-    let appliances = slots
-        .into_iter()
-        .map(|m| m.into_inner().ok().flatten())
-        .collect::<Option<Vec<_>>>()
-        .context("a certificate was not issued")?;
-    Ok(Pki { server, appliances })
+    issued.sort_unstable_by_key(|(i, _)| *i);
+    anyhow::ensure!(
+        issued.len() as u64 == count,
+        "{} certificates issued, {count} wanted",
+        issued.len()
+    );
+    Ok(Pki {
+        server,
+        appliances: issued.into_iter().map(|(_, a)| a).collect(),
+        threads,
+    })
+}
+
+/// The fleet CA's certificate and key, for signing.
+fn load_issuer(ca_dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    let cert_path = ca_dir.join(pki::CA_CERT_FILE);
+    let key_path = ca_dir.join(pki::CA_KEY_FILE);
+    let cert_pem = std::fs::read_to_string(&cert_path)
+        .with_context(|| format!("read {}", cert_path.display()))?;
+    let key_pem = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("read {}", key_path.display()))?;
+    let key = KeyPair::from_pem(&key_pem)
+        .with_context(|| format!("{}: not a usable private key", key_path.display()))?;
+    Issuer::from_ca_cert_pem(&cert_pem, key)
+        .with_context(|| format!("{}: not a usable CA certificate", cert_path.display()))
+}
+
+/// What every appliance certificate shares, as `pki::issue_appliance` makes them: the
+/// organisation, client authentication only, and the validity period (from a day before now).
+struct Profile {
+    base: CertificateParams,
+}
+
+impl Profile {
+    fn new(days: i64) -> Self {
+        let date = |t: chrono::DateTime<Utc>| {
+            rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
+        };
+        let mut base = CertificateParams::default();
+        base.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        base.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        base.not_before = date(Utc::now() - chrono::Duration::days(1));
+        base.not_after = date(Utc::now() + chrono::Duration::days(days.max(1)));
+        Profile { base }
+    }
+
+    /// A new key pair and a certificate for `serial` signed by `issuer`, as the appliance's TLS
+    /// client.
+    fn issue(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        serial: Serial,
+        roots: &Arc<rustls::RootCertStore>,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> anyhow::Result<Appliance> {
+        let (cert, key) = self.certificate(issuer, &serial)?;
+        client_for(serial, vec![cert], key, roots, provider)
+    }
+
+    /// A new key pair and a certificate for `serial` signed by `issuer`.
+    fn certificate(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        serial: &Serial,
+    ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        let mut params = self.base.clone();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "phonehome fleet");
+        dn.push(DnType::CommonName, serial.as_str());
+        params.distinguished_name = dn;
+        let uri = pki::serial_uri(serial);
+        let uri = Ia5String::try_from(uri.as_str())
+            .with_context(|| format!("{uri:?} is not a valid URI SAN"))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generate a key")?;
+        let cert = params
+            .signed_by(&key, issuer)
+            .context("sign the certificate")?;
+        let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Ok((cert.der().clone(), key))
+    }
 }
 
 /// The TLS client of one appliance: its own certificate, the fleet CA as the only root, and no
@@ -198,21 +291,18 @@ pub fn build_pki(
 /// a full handshake.
 fn client_for(
     serial: Serial,
-    cert: &Path,
-    key: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
     roots: &Arc<rustls::RootCertStore>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> anyhow::Result<Appliance> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect())
-        .with_context(|| format!("read {}", cert.display()))?;
-    let first = chain
-        .first()
-        .with_context(|| format!("{}: no certificate", cert.display()))?;
-    let identity = appliance_identity(first)
-        .with_context(|| format!("{}: not an appliance certificate", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("read {}", key.display()))?;
+    let first = chain.first().context("no certificate")?;
+    let identity = appliance_identity(first).context("not an appliance certificate")?;
+    anyhow::ensure!(
+        identity.serial == serial,
+        "the certificate speaks for {}, not {serial}",
+        identity.serial
+    );
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
@@ -270,24 +360,81 @@ pub async fn external_target(url: &str) -> anyhow::Result<Target> {
     })
 }
 
+/// Opens a TCP connection to `target` and does the TLS handshake with `a`'s certificate. The
+/// error says which step failed.
+pub async fn connect(target: &Target, a: &Appliance) -> Result<TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", target.addr))?;
+    // Small request, small answer: Nagle would only add delay.
+    let _ = tcp.set_nodelay(true);
+    TlsConnector::from(a.tls.clone())
+        .connect(target.server_name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+/// The in-process ingest's admission limits (`max_in_flight`, `max_connections`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub max_in_flight: usize,
+    pub max_connections: usize,
+}
+
+/// How loaded the in-process ingest is, read from its own admission semaphores.
+#[derive(Debug, Clone)]
+pub struct IngestGauge {
+    pub admission: Admission,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl IngestGauge {
+    /// Reports being handled and connections held open by the ingest right now.
+    pub fn load(&self) -> (usize, usize) {
+        let used =
+            |s: &tokio::sync::Semaphore, max: usize| max.saturating_sub(s.available_permits());
+        (
+            used(&self.in_flight, self.admission.max_in_flight),
+            used(&self.connections, self.admission.max_connections),
+        )
+    }
+}
+
 /// The ingest running inside this process; stopped with [`LocalIngest::stop`].
 #[derive(Debug)]
 pub struct LocalIngest {
     pub target: Target,
+    pub gauge: IngestGauge,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    maintenance: tokio::task::JoinHandle<()>,
 }
 
 impl LocalIngest {
     /// Starts `phonehome_ingest::serve` on 127.0.0.1:0 (reports) and 127.0.0.1:0 (operations),
-    /// exactly as the binary does, with its default body limit and the given pool size.
+    /// exactly as the binary does, with its default body limit and the given pool size and
+    /// admission limits.
     pub async fn start(
         database_url: &str,
         files: &TlsConfig,
         pool_size: usize,
+        admission: Admission,
     ) -> anyhow::Result<Self> {
         let tls = tls::server_config(files).context("load the ingest's TLS files")?;
         let storage = Storage::connect(database_url, pool_size)?;
+        storage
+            .load_dictionaries()
+            .await
+            .context("load the report-body dictionaries")?;
+        // As `phonehome-ingest serve` does: maintenance trains the report-body dictionary once
+        // there are enough reports, which is most of what a report costs on disk. The interval
+        // is short so that a fill of a few minutes sees it.
+        let maintenance = phonehome_ingest::storage::maintenance::spawn(
+            storage.clone(),
+            "loadgen".into(),
+            std::time::Duration::from_secs(5),
+        );
         let reports = TcpListener::bind("127.0.0.1:0")
             .await
             .context("listen on 127.0.0.1 for reports")?;
@@ -295,7 +442,10 @@ impl LocalIngest {
             .await
             .context("listen on 127.0.0.1 for operations")?;
         let addr = reports.local_addr()?;
-        let state = AppState::new(storage, DEFAULT_MAX_BODY_BYTES);
+        let state = AppState::new(storage, DEFAULT_MAX_BODY_BYTES)
+            .with_max_in_flight(admission.max_in_flight)
+            .with_max_connections(admission.max_connections);
+        let (in_flight, connections) = (state.admission.clone(), state.connections.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(phonehome_ingest::serve(reports, ops, tls, state, async {
             let _ = stopped.await;
@@ -306,13 +456,20 @@ impl LocalIngest {
                 server_name: ServerName::IpAddress(addr.ip().into()),
                 host: addr.to_string(),
             },
+            gauge: IngestGauge {
+                admission,
+                in_flight,
+                connections,
+            },
             stop,
             task,
+            maintenance,
         })
     }
 
     /// Stops the ingest and waits for it to drain, so its pool is closed before the ceiling.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.maintenance.abort();
         let _ = self.stop.send(());
         match tokio::time::timeout(Duration::from_secs(40), self.task).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -331,6 +488,57 @@ mod tests {
     fn database_description_hides_the_password() {
         let d = describe_db("postgres://u:secret@db.example:6543/phone");
         assert_eq!(d, "db.example:6543/phone");
+    }
+
+    #[test]
+    fn in_memory_certificates_have_the_profile_of_pki_issue_appliance() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        pki::init_ca(&ca, "test CA", 2).unwrap();
+        let serial = Serial::parse("SN 42/x").unwrap();
+        let files = pki::issue_appliance(&ca, dir.path(), &serial, CERT_DAYS).unwrap();
+        let from_pki = CertificateDer::from_pem_file(&files.cert).unwrap();
+        let (in_memory, _) = Profile::new(CERT_DAYS)
+            .certificate(&load_issuer(&ca).unwrap(), &serial)
+            .unwrap();
+
+        let (_, a) = X509Certificate::from_der(&from_pki).unwrap();
+        let (_, b) = X509Certificate::from_der(&in_memory).unwrap();
+        assert_eq!(a.subject().to_string(), b.subject().to_string());
+        assert_eq!(a.issuer().to_string(), b.issuer().to_string());
+        assert_eq!(a.validity(), b.validity());
+        assert_eq!(a.signature_algorithm, b.signature_algorithm);
+        assert_eq!(a.public_key().algorithm, b.public_key().algorithm);
+        assert_ne!(
+            a.public_key().raw,
+            b.public_key().raw,
+            "a key pair of its own"
+        );
+        let extensions = |c: &X509Certificate<'_>| {
+            let mut e: Vec<_> = c
+                .extensions()
+                .iter()
+                .map(|e| {
+                    (
+                        e.oid.to_id_string(),
+                        e.critical,
+                        e.parsed_extension().clone(),
+                    )
+                })
+                .filter(|(oid, ..)| {
+                    // The key identifiers differ with the key; their presence must not.
+                    !matches!(oid.as_str(), "2.5.29.14")
+                })
+                .collect();
+            e.sort_by(|x, y| x.0.cmp(&y.0));
+            format!("{e:?}")
+        };
+        assert_eq!(extensions(&a), extensions(&b));
+        assert_eq!(
+            appliance_identity(&from_pki).unwrap().serial,
+            appliance_identity(&in_memory).unwrap().serial
+        );
     }
 
     #[tokio::test]

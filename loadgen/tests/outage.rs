@@ -1,0 +1,120 @@
+//! Runs the real `phonehome-loadgen --outage` against a fresh database and checks what a user
+//! would: every spooled report stored exactly once, the ingest's 503 + Retry-After path really
+//! taken, and the drain's figures printed.
+
+use std::process::Command;
+
+use phonehome_tests::TestDb;
+
+/// The number after `label` in `text` ("503: 7," gives 7 for "503: ").
+fn number_after(text: &str, label: &str) -> Option<u64> {
+    let rest = &text[text.find(label)? + label.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
+    let db = TestDb::new().await;
+    let url = db.url().to_owned();
+    // The in-process ingest admits one report at a time, so eight appliances calling at once
+    // are mostly turned away with 503 and must come back after the Retry-After the ingest
+    // chose. That wait is 15-45 s and cannot be shortened from outside the ingest (a shorter
+    // one would no longer be the path real collectors take), so this test takes about 45 s, up
+    // to 90 s when two retries collide again: the price of exercising the retry path for real.
+    // Eight appliances are enough for the first round to collide for certain; more would only
+    // make second-round collisions, and so longer runs, likelier.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+            .args([
+                "--database-url",
+                &url,
+                "--outage",
+                "--appliances",
+                "8",
+                "--backlog",
+                "2",
+                "--max-in-flight",
+                "1",
+            ])
+            .output()
+            .expect("run phonehome-loadgen")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let has = |needle: &str| {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from stdout:\n{stdout}\nstderr:\n{stderr}"
+        )
+    };
+    has("8 appliances x 2 spooled reports = 16 reports");
+    has("max_in_flight 1,");
+    has("outage: drained in ");
+    has("16 of 16 reports acknowledged");
+    has("latency ms of the acknowledged posts");
+    has("other non-2xx: 0, transport errors: 0;");
+    has("8 drained, 0 gave up");
+    has("0 reports left in their spools");
+    has(
+        "16 new rows in reports (0 before, 16 after), 8 x 2 = 16 once drained: every report exactly once",
+    );
+    let unavailable = number_after(&stdout, ", 503: ").expect("the 503 count is printed");
+    assert!(
+        unavailable > 0,
+        "no 503 at max_in_flight 1: the retry path was not exercised\n{stdout}"
+    );
+    assert_eq!(number_after(&stdout, "outage: 202: "), Some(16), "{stdout}");
+    assert!(
+        stderr.contains("503s so far"),
+        "progress goes to stderr during the wait:\n{stderr}"
+    );
+
+    assert_eq!(db.count("reports").await, 16, "each report stored once");
+    assert_eq!(db.count("appliances").await, 8);
+}
+
+#[test]
+fn outage_flags_do_not_mix_with_the_throughput_phases() {
+    for args in [
+        &["--outage", "--reports", "5"][..],
+        &["--outage", "--keep-alive"][..],
+        &["--reports", "5", "--backlog", "3"][..],
+        &["--reports", "5", "--retry-budget-secs", "10"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+            .args([
+                "--database-url",
+                "postgres://127.0.0.1:1/x",
+                "--appliances",
+                "2",
+            ])
+            .args(args)
+            .output()
+            .expect("run phonehome-loadgen");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot be used with"), "{args:?}: {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+        .arg("--help")
+        .output()
+        .expect("run phonehome-loadgen --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--outage",
+        "--backlog",
+        "--retry-budget-secs",
+        "--max-in-flight",
+        "--max-connections",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+}
