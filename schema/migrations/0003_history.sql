@@ -109,10 +109,12 @@ CREATE TABLE drive_samples (
     nvme_percentage_used  smallint,
     health_passed         boolean,
     failing               boolean     NOT NULL,
-    reallocated_sectors   bigint,
-    pending_sectors       bigint,
-    offline_uncorrectable bigint,
-    crc_errors            bigint,
+    -- ATA counts: integer, not bigint; a value past 2^31 is garbage from a broken drive (the
+    -- body keeps it verbatim) and 16 bytes per drive and report add up.
+    reallocated_sectors   integer,
+    pending_sectors       integer,
+    offline_uncorrectable integer,
+    crc_errors            integer,
     nvme_media_errors     bigint,
     scsi_grown_defects    bigint,
     scsi_uncorrected      bigint

@@ -683,7 +683,7 @@ async fn insert_samples(
                  scsi_grown_defects, scsi_uncorrected)
              SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::int[],
                  $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[], $9::bool[],
-                 $10::bool[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[],
+                 $10::bool[], $11::int[], $12::int[], $13::int[], $14::int[],
                  $15::bigint[], $16::bigint[], $17::bigint[])",
         )
         .await?;
@@ -705,6 +705,9 @@ async fn insert_samples(
         .await?;
 
     let s = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i16>| {
+        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
+    };
+    let c = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i32>| {
         drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
     };
     let l = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i64>| {
@@ -742,10 +745,10 @@ async fn insert_samples(
                     .iter()
                     .map(|(_, d)| d.sample.failing)
                     .collect::<Vec<_>>(),
-                &l(&|d| d.reallocated_sectors),
-                &l(&|d| d.pending_sectors),
-                &l(&|d| d.offline_uncorrectable),
-                &l(&|d| d.crc_errors),
+                &c(&|d| d.reallocated_sectors),
+                &c(&|d| d.pending_sectors),
+                &c(&|d| d.offline_uncorrectable),
+                &c(&|d| d.crc_errors),
                 &l(&|d| d.nvme_media_errors),
                 &l(&|d| d.scsi_grown_defects),
                 &l(&|d| d.scsi_uncorrected),

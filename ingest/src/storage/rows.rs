@@ -83,10 +83,10 @@ pub struct DriveSample {
     pub nvme_percentage_used: Option<i16>,
     pub health_passed: Option<bool>,
     pub failing: bool,
-    pub reallocated_sectors: Option<i64>,
-    pub pending_sectors: Option<i64>,
-    pub offline_uncorrectable: Option<i64>,
-    pub crc_errors: Option<i64>,
+    pub reallocated_sectors: Option<i32>,
+    pub pending_sectors: Option<i32>,
+    pub offline_uncorrectable: Option<i32>,
+    pub crc_errors: Option<i32>,
     pub nvme_media_errors: Option<i64>,
     pub scsi_grown_defects: Option<i64>,
     pub scsi_uncorrected: Option<i64>,
@@ -117,6 +117,11 @@ pub struct NicRow {
 /// failing the whole batch.
 fn big(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// ATA counts are kept as integer; see `big`.
+fn count(v: Option<u64>) -> Option<i32> {
+    v.map(|v| i32::try_from(v).unwrap_or(i32::MAX))
 }
 
 fn big_required(v: u64) -> i64 {
@@ -166,10 +171,10 @@ fn drive_sample(d: &SmartDevice) -> DriveSample {
         nvme_percentage_used: nvme.and_then(|n| n.percentage_used).map(i16::from),
         health_passed: d.health_passed,
         failing: d.failing,
-        reallocated_sectors: big(d.reallocated_sectors),
-        pending_sectors: big(d.pending_sectors),
-        offline_uncorrectable: big(d.uncorrectable_errors),
-        crc_errors: big(d.crc_errors),
+        reallocated_sectors: count(d.reallocated_sectors),
+        pending_sectors: count(d.pending_sectors),
+        offline_uncorrectable: count(d.uncorrectable_errors),
+        crc_errors: count(d.crc_errors),
         nvme_media_errors: big(nvme.and_then(|n| n.media_errors)),
         scsi_grown_defects: big(scsi.and_then(|s| s.grown_defects)),
         scsi_uncorrected: big(scsi_uncorrected),
@@ -349,7 +354,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             row.sample.reallocated_sectors,
-            ata.reallocated_sectors.map(|v| v as i64)
+            ata.reallocated_sectors.map(|v| v as i32)
         );
         assert_eq!(
             row.sample.power_on_hours,
@@ -374,7 +379,7 @@ mod tests {
         let p = prepare(&r, &[0; 32], Utc::now(), (vec![], None));
         let d = &p.drives[0].sample;
         assert_eq!(d.power_on_hours, Some(i32::MAX));
-        assert_eq!(d.reallocated_sectors, Some(i64::MAX));
+        assert_eq!(d.reallocated_sectors, Some(i32::MAX));
         assert_eq!(d.temperature_celsius, Some(i16::MAX));
         assert_eq!(p.filesystems[0].bytes_total, i64::MAX);
     }

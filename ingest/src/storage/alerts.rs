@@ -1,0 +1,257 @@
+//! The alert lifecycle inside a report batch: the rules' findings for each report that moves an
+//! appliance forward are matched against that appliance's firing alerts. A finding with no
+//! firing alert opens one; a firing alert whose condition is gone resolves; a condition that
+//! still holds writes nothing (rules judged by change or by event renew their alert only when
+//! the value rises again or the event recurs).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::Transaction;
+
+use super::StorageError;
+use crate::alerts::{AlertsConfig, Finding, Lifecycle};
+
+/// A firing alert as the batch found it (or opened it).
+#[derive(Debug, Clone)]
+struct Firing {
+    /// `None` until inserted at the end of the batch.
+    id: Option<i64>,
+    rule: String,
+    appliance_id: i32,
+    subject: String,
+    severity: String,
+    started_at: DateTime<Utc>,
+    changed_at: DateTime<Utc>,
+    value: String,
+    summary: String,
+    resolved_at: Option<DateTime<Utc>>,
+    dirty: bool,
+}
+
+/// The batch's alert state for its appliances.
+#[derive(Debug, Default)]
+pub(super) struct AlertBook {
+    firing: HashMap<String, Firing>,
+    /// Episodes that ended within this batch (opened here or before).
+    done: Vec<Firing>,
+}
+
+pub(super) fn fingerprint(rule: &str, serial: &str, subject: &str) -> String {
+    format!("{rule}/{serial}/{subject}")
+}
+
+/// What a report lets the rules judge: a rule whose section could not be read must not resolve
+/// its alerts on that report.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Judged {
+    pub drives: bool,
+    pub filesystems: bool,
+    pub nics: bool,
+}
+
+impl AlertBook {
+    /// Loads the firing alerts of `appliance_ids`.
+    pub(super) async fn load(
+        tx: &Transaction<'_>,
+        appliance_ids: &[i32],
+    ) -> Result<Self, StorageError> {
+        let stmt = tx
+            .prepare_cached(
+                "SELECT id, fingerprint, rule, appliance_id, subject, severity, started_at,
+                        changed_at, value, summary
+                 FROM alerts WHERE appliance_id = ANY($1) AND state = 'firing'",
+            )
+            .await?;
+        let mut firing = HashMap::new();
+        for r in tx.query(&stmt, &[&appliance_ids]).await? {
+            firing.insert(
+                r.get::<_, String>(1),
+                Firing {
+                    id: Some(r.get(0)),
+                    rule: r.get(2),
+                    appliance_id: r.get(3),
+                    subject: r.get(4),
+                    severity: r.get(5),
+                    started_at: r.get(6),
+                    changed_at: r.get(7),
+                    value: r.get(8),
+                    summary: r.get(9),
+                    resolved_at: None,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(AlertBook {
+            firing,
+            done: Vec::new(),
+        })
+    }
+
+    /// Applies one report's findings for appliance `appliance_id` (`serial`), collected at `at`.
+    /// `present_drives` are the drive keys in the report (a missing drive back in place
+    /// resolves its alert).
+    pub(super) fn apply(
+        &mut self,
+        config: &AlertsConfig,
+        appliance_id: i32,
+        serial: &str,
+        at: DateTime<Utc>,
+        findings: &[Finding],
+        judged: Judged,
+        present_drives: &HashSet<&str>,
+    ) {
+        let mut seen = HashSet::new();
+        for f in findings.iter().filter(|f| config.enabled(f.rule)) {
+            let fp = fingerprint(f.rule, serial, &f.subject);
+            seen.insert(fp.clone());
+            match self.firing.get_mut(&fp) {
+                None => {
+                    self.firing.insert(
+                        fp,
+                        Firing {
+                            id: None,
+                            rule: f.rule.to_owned(),
+                            appliance_id,
+                            subject: f.subject.clone(),
+                            severity: f.severity.as_str().to_owned(),
+                            started_at: at,
+                            changed_at: at,
+                            value: f.value.clone(),
+                            summary: f.summary.clone(),
+                            resolved_at: None,
+                            dirty: true,
+                        },
+                    );
+                }
+                Some(a) => {
+                    let renews = config.lifecycle(f.rule) != Lifecycle::Level;
+                    let worse = a.severity != f.severity.as_str();
+                    if renews || worse {
+                        a.changed_at = at;
+                        a.value = f.value.clone();
+                        a.summary = f.summary.clone();
+                        a.severity = f.severity.as_str().to_owned();
+                        a.dirty = true;
+                    }
+                }
+            }
+        }
+        let ended: Vec<String> = self
+            .firing
+            .iter()
+            .filter(|(fp, a)| a.appliance_id == appliance_id && !seen.contains(*fp))
+            .filter(|(_, a)| {
+                let judged_here = match a.rule.as_str() {
+                    "disk_failing" | "disk_wearout" | "disk_temperature" | "disk_degrading" => {
+                        judged.drives
+                    }
+                    "filesystem_full" | "filesystem_filling" => judged.filesystems,
+                    "nic_errors" => judged.nics,
+                    // A report is the end of silence.
+                    "appliance_silent" => return true,
+                    _ => true,
+                };
+                if !config.enabled(&a.rule) {
+                    // Switched off: its alerts end rather than fire for ever.
+                    return true;
+                }
+                match config.lifecycle(&a.rule) {
+                    Lifecycle::Level => judged_here,
+                    Lifecycle::QuietFor(days) => {
+                        judged_here && at - a.changed_at >= Duration::days(i64::from(days))
+                    }
+                    Lifecycle::HoldFor(days) => {
+                        (a.rule == "disk_missing" && present_drives.contains(a.subject.as_str()))
+                            || at - a.changed_at >= Duration::days(i64::from(days))
+                    }
+                }
+            })
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in ended {
+            if let Some(mut a) = self.firing.remove(&fp) {
+                a.resolved_at = Some(at);
+                a.dirty = true;
+                self.done.push(a);
+            }
+        }
+    }
+
+    /// Writes what changed: new episodes, renewed or worsened ones, resolutions.
+    pub(super) async fn write(
+        self,
+        tx: &Transaction<'_>,
+        serials: &HashMap<i32, String>,
+    ) -> Result<(), StorageError> {
+        let all: Vec<&Firing> = self
+            .firing
+            .values()
+            .chain(self.done.iter())
+            .filter(|a| a.dirty)
+            .collect();
+        let (new, old): (Vec<&Firing>, Vec<&Firing>) = all.into_iter().partition(|a| a.id.is_none());
+        if !new.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO alerts (fingerprint, rule, appliance_id, subject, severity, state,
+                         started_at, resolved_at, value, summary, changed_at)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[],
+                         $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+                         $9::text[], $10::text[], $11::timestamptz[])",
+                )
+                .await?;
+            let serial = |a: &Firing| serials.get(&a.appliance_id).cloned().unwrap_or_default();
+            tx.execute(
+                &stmt,
+                &[
+                    &new.iter()
+                        .map(|a| fingerprint(&a.rule, &serial(a), &a.subject))
+                        .collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.appliance_id).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.subject.as_str()).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.severity.as_str()).collect::<Vec<_>>(),
+                    &new.iter()
+                        .map(|a| if a.resolved_at.is_some() { "resolved" } else { "firing" })
+                        .collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.started_at).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.resolved_at).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
+                    &new.iter().map(|a| a.changed_at).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        }
+        if !old.is_empty() {
+            // Any change is news for Alertmanager: notified_at goes back to NULL.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE alerts a SET
+                         state = CASE WHEN u.resolved_at IS NULL THEN 'firing' ELSE 'resolved' END,
+                         resolved_at = u.resolved_at, severity = u.severity, value = u.value,
+                         summary = u.summary, changed_at = u.changed_at, notified_at = NULL,
+                         resolution_notified = false
+                     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[],
+                         $5::text[], $6::timestamptz[])
+                         AS u(id, resolved_at, severity, value, summary, changed_at)
+                     WHERE a.id = u.id",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &old.iter().filter_map(|a| a.id).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.resolved_at).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.severity.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.changed_at).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
