@@ -27,6 +27,11 @@ pub const ALL: &[Migration] = &[
         name: "history",
         sql: include_str!("../migrations/0003_history.sql"),
     },
+    Migration {
+        version: 4,
+        name: "alerts",
+        sql: include_str!("../migrations/0004_alerts.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -190,7 +190,8 @@ impl AlertBook {
             .chain(self.done.iter())
             .filter(|a| a.dirty)
             .collect();
-        let (new, old): (Vec<&Firing>, Vec<&Firing>) = all.into_iter().partition(|a| a.id.is_none());
+        let (new, old): (Vec<&Firing>, Vec<&Firing>) =
+            all.into_iter().partition(|a| a.id.is_none());
         if !new.is_empty() {
             let stmt = tx
                 .prepare_cached(
@@ -213,7 +214,13 @@ impl AlertBook {
                     &new.iter().map(|a| a.subject.as_str()).collect::<Vec<_>>(),
                     &new.iter().map(|a| a.severity.as_str()).collect::<Vec<_>>(),
                     &new.iter()
-                        .map(|a| if a.resolved_at.is_some() { "resolved" } else { "firing" })
+                        .map(|a| {
+                            if a.resolved_at.is_some() {
+                                "resolved"
+                            } else {
+                                "firing"
+                            }
+                        })
                         .collect::<Vec<_>>(),
                     &new.iter().map(|a| a.started_at).collect::<Vec<_>>(),
                     &new.iter().map(|a| a.resolved_at).collect::<Vec<_>>(),

@@ -1,0 +1,710 @@
+//! Alert rules: what each rule fires on, its switch and thresholds, and how its alerts end. The
+//! rules work on plain data (a report and the appliance's previous values), so each one is tested
+//! without a database; `storage/alerts.rs` turns their verdicts into rows.
+
+use std::collections::BTreeMap;
+
+use phonehome_schema::{AppStatus, Report, SmartDevice};
+use serde::Deserialize;
+
+/// How bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// How an alert of a rule ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Fires while the condition holds in the newest report; resolves on the first report
+    /// where it does not.
+    Level,
+    /// Fires when a value rises; resolves after this many days without a further rise. A drive
+    /// that has carried 8 reallocated sectors for years never fires.
+    QuietFor(u32),
+    /// Fires on an event; resolves after this many days without another (or earlier, when
+    /// the rule says the event is undone, e.g. a missing drive back in place).
+    HoldFor(u32),
+}
+
+/// A rule's verdict for one subject of one report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: &'static str,
+    /// What in the appliance: a drive key, a mount point, a NIC, a section; "" for the whole.
+    pub subject: String,
+    pub severity: Severity,
+    /// The value that fired, as an operator reads it (`"reallocated 8 → 24 (+16)"`).
+    pub value: String,
+    pub summary: String,
+}
+
+/// Every rule name, for validation and for metrics with a zero per rule.
+pub const RULES: [&str; 13] = [
+    "disk_failing",
+    "disk_degrading",
+    "disk_wearout",
+    "disk_temperature",
+    "disk_missing",
+    "filesystem_full",
+    "filesystem_filling",
+    "nic_errors",
+    "app_unhealthy",
+    "app_outdated",
+    "appliance_silent",
+    "identity_conflict",
+    "collector_degraded",
+];
+
+/// `[alerts]` in the ingest's configuration: every rule can be switched off and its thresholds
+/// set; the defaults are what a fleet of storage appliances wants on day one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub disk_failing: Switch,
+    pub disk_degrading: Quiet,
+    pub disk_wearout: Wearout,
+    pub disk_temperature: Temperature,
+    pub disk_missing: Hold,
+    pub filesystem_full: FilesystemFull,
+    pub filesystem_filling: FilesystemFilling,
+    pub nic_errors: NicErrors,
+    pub app_unhealthy: Switch,
+    pub app_outdated: AppOutdated,
+    pub appliance_silent: Silent,
+    pub identity_conflict: Hold,
+    pub collector_degraded: Switch,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            disk_failing: Switch::default(),
+            disk_degrading: Quiet {
+                enabled: true,
+                quiet_days: 7,
+            },
+            disk_wearout: Wearout::default(),
+            disk_temperature: Temperature::default(),
+            disk_missing: Hold {
+                enabled: true,
+                hold_days: 7,
+            },
+            filesystem_full: FilesystemFull::default(),
+            filesystem_filling: FilesystemFilling::default(),
+            nic_errors: NicErrors::default(),
+            app_unhealthy: Switch::default(),
+            app_outdated: AppOutdated::default(),
+            appliance_silent: Silent::default(),
+            identity_conflict: Hold {
+                enabled: true,
+                hold_days: 7,
+            },
+            collector_degraded: Switch::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Switch {
+    pub enabled: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quiet {
+    pub enabled: bool,
+    /// Days without a further rise before the alert resolves.
+    pub quiet_days: u32,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Quiet {
+            enabled: true,
+            quiet_days: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hold {
+    pub enabled: bool,
+    /// Days an event keeps its alert firing.
+    pub hold_days: u32,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold {
+            enabled: true,
+            hold_days: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Wearout {
+    pub enabled: bool,
+    /// NVMe "percentage used" (endurance consumed) at or above which the drive is worn.
+    pub percentage_used: u8,
+    /// NVMe available spare (percent) at or below which the drive is worn; the drive's own
+    /// threshold counts too.
+    pub available_spare_percent: u8,
+}
+
+impl Default for Wearout {
+    fn default() -> Self {
+        Wearout {
+            enabled: true,
+            percentage_used: 90,
+            available_spare_percent: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Temperature {
+    pub enabled: bool,
+    /// Above this (°C) a drive is too hot.
+    pub celsius: i64,
+}
+
+impl Default for Temperature {
+    fn default() -> Self {
+        Temperature {
+            enabled: true,
+            celsius: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// Percent of bytes or inodes used at or above which the rule warns.
+    pub warn_percent: f64,
+    /// ... and at or above which it is critical.
+    pub critical_percent: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            warn_percent: 85.0,
+            critical_percent: 95.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemFull {
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
+    /// Per mount point, e.g. `[alerts.filesystem_full.mount_points."/data"]`.
+    pub mount_points: BTreeMap<String, Thresholds>,
+}
+
+impl Default for FilesystemFull {
+    fn default() -> Self {
+        FilesystemFull {
+            enabled: true,
+            thresholds: Thresholds::default(),
+            mount_points: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemFilling {
+    pub enabled: bool,
+    /// Reports the trend is fitted over (the newest included).
+    pub reports: u32,
+    /// Fires when the trend says full within this many days.
+    pub days: f64,
+}
+
+impl Default for FilesystemFilling {
+    fn default() -> Self {
+        FilesystemFilling {
+            enabled: true,
+            reports: 7,
+            days: 7.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NicErrors {
+    pub enabled: bool,
+    /// Errors plus drops since the previous report above which the NIC is in trouble.
+    pub threshold: u64,
+    pub quiet_days: u32,
+}
+
+impl Default for NicErrors {
+    fn default() -> Self {
+        NicErrors {
+            enabled: true,
+            threshold: 100,
+            quiet_days: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppOutdated {
+    pub enabled: bool,
+    /// Patch compliance: an app version below this fires. Unset: the rule is off.
+    pub minimum_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Silent {
+    pub enabled: bool,
+    /// Hours without a report after which an appliance is silent.
+    pub hours: u32,
+}
+
+impl Default for Silent {
+    fn default() -> Self {
+        Silent {
+            enabled: true,
+            hours: 36,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// How alerts of `rule` end.
+    pub fn lifecycle(&self, rule: &str) -> Lifecycle {
+        match rule {
+            "disk_degrading" => Lifecycle::QuietFor(self.disk_degrading.quiet_days),
+            "nic_errors" => Lifecycle::QuietFor(self.nic_errors.quiet_days),
+            "disk_missing" => Lifecycle::HoldFor(self.disk_missing.hold_days),
+            "identity_conflict" => Lifecycle::HoldFor(self.identity_conflict.hold_days),
+            _ => Lifecycle::Level,
+        }
+    }
+
+    /// Whether `rule` is switched on.
+    pub fn enabled(&self, rule: &str) -> bool {
+        match rule {
+            "disk_failing" => self.disk_failing.enabled,
+            "disk_degrading" => self.disk_degrading.enabled,
+            "disk_wearout" => self.disk_wearout.enabled,
+            "disk_temperature" => self.disk_temperature.enabled,
+            "disk_missing" => self.disk_missing.enabled,
+            "filesystem_full" => self.filesystem_full.enabled,
+            "filesystem_filling" => self.filesystem_filling.enabled,
+            "nic_errors" => self.nic_errors.enabled,
+            "app_unhealthy" => self.app_unhealthy.enabled,
+            "app_outdated" => {
+                self.app_outdated.enabled && self.app_outdated.minimum_version.is_some()
+            }
+            "appliance_silent" => self.appliance_silent.enabled,
+            "identity_conflict" => self.identity_conflict.enabled,
+            "collector_degraded" => self.collector_degraded.enabled,
+            _ => false,
+        }
+    }
+
+    /// Level findings that need nothing but the report itself.
+    pub fn evaluate_report(
+        &self,
+        report: &Report,
+        drive_key: impl Fn(&SmartDevice) -> Option<String>,
+    ) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for d in &report.smart.devices {
+            if d.in_standby {
+                continue;
+            }
+            let subject = drive_key(d).unwrap_or_else(|| format!("dev:{}", d.name));
+            let label = drive_label(d);
+            if self.disk_failing.enabled {
+                if let Some(why) = failing_now(d) {
+                    out.push(Finding {
+                        rule: "disk_failing",
+                        subject: subject.clone(),
+                        severity: Severity::Critical,
+                        summary: format!("{label} is failing: {why}"),
+                        value: why,
+                    });
+                }
+            }
+            if self.disk_wearout.enabled {
+                if let Some(n) = &d.nvme {
+                    let used = n
+                        .percentage_used
+                        .filter(|p| *p >= self.disk_wearout.percentage_used);
+                    let floor = self
+                        .disk_wearout
+                        .available_spare_percent
+                        .max(n.available_spare_threshold_percent.unwrap_or(0));
+                    let spare = n.available_spare_percent.filter(|s| *s <= floor);
+                    if used.is_some() || spare.is_some() {
+                        let mut parts = Vec::new();
+                        if let Some(u) = used {
+                            parts.push(format!("percentage used {u}%"));
+                        }
+                        if let Some(s) = spare {
+                            parts.push(format!("available spare {s}%"));
+                        }
+                        let value = parts.join(", ");
+                        out.push(Finding {
+                            rule: "disk_wearout",
+                            subject: subject.clone(),
+                            severity: Severity::Warning,
+                            summary: format!("{label} is wearing out: {value}"),
+                            value,
+                        });
+                    }
+                }
+            }
+            if self.disk_temperature.enabled {
+                if let Some(t) = d
+                    .temperature_celsius
+                    .filter(|t| *t > self.disk_temperature.celsius)
+                {
+                    out.push(Finding {
+                        rule: "disk_temperature",
+                        subject: subject.clone(),
+                        severity: Severity::Warning,
+                        value: format!("{t} °C"),
+                        summary: format!(
+                            "{label} is at {t} °C (threshold {} °C)",
+                            self.disk_temperature.celsius
+                        ),
+                    });
+                }
+            }
+        }
+        if self.filesystem_full.enabled {
+            for f in &report.filesystems.filesystems {
+                let t = self
+                    .filesystem_full
+                    .mount_points
+                    .get(&f.mount_point)
+                    .unwrap_or(&self.filesystem_full.thresholds);
+                let bytes = percent(f.bytes_used, f.bytes_used + f.bytes_available);
+                let inodes = percent(f.inodes_used, f.inodes_total);
+                let (what, pct) = if inodes > bytes {
+                    ("inodes", inodes)
+                } else {
+                    ("space", bytes)
+                };
+                let severity = if pct >= t.critical_percent {
+                    Severity::Critical
+                } else if pct >= t.warn_percent {
+                    Severity::Warning
+                } else {
+                    continue;
+                };
+                out.push(Finding {
+                    rule: "filesystem_full",
+                    subject: f.mount_point.clone(),
+                    severity,
+                    value: format!("{what} {pct:.1}% used"),
+                    summary: format!("{} is {pct:.1}% full ({what})", f.mount_point),
+                });
+            }
+        }
+        if self.app_unhealthy.enabled {
+            let severity = match report.app.status {
+                AppStatus::Unhealthy => Some(Severity::Critical),
+                AppStatus::Degraded => Some(Severity::Warning),
+                AppStatus::Healthy | AppStatus::Unknown => None,
+            };
+            if let Some(severity) = severity {
+                let failed: Vec<&str> = report
+                    .app
+                    .checks
+                    .iter()
+                    .filter(|c| c.status != AppStatus::Healthy)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                out.push(Finding {
+                    rule: "app_unhealthy",
+                    subject: String::new(),
+                    severity,
+                    value: report.app.status.as_str().to_owned(),
+                    summary: format!(
+                        "the application is {} (checks: {})",
+                        report.app.status.as_str(),
+                        if failed.is_empty() {
+                            "none named".to_owned()
+                        } else {
+                            failed.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+        if let (true, Some(min)) = (
+            self.app_outdated.enabled,
+            self.app_outdated.minimum_version.as_deref(),
+        ) {
+            if let Some(v) = report.app.version.as_deref() {
+                if version_less(v, min) {
+                    out.push(Finding {
+                        rule: "app_outdated",
+                        subject: String::new(),
+                        severity: Severity::Warning,
+                        value: v.to_owned(),
+                        summary: format!("application version {v} is below the minimum {min}"),
+                    });
+                }
+            }
+        }
+        if self.collector_degraded.enabled {
+            let sections = [
+                ("identity", &report.identity.errors),
+                ("system", &report.system.errors),
+                ("smart", &report.smart.errors),
+                ("filesystems", &report.filesystems.errors),
+                ("nics", &report.nics.errors),
+                ("app", &report.app.errors),
+            ];
+            for (section, errors) in sections {
+                for e in errors {
+                    out.push(Finding {
+                        rule: "collector_degraded",
+                        subject: format!("{section}:{}", e.item),
+                        severity: Severity::Warning,
+                        value: format!("{:?}", e.kind).to_lowercase(),
+                        summary: format!(
+                            "could not collect {section} item {}: {}",
+                            e.item, e.message
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Why a drive is failing now, if it is: overall health failed, an attribute at or below its
+/// threshold now, NVMe critical warning bits. (An error log with entries is not failure.)
+pub fn failing_now(d: &SmartDevice) -> Option<String> {
+    let mut why = Vec::new();
+    if d.health_passed == Some(false) {
+        why.push("overall health self-assessment failed".to_owned());
+    }
+    for a in &d.attributes {
+        if a.when_failed.as_deref() == Some("now") {
+            why.push(format!("attribute {} {} failing now", a.id, a.name));
+        }
+    }
+    if let Some(n) = &d.nvme {
+        if !n.critical_warnings.is_empty() {
+            let bits: Vec<String> = n
+                .critical_warnings
+                .iter()
+                .map(|w| format!("{w:?}"))
+                .collect();
+            why.push(format!("NVMe critical warning: {}", bits.join(", ")));
+        } else if let Some(bits) = n.critical_warning.filter(|b| *b != 0) {
+            why.push(format!("NVMe critical warning 0x{bits:02x}"));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// "ST2000DM006 Z4ZCX0WD (/dev/sda)", what an operator can find in the rack.
+pub fn drive_label(d: &SmartDevice) -> String {
+    match (&d.model, &d.serial) {
+        (Some(m), Some(s)) => format!("{m} {s} ({})", d.name),
+        (None, Some(s)) => format!("{s} ({})", d.name),
+        _ => d.name.clone(),
+    }
+}
+
+fn percent(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / total as f64
+    }
+}
+
+/// Whether version `a` is below `b`, comparing dot-separated numbers numerically and anything
+/// else as text ("4.10.0" > "4.9.2"; "4.3.0-rc1" < "4.3.0").
+pub fn version_less(a: &str, b: &str) -> bool {
+    fn parts(v: &str) -> (Vec<u64>, Option<&str>) {
+        let v = v.trim().trim_start_matches('v');
+        let (core, pre) = match v.split_once(['-', '~', '+']) {
+            Some((c, p)) => (c, Some(p)),
+            None => (v, None),
+        };
+        (
+            core.split('.')
+                .map(|p| p.trim().parse().unwrap_or(0))
+                .collect(),
+            pre,
+        )
+    }
+    let (mut ca, pa) = parts(a);
+    let (mut cb, pb) = parts(b);
+    let n = ca.len().max(cb.len());
+    ca.resize(n, 0);
+    cb.resize(n, 0);
+    match ca.cmp(&cb) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        // A pre-release is below its release.
+        std::cmp::Ordering::Equal => match (pa, pb) {
+            (Some(_), None) => true,
+            (Some(x), Some(y)) => x < y,
+            _ => false,
+        },
+    }
+}
+
+/// A counter's rise since the previous report, reading a drop as a reset (reboot, driver
+/// reload): then everything counted since is new, at most the current value.
+pub fn rise(previous: Option<i64>, current: Option<i64>, reset: bool) -> Option<i64> {
+    let current = current?;
+    match previous {
+        Some(p) if !reset && current >= p => Some(current - p),
+        Some(_) => Some(current),
+        None => None,
+    }
+}
+
+/// Days until `total` is reached by a least-squares line through `(day, used)` points, if the
+/// line rises.
+pub fn days_to_full(points: &[(f64, f64)], total: f64) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= f64::EPSILON {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    if slope <= 0.0 {
+        return None;
+    }
+    let (last_x, _) = points
+        .iter()
+        .fold((f64::MIN, 0.0), |a, p| if p.0 > a.0 { *p } else { a });
+    let fitted_now = my + slope * (last_x - mx);
+    Some(((total - fitted_now) / slope).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../schema/examples/report.json");
+
+    #[test]
+    fn versions_compare_numerically_with_pre_releases_below() {
+        for (a, b, less) in [
+            ("4.2.1", "4.3.0", true),
+            ("4.10.0", "4.9.2", false),
+            ("4.3", "4.3.0", false),
+            ("4.3.0-rc1", "4.3.0", true),
+            ("v4.3.0", "4.3.0", false),
+            ("4.3.1", "4.3.0", false),
+        ] {
+            assert_eq!(version_less(a, b), less, "{a} < {b}");
+        }
+    }
+
+    #[test]
+    fn a_counter_reset_is_not_a_rise_of_minus_millions() {
+        assert_eq!(rise(Some(10), Some(25), false), Some(15));
+        assert_eq!(rise(Some(1_000_000), Some(3), false), Some(3));
+        assert_eq!(rise(Some(10), Some(12), true), Some(12));
+        assert_eq!(rise(None, Some(12), false), None);
+    }
+
+    #[test]
+    fn a_steady_rise_gives_days_to_full() {
+        let pts: Vec<(f64, f64)> = (0..7).map(|d| (d as f64, 50.0 + 5.0 * d as f64)).collect();
+        let days = days_to_full(&pts, 100.0).unwrap();
+        assert!((days - 4.0).abs() < 1e-9, "{days}");
+        let flat: Vec<(f64, f64)> = (0..7).map(|d| (d as f64, 50.0)).collect();
+        assert_eq!(days_to_full(&flat, 100.0), None);
+        assert_eq!(days_to_full(&pts[..2], 100.0), None);
+    }
+
+    #[test]
+    fn the_example_report_fires_what_it_should_and_nothing_else() {
+        let mut r: Report = serde_json::from_str(EXAMPLE).unwrap();
+        let config = AlertsConfig::default();
+        let rules = |r: &Report| {
+            let mut v: Vec<(&str, String)> = config
+                .evaluate_report(r, crate::storage::rows::drive_key)
+                .into_iter()
+                .map(|f| (f.rule, f.subject))
+                .collect();
+            v.sort();
+            v
+        };
+        // The example's RAID member timed out: the collector is degraded, nothing else.
+        assert_eq!(
+            rules(&r),
+            vec![(
+                "collector_degraded",
+                "smart:/dev/bus/0 -d megaraid,1".to_owned()
+            )]
+        );
+        r.smart.errors.clear();
+        r.smart.devices[0].temperature_celsius = Some(61);
+        r.smart.devices[0].health_passed = Some(false);
+        r.filesystems.filesystems[0].bytes_available = 1;
+        r.app.status = AppStatus::Unhealthy;
+        let fired = rules(&r);
+        let names: Vec<&str> = fired.iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            vec![
+                "app_unhealthy",
+                "disk_failing",
+                "disk_temperature",
+                "filesystem_full"
+            ]
+        );
+        let off: AlertsConfig = toml::from_str("[disk_temperature]\nenabled = false\n").unwrap();
+        assert!(
+            off.evaluate_report(&r, crate::storage::rows::drive_key)
+                .iter()
+                .all(|f| f.rule != "disk_temperature")
+        );
+    }
+}
