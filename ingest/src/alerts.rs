@@ -513,6 +513,120 @@ impl AlertsConfig {
     }
 }
 
+/// `disk_degrading`: the counts that mean a drive is losing sectors or links, compared with the
+/// drive's previous report. Only a rise fires; the level alone never does.
+pub fn degrading(
+    drive: &crate::storage::rows::DriveRow,
+    previous: &crate::storage::rows::DriveSample,
+) -> Option<Finding> {
+    let cur = &drive.sample;
+    let widen = |v: Option<i32>| v.map(i64::from);
+    let counts = [
+        (
+            "reallocated sectors",
+            widen(previous.reallocated_sectors),
+            widen(cur.reallocated_sectors),
+        ),
+        (
+            "pending sectors",
+            widen(previous.pending_sectors),
+            widen(cur.pending_sectors),
+        ),
+        (
+            "offline uncorrectable",
+            widen(previous.offline_uncorrectable),
+            widen(cur.offline_uncorrectable),
+        ),
+        (
+            "CRC errors",
+            widen(previous.crc_errors),
+            widen(cur.crc_errors),
+        ),
+        (
+            "media errors",
+            previous.nvme_media_errors,
+            cur.nvme_media_errors,
+        ),
+        (
+            "grown defects",
+            previous.scsi_grown_defects,
+            cur.scsi_grown_defects,
+        ),
+    ];
+    let rises: Vec<String> = counts
+        .iter()
+        .filter_map(|(name, p, c)| match (p, c) {
+            (Some(p), Some(c)) if c > p => Some(format!("{name} {p} → {c} (+{})", c - p)),
+            _ => None,
+        })
+        .collect();
+    if rises.is_empty() {
+        return None;
+    }
+    let value = rises.join(", ");
+    let label = match (&drive.model, &drive.serial) {
+        (Some(m), Some(s)) => format!("{m} {s} ({})", drive.device_name),
+        _ => drive.device_name.clone(),
+    };
+    Some(Finding {
+        rule: "disk_degrading",
+        subject: drive.key.clone(),
+        severity: Severity::Warning,
+        summary: format!("{label} is degrading: {value}"),
+        value,
+    })
+}
+
+/// `nic_errors`: errors and drops since the previous report, a counter reset (reboot) read as
+/// such rather than as a negative rise or a false alarm.
+pub fn nic_errors(
+    config: &AlertsConfig,
+    nic: &crate::storage::rows::NicRow,
+    previous: &crate::storage::rows::NicRow,
+    rebooted: bool,
+) -> Option<Finding> {
+    let counters = [
+        ("rx_errors", previous.rx_errors, nic.rx_errors),
+        ("tx_errors", previous.tx_errors, nic.tx_errors),
+        ("rx_dropped", previous.rx_dropped, nic.rx_dropped),
+        ("tx_dropped", previous.tx_dropped, nic.tx_dropped),
+    ];
+    // A counter below its previous value was reset even without a new boot id (driver reload).
+    let reset = rebooted
+        || counters
+            .iter()
+            .any(|(_, p, c)| matches!((p, c), (Some(p), Some(c)) if c < p));
+    let parts: Vec<(&str, i64)> = counters
+        .iter()
+        .filter_map(|(name, p, c)| rise(*p, *c, reset).map(|r| (*name, r)))
+        .filter(|(_, r)| *r > 0)
+        .collect();
+    let total: i64 = parts.iter().map(|(_, r)| r).sum();
+    if u64::try_from(total).unwrap_or(0) <= config.nic_errors.threshold {
+        return None;
+    }
+    let value = parts
+        .iter()
+        .map(|(n, r)| format!("{n} +{r}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(Finding {
+        rule: "nic_errors",
+        subject: nic.name.clone(),
+        severity: Severity::Warning,
+        summary: format!(
+            "{} counted {total} errors and drops since the previous report{} ({value})",
+            nic.name,
+            if reset {
+                " (counters were reset in between)"
+            } else {
+                ""
+            }
+        ),
+        value,
+    })
+}
+
 /// Why a drive is failing now, if it is: overall health failed, an attribute at or below its
 /// threshold now, NVMe critical warning bits. (An error log with entries is not failure.)
 pub fn failing_now(d: &SmartDevice) -> Option<String> {

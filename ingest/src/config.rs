@@ -37,7 +37,7 @@ pub struct TlsConfig {
 }
 
 /// Everything `phonehome-ingest serve` needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// libpq-style URL or key=value string; it may carry a password, hence `Secret`.
     pub database_url: Secret,
@@ -62,6 +62,8 @@ pub struct Config {
     pub maintenance_interval_seconds: u64,
     /// Name of this replica in logs and `maintenance_runs` (default: hostname:pid).
     pub replica_name: Option<String>,
+    /// `[alerts]`: the rules' switches and thresholds.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
@@ -96,6 +98,7 @@ impl Default for Config {
             retention_days: DEFAULT_RETENTION_DAYS,
             maintenance_interval_seconds: 3600,
             replica_name: None,
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ struct FileConfig {
     retention_days: Option<u32>,
     maintenance_interval_seconds: Option<u64>,
     replica_name: Option<String>,
+    alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 /// Why the configuration could not be loaded.
@@ -147,6 +151,7 @@ impl Config {
             writers: self.db_writers,
             batch_max: self.db_batch_max,
             retention_days: self.retention_days,
+            alerts: std::sync::Arc::new(self.alerts.clone()),
         }
     }
 
@@ -223,6 +228,9 @@ impl Config {
         }
         if let Some(v) = f.replica_name {
             self.replica_name = Some(v);
+        }
+        if let Some(v) = f.alerts {
+            self.alerts = v;
         }
     }
 

@@ -178,6 +178,23 @@ impl AlertBook {
         }
     }
 
+    /// Ends `appliance_id`'s firing alert of `rule` (any subject), if there is one.
+    pub(super) fn resolve(&mut self, appliance_id: i32, rule: &str, at: DateTime<Utc>) {
+        let ended: Vec<String> = self
+            .firing
+            .iter()
+            .filter(|(_, a)| a.appliance_id == appliance_id && a.rule == rule)
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in ended {
+            if let Some(mut a) = self.firing.remove(&fp) {
+                a.resolved_at = Some(at);
+                a.dirty = true;
+                self.done.push(a);
+            }
+        }
+    }
+
     /// Writes what changed: new episodes, renewed or worsened ones, resolutions.
     pub(super) async fn write(
         self,

@@ -13,8 +13,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::rows::{CurrentState, PreparedReport};
+use super::alerts::{AlertBook, Judged};
+use super::rows::{CurrentState, DriveSample, NicRow, PreparedReport};
 use super::{InsertOutcome, StorageError};
+use crate::alerts::{self as rules, AlertsConfig, Finding, Severity};
 
 /// An appliance's state before this batch, as far as the batch needs it.
 #[derive(Debug, Clone)]
@@ -27,6 +29,7 @@ struct Before {
     system_uuid: Option<String>,
     machine_id: Option<String>,
     versions: HashMap<&'static str, Option<String>>,
+    boot_id: Option<Uuid>,
 }
 
 /// An open membership: drive `drive_id` is in the appliance under `device_name`.
@@ -87,6 +90,7 @@ type Progress<'a> = (Before, Option<&'a PreparedReport>, i64, DateTime<Utc>);
 pub(super) async fn write(
     tx: &Transaction<'_>,
     batch: &[&PreparedReport],
+    config: &AlertsConfig,
 ) -> Result<Vec<InsertOutcome>, StorageError> {
     let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
     // A report twice in one batch (a retry racing its original) is stored once.
@@ -175,11 +179,14 @@ pub(super) async fn write(
     let drive_ids = upsert_drives(tx, batch, &stored).await?;
     let appliance_ids: Vec<i32> = before.values().map(|b| b.id).collect();
     let drive_id_list: Vec<i32> = drive_ids.values().copied().collect();
-    let (members, latest_elsewhere, shared) = tokio::try_join!(
+    let (members, latest_elsewhere, shared, mut book, mut previous) = tokio::try_join!(
         open_memberships(tx, &appliance_ids),
         latest_memberships(tx, &drive_id_list),
         appliances_sharing_identity(tx, batch, &stored),
+        AlertBook::load(tx, &appliance_ids),
+        Previous::load(tx, batch, &stored, &before, config),
     )?;
+    let key_of: HashMap<i32, &str> = drive_ids.iter().map(|(k, id)| (*id, k.as_str())).collect();
 
     let mut writes = Writes::default();
     let mut states: BTreeMap<&str, Progress<'_>> = BTreeMap::new();
@@ -193,14 +200,33 @@ pub(super) async fn write(
         entry.3 = entry.3.max(r.received_at);
         identity_shared(r, batch, &stored, &shared, &mut writes);
         let b = &mut entry.0;
+        // Any report, late or not, ends a silence.
+        book.resolve(b.id, "appliance_silent", r.received_at);
         // A late report (delivered from a spool after newer ones) describes the past: it is
-        // kept, but it does not move current state, membership or versions.
+        // kept, but it does not move current state, membership, versions or alerts.
         if !b.fresh && r.collected_at < b.last_collected_at {
             continue;
         }
         identity_changed(b, r, &mut writes);
         versions_changed(b, r, &mut writes);
         membership_changed(b, r, &drive_ids, &members, &latest_elsewhere, &mut writes);
+        let findings = previous.findings(config, b, r, &drive_ids, &key_of, &writes);
+        let present: HashSet<&str> = r.drives.iter().map(|d| d.key.as_str()).collect();
+        book.apply(
+            config,
+            b.id,
+            &r.serial,
+            r.collected_at,
+            &findings,
+            Judged {
+                drives: r.smart_complete,
+                filesystems: r.filesystems_complete,
+                nics: r.nics_complete,
+            },
+            &present,
+        );
+        previous.advance(b.id, r, &drive_ids);
+        b.boot_id = r.boot_id;
         b.fresh = false;
         b.last_collected_at = r.collected_at;
         b.system_uuid = r.state.system_uuid.map(|u| u.to_string());
@@ -211,10 +237,12 @@ pub(super) async fn write(
         entry.1 = Some(r);
     }
 
+    let serials: HashMap<i32, String> = before.iter().map(|(s, b)| (b.id, s.clone())).collect();
     tokio::try_join!(
         insert_samples(tx, batch, &stored, &before, &drive_ids),
         write_events(tx, &writes),
         update_appliances(tx, &states),
+        book.write(tx, &serials),
     )?;
     Ok(outcomes)
 }
@@ -287,7 +315,7 @@ async fn lock_appliances(
     let select = tx
         .prepare_cached(
             "SELECT id, serial, report_count = 0, last_collected_at, system_uuid::text,
-                    machine_id, app_version, os_pretty_name, kernel, collector_version
+                    machine_id, app_version, os_pretty_name, kernel, collector_version, boot_id
              FROM appliances WHERE serial = ANY($1) ORDER BY serial FOR UPDATE",
         )
         .await?;
@@ -308,6 +336,7 @@ async fn lock_appliances(
                 system_uuid: row.get(4),
                 machine_id: row.get(5),
                 versions,
+                boot_id: row.get(10),
             },
         );
     }
@@ -1007,14 +1036,14 @@ async fn update_appliances(
                  collector_version = u.collector_version, drive_count = u.drives,
                  failing_drive_count = u.failing, filesystem_count = u.filesystems,
                  nic_count = u.nics, collection_errors = u.errors,
-                 dropped_reports = u.dropped, last_cert_sha256 = u.cert
+                 dropped_reports = u.dropped, last_cert_sha256 = u.cert, boot_id = u.boot_id
              FROM unnest($1::int[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
                  $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                  $12::int[], $13::int[], $14::int[], $15::int[], $16::int[], $17::bigint[],
-                 $18::bytea[])
+                 $18::bytea[], $19::uuid[])
                  AS u(id, hostname, system_uuid, machine_id, collected_at, report_id,
                       app_version, app_status, os, kernel, collector_version, drives, failing,
-                      filesystems, nics, errors, dropped, cert)
+                      filesystems, nics, errors, dropped, cert, boot_id)
              WHERE a.id = u.id",
         )
         .await?;
@@ -1057,8 +1086,255 @@ async fn update_appliances(
                 .iter()
                 .map(|(_, r)| r.cert_sha256.as_slice())
                 .collect::<Vec<_>>(),
+            &newest.iter().map(|(_, r)| r.boot_id).collect::<Vec<_>>(),
         ],
     )
     .await?;
     Ok(())
+}
+
+/// The appliance's previous report as rules judged by change need it, moved forward report by
+/// report through the batch: drive counts by drive, NIC counters by name, and filesystem use
+/// over the last reports for the fill trend.
+#[derive(Debug, Default)]
+struct Previous {
+    drives: HashMap<i32, HashMap<i32, DriveSample>>,
+    nics: HashMap<i32, HashMap<String, NicRow>>,
+    filesystems: HashMap<(i32, String), Vec<(DateTime<Utc>, i64)>>,
+}
+
+impl Previous {
+    async fn load(
+        tx: &Transaction<'_>,
+        batch: &[&PreparedReport],
+        stored: &[usize],
+        before: &HashMap<String, Before>,
+        config: &AlertsConfig,
+    ) -> Result<Self, StorageError> {
+        let mut out = Previous::default();
+        let known: Vec<&Before> = before.values().filter(|b| !b.fresh).collect();
+        if known.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<i32> = known.iter().map(|b| b.id).collect();
+        let at: Vec<DateTime<Utc>> = known.iter().map(|b| b.last_collected_at).collect();
+        let drives = tx
+            .prepare_cached(
+                "SELECT s.appliance_id, s.drive_id, s.reallocated_sectors, s.pending_sectors,
+                        s.offline_uncorrectable, s.crc_errors, s.nvme_media_errors,
+                        s.scsi_grown_defects
+                 FROM drive_samples s
+                 JOIN unnest($1::int[], $2::timestamptz[]) AS k(a, t)
+                   ON s.appliance_id = k.a AND s.collected_at = k.t",
+            )
+            .await?;
+        let nics = tx
+            .prepare_cached(
+                "SELECT s.appliance_id, s.name, s.rx_errors, s.tx_errors, s.rx_dropped,
+                        s.tx_dropped
+                 FROM nic_samples s
+                 JOIN unnest($1::int[], $2::timestamptz[]) AS k(a, t)
+                   ON s.appliance_id = k.a AND s.collected_at = k.t",
+            )
+            .await?;
+        let filesystems = tx
+            .prepare_cached(
+                "SELECT appliance_id, mount_point, collected_at, bytes_used
+                 FROM filesystem_samples
+                 WHERE appliance_id = ANY($1) AND collected_at >= $2
+                 ORDER BY collected_at",
+            )
+            .await?;
+        // Enough days back for the trend's reports at one report a day, with room for gaps.
+        let earliest = stored
+            .iter()
+            .map(|&i| batch[i].collected_at)
+            .min()
+            .unwrap_or_else(Utc::now);
+        let since =
+            earliest - chrono::Duration::days(i64::from(config.filesystem_filling.reports) * 2);
+        let filling = config.filesystem_filling.enabled;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &at];
+        let (drive_rows, nic_rows, fs_rows) = tokio::try_join!(
+            tx.query(&drives, &params),
+            tx.query(&nics, &params),
+            async {
+                if filling {
+                    tx.query(&filesystems, &[&ids, &since]).await
+                } else {
+                    Ok(Vec::new())
+                }
+            },
+        )?;
+        for r in drive_rows {
+            out.drives.entry(r.get(0)).or_default().insert(
+                r.get(1),
+                DriveSample {
+                    reallocated_sectors: r.get(2),
+                    pending_sectors: r.get(3),
+                    offline_uncorrectable: r.get(4),
+                    crc_errors: r.get(5),
+                    nvme_media_errors: r.get(6),
+                    scsi_grown_defects: r.get(7),
+                    ..DriveSample::default()
+                },
+            );
+        }
+        for r in nic_rows {
+            let name: String = r.get(1);
+            out.nics.entry(r.get(0)).or_default().insert(
+                name.clone(),
+                NicRow {
+                    name,
+                    rx_bytes: None,
+                    tx_bytes: None,
+                    rx_errors: r.get(2),
+                    tx_errors: r.get(3),
+                    rx_dropped: r.get(4),
+                    tx_dropped: r.get(5),
+                },
+            );
+        }
+        for r in fs_rows {
+            out.filesystems
+                .entry((r.get(0), r.get(1)))
+                .or_default()
+                .push((r.get(2), r.get(3)));
+        }
+        Ok(out)
+    }
+
+    /// Every finding for report `r`: its own (from `prepare`) and those judged against the
+    /// previous report or this batch's events.
+    fn findings(
+        &self,
+        config: &AlertsConfig,
+        b: &Before,
+        r: &PreparedReport,
+        drive_ids: &HashMap<String, i32>,
+        key_of: &HashMap<i32, &str>,
+        writes: &Writes,
+    ) -> Vec<Finding> {
+        let mut out = r.findings.clone();
+        if let Some(previous) = self.drives.get(&b.id) {
+            for d in &r.drives {
+                let prev = drive_ids.get(&d.key).and_then(|id| previous.get(id));
+                if let Some(f) = prev.and_then(|p| rules::degrading(d, p)) {
+                    out.push(f);
+                }
+            }
+        }
+        if let Some(previous) = self.nics.get(&b.id) {
+            let rebooted = matches!((b.boot_id, r.boot_id), (Some(x), Some(y)) if x != y);
+            for n in &r.nics {
+                if let Some(f) = previous
+                    .get(&n.name)
+                    .and_then(|p| rules::nic_errors(config, n, p, rebooted))
+                {
+                    out.push(f);
+                }
+            }
+        }
+        for e in writes
+            .drive_events
+            .iter()
+            .filter(|e| e.6 == r.report_id && e.2 == "disappeared")
+        {
+            let key = key_of.get(&e.0).copied().unwrap_or_default();
+            out.push(Finding {
+                rule: "disk_missing",
+                subject: key.to_owned(),
+                severity: Severity::Warning,
+                value: format!("last seen as {}", e.4),
+                summary: format!("drive {key} (last seen as {}) is no longer reported", e.4),
+            });
+        }
+        for e in writes.identity_events.iter().filter(|e| e.5 == r.report_id) {
+            let (subject, summary) = match (e.1, &e.4) {
+                (kind, Some(other)) => (
+                    format!("{kind}:{}", e.3),
+                    format!(
+                        "{} reports {} {} like {other}: a cloned image?",
+                        e.0,
+                        kind.trim_end_matches("_shared").replace('_', " "),
+                        e.3
+                    ),
+                ),
+                (kind, None) => (
+                    kind.to_owned(),
+                    format!(
+                        "{} now reports {} {} (was {}): chassis or board swapped, or re-imaged?",
+                        e.0,
+                        kind.trim_end_matches("_changed").replace('_', " "),
+                        e.3,
+                        e.2.as_deref().unwrap_or("?")
+                    ),
+                ),
+            };
+            out.push(Finding {
+                rule: "identity_conflict",
+                subject,
+                severity: Severity::Warning,
+                value: e.3.clone(),
+                summary,
+            });
+        }
+        if config.filesystem_filling.enabled {
+            let n = config.filesystem_filling.reports.max(3) as usize;
+            for f in &r.filesystems {
+                let Some(history) = self.filesystems.get(&(b.id, f.mount_point.clone())) else {
+                    continue;
+                };
+                let mut points: Vec<(DateTime<Utc>, i64)> = history
+                    .iter()
+                    .filter(|(t, _)| *t < r.collected_at)
+                    .copied()
+                    .collect();
+                points.push((r.collected_at, f.bytes_used));
+                let points = &points[points.len().saturating_sub(n)..];
+                let origin = points[0].0;
+                let xy: Vec<(f64, f64)> = points
+                    .iter()
+                    .map(|(t, used)| ((*t - origin).num_seconds() as f64 / 86_400.0, *used as f64))
+                    .collect();
+                if let Some(days) = rules::days_to_full(&xy, f.bytes_total as f64) {
+                    if days <= config.filesystem_filling.days {
+                        out.push(Finding {
+                            rule: "filesystem_filling",
+                            subject: f.mount_point.clone(),
+                            severity: Severity::Warning,
+                            value: format!("full in {days:.1} days"),
+                            summary: format!(
+                                "{} will be full in {days:.1} days at the rate of its last {} reports",
+                                f.mount_point,
+                                points.len()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes report `r` the previous one for what follows in the batch.
+    fn advance(&mut self, appliance: i32, r: &PreparedReport, drive_ids: &HashMap<String, i32>) {
+        self.drives.insert(
+            appliance,
+            r.drives
+                .iter()
+                .filter_map(|d| drive_ids.get(&d.key).map(|id| (*id, d.sample.clone())))
+                .collect(),
+        );
+        self.nics.insert(
+            appliance,
+            r.nics.iter().map(|n| (n.name.clone(), n.clone())).collect(),
+        );
+        for f in &r.filesystems {
+            self.filesystems
+                .entry((appliance, f.mount_point.clone()))
+                .or_default()
+                .push((r.collected_at, f.bytes_used));
+        }
+    }
 }

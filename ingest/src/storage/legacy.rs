@@ -57,7 +57,13 @@ pub(super) async fn convert(storage: &Storage, client: &Object) -> Result<(), St
                 .codec()
                 .compress(body.as_bytes())
                 .map_err(|e| StorageError::Config(format!("zstd: {e}")))?;
-            prepared.push(rows::prepare(&report, &cert, received_at, compressed));
+            prepared.push(rows::prepare(
+                &report,
+                &cert,
+                received_at,
+                compressed,
+                &storage.settings().alerts,
+            ));
             ids.push(id);
         }
         let refs: Vec<&rows::PreparedReport> = prepared.iter().collect();

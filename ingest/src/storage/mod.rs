@@ -19,6 +19,7 @@ use phonehome_dashboard::{ApplianceRow, FleetSource};
 use phonehome_schema::{Report, migrations};
 use tokio_postgres::NoTls;
 
+use crate::alerts::AlertsConfig;
 use crate::tls::ApplianceIdentity;
 use evidence::Codec;
 use maintenance::Month;
@@ -67,6 +68,8 @@ pub struct StorageSettings {
     /// Reports collected longer ago than this are refused, and whole months of history older
     /// than this are dropped.
     pub retention_days: u32,
+    /// The alert rules, evaluated in every batch.
+    pub alerts: Arc<AlertsConfig>,
 }
 
 impl Default for StorageSettings {
@@ -76,6 +79,7 @@ impl Default for StorageSettings {
             writers: 4,
             batch_max: 64,
             retention_days: 400,
+            alerts: Arc::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ pub(crate) struct Core {
     codec: Arc<Codec>,
     /// Months whose partitions are known to exist.
     partitions: Arc<std::sync::Mutex<HashSet<Month>>>,
+    alerts: Arc<AlertsConfig>,
 }
 
 /// The ingest's handle on PostgreSQL; cheap to clone.
@@ -161,6 +166,7 @@ impl Storage {
                 pool,
                 codec: Arc::new(Codec::default()),
                 partitions: Arc::default(),
+                alerts: settings.alerts.clone(),
             },
             writer: Arc::new(OnceLock::new()),
             settings,
@@ -242,7 +248,13 @@ impl Storage {
             .codec
             .compress(body.as_bytes())
             .map_err(|e| StorageError::Config(format!("zstd: {e}")))?;
-        let prepared = rows::prepare(report, &identity.cert_sha256, Utc::now(), compressed);
+        let prepared = rows::prepare(
+            report,
+            &identity.cert_sha256,
+            Utc::now(),
+            compressed,
+            &self.settings.alerts,
+        );
         let writer = self.writer.get_or_init(|| {
             Writer::start(
                 self.core.clone(),
@@ -397,7 +409,7 @@ impl Core {
             }
         }
         let tx = client.transaction().await?;
-        let outcomes = batch::write(&tx, reports).await?;
+        let outcomes = batch::write(&tx, reports, &self.alerts).await?;
         tx.commit().await?;
         Ok(outcomes)
     }

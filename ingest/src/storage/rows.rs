@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use phonehome_schema::{Report, SmartDevice};
 use uuid::Uuid;
 
+use crate::alerts::{AlertsConfig, Finding};
+
 /// Everything one report writes, ready for the batch writer.
 #[derive(Debug, Clone)]
 pub struct PreparedReport {
@@ -28,6 +30,15 @@ pub struct PreparedReport {
     pub smart_complete: bool,
     pub filesystems: Vec<FilesystemRow>,
     pub nics: Vec<NicRow>,
+    /// The boot the report came from: NIC counters restart with a new one.
+    pub boot_id: Option<Uuid>,
+    /// Whether the filesystem and NIC sections were collected without a section-level error:
+    /// only then may their alerts resolve on this report.
+    pub filesystems_complete: bool,
+    pub nics_complete: bool,
+    /// What the alert rules find in this report alone (rules judged by change are evaluated
+    /// in the batch, against the previous report).
+    pub findings: Vec<Finding>,
 }
 
 /// What a report says about the appliance's current state.
@@ -187,6 +198,7 @@ pub fn prepare(
     cert_sha256: &[u8],
     received_at: DateTime<Utc>,
     body: (Vec<u8>, Option<i16>),
+    alerts: &AlertsConfig,
 ) -> PreparedReport {
     let mut drives: Vec<DriveRow> = Vec::new();
     let mut unidentified_devices = Vec::new();
@@ -296,6 +308,10 @@ pub fn prepare(
         smart_complete,
         filesystems,
         nics,
+        boot_id: report.identity.boot_id,
+        filesystems_complete: report.filesystems.errors.is_empty(),
+        nics_complete: report.nics.errors.is_empty(),
+        findings: alerts.evaluate_report(report, drive_key),
     }
 }
 
@@ -327,7 +343,13 @@ mod tests {
     #[test]
     fn the_example_report_becomes_the_rows_alerts_need() {
         let r = example();
-        let p = prepare(&r, &[7; 32], Utc::now(), (vec![1, 2, 3], None));
+        let p = prepare(
+            &r,
+            &[7; 32],
+            Utc::now(),
+            (vec![1, 2, 3], None),
+            &AlertsConfig::default(),
+        );
         assert_eq!(p.serial, r.identity.serial.as_str());
         assert_eq!(p.filesystems.len(), r.filesystems.filesystems.len());
         assert_eq!(p.nics.len(), r.nics.nics.len());
@@ -376,7 +398,13 @@ mod tests {
         r.smart.devices[0].reallocated_sectors = Some(u64::MAX);
         r.smart.devices[0].temperature_celsius = Some(1 << 40);
         r.filesystems.filesystems[0].bytes_total = u64::MAX;
-        let p = prepare(&r, &[0; 32], Utc::now(), (vec![], None));
+        let p = prepare(
+            &r,
+            &[0; 32],
+            Utc::now(),
+            (vec![], None),
+            &AlertsConfig::default(),
+        );
         let d = &p.drives[0].sample;
         assert_eq!(d.power_on_hours, Some(i32::MAX));
         assert_eq!(d.reallocated_sectors, Some(i32::MAX));
@@ -390,7 +418,13 @@ mod tests {
         let mut twin = r.smart.devices[0].clone();
         twin.name = "/dev/bus/0".into();
         r.smart.devices.push(twin);
-        let p = prepare(&r, &[0; 32], Utc::now(), (vec![], None));
+        let p = prepare(
+            &r,
+            &[0; 32],
+            Utc::now(),
+            (vec![], None),
+            &AlertsConfig::default(),
+        );
         let keys: std::collections::HashSet<_> = p.drives.iter().map(|d| &d.key).collect();
         assert_eq!(keys.len(), p.drives.len());
     }
