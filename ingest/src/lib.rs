@@ -46,9 +46,13 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(storage: Storage, max_body_bytes: usize) -> Self {
+        let metrics = Metrics::new();
+        metrics
+            .max_in_flight
+            .set(i64::try_from(config::DEFAULT_MAX_IN_FLIGHT).unwrap_or(i64::MAX));
         AppState {
             storage,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             max_body_bytes,
             admission: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_IN_FLIGHT)),
             connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
@@ -64,6 +68,9 @@ impl AppState {
     /// Sets how many reports may be in flight at once (at least 1).
     pub fn with_max_in_flight(mut self, n: usize) -> Self {
         self.admission = Arc::new(tokio::sync::Semaphore::new(n.max(1)));
+        self.metrics
+            .max_in_flight
+            .set(i64::try_from(n.max(1)).unwrap_or(i64::MAX));
         self
     }
 }
@@ -129,9 +136,12 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    match state.storage.appliance_count().await {
-        Ok(n) => state.metrics.appliances.set(n),
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count appliances"),
+    let silent_hours = state.storage.settings().alerts.appliance_silent.hours;
+    match state.storage.fleet_snapshot(silent_hours).await {
+        Ok(s) => state.metrics.set_fleet(&s),
+        // The ingest's own counters are still worth a scrape; the fleet gauges keep their last
+        // values.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the fleet's numbers"),
     }
     (
         [(

@@ -171,11 +171,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {} (ops_listen)", config.ops_listen))?;
     tracing::info!(reports = %config.report_listen, ops = %config.ops_listen, "listening");
+    let silence = config.alerts.appliance_silent.enabled.then(|| {
+        phonehome_ingest::storage::fleet::spawn_silence_watch(
+            storage.clone(),
+            config.alerts.appliance_silent.hours,
+            std::time::Duration::from_secs(60),
+        )
+    });
     let state = AppState::new(storage, config.max_body_bytes)
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections(config.max_connections);
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
     maintenance.abort();
+    if let Some(silence) = silence {
+        silence.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! The ingest's own Prometheus metrics, registered in one registry that `/metrics` renders.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+use crate::storage::fleet::FleetSnapshot;
 
 /// Every metric the ingest exports about itself.
 #[derive(Debug, Clone)]
@@ -23,6 +25,18 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Appliances that have ever reported (set at scrape time from the current-state table).
     pub appliances: IntGauge,
+    /// The configured `max_in_flight`, so that saturation is a ratio a rule can watch.
+    pub max_in_flight: IntGauge,
+    /// Fleet gauges, set at scrape time.
+    pub appliances_by_status: IntGaugeVec,
+    pub appliances_by_app_version: IntGaugeVec,
+    pub appliances_silent: IntGauge,
+    pub disks_failing: IntGauge,
+    pub alerts_firing: IntGaugeVec,
+    /// One series per firing alert: the only per-appliance series, so cardinality follows
+    /// trouble, not fleet size.
+    pub alert_firing: IntGaugeVec,
+    pub maintenance_last_success: Gauge,
 }
 
 impl Metrics {
@@ -71,8 +85,58 @@ impl Metrics {
             "Appliances that have ever delivered a report.",
         )
         .expect("static metric definition");
+        let gauge =
+            |name: &str, help: &str| IntGauge::new(name, help).expect("static metric definition");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let max_in_flight = gauge(
+            "phonehome_max_in_flight",
+            "Reports that may be received or stored at once (max_in_flight); past it, 503.",
+        );
+        let appliances_by_status = gauge_vec(
+            "phonehome_appliances_by_status",
+            "Appliances by the application status of their newest report.",
+            &["status"],
+        );
+        let appliances_by_app_version = gauge_vec(
+            "phonehome_appliances_by_app_version",
+            "Appliances by the application version of their newest report ('' when unknown).",
+            &["version"],
+        );
+        let appliances_silent = gauge(
+            "phonehome_appliances_silent",
+            "Appliances with no report for longer than the appliance_silent threshold.",
+        );
+        let disks_failing = gauge(
+            "phonehome_disks_failing",
+            "Drives failing in their appliance's newest report.",
+        );
+        let alerts_firing = gauge_vec(
+            "phonehome_alerts_firing",
+            "Firing alerts by rule and severity.",
+            &["rule", "severity"],
+        );
+        let alert_firing = gauge_vec(
+            "phonehome_alert_firing",
+            "1 for each firing alert (at most 10,000 series).",
+            &["rule", "serial", "subject", "severity"],
+        );
+        let maintenance_last_success = Gauge::new(
+            "phonehome_maintenance_last_success_timestamp_seconds",
+            "Unix time of the newest successful maintenance run, on any replica.",
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(reports.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(max_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(appliances_by_status.clone()),
+            Box::new(appliances_by_app_version.clone()),
+            Box::new(appliances_silent.clone()),
+            Box::new(disks_failing.clone()),
+            Box::new(alerts_firing.clone()),
+            Box::new(alert_firing.clone()),
+            Box::new(maintenance_last_success.clone()),
+            Box::new(reports.clone()),
             Box::new(report_bytes.clone()),
             Box::new(handshake_failures.clone()),
             Box::new(identity_failures.clone()),
@@ -91,6 +155,66 @@ impl Metrics {
             db_seconds,
             in_flight,
             appliances,
+            max_in_flight,
+            appliances_by_status,
+            appliances_by_app_version,
+            appliances_silent,
+            disks_failing,
+            alerts_firing,
+            alert_firing,
+            maintenance_last_success,
+        }
+    }
+
+    /// The registry, for modules that keep their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Replaces the fleet gauges with `s`; label sets that vanished (an alert resolved, a
+    /// version no longer run) vanish from the output too.
+    pub fn set_fleet(&self, s: &FleetSnapshot) {
+        self.appliances.set(s.appliances);
+        self.appliances_silent.set(s.silent);
+        self.disks_failing.set(s.failing_disks);
+        self.appliances_by_status.reset();
+        for status in ["healthy", "degraded", "unhealthy", "unknown"] {
+            self.appliances_by_status
+                .with_label_values(&[status])
+                .set(0);
+        }
+        for (status, n) in &s.by_status {
+            self.appliances_by_status
+                .with_label_values(&[status])
+                .set(*n);
+        }
+        self.appliances_by_app_version.reset();
+        for (version, n) in &s.by_app_version {
+            self.appliances_by_app_version
+                .with_label_values(&[version])
+                .set(*n);
+        }
+        self.alerts_firing.reset();
+        for rule in crate::alerts::RULES {
+            for severity in ["critical", "warning"] {
+                self.alerts_firing
+                    .with_label_values(&[rule, severity])
+                    .set(0);
+            }
+        }
+        for (rule, severity, n) in &s.alerts_firing {
+            self.alerts_firing
+                .with_label_values(&[rule, severity])
+                .set(*n);
+        }
+        self.alert_firing.reset();
+        for (rule, serial, subject, severity) in &s.firing {
+            self.alert_firing
+                .with_label_values(&[rule, serial, subject, severity])
+                .set(1);
+        }
+        if let Some(t) = s.maintenance_last_success {
+            self.maintenance_last_success.set(t);
         }
     }
 

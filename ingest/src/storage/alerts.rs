@@ -50,6 +50,18 @@ pub(super) struct Judged {
     pub nics: bool,
 }
 
+/// One report, as the lifecycle sees it.
+#[derive(Debug)]
+pub(super) struct Evaluated<'a> {
+    pub appliance_id: i32,
+    pub serial: &'a str,
+    pub at: DateTime<Utc>,
+    pub findings: &'a [Finding],
+    pub judged: Judged,
+    /// Drive keys in the report: a missing drive back in place resolves its alert.
+    pub present_drives: &'a HashSet<&'a str>,
+}
+
 impl AlertBook {
     /// Loads the firing alerts of `appliance_ids`.
     pub(super) async fn load(
@@ -88,19 +100,16 @@ impl AlertBook {
         })
     }
 
-    /// Applies one report's findings for appliance `appliance_id` (`serial`), collected at `at`.
-    /// `present_drives` are the drive keys in the report (a missing drive back in place
-    /// resolves its alert).
-    pub(super) fn apply(
-        &mut self,
-        config: &AlertsConfig,
-        appliance_id: i32,
-        serial: &str,
-        at: DateTime<Utc>,
-        findings: &[Finding],
-        judged: Judged,
-        present_drives: &HashSet<&str>,
-    ) {
+    /// Applies one report's findings.
+    pub(super) fn apply(&mut self, config: &AlertsConfig, e: Evaluated<'_>) {
+        let Evaluated {
+            appliance_id,
+            serial,
+            at,
+            findings,
+            judged,
+            present_drives,
+        } = e;
         let mut seen = HashSet::new();
         for f in findings.iter().filter(|f| config.enabled(f.rule)) {
             let fp = fingerprint(f.rule, serial, &f.subject);

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::alerts::{AlertBook, Judged};
+use super::alerts::{AlertBook, Evaluated, Judged};
 use super::rows::{CurrentState, DriveSample, NicRow, PreparedReport};
 use super::{InsertOutcome, StorageError};
 use crate::alerts::{self as rules, AlertsConfig, Finding, Severity};
@@ -214,16 +214,18 @@ pub(super) async fn write(
         let present: HashSet<&str> = r.drives.iter().map(|d| d.key.as_str()).collect();
         book.apply(
             config,
-            b.id,
-            &r.serial,
-            r.collected_at,
-            &findings,
-            Judged {
-                drives: r.smart_complete,
-                filesystems: r.filesystems_complete,
-                nics: r.nics_complete,
+            Evaluated {
+                appliance_id: b.id,
+                serial: &r.serial,
+                at: r.collected_at,
+                findings: &findings,
+                judged: Judged {
+                    drives: r.smart_complete,
+                    filesystems: r.filesystems_complete,
+                    nics: r.nics_complete,
+                },
+                present_drives: &present,
             },
-            &present,
         );
         previous.advance(b.id, r, &drive_ids);
         b.boot_id = r.boot_id;
@@ -1100,8 +1102,11 @@ async fn update_appliances(
 struct Previous {
     drives: HashMap<i32, HashMap<i32, DriveSample>>,
     nics: HashMap<i32, HashMap<String, NicRow>>,
-    filesystems: HashMap<(i32, String), Vec<(DateTime<Utc>, i64)>>,
+    filesystems: HashMap<(i32, String), Vec<UsedAt>>,
 }
+
+/// (collected at, bytes used) of one filesystem in one report.
+type UsedAt = (DateTime<Utc>, i64);
 
 impl Previous {
     async fn load(

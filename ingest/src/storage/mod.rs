@@ -4,6 +4,7 @@
 mod alerts;
 mod batch;
 pub mod evidence;
+pub mod fleet;
 mod legacy;
 pub mod maintenance;
 pub mod rows;
