@@ -591,14 +591,19 @@ pub fn nic_errors(
         ("rx_dropped", previous.rx_dropped, nic.rx_dropped),
         ("tx_dropped", previous.tx_dropped, nic.tx_dropped),
     ];
-    // A counter below its previous value was reset even without a new boot id (driver reload).
-    let reset = rebooted
-        || counters
-            .iter()
-            .any(|(_, p, c)| matches!((p, c), (Some(p), Some(c)) if c < p));
+    // A counter below its previous value was reset (reboot, driver reload): everything it
+    // counts now is new. A counter at or above it is read as a difference even across a new
+    // boot id, so counters that survive a reboot (kept by firmware or a bond) never count their
+    // whole history as a day's errors.
+    let reset = counters
+        .iter()
+        .any(|(_, p, c)| matches!((p, c), (Some(p), Some(c)) if c < p));
     let parts: Vec<(&str, i64)> = counters
         .iter()
-        .filter_map(|(name, p, c)| rise(*p, *c, reset).map(|r| (*name, r)))
+        .filter_map(|(name, p, c)| {
+            let dropped = matches!((p, c), (Some(p), Some(c)) if c < p);
+            rise(*p, *c, dropped).map(|r| (*name, r))
+        })
         .filter(|(_, r)| *r > 0)
         .collect();
     let total: i64 = parts.iter().map(|(_, r)| r).sum();
@@ -617,10 +622,10 @@ pub fn nic_errors(
         summary: format!(
             "{} counted {total} errors and drops since the previous report{} ({value})",
             nic.name,
-            if reset {
-                " (counters were reset in between)"
-            } else {
-                ""
+            match (reset, rebooted) {
+                (true, _) => " (counters were reset in between)",
+                (false, true) => " (across a reboot)",
+                _ => "",
             }
         ),
         value,
@@ -765,6 +770,33 @@ mod tests {
         assert_eq!(rise(Some(1_000_000), Some(3), false), Some(3));
         assert_eq!(rise(Some(10), Some(12), true), Some(12));
         assert_eq!(rise(None, Some(12), false), None);
+    }
+
+    #[test]
+    fn nic_errors_fire_on_a_rise_and_never_on_a_reboot() {
+        use crate::storage::rows::NicRow;
+        let nic = |errors: i64, dropped: i64| NicRow {
+            name: "eno1".into(),
+            rx_bytes: None,
+            tx_bytes: None,
+            rx_errors: Some(errors),
+            tx_errors: Some(0),
+            rx_dropped: Some(dropped),
+            tx_dropped: Some(0),
+        };
+        let c = AlertsConfig::default();
+        let fired = |p: NicRow, n: NicRow, rebooted: bool| nic_errors(&c, &n, &p, rebooted);
+        // +450 errors and +60 drops in a day.
+        let f = fired(nic(50, 0), nic(500, 60), false).expect("a rise past 100 fires");
+        assert_eq!(f.value, "rx_errors +450, rx_dropped +60");
+        assert!(
+            fired(nic(50, 0), nic(120, 0), false).is_none(),
+            "+70 is under the threshold"
+        );
+        // A reboot reset the counters: 3 errors since boot, not -597.
+        assert!(fired(nic(600, 0), nic(3, 0), true).is_none());
+        // Counters that survived a reboot are read as a difference, not as a day's worth.
+        assert!(fired(nic(170, 170), nic(175, 176), true).is_none());
     }
 
     #[test]
