@@ -318,6 +318,38 @@ impl Config {
                 self.db_writers, self.db_pool_size
             )));
         }
+        let full = &self.alerts.filesystem_full;
+        for (name, t) in std::iter::once(("", &full.thresholds))
+            .chain(full.mount_points.iter().map(|(m, t)| (m.as_str(), t)))
+        {
+            if !(0.0..=100.0).contains(&t.warn_percent)
+                || !(0.0..=100.0).contains(&t.critical_percent)
+                || t.warn_percent > t.critical_percent
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.filesystem_full{}: warn_percent ({}) and critical_percent ({}) must be \
+                     percentages with warn ≤ critical",
+                    if name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(".mount_points.{name:?}")
+                    },
+                    t.warn_percent,
+                    t.critical_percent
+                )));
+            }
+        }
+        if self.alerts.filesystem_filling.reports < 3 {
+            return Err(ConfigError::Invalid(
+                "alerts.filesystem_filling.reports must be at least 3 (a trend needs points)"
+                    .into(),
+            ));
+        }
+        if self.alerts.appliance_silent.hours == 0 {
+            return Err(ConfigError::Invalid(
+                "alerts.appliance_silent.hours must be at least 1".into(),
+            ));
+        }
         if self.db_batch_max == 0 {
             return Err(ConfigError::Invalid(
                 "db_batch_max must be at least 1".into(),
@@ -361,6 +393,8 @@ mod tests {
         assert_eq!(c.ops_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.max_body_bytes, 1024 * 1024);
         assert!(c.tls.ca_cert.is_absolute(), "{:?}", c.tls.ca_cert);
+        // The example's [alerts] tables spell out the defaults.
+        assert_eq!(c.alerts, crate::alerts::AlertsConfig::default());
     }
 
     #[test]
@@ -383,6 +417,22 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("PHONEHOME_REPORT_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn alert_thresholds_are_checked_and_unknown_rules_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[alerts.filesystem_full]\nwarn_percent = 97.0\ncritical_percent = 95.0\n",
+        )
+        .unwrap();
+        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        assert!(err.to_string().contains("alerts.filesystem_full"), "{err}");
+        std::fs::write(&p, "[alerts.disk_explodes]\nenabled = true\n").unwrap();
+        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        assert!(err.to_string().contains("disk_explodes"), "{err}");
     }
 
     #[test]
