@@ -64,6 +64,105 @@ pub struct Config {
     pub replica_name: Option<String>,
     /// `[alerts]`: the rules' switches and thresholds.
     pub alerts: crate::alerts::AlertsConfig,
+    /// Where alerts are posted; the notifier is off while `url` is unset.
+    pub alertmanager: AlertmanagerConfig,
+}
+
+/// `[alertmanager]`: the Alertmanager the ingest posts its alerts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerConfig {
+    /// Base URL, `http://host:port` (with Alertmanager's route prefix, if it has one). Plain
+    /// HTTP only: Alertmanager belongs on the private network, like the operations listener.
+    pub url: Option<String>,
+    /// How often a firing alert is sent again; Alertmanager is told it ends after four of
+    /// these, so it resolves alerts by itself if every ingest stops.
+    pub resend_seconds: u64,
+    /// The operations dashboard as operators reach it (`http://ops.example:8080`), for the
+    /// link in each alert.
+    pub dashboard_url: Option<String>,
+}
+
+pub const DEFAULT_ALERTMANAGER_RESEND_SECONDS: u64 = 60;
+/// Alertmanager is told a firing alert ends after four resend intervals; past a day that is
+/// no longer a heartbeat.
+pub const MAX_ALERTMANAGER_RESEND_SECONDS: u64 = 86_400;
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        AlertmanagerConfig {
+            url: None,
+            resend_seconds: DEFAULT_ALERTMANAGER_RESEND_SECONDS,
+            dashboard_url: None,
+        }
+    }
+}
+
+/// The file form of `[alertmanager]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAlertmanager {
+    url: Option<String>,
+    resend_seconds: Option<u64>,
+    dashboard_url: Option<String>,
+}
+
+impl AlertmanagerConfig {
+    fn apply_file(&mut self, f: FileAlertmanager) {
+        if let Some(v) = f.url {
+            self.url = Some(v);
+        }
+        if let Some(v) = f.resend_seconds {
+            self.resend_seconds = v;
+        }
+        if let Some(v) = f.dashboard_url {
+            self.dashboard_url = Some(v);
+        }
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("PHONEHOME_ALERTMANAGER_URL") {
+            // Empty switches off a notifier the file configured.
+            self.url = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = env("PHONEHOME_ALERTMANAGER_RESEND_SECONDS") {
+            self.resend_seconds =
+                v.parse()
+                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                        name: "PHONEHOME_ALERTMANAGER_RESEND_SECONDS",
+                        message: e.to_string(),
+                        value: v,
+                    })?;
+        }
+        if let Some(v) = env("PHONEHOME_DASHBOARD_URL") {
+            self.dashboard_url = Some(v).filter(|v| !v.is_empty());
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_ALERTMANAGER_RESEND_SECONDS).contains(&self.resend_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "alertmanager.resend_seconds = {} must be between 1 and {MAX_ALERTMANAGER_RESEND_SECONDS}",
+                self.resend_seconds
+            )));
+        }
+        if let Some(url) = &self.url {
+            // The value is not echoed: a URL with credentials in it must not reach a log.
+            crate::alertmanager::Endpoint::parse(url)
+                .map_err(|e| ConfigError::Invalid(format!("alertmanager.url: {e}")))?;
+        }
+        if let Some(url) = &self.dashboard_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "alertmanager.dashboard_url = {url:?} must be an http:// or https:// URL \
+                     with a host"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/phonehome";
@@ -99,6 +198,7 @@ impl Default for Config {
             maintenance_interval_seconds: 3600,
             replica_name: None,
             alerts: crate::alerts::AlertsConfig::default(),
+            alertmanager: AlertmanagerConfig::default(),
         }
     }
 }
@@ -121,6 +221,7 @@ struct FileConfig {
     maintenance_interval_seconds: Option<u64>,
     replica_name: Option<String>,
     alerts: Option<crate::alerts::AlertsConfig>,
+    alertmanager: Option<FileAlertmanager>,
 }
 
 /// Why the configuration could not be loaded.
@@ -232,6 +333,9 @@ impl Config {
         if let Some(v) = f.alerts {
             self.alerts = v;
         }
+        if let Some(v) = f.alertmanager {
+            self.alertmanager.apply_file(v);
+        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -291,6 +395,7 @@ impl Config {
         if let Some(v) = env("PHONEHOME_REPLICA_NAME") {
             self.replica_name = Some(v);
         }
+        self.alertmanager.apply_env(&env)?;
         Ok(())
     }
 
@@ -374,6 +479,7 @@ impl Config {
             .expose()
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid(format!("database_url is not usable: {e}")))?;
+        self.alertmanager.validate()?;
         Ok(())
     }
 }
@@ -433,6 +539,72 @@ mod tests {
         std::fs::write(&p, "[alerts.disk_explodes]\nenabled = true\n").unwrap();
         let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
         assert!(err.to_string().contains("disk_explodes"), "{err}");
+    }
+
+    #[test]
+    fn alertmanager_is_off_by_default_and_configured_by_file_or_environment() {
+        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        assert_eq!(
+            c.alertmanager.url, None,
+            "the example must not post anywhere"
+        );
+        assert_eq!(c.alertmanager.resend_seconds, 60);
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[alertmanager]\nurl = \"http://am.internal:9093\"\nresend_seconds = 30\n\
+             dashboard_url = \"http://ops.example:8080\"\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&p), |_| None).unwrap();
+        assert_eq!(
+            c.alertmanager,
+            AlertmanagerConfig {
+                url: Some("http://am.internal:9093".into()),
+                resend_seconds: 30,
+                dashboard_url: Some("http://ops.example:8080".into()),
+            }
+        );
+
+        let c = Config::load_with_env(Some(&p), |k| match k {
+            "PHONEHOME_ALERTMANAGER_URL" => Some("http://127.0.0.1:1/am".into()),
+            "PHONEHOME_ALERTMANAGER_RESEND_SECONDS" => Some("5".into()),
+            "PHONEHOME_DASHBOARD_URL" => Some(String::new()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.alertmanager.url.as_deref(), Some("http://127.0.0.1:1/am"));
+        assert_eq!(c.alertmanager.resend_seconds, 5);
+        assert_eq!(c.alertmanager.dashboard_url, None);
+    }
+
+    #[test]
+    fn bad_alertmanager_settings_are_refused_by_name() {
+        let refused = |name: &'static str, value: &'static str| {
+            Config::load_with_env(None, move |k| (k == name).then(|| value.to_owned()))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused("PHONEHOME_ALERTMANAGER_URL", "https://am:9093");
+        assert!(e.contains("alertmanager.url") && e.contains("https"), "{e}");
+        let e = refused("PHONEHOME_ALERTMANAGER_URL", "am:9093");
+        assert!(e.contains("http://"), "{e}");
+        let e = refused("PHONEHOME_ALERTMANAGER_URL", "http://user:pw@am:9093");
+        assert!(e.contains("credentials") && !e.contains("pw@"), "{e}");
+        let e = refused("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "0");
+        assert!(e.contains("resend_seconds"), "{e}");
+        let e = refused("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "soon");
+        assert!(e.contains("PHONEHOME_ALERTMANAGER_RESEND_SECONDS"), "{e}");
+        let e = refused("PHONEHOME_DASHBOARD_URL", "ops.example");
+        assert!(e.contains("dashboard_url"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[alertmanager]\nresend = 5\n").unwrap();
+        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        assert!(err.to_string().contains("resend"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The binary only parses its command line and calls into this library, so tests start the real
 //! server on port 0 with [`serve`].
 
+pub mod alertmanager;
 pub mod alerts;
 pub mod config;
 pub mod demo;

@@ -164,6 +164,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         replica,
         std::time::Duration::from_secs(config.maintenance_interval_seconds),
     );
+    let notifier = phonehome_ingest::alertmanager::Notifier::from_config(&config.alertmanager)
+        .context("alertmanager.url")?
+        .map(|n| phonehome_ingest::alertmanager::spawn(storage.clone(), n));
     let reports = tokio::net::TcpListener::bind(config.report_listen)
         .await
         .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
@@ -185,6 +188,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     maintenance.abort();
     if let Some(silence) = silence {
         silence.abort();
+    }
+    if let Some(notifier) = notifier {
+        notifier.abort();
     }
     tracing::info!("stopped");
     Ok(())

@@ -146,6 +146,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are distinct");
         }
+        crate::alertmanager::register(&registry).expect("metric names are distinct");
         Metrics {
             registry,
             reports,

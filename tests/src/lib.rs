@@ -1,7 +1,8 @@
 //! Test support for phonehome's end-to-end tests: a fresh PostgreSQL database per test, a
-//! private cluster for tests that crash PostgreSQL, a throwaway PKI, the real binaries, and a
-//! small TLS client that can misbehave on purpose.
+//! private cluster for tests that crash PostgreSQL, a throwaway PKI, the real binaries, a real
+//! Alertmanager, and a small TLS client that can misbehave on purpose.
 
+pub mod alertmanager;
 pub mod bins;
 pub mod client;
 pub mod cluster;

@@ -7,6 +7,7 @@ pub mod evidence;
 pub mod fleet;
 mod legacy;
 pub mod maintenance;
+pub mod notify;
 pub mod rows;
 mod writer;
 

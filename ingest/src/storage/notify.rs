@@ -1,0 +1,180 @@
+//! The Alertmanager notifier's queries: which alerts are due to be sent, and recording that
+//! Alertmanager took them, under an advisory lock so that one replica sends per round.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Object;
+
+use super::{Storage, StorageError};
+
+/// Held by the replica sending alerts to Alertmanager this round.
+const NOTIFY_LOCK: i64 = 8_424_200_004;
+
+/// Which alerts a query is after. Resolutions go first in a round: an episode that ended and
+/// a new one of the same fingerprint carry the same labels, and Alertmanager keeps whichever
+/// it heard last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Resolved alerts whose resolution Alertmanager has not acknowledged.
+    Resolved,
+    /// Firing alerts never sent, changed since sent, or sent longer than a resend interval ago.
+    Firing,
+}
+
+/// An alert as the notifier sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingAlert {
+    pub id: i64,
+    /// The row's version when read (`xmin`): a row changed since then is not marked sent, so
+    /// the change goes out next round instead of waiting for a resend.
+    pub version: i64,
+    pub rule: String,
+    pub serial: String,
+    pub subject: String,
+    pub severity: String,
+    pub started_at: DateTime<Utc>,
+    /// Set when the alert is resolved.
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub value: String,
+    pub summary: String,
+    /// Never sent, or changed since it was: news rather than a heartbeat.
+    pub fresh: bool,
+}
+
+/// The notifier lock, and the session holding it, for one round. Dropped without
+/// [`NotifierLock::release`] (a round cancelled mid-way), its connection is closed rather than
+/// returned to the pool, which releases the lock for the other replicas.
+#[derive(Debug)]
+pub struct NotifierLock {
+    client: Option<Object>,
+}
+
+impl Storage {
+    /// Takes the notifier lock unless another replica holds it (`None`: skip this round).
+    pub async fn lock_notifier(&self) -> Result<Option<NotifierLock>, StorageError> {
+        let client = self.pool().get().await?;
+        let locked: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&NOTIFY_LOCK])
+            .await?
+            .get(0);
+        Ok(locked.then_some(NotifierLock {
+            client: Some(client),
+        }))
+    }
+}
+
+impl NotifierLock {
+    fn client(&self) -> Result<&Object, StorageError> {
+        // Only `release` and `drop` take the client, and both consume the lock.
+        self.client
+            .as_ref()
+            .ok_or_else(|| StorageError::Unavailable("notifier lock already released".into()))
+    }
+
+    /// Up to `limit` alerts of kind `due` with ids above `after_id`, in id order, so that a
+    /// round pages through them and never reads one twice (a row not marked sent because it
+    /// changed meanwhile waits for the next round).
+    pub async fn alerts_to_notify(
+        &self,
+        due: Due,
+        after_id: i64,
+        resend: Duration,
+        limit: i64,
+    ) -> Result<Vec<OutgoingAlert>, StorageError> {
+        let client = self.client()?;
+        let condition = match due {
+            Due::Resolved => "a.state = 'resolved' AND NOT a.resolution_notified",
+            Due::Firing => {
+                "a.state = 'firing' AND (a.notified_at IS NULL
+                     OR a.notified_at < now() - make_interval(secs => $3))"
+            }
+        };
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT a.id, a.xmin::text::bigint, a.rule, ap.serial, a.subject, a.severity,
+                        a.started_at, a.resolved_at, a.value, a.summary, a.notified_at IS NULL
+                 FROM alerts a JOIN appliances ap ON ap.id = a.appliance_id
+                 WHERE a.id > $1 AND {condition}
+                 ORDER BY a.id LIMIT $2"
+            ))
+            .await?;
+        let resend_secs = resend.as_secs_f64();
+        let rows = match due {
+            Due::Resolved => client.query(&stmt, &[&after_id, &limit]).await?,
+            Due::Firing => {
+                client
+                    .query(&stmt, &[&after_id, &limit, &resend_secs])
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| OutgoingAlert {
+                id: r.get(0),
+                version: r.get(1),
+                rule: r.get(2),
+                serial: r.get(3),
+                subject: r.get(4),
+                severity: r.get(5),
+                started_at: r.get(6),
+                resolved_at: r.get(7),
+                value: r.get(8),
+                summary: r.get(9),
+                fresh: r.get(10),
+            })
+            .collect())
+    }
+
+    /// Records that Alertmanager accepted `sent`: `notified_at` becomes now, and a resolved
+    /// alert's resolution counts as delivered. Rows changed since they were read are left
+    /// alone. Returns how many rows were marked.
+    pub async fn mark_notified(&self, sent: &[OutgoingAlert]) -> Result<u64, StorageError> {
+        if sent.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client()?;
+        // SKIP LOCKED: a row a report batch holds is being changed, so it is not ours to mark;
+        // and never waiting on a batch's row locks means never deadlocking one.
+        let stmt = client
+            .prepare_cached(
+                "UPDATE alerts a SET notified_at = now(),
+                     resolution_notified = (a.state = 'resolved')
+                 FROM (SELECT t.id FROM alerts t
+                       JOIN unnest($1::bigint[], $2::bigint[]) AS s(id, version) ON t.id = s.id
+                       WHERE t.xmin::text::bigint = s.version
+                       FOR UPDATE OF t SKIP LOCKED) l
+                 WHERE a.id = l.id",
+            )
+            .await?;
+        let ids: Vec<i64> = sent.iter().map(|a| a.id).collect();
+        let versions: Vec<i64> = sent.iter().map(|a| a.version).collect();
+        Ok(client.execute(&stmt, &[&ids, &versions]).await?)
+    }
+
+    /// Releases the lock and returns the session to the pool.
+    pub async fn release(mut self) -> Result<(), StorageError> {
+        let Some(client) = self.client.take() else {
+            return Ok(());
+        };
+        match client
+            .query_one("SELECT pg_advisory_unlock($1)", &[&NOTIFY_LOCK])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // The session may still hold the lock: close it rather than pool it.
+                drop(Object::take(client));
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for NotifierLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
