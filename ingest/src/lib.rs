@@ -5,6 +5,7 @@
 //! server on port 0 with [`serve`].
 
 pub mod alerts;
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -85,6 +86,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
+        .merge(api::router(state.clone()))
         .merge(phonehome_dashboard::router(state.storage))
 }
 

@@ -6,6 +6,7 @@ mod batch;
 pub mod evidence;
 mod legacy;
 pub mod maintenance;
+pub mod read;
 pub mod rows;
 mod writer;
 
