@@ -31,6 +31,13 @@ pub enum ApiError {
     Saturated,
     #[error("internal error")]
     Internal(#[source] StorageError),
+    /// A query parameter (or path segment) of the operations API the server cannot use; the
+    /// body names it so a client can fix the request.
+    #[error("{message}")]
+    BadParameter { parameter: String, message: String },
+    /// The operations API has nothing at this address (an unknown serial, a report not kept).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 #[derive(Serialize)]
@@ -55,12 +62,17 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Saturated => "saturated",
             ApiError::Internal(_) => "internal",
+            ApiError::BadParameter { .. } => "bad_parameter",
+            ApiError::NotFound(_) => "not_found",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::BadEncoding(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_)
+            | ApiError::BadEncoding(_)
+            | ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Contract { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -112,6 +124,7 @@ impl IntoResponse for ApiError {
         }
         let field = match &self {
             ApiError::Contract { field, .. } => Some(field.as_str()),
+            ApiError::BadParameter { parameter, .. } => Some(parameter.as_str()),
             _ => None,
         };
         let body = ErrorBody {

@@ -6,6 +6,7 @@
 
 pub mod alertmanager;
 pub mod alerts;
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -93,6 +94,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
+        .merge(api::router(state.clone()))
         .merge(phonehome_dashboard::router(state.storage))
 }
 

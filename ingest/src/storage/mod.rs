@@ -8,6 +8,7 @@ pub mod fleet;
 mod legacy;
 pub mod maintenance;
 pub mod notify;
+pub mod read;
 pub mod rows;
 mod writer;
 

@@ -1,0 +1,682 @@
+//! Reads behind the operations JSON API: alerts, the fleet's current state, and one appliance's
+//! current state with its recent history. Every query starts from an indexed key (alert id,
+//! serial, `appliance_id` with `collected_at`), so a page costs the same with a million
+//! appliances as with three.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::{Storage, StorageError};
+
+/// One alert episode, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub id: i64,
+    pub fingerprint: String,
+    pub rule: String,
+    pub serial: String,
+    pub subject: String,
+    pub severity: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub value: String,
+    pub summary: String,
+}
+
+/// Which alerts to list. `None` matches everything; the caller has checked the values.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub state: Option<String>,
+    pub rule: Option<String>,
+    pub severity: Option<String>,
+    pub serial: Option<String>,
+    /// Only alerts with a smaller id (the `next` of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// A page of alerts, newest first; `next` is the `before_id` of the following page.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertPage {
+    pub alerts: Vec<Alert>,
+    pub next: Option<i64>,
+}
+
+/// An appliance's current state (the `appliances` row) with what the API derives from it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplianceState {
+    pub serial: String,
+    pub hostname: Option<String>,
+    pub last_report_at: DateTime<Utc>,
+    pub last_collected_at: DateTime<Utc>,
+    pub app_version: Option<String>,
+    pub app_status: String,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub collector_version: String,
+    pub report_count: i64,
+    pub drive_count: i32,
+    pub failing_drive_count: i32,
+    pub filesystem_count: i32,
+    pub nic_count: i32,
+    pub collection_errors: i32,
+    pub dropped_reports: i64,
+    /// No report received for longer than the `appliance_silent` threshold.
+    pub silent: bool,
+    pub firing_alerts: i64,
+}
+
+/// Which appliances to list, ordered by serial.
+#[derive(Debug, Clone, Default)]
+pub struct ApplianceFilter {
+    /// The application status of the newest report.
+    pub status: Option<String>,
+    /// Only serials after this one (the `next` of the previous page).
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// A page of appliances; `next` is the `after` of the following page.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliancePage {
+    pub appliances: Vec<ApplianceState>,
+    pub next: Option<String>,
+}
+
+/// One drive sample: what one report said about one drive.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveReading {
+    pub collected_at: DateTime<Utc>,
+    pub temperature_celsius: Option<i16>,
+    pub power_on_hours: Option<i32>,
+    pub health_passed: Option<bool>,
+    pub failing: bool,
+    pub reallocated_sectors: Option<i32>,
+    pub pending_sectors: Option<i32>,
+    pub offline_uncorrectable: Option<i32>,
+    pub crc_errors: Option<i32>,
+    pub nvme_critical_warning: Option<i16>,
+    pub nvme_percentage_used: Option<i16>,
+    pub nvme_available_spare: Option<i16>,
+    pub nvme_media_errors: Option<i64>,
+    pub scsi_grown_defects: Option<i64>,
+    pub scsi_uncorrected: Option<i64>,
+}
+
+/// The sample columns [`DriveReading::from_row`] reads, in its order, for a `drive_samples s`.
+const DRIVE_READING: &str = "s.collected_at, s.temperature_celsius, s.power_on_hours,
+    s.health_passed, s.failing, s.reallocated_sectors, s.pending_sectors,
+    s.offline_uncorrectable, s.crc_errors, s.nvme_critical_warning, s.nvme_percentage_used,
+    s.nvme_available_spare, s.nvme_media_errors, s.scsi_grown_defects, s.scsi_uncorrected";
+
+impl DriveReading {
+    /// Reads [`DRIVE_READING`] starting at column `at`; `None` when the sample is absent (a
+    /// left join found none).
+    fn from_row(row: &Row, at: usize) -> Option<Self> {
+        let collected_at: Option<DateTime<Utc>> = row.get(at);
+        Some(DriveReading {
+            collected_at: collected_at?,
+            temperature_celsius: row.get(at + 1),
+            power_on_hours: row.get(at + 2),
+            health_passed: row.get(at + 3),
+            failing: row.get::<_, Option<bool>>(at + 4).unwrap_or(false),
+            reallocated_sectors: row.get(at + 5),
+            pending_sectors: row.get(at + 6),
+            offline_uncorrectable: row.get(at + 7),
+            crc_errors: row.get(at + 8),
+            nvme_critical_warning: row.get(at + 9),
+            nvme_percentage_used: row.get(at + 10),
+            nvme_available_spare: row.get(at + 11),
+            nvme_media_errors: row.get(at + 12),
+            scsi_grown_defects: row.get(at + 13),
+            scsi_uncorrected: row.get(at + 14),
+        })
+    }
+}
+
+/// A drive now in the appliance (an open membership) and its newest sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentDrive {
+    /// WWN, else model and serial: the drive's identity across reboots and appliances.
+    pub drive_key: String,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub wwn: Option<String>,
+    pub device_name: String,
+    /// collected_at of the first report that showed it in this appliance.
+    pub since: DateTime<Utc>,
+    pub latest: Option<DriveReading>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemPoint {
+    pub collected_at: DateTime<Utc>,
+    pub bytes_used: i64,
+    pub bytes_total: i64,
+    pub inodes_used: i64,
+    pub inodes_total: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemReading {
+    pub mount_point: String,
+    #[serde(flatten)]
+    pub sample: FilesystemPoint,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NicPoint {
+    pub collected_at: DateTime<Utc>,
+    pub rx_bytes: Option<i64>,
+    pub tx_bytes: Option<i64>,
+    pub rx_errors: Option<i64>,
+    pub tx_errors: Option<i64>,
+    pub rx_dropped: Option<i64>,
+    pub tx_dropped: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NicReading {
+    pub name: String,
+    #[serde(flatten)]
+    pub sample: NicPoint,
+}
+
+/// One stored report, without its body.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportSummary {
+    pub report_id: uuid::Uuid,
+    pub collected_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub app_status: String,
+    pub app_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveSeries {
+    pub drive_key: String,
+    /// Oldest first.
+    pub samples: Vec<DriveReading>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemSeries {
+    pub mount_point: String,
+    pub samples: Vec<FilesystemPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NicSeries {
+    pub name: String,
+    pub samples: Vec<NicPoint>,
+}
+
+/// Everything collected since `since`, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub days: u32,
+    pub since: DateTime<Utc>,
+    pub reports: Vec<ReportSummary>,
+    pub drives: Vec<DriveSeries>,
+    pub filesystems: Vec<FilesystemSeries>,
+    pub nics: Vec<NicSeries>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionChange {
+    pub component: String,
+    pub old_version: Option<String>,
+    pub new_version: Option<String>,
+    pub changed_at: DateTime<Utc>,
+    pub report_id: uuid::Uuid,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveEvent {
+    pub kind: String,
+    pub drive_key: String,
+    pub device_name: String,
+    /// For `moved`: the appliance the drive was in before.
+    pub from_serial: Option<String>,
+    pub at: DateTime<Utc>,
+    pub report_id: uuid::Uuid,
+    pub detected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityEvent {
+    pub kind: String,
+    pub old_value: Option<String>,
+    pub new_value: String,
+    pub other_serial: Option<String>,
+    pub report_id: uuid::Uuid,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// One appliance: its current state, what it holds now, and its recent history.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplianceDetail {
+    #[serde(flatten)]
+    pub state: ApplianceState,
+    pub drives: Vec<CurrentDrive>,
+    pub filesystems: Vec<FilesystemReading>,
+    pub nics: Vec<NicReading>,
+    pub history: History,
+    /// Newest first.
+    pub versions: Vec<VersionChange>,
+    /// Newest first.
+    pub drive_events: Vec<DriveEvent>,
+    /// Newest first.
+    pub identity_events: Vec<IdentityEvent>,
+    /// Every firing alert and the newest resolved ones, newest first.
+    pub alerts: Vec<Alert>,
+}
+
+/// Resolved alerts shown with an appliance (firing ones are all shown).
+const RESOLVED_ALERTS_SHOWN: i64 = 50;
+/// Events and version changes shown with an appliance: an appliance that flaps must not make
+/// its page unbounded.
+const EVENTS_SHOWN: i64 = 200;
+
+const ALERT_COLUMNS: &str = "al.id, al.fingerprint, al.rule, a.serial, al.subject, al.severity,
+    al.state, al.started_at, al.resolved_at, al.value, al.summary";
+
+fn alert(row: &Row) -> Alert {
+    Alert {
+        id: row.get(0),
+        fingerprint: row.get(1),
+        rule: row.get(2),
+        serial: row.get(3),
+        subject: row.get(4),
+        severity: row.get(5),
+        state: row.get(6),
+        started_at: row.get(7),
+        resolved_at: row.get(8),
+        value: row.get(9),
+        summary: row.get(10),
+    }
+}
+
+/// The columns [`appliance_state`] reads, in its order; `$1` is the silence threshold. Column
+/// 0 is the appliance's id, which the API does not show.
+const STATE_COLUMNS: &str = "a.id, a.serial, a.hostname, a.last_report_at, a.last_collected_at,
+    a.app_version, a.app_status, a.os_pretty_name, a.kernel, a.collector_version, a.report_count,
+    a.drive_count, a.failing_drive_count, a.filesystem_count, a.nic_count, a.collection_errors,
+    a.dropped_reports, a.last_report_at < $1,
+    (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing')";
+
+fn appliance_state(row: &Row) -> ApplianceState {
+    ApplianceState {
+        serial: row.get(1),
+        hostname: row.get(2),
+        last_report_at: row.get(3),
+        last_collected_at: row.get(4),
+        app_version: row.get(5),
+        app_status: row.get(6),
+        os: row.get(7),
+        kernel: row.get(8),
+        collector_version: row.get(9),
+        report_count: row.get(10),
+        drive_count: row.get(11),
+        failing_drive_count: row.get(12),
+        filesystem_count: row.get(13),
+        nic_count: row.get(14),
+        collection_errors: row.get(15),
+        dropped_reports: row.get(16),
+        silent: row.get(17),
+        firing_alerts: row.get(18),
+    }
+}
+
+fn filesystem_point(row: &Row, at: usize) -> FilesystemPoint {
+    FilesystemPoint {
+        collected_at: row.get(at),
+        bytes_used: row.get(at + 1),
+        bytes_total: row.get(at + 2),
+        inodes_used: row.get(at + 3),
+        inodes_total: row.get(at + 4),
+    }
+}
+
+fn nic_point(row: &Row, at: usize) -> NicPoint {
+    NicPoint {
+        collected_at: row.get(at),
+        rx_bytes: row.get(at + 1),
+        tx_bytes: row.get(at + 2),
+        rx_errors: row.get(at + 3),
+        tx_errors: row.get(at + 4),
+        rx_dropped: row.get(at + 5),
+        tx_dropped: row.get(at + 6),
+    }
+}
+
+/// Groups rows ordered by key, then time, into one series per key.
+fn series<T>(rows: &[Row], point: impl Fn(&Row) -> T) -> Vec<(String, Vec<T>)> {
+    let mut out: Vec<(String, Vec<T>)> = Vec::new();
+    for row in rows {
+        let key: String = row.get(0);
+        match out.last_mut() {
+            Some((k, points)) if *k == key => points.push(point(row)),
+            _ => out.push((key, vec![point(row)])),
+        }
+    }
+    out
+}
+
+impl Storage {
+    /// When an appliance last heard from before this counts as silent.
+    fn silent_before(&self) -> DateTime<Utc> {
+        Utc::now() - Duration::hours(i64::from(self.settings.alerts.appliance_silent.hours))
+    }
+
+    /// Alerts matching `filter`, newest first, by keyset on the id.
+    pub async fn alerts_page(&self, filter: &AlertFilter) -> Result<AlertPage, StorageError> {
+        let client = self.pool().get().await?;
+        // One more than asked tells whether a next page exists without counting.
+        let fetch = filter.limit.max(1) + 1;
+        // Each statement is prepared afresh, so PostgreSQL plans it with the values bound and
+        // the `IS NULL` arms of absent filters fold away.
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {ALERT_COLUMNS}
+                     FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+                     WHERE ($1::text IS NULL OR al.state = $1)
+                       AND ($2::text IS NULL OR al.rule = $2)
+                       AND ($3::text IS NULL OR al.severity = $3)
+                       AND ($4::text IS NULL OR a.serial = $4)
+                       AND ($5::bigint IS NULL OR al.id < $5)
+                     ORDER BY al.id DESC LIMIT $6"
+                ),
+                &[
+                    &filter.state,
+                    &filter.rule,
+                    &filter.severity,
+                    &filter.serial,
+                    &filter.before_id,
+                    &fetch,
+                ],
+            )
+            .await?;
+        let mut alerts: Vec<Alert> = rows.iter().map(alert).collect();
+        let next = if alerts.len() as i64 > filter.limit.max(1) {
+            alerts.truncate(filter.limit.max(1) as usize);
+            alerts.last().map(|a| a.id)
+        } else {
+            None
+        };
+        Ok(AlertPage { alerts, next })
+    }
+
+    /// Appliances' current state matching `filter`, ordered by serial, by keyset on it.
+    pub async fn appliances_page(
+        &self,
+        filter: &ApplianceFilter,
+    ) -> Result<AppliancePage, StorageError> {
+        let client = self.pool().get().await?;
+        let fetch = filter.limit.max(1) + 1;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {STATE_COLUMNS} FROM appliances a
+                     WHERE ($2::text IS NULL OR a.app_status = $2)
+                       AND ($3::text IS NULL OR a.serial > $3)
+                     ORDER BY a.serial LIMIT $4"
+                ),
+                &[&self.silent_before(), &filter.status, &filter.after, &fetch],
+            )
+            .await?;
+        let mut appliances: Vec<ApplianceState> = rows.iter().map(appliance_state).collect();
+        let next = if appliances.len() as i64 > filter.limit.max(1) {
+            appliances.truncate(filter.limit.max(1) as usize);
+            appliances.last().map(|a| a.serial.clone())
+        } else {
+            None
+        };
+        Ok(AppliancePage { appliances, next })
+    }
+
+    /// One appliance with the last `days` days of history; `None` when the serial never
+    /// reported.
+    pub async fn appliance_detail(
+        &self,
+        serial: &str,
+        days: u32,
+    ) -> Result<Option<ApplianceDetail>, StorageError> {
+        let client = self.pool().get().await?;
+        let Some(row) = client
+            .query_opt(
+                &format!("SELECT {STATE_COLUMNS} FROM appliances a WHERE a.serial = $2"),
+                &[&self.silent_before(), &serial],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id: i32 = row.get(0);
+        let state = appliance_state(&row);
+        let since = Utc::now() - Duration::days(i64::from(days));
+
+        // Parameters outlive the queries, which run together below.
+        let by_id: &[&(dyn ToSql + Sync)] = &[&id];
+        let by_id_since: &[&(dyn ToSql + Sync)] = &[&id, &since];
+        let by_id_events: &[&(dyn ToSql + Sync)] = &[&id, &EVENTS_SHOWN];
+        let by_serial_events: &[&(dyn ToSql + Sync)] = &[&serial, &EVENTS_SHOWN];
+        let by_id_resolved: &[&(dyn ToSql + Sync)] = &[&id, &RESOLVED_ALERTS_SHOWN];
+        // The queries are independent: sent together on one connection, they cost one round
+        // trip's wait instead of eleven.
+        let drives_sql = format!(
+            "SELECT d.drive_key, d.model, d.serial, d.wwn, m.device_name, m.from_at,
+                        {DRIVE_READING}
+                 FROM drive_membership m
+                 JOIN drives d ON d.id = m.drive_id
+                 LEFT JOIN LATERAL (
+                     SELECT * FROM drive_samples s
+                     WHERE s.appliance_id = m.appliance_id AND s.drive_id = m.drive_id
+                     ORDER BY s.collected_at DESC LIMIT 1) s ON true
+                 WHERE m.appliance_id = $1 AND m.until_at IS NULL
+                 ORDER BY m.device_name, d.drive_key"
+        );
+        let drives = client.query(&drives_sql, by_id);
+        let filesystems = client.query(
+            "SELECT mount_point, collected_at, bytes_used, bytes_total, inodes_used, inodes_total
+             FROM filesystem_samples
+             WHERE appliance_id = $1 AND collected_at =
+                 (SELECT max(collected_at) FROM filesystem_samples WHERE appliance_id = $1)
+             ORDER BY mount_point",
+            by_id,
+        );
+        let nics = client.query(
+            "SELECT name, collected_at, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
+                    tx_dropped
+             FROM nic_samples
+             WHERE appliance_id = $1 AND collected_at =
+                 (SELECT max(collected_at) FROM nic_samples WHERE appliance_id = $1)
+             ORDER BY name",
+            by_id,
+        );
+        let reports = client.query(
+            "SELECT report_id, collected_at, received_at, app_status, app_version
+             FROM reports WHERE appliance_id = $1 AND collected_at >= $2
+             ORDER BY collected_at, report_id",
+            by_id_since,
+        );
+        let drive_series_sql = format!(
+            "SELECT d.drive_key, {DRIVE_READING}
+                 FROM drive_samples s JOIN drives d ON d.id = s.drive_id
+                 WHERE s.appliance_id = $1 AND s.collected_at >= $2
+                 ORDER BY d.drive_key, s.collected_at"
+        );
+        let drive_series = client.query(&drive_series_sql, by_id_since);
+        let filesystem_series = client.query(
+            "SELECT mount_point, collected_at, bytes_used, bytes_total, inodes_used, inodes_total
+             FROM filesystem_samples WHERE appliance_id = $1 AND collected_at >= $2
+             ORDER BY mount_point, collected_at",
+            by_id_since,
+        );
+        let nic_series = client.query(
+            "SELECT name, collected_at, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
+                    tx_dropped
+             FROM nic_samples WHERE appliance_id = $1 AND collected_at >= $2
+             ORDER BY name, collected_at",
+            by_id_since,
+        );
+        let versions = client.query(
+            "SELECT component, old_version, new_version, changed_at, report_id
+             FROM version_changes WHERE appliance_id = $1
+             ORDER BY changed_at DESC, id DESC LIMIT $2",
+            by_id_events,
+        );
+        let drive_events = client.query(
+            "SELECT e.kind, d.drive_key, e.device_name, f.serial, e.at, e.report_id,
+                    e.detected_at
+             FROM drive_events e
+             JOIN drives d ON d.id = e.drive_id
+             LEFT JOIN appliances f ON f.id = e.from_appliance_id
+             WHERE e.appliance_id = $1
+             ORDER BY e.at DESC, e.id DESC LIMIT $2",
+            by_id_events,
+        );
+        let identity_events = client.query(
+            "SELECT kind, old_value, new_value, other_serial, report_id, detected_at
+             FROM identity_events WHERE serial = $1
+             ORDER BY detected_at DESC, id DESC LIMIT $2",
+            by_serial_events,
+        );
+        let alerts_sql = format!(
+            "(SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+                  WHERE al.appliance_id = $1 AND al.state = 'firing')
+                 UNION ALL
+                 (SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+                  WHERE al.appliance_id = $1 AND al.state = 'resolved'
+                  ORDER BY al.id DESC LIMIT $2)
+                 ORDER BY 1 DESC"
+        );
+        let alerts = client.query(&alerts_sql, by_id_resolved);
+        let (
+            drives,
+            filesystems,
+            nics,
+            reports,
+            drive_series,
+            filesystem_series,
+            nic_series,
+            versions,
+            drive_events,
+            identity_events,
+            alerts,
+        ) = tokio::try_join!(
+            drives,
+            filesystems,
+            nics,
+            reports,
+            drive_series,
+            filesystem_series,
+            nic_series,
+            versions,
+            drive_events,
+            identity_events,
+            alerts,
+        )?;
+
+        Ok(Some(ApplianceDetail {
+            state,
+            drives: drives
+                .iter()
+                .map(|r| CurrentDrive {
+                    drive_key: r.get(0),
+                    model: r.get(1),
+                    serial: r.get(2),
+                    wwn: r.get(3),
+                    device_name: r.get(4),
+                    since: r.get(5),
+                    latest: DriveReading::from_row(r, 6),
+                })
+                .collect(),
+            filesystems: filesystems
+                .iter()
+                .map(|r| FilesystemReading {
+                    mount_point: r.get(0),
+                    sample: filesystem_point(r, 1),
+                })
+                .collect(),
+            nics: nics
+                .iter()
+                .map(|r| NicReading {
+                    name: r.get(0),
+                    sample: nic_point(r, 1),
+                })
+                .collect(),
+            history: History {
+                days,
+                since,
+                reports: reports
+                    .iter()
+                    .map(|r| ReportSummary {
+                        report_id: r.get(0),
+                        collected_at: r.get(1),
+                        received_at: r.get(2),
+                        app_status: r.get(3),
+                        app_version: r.get(4),
+                    })
+                    .collect(),
+                // A sample's time is never NULL in the series query (no outer join there).
+                drives: series(&drive_series, |r| DriveReading::from_row(r, 1))
+                    .into_iter()
+                    .map(|(drive_key, samples)| DriveSeries {
+                        drive_key,
+                        samples: samples.into_iter().flatten().collect(),
+                    })
+                    .collect(),
+                filesystems: series(&filesystem_series, |r| filesystem_point(r, 1))
+                    .into_iter()
+                    .map(|(mount_point, samples)| FilesystemSeries {
+                        mount_point,
+                        samples,
+                    })
+                    .collect(),
+                nics: series(&nic_series, |r| nic_point(r, 1))
+                    .into_iter()
+                    .map(|(name, samples)| NicSeries { name, samples })
+                    .collect(),
+            },
+            versions: versions
+                .iter()
+                .map(|r| VersionChange {
+                    component: r.get(0),
+                    old_version: r.get(1),
+                    new_version: r.get(2),
+                    changed_at: r.get(3),
+                    report_id: r.get(4),
+                })
+                .collect(),
+            drive_events: drive_events
+                .iter()
+                .map(|r| DriveEvent {
+                    kind: r.get(0),
+                    drive_key: r.get(1),
+                    device_name: r.get(2),
+                    from_serial: r.get(3),
+                    at: r.get(4),
+                    report_id: r.get(5),
+                    detected_at: r.get(6),
+                })
+                .collect(),
+            identity_events: identity_events
+                .iter()
+                .map(|r| IdentityEvent {
+                    kind: r.get(0),
+                    old_value: r.get(1),
+                    new_value: r.get(2),
+                    other_serial: r.get(3),
+                    report_id: r.get(4),
+                    detected_at: r.get(5),
+                })
+                .collect(),
+            alerts: alerts.iter().map(alert).collect(),
+        }))
+    }
+}
