@@ -9,6 +9,10 @@ use phonehome_ingest::storage::Storage;
 use phonehome_ingest::tls::ApplianceIdentity;
 use phonehome_schema::Report;
 use phonehome_tests::TestDb;
+use phonehome_tests::alertmanager::AlertmanagerProcess;
+use phonehome_tests::bins::IngestProcess;
+use phonehome_tests::client;
+use phonehome_tests::pki::TestPki;
 
 const DAYS: i64 = 14;
 
@@ -208,6 +212,109 @@ async fn a_fleet_over_two_weeks_fires_and_resolves_exactly_the_right_alerts() {
             .any(|v| v.contains("reallocated sectors 16 → 24 (+8)")),
         "the degrading alert carries the latest rise: {values:?}"
     );
+
+    // The same alerts, as operators see them: the JSON API, /metrics and Alertmanager.
+    let firing: std::collections::BTreeSet<(String, String)> = [
+        ("SN-CLONE-A", "identity_conflict"),
+        ("SN-CLONE-B", "identity_conflict"),
+        ("SN-FS", "filesystem_filling"),
+        ("SN-FS", "filesystem_full"),
+        ("SN-SILENT", "appliance_silent"),
+    ]
+    .into_iter()
+    .map(|(s, r)| (s.to_owned(), r.to_owned()))
+    .collect();
+    let am = AlertmanagerProcess::start().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start_with(
+        &db,
+        &pki,
+        &[
+            ("PHONEHOME_ALERTMANAGER_URL", am.url().as_str()),
+            ("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let listing = client::get(ingest.ops_addr, "/api/v1/alerts?state=firing&limit=1000")
+        .await
+        .expect("GET /api/v1/alerts");
+    assert_eq!(listing.status, 200, "{}", listing.body);
+    let api: std::collections::BTreeSet<(String, String)> = listing.json()["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| {
+            (
+                a["serial"].as_str().unwrap_or_default().to_owned(),
+                a["rule"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(api, firing, "firing alerts in the JSON API");
+
+    let metrics = client::get(ingest.ops_addr, "/metrics")
+        .await
+        .expect("GET /metrics");
+    let series: std::collections::BTreeSet<(String, String)> = metrics
+        .body
+        .lines()
+        .filter(|l| l.starts_with("phonehome_alert_firing{"))
+        .map(|l| {
+            let label = |name: &str| {
+                l.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (label("serial"), label("rule"))
+        })
+        .collect();
+    assert_eq!(
+        series, firing,
+        "one phonehome_alert_firing series per firing alert"
+    );
+    assert_eq!(
+        ingest
+            .metric("phonehome_alerts_firing{rule=\"disk_degrading\",severity=\"warning\"}")
+            .await,
+        Some(0.0),
+        "a resolved rule counts zero"
+    );
+    assert_eq!(
+        ingest.metric("phonehome_appliances_silent").await,
+        Some(1.0)
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let active: std::collections::BTreeSet<(String, String)> = am
+            .alerts("?active=true")
+            .await
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["serial"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    a["labels"]["alertname"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        if active == firing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Alertmanager shows {active:?}, expected {firing:?}\ningest log:\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 
     // SN-SILENT reports again: its silence ends.
     let mut back = healthy("SN-SILENT", DAYS);

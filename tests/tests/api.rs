@@ -508,7 +508,12 @@ async fn the_json_api_shows_alerts_and_appliances_as_stored() {
         .collect();
     assert_eq!(
         events,
-        [("appeared", nvme_key, "/dev/nvme0", a_reports[1].collected_at)]
+        [(
+            "appeared",
+            nvme_key,
+            "/dev/nvme0",
+            a_reports[1].collected_at
+        )]
     );
     assert_eq!(detail["identity_events"], Value::Array(vec![]));
     assert_eq!(
