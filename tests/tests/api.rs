@@ -18,6 +18,10 @@ use serde_json::Value;
 
 const ATA: &str = "wwn:0x5000c500a2b3c4d5";
 
+/// What identifies an alert in these checks: rule, serial, severity, state.
+type AlertKey = (String, String, String, String);
+type Expected<'a> = (&'a str, &'a str, &'a str, &'a str);
+
 fn identity(serial: &str) -> ApplianceIdentity {
     ApplianceIdentity {
         serial: serial.parse().expect("serial"),
@@ -94,7 +98,7 @@ async fn refused(ingest: &IngestProcess, path: &str, status: u16, field: Option<
 }
 
 /// (rule, serial, severity, state) of each alert in a listing, in its order.
-fn alert_keys(listing: &Value) -> Vec<(String, String, String, String)> {
+fn alert_keys(listing: &Value) -> Vec<AlertKey> {
     listing["alerts"]
         .as_array()
         .expect("alerts array")
@@ -110,13 +114,13 @@ fn alert_keys(listing: &Value) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn set(keys: &[(&str, &str, &str, &str)]) -> BTreeSet<(String, String, String, String)> {
+fn set(keys: &[Expected]) -> BTreeSet<AlertKey> {
     keys.iter()
         .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
         .collect()
 }
 
-fn as_set(listing: &Value) -> BTreeSet<(String, String, String, String)> {
+fn as_set(listing: &Value) -> BTreeSet<AlertKey> {
     let keys = alert_keys(listing);
     let set: BTreeSet<_> = keys.iter().cloned().collect();
     assert_eq!(set.len(), keys.len(), "no alert listed twice: {listing}");
@@ -174,7 +178,7 @@ async fn the_json_api_shows_alerts_and_appliances_as_stored() {
     }
 
     // The rules fired inside the inserts: this is the state the API must show.
-    let stored: BTreeSet<(String, String, String, String)> = db
+    let stored: BTreeSet<AlertKey> = db
         .client()
         .await
         .query(
@@ -226,7 +230,7 @@ async fn the_json_api_shows_alerts_and_appliances_as_stored() {
         assert!(first.get(field).is_some(), "{field} in {first}");
     }
 
-    let cases: [(&str, &[(&str, &str, &str, &str)]); 7] = [
+    let cases: [(&str, &[Expected]); 7] = [
         (
             "state=firing",
             &[
