@@ -6,6 +6,9 @@
 //! Alertmanager answered 2xx; anything else is retried next round. Plain `http://` only:
 //! Alertmanager belongs on the private network, like the operations listener (https is not
 //! supported yet).
+//!
+//! Severity is a label, so to Alertmanager an alert whose severity changes is a new alert; the
+//! old one ends by itself when its lease (four resend intervals) runs out.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -364,10 +367,11 @@ impl Notifier {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                 .await
                 .map_err(http)?;
-            // The connection is driven beside the request; it ends with the exchange.
-            let conn = tokio::spawn(async move {
+            // The connection is driven beside the request and ends with the exchange, a timed
+            // out one included.
+            let _conn = AbortOnDrop(tokio::spawn(async move {
                 let _ = conn.await;
-            });
+            }));
             let request = Request::post(self.endpoint.path.as_str())
                 .header(header::HOST, authority.as_str())
                 .header(header::CONTENT_TYPE, "application/json")
@@ -377,33 +381,28 @@ impl Notifier {
                 )
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|e| NotifyError::Request(e.to_string()))?;
-            let result = async {
-                let response = sender.send_request(request).await.map_err(http)?;
-                let status = response.status();
-                if status.is_success() {
-                    return Ok(());
-                }
-                let text = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                    .collect()
-                    .await
-                {
-                    Ok(b) => String::from_utf8_lossy(&b.to_bytes())
-                        .chars()
-                        .take(MAX_LOGGED_RESPONSE_CHARS)
-                        .collect::<String>()
-                        .trim()
-                        .to_owned(),
-                    Err(e) => format!("(response body unreadable: {e})"),
-                };
-                Err(NotifyError::Status {
-                    authority: authority.clone(),
-                    status,
-                    body: text,
-                })
+            let response = sender.send_request(request).await.map_err(http)?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(());
             }
-            .await;
-            conn.abort();
-            result
+            let text = match Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => String::from_utf8_lossy(&b.to_bytes())
+                    .chars()
+                    .take(MAX_LOGGED_RESPONSE_CHARS)
+                    .collect::<String>()
+                    .trim()
+                    .to_owned(),
+                Err(e) => format!("(response body unreadable: {e})"),
+            };
+            Err(NotifyError::Status {
+                authority: authority.clone(),
+                status,
+                body: text,
+            })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
@@ -413,6 +412,15 @@ impl Notifier {
                     timeout: REQUEST_TIMEOUT,
                 })
             })
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

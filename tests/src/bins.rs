@@ -27,7 +27,27 @@ pub fn bin(name: &str) -> PathBuf {
     };
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // `cargo test` hands this process its package's CARGO_MANIFEST_DIR, CARGO_PKG_* and
+        // the like. Build scripts that watch them (ring's does) would count as changed and
+        // rebuild half the graph here, and again in the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                )
+            {
+                cargo.env_remove(&key);
+            }
+        }
+        let out = cargo
             .args(["build", "--quiet", "--profile", &profile, "--bins"])
             .args(["-p", "phonehome-ingest", "-p", "phonehome-collector"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
