@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the distribution packages phonehome's demo and tests need, if they are missing:
-# PostgreSQL server binaries (for a private cluster when no server is running) and curl.
-# Debian/Ubuntu only; elsewhere it says what to install and carries on.
+# PostgreSQL server binaries (for a private cluster when no server is running), curl, and
+# Prometheus' tools (promtool and a Prometheus server for the rules tests, Alertmanager for the
+# alert delivery test). Debian/Ubuntu only; elsewhere it says what to install and carries on.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,9 @@ command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v smartctl >/dev/null || [ -x /usr/sbin/smartctl ] || need+=(smartmontools)
 command -v python3 >/dev/null || need+=(python3)
+# Debian's packages put prometheus, promtool and prometheus-alertmanager in /usr/bin.
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -30,3 +34,22 @@ echo "phonehome: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+
+# The Prometheus packages start their services (Prometheus on :9090, Alertmanager on :9093)
+# where the init system lets them. The tests run their own on free ports and need none of these;
+# stop and disable the ones this script just installed, so a CI machine does not keep a
+# Prometheus scraping and writing to disk in the background. An operator's own, installed
+# before, is left alone.
+stop_service() {
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now "$1" >/dev/null 2>&1 || true
+  elif [ -x "/etc/init.d/$1" ]; then
+    $sudo "/etc/init.d/$1" stop >/dev/null 2>&1 || true
+    $sudo update-rc.d "$1" disable >/dev/null 2>&1 || true
+  fi
+}
+for pkg in "${need[@]}"; do
+  case "$pkg" in
+    prometheus | prometheus-alertmanager) stop_service "$pkg" ;;
+  esac
+done
