@@ -213,6 +213,23 @@ async fn a_fleet_over_two_weeks_fires_and_resolves_exactly_the_right_alerts() {
         "the degrading alert carries the latest rise: {values:?}"
     );
 
+    // A condition that still holds writes nothing: the firing alerts judged by level (the clone
+    // is re-checked by every report of both appliances) were never rewritten after they opened.
+    let rewritten: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM alerts WHERE state = 'firing' AND changed_at <> started_at",
+            &[],
+        )
+        .await
+        .expect("rewritten alerts")
+        .get(0);
+    assert_eq!(
+        rewritten, 0,
+        "firing alerts rewritten while their condition held"
+    );
+
     // The same alerts, as operators see them: the JSON API, /metrics and Alertmanager.
     let firing: std::collections::BTreeSet<(String, String)> = [
         ("SN-CLONE-A", "identity_conflict"),

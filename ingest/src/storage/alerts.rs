@@ -37,6 +37,17 @@ pub(super) struct AlertBook {
     done: Vec<Firing>,
 }
 
+/// How an alert ends. A shared machine-id or system UUID (a clone) is a condition each report
+/// re-checks, so it holds without a write per report and ends when the sharing does; a changed
+/// one is an event, held for some days.
+fn lifecycle(config: &AlertsConfig, rule: &str, subject: &str) -> Lifecycle {
+    if rule == "identity_conflict" && subject.contains("_shared:") {
+        Lifecycle::Level
+    } else {
+        config.lifecycle(rule)
+    }
+}
+
 pub(super) fn fingerprint(rule: &str, serial: &str, subject: &str) -> String {
     format!("{rule}/{serial}/{subject}")
 }
@@ -134,7 +145,7 @@ impl AlertBook {
                     );
                 }
                 Some(a) => {
-                    let renews = config.lifecycle(f.rule) != Lifecycle::Level;
+                    let renews = lifecycle(config, f.rule, &f.subject) != Lifecycle::Level;
                     let worse = a.severity != f.severity.as_str();
                     if renews || worse {
                         a.changed_at = at;
@@ -165,7 +176,7 @@ impl AlertBook {
                     // Switched off: its alerts end rather than fire for ever.
                     return true;
                 }
-                match config.lifecycle(&a.rule) {
+                match lifecycle(config, &a.rule, &a.subject) {
                     Lifecycle::Level => judged_here,
                     Lifecycle::QuietFor(days) => {
                         judged_here && at - a.changed_at >= Duration::days(i64::from(days))
