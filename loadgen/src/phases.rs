@@ -651,7 +651,7 @@ impl Sizes {
             .map(|(t, n)| (t, n - before.tables.get(t).copied().unwrap_or(0)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        grew.sort_by(|a, b| b.1.cmp(&a.1));
+        grew.sort_by_key(|g| std::cmp::Reverse(g.1));
         grew.iter()
             .map(|(t, n)| format!("{t} {:.0}", *n as f64 / reports as f64))
             .collect::<Vec<_>>()
