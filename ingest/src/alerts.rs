@@ -564,10 +564,11 @@ pub fn degrading(
         return None;
     }
     let value = rises.join(", ");
-    let label = match (&drive.model, &drive.serial) {
-        (Some(m), Some(s)) => format!("{m} {s} ({})", drive.device_name),
-        _ => drive.device_name.clone(),
-    };
+    let label = label(
+        drive.model.as_deref(),
+        drive.serial.as_deref(),
+        &drive.device_name,
+    );
     Some(Finding {
         rule: "disk_degrading",
         subject: drive.key.clone(),
@@ -661,10 +662,14 @@ pub fn failing_now(d: &SmartDevice) -> Option<String> {
 
 /// "ST2000DM006 Z4ZCX0WD (/dev/sda)", what an operator can find in the rack.
 pub fn drive_label(d: &SmartDevice) -> String {
-    match (&d.model, &d.serial) {
-        (Some(m), Some(s)) => format!("{m} {s} ({})", d.name),
-        (None, Some(s)) => format!("{s} ({})", d.name),
-        _ => d.name.clone(),
+    label(d.model.as_deref(), d.serial.as_deref(), &d.name)
+}
+
+fn label(model: Option<&str>, serial: Option<&str>, device: &str) -> String {
+    match (model, serial) {
+        (Some(m), Some(s)) => format!("{m} {s} ({device})"),
+        (None, Some(s)) => format!("{s} ({device})"),
+        _ => device.to_owned(),
     }
 }
 

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use phonehome_tests::TestDb;
 
+mod common;
+
 /// The number after `label` in `text` ("503: 7," gives 7 for "503: ").
 fn number_after(text: &str, label: &str) -> Option<u64> {
     let rest = &text[text.find(label)? + label.len()..];
@@ -16,7 +18,6 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     let db = TestDb::new().await;
-    let url = db.url().to_owned();
     // The in-process ingest admits one report at a time, so eight appliances calling at once
     // are mostly turned away with 503 and must come back after the Retry-After the ingest
     // chose. That wait is 15-45 s and cannot be shortened from outside the ingest (a shorter
@@ -24,37 +25,21 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     // to 90 s when two retries collide again: the price of exercising the retry path for real.
     // Eight appliances are enough for the first round to collide for certain; more would only
     // make second-round collisions, and so longer runs, likelier.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
-            .args([
-                "--database-url",
-                &url,
-                "--outage",
-                "--appliances",
-                "8",
-                "--backlog",
-                "2",
-                "--max-in-flight",
-                "1",
-            ])
-            .output()
-            .expect("run phonehome-loadgen")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let has = |needle: &str| {
-        assert!(
-            stdout.contains(needle),
-            "{needle:?} missing from stdout:\n{stdout}\nstderr:\n{stderr}"
-        )
-    };
+    let run = common::run_ok(
+        db.url(),
+        &[
+            "--outage",
+            "--appliances",
+            "8",
+            "--backlog",
+            "2",
+            "--max-in-flight",
+            "1",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
+    let has = |needle: &str| run.has(needle);
     has("8 appliances x 2 spooled reports = 16 reports");
     has("max_in_flight 1,");
     has("outage: drained in ");
@@ -66,12 +51,12 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     has(
         "16 new rows in reports (0 before, 16 after), 8 x 2 = 16 once drained: every report exactly once",
     );
-    let unavailable = number_after(&stdout, ", 503: ").expect("the 503 count is printed");
+    let unavailable = number_after(stdout, ", 503: ").expect("the 503 count is printed");
     assert!(
         unavailable > 0,
         "no 503 at max_in_flight 1: the retry path was not exercised\n{stdout}"
     );
-    assert_eq!(number_after(&stdout, "outage: 202: "), Some(16), "{stdout}");
+    assert_eq!(number_after(stdout, "outage: 202: "), Some(16), "{stdout}");
     assert!(
         stderr.contains("503s so far"),
         "progress goes to stderr during the wait:\n{stderr}"

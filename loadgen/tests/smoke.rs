@@ -5,41 +5,17 @@ use std::process::Command;
 
 use phonehome_tests::TestDb;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tiny_run_sends_every_report_and_measures_the_ceiling() {
     let db = TestDb::new().await;
-    let url = db.url().to_owned();
-    // The binary is blocking work for this test; run it off the runtime's threads.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
-            .args([
-                "--database-url",
-                &url,
-                "--appliances",
-                "5",
-                "--reports",
-                "50",
-                "--concurrency",
-                "8",
-            ])
-            .output()
-            .expect("run phonehome-loadgen")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let has = |needle: &str| {
-        assert!(
-            stdout.contains(needle),
-            "{needle:?} missing from stdout:\n{stdout}\nstderr:\n{stderr}"
-        )
-    };
+    let run = common::run_ok(
+        db.url(),
+        &["--appliances", "5", "--reports", "50", "--concurrency", "8"],
+    )
+    .await;
+    let has = |needle: &str| run.has(needle);
     has("ingest: 50 reports in ");
     has("ingest: 202: 50, 200: 0, other status: 0, transport errors: 0;");
     has("ceiling: 50 reports in ");

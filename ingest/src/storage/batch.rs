@@ -188,6 +188,7 @@ pub(super) async fn write(
     )?;
     let key_of: HashMap<i32, &str> = drive_ids.iter().map(|(k, id)| (*id, k.as_str())).collect();
 
+    let known = known_ids(&shared, batch, &stored);
     let mut writes = Writes::default();
     let mut states: BTreeMap<&str, Progress<'_>> = BTreeMap::new();
     for &i in &stored {
@@ -198,7 +199,7 @@ pub(super) async fn write(
         });
         entry.2 += 1;
         entry.3 = entry.3.max(r.received_at);
-        identity_shared(r, batch, &stored, &shared, &mut writes);
+        identity_shared(r, &known, &mut writes);
         let b = &mut entry.0;
         // Any report, late or not, ends a silence.
         book.resolve(b.id, "appliance_silent", r.received_at);
@@ -483,65 +484,59 @@ async fn appliances_sharing_identity(
         .collect())
 }
 
-/// A machine-id or system UUID that another serial reports too: a cloned image.
-fn identity_shared(
-    r: &PreparedReport,
-    batch: &[&PreparedReport],
+/// (serial, machine-id, system UUID) of every appliance a batch's reports may share an
+/// identifier with: those already known (before the batch) and the batch's own.
+type KnownIds<'a> = Vec<(&'a str, Option<&'a str>, Option<String>)>;
+
+fn known_ids<'a>(
+    shared: &'a [(String, Option<String>, Option<String>)],
+    batch: &[&'a PreparedReport],
     stored: &[usize],
-    shared: &[(String, Option<String>, Option<String>)],
-    writes: &mut Writes,
-) {
-    let uuid = r.state.system_uuid.map(|u| u.to_string());
-    let mut others: Vec<(&str, Option<&str>, Option<&str>)> = shared
+) -> KnownIds<'a> {
+    shared
         .iter()
-        .map(|(s, m, u)| (s.as_str(), m.as_deref(), u.as_deref()))
-        .collect();
-    others.extend(stored.iter().map(|&j| {
-        (
-            batch[j].serial.as_str(),
-            batch[j].state.machine_id.as_deref(),
-            None,
-        )
-    }));
-    let batch_uuids: Vec<(String, Option<String>)> = stored
-        .iter()
-        .map(|&j| {
+        .map(|(s, m, u)| (s.as_str(), m.as_deref(), u.clone()))
+        .chain(stored.iter().map(|&j| {
+            let r = batch[j];
             (
-                batch[j].serial.clone(),
-                batch[j].state.system_uuid.map(|u| u.to_string()),
+                r.serial.as_str(),
+                r.state.machine_id.as_deref(),
+                r.state.system_uuid.map(|u| u.to_string()),
             )
-        })
-        .collect();
-    for (serial, machine_id, system_uuid) in others.into_iter().chain(
-        batch_uuids
-            .iter()
-            .map(|(s, u)| (s.as_str(), None, u.as_deref())),
-    ) {
-        if serial == r.serial {
+        }))
+        .collect()
+}
+
+/// A machine-id or system UUID that another serial reports too: a cloned image.
+fn identity_shared(r: &PreparedReport, known: &KnownIds<'_>, writes: &mut Writes) {
+    let uuid = r.state.system_uuid.map(|u| u.to_string());
+    for (serial, machine_id, system_uuid) in known {
+        if *serial == r.serial {
             continue;
         }
-        if let (Some(mine), Some(theirs)) = (r.state.machine_id.as_deref(), machine_id) {
-            if mine == theirs {
-                writes.identity_events.push((
-                    r.serial.clone(),
-                    "machine_id_shared",
-                    None,
-                    mine.to_owned(),
-                    Some(serial.to_owned()),
-                    r.report_id,
-                ));
-            }
-        }
-        if let (Some(mine), Some(theirs)) = (uuid.as_deref(), system_uuid) {
-            if mine == theirs {
-                writes.identity_events.push((
-                    r.serial.clone(),
-                    "system_uuid_shared",
-                    None,
-                    mine.to_owned(),
-                    Some(serial.to_owned()),
-                    r.report_id,
-                ));
+        for (kind, mine, theirs) in [
+            (
+                "machine_id_shared",
+                r.state.machine_id.as_deref(),
+                *machine_id,
+            ),
+            (
+                "system_uuid_shared",
+                uuid.as_deref(),
+                system_uuid.as_deref(),
+            ),
+        ] {
+            if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                if mine == theirs {
+                    writes.identity_events.push((
+                        r.serial.clone(),
+                        kind,
+                        None,
+                        mine.to_owned(),
+                        Some((*serial).to_owned()),
+                        r.report_id,
+                    ));
+                }
             }
         }
     }

@@ -3,11 +3,14 @@
 //! SMART attribute tables, the same keys), which a dictionary turns into a few hundred bytes
 //! per report instead of a couple of kilobytes.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::bulk::Compressor;
+use zstd::dict::DecoderDictionary;
 
 /// zstd level for report bodies: level 3 is zstd's default; higher levels buy a few percent
 /// (measured: 282 → 257 bytes per report at level 9) for several times the CPU.
@@ -24,8 +27,19 @@ pub struct Codec {
 
 #[derive(Default)]
 struct Dictionaries {
-    newest: Option<(i16, Arc<EncoderDictionary<'static>>)>,
+    /// (id, generation, bytes) of the dictionary new bodies are compressed with.
+    newest: Option<(i16, u64, Arc<Vec<u8>>)>,
     decoders: HashMap<i16, Arc<DecoderDictionary<'static>>>,
+}
+
+/// Tells apart every dictionary this process ever loaded, in any `Codec`: ids repeat across
+/// databases (every test database has a dictionary 1), generations do not. 0 is plain zstd.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// A compression context per thread, kept with the dictionary loaded: creating one per
+    /// report cost more CPU than compressing with it (`ZSTD_createCCtx` in the profile).
+    static COMPRESSOR: RefCell<Option<(u64, Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
 impl std::fmt::Debug for Codec {
@@ -56,7 +70,7 @@ impl Codec {
         self.inner
             .read()
             .ok()
-            .and_then(|d| d.newest.as_ref().map(|(id, _)| *id))
+            .and_then(|d| d.newest.as_ref().map(|(id, _, _)| *id))
     }
 
     /// Whether `id` is loaded.
@@ -70,11 +84,11 @@ impl Codec {
     /// Makes dictionary `id` available for reading, and for writing when it is the newest.
     pub fn add(&self, id: i16, dict: &[u8]) {
         let decoder = Arc::new(DecoderDictionary::copy(dict));
-        let encoder = Arc::new(EncoderDictionary::copy(dict, LEVEL));
         if let Ok(mut d) = self.inner.write() {
             d.decoders.insert(id, decoder);
-            if d.newest.as_ref().is_none_or(|(newest, _)| *newest < id) {
-                d.newest = Some((id, encoder));
+            if d.newest.as_ref().is_none_or(|(newest, _, _)| *newest < id) {
+                let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+                d.newest = Some((id, generation, Arc::new(dict.to_vec())));
             }
         }
     }
@@ -82,13 +96,19 @@ impl Codec {
     /// Compresses a report body with the newest dictionary, or plain zstd before there is one.
     pub fn compress(&self, json: &[u8]) -> std::io::Result<(Vec<u8>, Option<i16>)> {
         let newest = self.inner.read().ok().and_then(|d| d.newest.clone());
-        match newest {
-            Some((id, dict)) => {
-                let mut c = zstd::bulk::Compressor::with_prepared_dictionary(&dict)?;
-                Ok((c.compress(json)?, Some(id)))
-            }
-            None => Ok((zstd::bulk::compress(json, LEVEL)?, None)),
-        }
+        let generation = newest.as_ref().map_or(0, |(_, g, _)| *g);
+        COMPRESSOR.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let compressor = match cell.take() {
+                Some((g, c)) if g == generation => c,
+                _ => match &newest {
+                    Some((_, _, dict)) => Compressor::with_dictionary(LEVEL, dict)?,
+                    None => Compressor::new(LEVEL)?,
+                },
+            };
+            let (_, c) = cell.insert((generation, compressor));
+            Ok((c.compress(json)?, newest.as_ref().map(|(id, _, _)| *id)))
+        })
     }
 
     /// The JSON text of a stored body.
@@ -172,6 +192,29 @@ mod tests {
             codec.decompress(&small, Some(2)),
             Err(EvidenceError::UnknownDictionary(2))
         ));
+    }
+
+    #[test]
+    fn two_databases_with_a_dictionary_1_each_never_share_a_compressor() {
+        // Same id, different dictionaries (two databases, two trainings), one thread: each
+        // body must read back with its own codec.
+        let a = Codec::default();
+        let b = Codec::default();
+        a.add(
+            1,
+            &train(&(0..50).map(variant).collect::<Vec<_>>()).unwrap(),
+        );
+        b.add(
+            1,
+            &train(&(0..50).map(|i| variant(i + 7_000)).collect::<Vec<_>>()).unwrap(),
+        );
+        for i in 0..3 {
+            let json = variant(900 + i);
+            let (from_a, _) = a.compress(&json).unwrap();
+            let (from_b, _) = b.compress(&json).unwrap();
+            assert_eq!(a.decompress(&from_a, Some(1)).unwrap().as_bytes(), json);
+            assert_eq!(b.decompress(&from_b, Some(1)).unwrap().as_bytes(), json);
+        }
     }
 
     #[test]
