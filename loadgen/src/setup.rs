@@ -428,12 +428,14 @@ impl LocalIngest {
             .await
             .context("load the report-body dictionaries")?;
         // As `phonehome-ingest serve` does: maintenance trains the report-body dictionary once
-        // there are enough reports, which is most of what a report costs on disk. The interval
-        // is short so that a fill of a few minutes sees it.
+        // there are enough reports, which is most of what a report costs on disk. A run here
+        // squeezes a month into seconds, so the interval is one second: a production ingest's
+        // hourly run leaves about 1/720 of a month's reports without the dictionary, this one
+        // a few percent.
         let maintenance = phonehome_ingest::storage::maintenance::spawn(
             storage.clone(),
             "loadgen".into(),
-            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(1),
         );
         let reports = TcpListener::bind("127.0.0.1:0")
             .await

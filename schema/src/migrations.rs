@@ -32,6 +32,11 @@ pub const ALL: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../migrations/0004_alerts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "rule_state",
+        sql: include_str!("../migrations/0005_rule_state.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -14,22 +14,26 @@ use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
 use super::alerts::{AlertBook, Evaluated, Judged};
-use super::rows::{CurrentState, DriveSample, NicRow, PreparedReport};
+use super::previous::{Previous, RuleState};
+use super::rows::{CurrentState, PreparedReport};
 use super::{InsertOutcome, StorageError};
-use crate::alerts::{self as rules, AlertsConfig, Finding, Severity};
+use crate::alerts::AlertsConfig;
 
 /// An appliance's state before this batch, as far as the batch needs it.
 #[derive(Debug, Clone)]
-struct Before {
-    id: i32,
+pub(super) struct Before {
+    pub(super) id: i32,
     /// No report of this appliance has been kept yet (a row this batch created, or one whose
     /// history is being rebuilt from legacy rows).
-    fresh: bool,
+    pub(super) fresh: bool,
     last_collected_at: DateTime<Utc>,
     system_uuid: Option<String>,
     machine_id: Option<String>,
     versions: HashMap<&'static str, Option<String>>,
-    boot_id: Option<Uuid>,
+    pub(super) boot_id: Option<Uuid>,
+    /// What rules judged by change kept from the newest report; `None` for a fresh appliance
+    /// or one last written before the state was kept.
+    rule_state: Option<RuleState>,
 }
 
 /// An open membership: drive `drive_id` is in the appliance under `device_name`.
@@ -71,14 +75,14 @@ type DriveEvent = (
 
 /// Rows derived from the batch, written at its end.
 #[derive(Debug, Default)]
-struct Writes {
-    identity_events: Vec<IdentityEvent>,
+pub(super) struct Writes {
+    pub(super) identity_events: Vec<IdentityEvent>,
     version_changes: Vec<VersionChange>,
     /// (appliance, drive, device name, from)
     opened: Vec<(i32, i32, String, DateTime<Utc>)>,
     /// (membership, until)
     closed: Vec<(i64, DateTime<Utc>)>,
-    drive_events: Vec<DriveEvent>,
+    pub(super) drive_events: Vec<DriveEvent>,
 }
 
 /// Per appliance during a batch: its state as the batch moves it forward, its newest report
@@ -176,17 +180,64 @@ pub(super) async fn write(
             .cmp(&(batch[b].serial.as_str(), batch[b].collected_at))
     });
 
-    let drive_ids = upsert_drives(tx, batch, &stored).await?;
+    let drive_ids = drive_ids(tx, batch, &stored, &before).await?;
     let appliance_ids: Vec<i32> = before.values().map(|b| b.id).collect();
-    let drive_id_list: Vec<i32> = drive_ids.values().copied().collect();
-    let (members, latest_elsewhere, shared, mut book, mut previous) = tokio::try_join!(
+    let mut previous = Previous::from_states(
+        before
+            .values()
+            .filter_map(|b| b.rule_state.as_ref().map(|s| (b.id, s))),
+    );
+    let without_state: Vec<(i32, DateTime<Utc>)> = before
+        .values()
+        .filter(|b| !b.fresh && b.rule_state.is_none())
+        .map(|b| (b.id, b.last_collected_at))
+        .collect();
+    let earliest = stored
+        .iter()
+        .map(|&i| batch[i].collected_at)
+        .min()
+        .unwrap_or_else(Utc::now);
+    let (members, shared, mut book, ()) = tokio::try_join!(
         open_memberships(tx, &appliance_ids),
-        latest_memberships(tx, &drive_id_list),
         appliances_sharing_identity(tx, batch, &stored),
         AlertBook::load(tx, &appliance_ids),
-        Previous::load(tx, batch, &stored, &before, config),
+        previous.load_history(tx, earliest, &without_state, config),
     )?;
-    let key_of: HashMap<i32, &str> = drive_ids.iter().map(|(k, id)| (*id, k.as_str())).collect();
+    // Where else a drive was last seen matters only for one not already in its appliance,
+    // which in steady state is none: no query then.
+    let ids = &drive_ids;
+    let arriving: Vec<i32> = stored
+        .iter()
+        .flat_map(|&i| {
+            let r = batch[i];
+            let open = members.get(&before[&r.serial].id);
+            r.drives.iter().filter_map(move |d| {
+                let id = *ids.get(&d.key)?;
+                let here = open.is_some_and(|m| m.iter().any(|m| m.drive_id == id));
+                (!here).then_some(id)
+            })
+        })
+        .collect::<HashSet<i32>>()
+        .into_iter()
+        .collect();
+    // A drive that disappears is named by its key: the kept states know the keys of every
+    // drive the previous reports showed; others (a database from before the state) are read.
+    let named_already: HashSet<i32> = drive_ids.values().copied().collect();
+    let unnamed: Vec<i32> = members
+        .values()
+        .flatten()
+        .map(|m| m.drive_id)
+        .filter(|id| !named_already.contains(id))
+        .collect::<HashSet<i32>>()
+        .into_iter()
+        .collect();
+    let (latest_elsewhere, named) =
+        tokio::try_join!(latest_memberships(tx, &arriving), drive_keys(tx, &unnamed))?;
+    let mut key_of: HashMap<i32, &str> =
+        drive_ids.iter().map(|(k, id)| (*id, k.as_str())).collect();
+    for (id, key) in &named {
+        key_of.insert(*id, key.as_str());
+    }
 
     let known = known_ids(&shared, batch, &stored);
     let mut writes = Writes::default();
@@ -228,7 +279,7 @@ pub(super) async fn write(
                 present_drives: &present,
             },
         );
-        previous.advance(b.id, r, &drive_ids);
+        previous.advance(config, b.id, r, &drive_ids);
         b.boot_id = r.boot_id;
         b.fresh = false;
         b.last_collected_at = r.collected_at;
@@ -244,7 +295,7 @@ pub(super) async fn write(
     tokio::try_join!(
         insert_samples(tx, batch, &stored, &before, &drive_ids),
         write_events(tx, &writes),
-        update_appliances(tx, &states),
+        update_appliances(tx, &states, &previous, &key_of),
         book.write(tx, &serials),
     )?;
     Ok(outcomes)
@@ -318,7 +369,8 @@ async fn lock_appliances(
     let select = tx
         .prepare_cached(
             "SELECT id, serial, report_count = 0, last_collected_at, system_uuid::text,
-                    machine_id, app_version, os_pretty_name, kernel, collector_version, boot_id
+                    machine_id, app_version, os_pretty_name, kernel, collector_version, boot_id,
+                    rule_state
              FROM appliances WHERE serial = ANY($1) ORDER BY serial FOR UPDATE",
         )
         .await?;
@@ -330,8 +382,19 @@ async fn lock_appliances(
             ("kernel", row.get(8)),
             ("collector", Some(row.get::<_, String>(9))),
         ]);
+        let serial: String = row.get(1);
+        let rule_state = row
+            .get::<_, Option<&[u8]>>(11)
+            .and_then(|v| match RuleState::decode(v) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    // Rebuilt from history below: slower, never wrong.
+                    tracing::warn!(%serial, error = %e, "unreadable rule_state; reading history instead");
+                    None
+                }
+            });
         before.insert(
-            row.get::<_, String>(1),
+            serial,
             Before {
                 id: row.get(0),
                 fresh: row.get(2),
@@ -340,6 +403,7 @@ async fn lock_appliances(
                 machine_id: row.get(5),
                 versions,
                 boot_id: row.get(10),
+                rule_state,
             },
         );
     }
@@ -351,22 +415,33 @@ async fn lock_appliances(
     }
 }
 
-/// Ids of every drive in the stored reports, creating the drives not seen before.
-async fn upsert_drives(
+/// Ids of every drive in the stored reports (and of those the appliances' kept states name),
+/// creating the drives not seen before. A drive its appliance already reported has its id in
+/// the kept state, so in steady state this asks PostgreSQL nothing.
+async fn drive_ids(
     tx: &Transaction<'_>,
     batch: &[&PreparedReport],
     stored: &[usize],
+    before: &HashMap<String, Before>,
 ) -> Result<HashMap<String, i32>, StorageError> {
+    let mut known: HashMap<String, i32> = before
+        .values()
+        .filter_map(|b| b.rule_state.as_ref())
+        .flat_map(RuleState::drive_ids)
+        .map(|(k, id)| (k.to_owned(), id))
+        .collect();
     let mut drives: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
     for &i in stored {
         for d in &batch[i].drives {
-            drives
-                .entry(d.key.as_str())
-                .or_insert((d, batch[i].collected_at));
+            if !known.contains_key(&d.key) {
+                drives
+                    .entry(d.key.as_str())
+                    .or_insert((d, batch[i].collected_at));
+            }
         }
     }
     if drives.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(known);
     }
     let keys: Vec<&str> = drives.keys().copied().collect();
     let insert = tx
@@ -400,8 +475,24 @@ async fn upsert_drives(
     let select = tx
         .prepare_cached("SELECT drive_key, id FROM drives WHERE drive_key = ANY($1)")
         .await?;
+    for r in tx.query(&select, &[&keys]).await? {
+        known.insert(r.get(0), r.get(1));
+    }
+    Ok(known)
+}
+
+async fn drive_keys(
+    tx: &Transaction<'_>,
+    ids: &[i32],
+) -> Result<HashMap<i32, String>, StorageError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stmt = tx
+        .prepare_cached("SELECT id, drive_key FROM drives WHERE id = ANY($1)")
+        .await?;
     Ok(tx
-        .query(&select, &[&keys])
+        .query(&stmt, &[&ids])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -992,32 +1083,38 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
     Ok(())
 }
 
-/// Counts for every appliance with a stored report; state from its newest report when that
-/// is newer than what was known.
+/// Counts for every appliance with a stored report; state (and the rules' kept state) from its
+/// newest report when that is newer than what was known. One statement for the usual case.
 async fn update_appliances(
     tx: &Transaction<'_>,
     states: &BTreeMap<&str, Progress<'_>>,
+    previous: &Previous,
+    key_of: &HashMap<i32, &str>,
 ) -> Result<(), StorageError> {
-    let counts = tx
-        .prepare_cached(
-            "UPDATE appliances a SET report_count = a.report_count + u.n,
-                 last_report_at = GREATEST(a.last_report_at, u.at)
-             FROM unnest($1::int[], $2::bigint[], $3::timestamptz[]) AS u(id, n, at)
-             WHERE a.id = u.id",
+    // Appliances whose stored reports were all late: counts only.
+    let late: Vec<&Progress<'_>> = states.values().filter(|s| s.1.is_none()).collect();
+    if !late.is_empty() {
+        let counts = tx
+            .prepare_cached(
+                "UPDATE appliances a SET report_count = a.report_count + u.n,
+                     last_report_at = GREATEST(a.last_report_at, u.at)
+                 FROM unnest($1::int[], $2::bigint[], $3::timestamptz[]) AS u(id, n, at)
+                 WHERE a.id = u.id",
+            )
+            .await?;
+        tx.execute(
+            &counts,
+            &[
+                &late.iter().map(|s| s.0.id).collect::<Vec<_>>(),
+                &late.iter().map(|s| s.2).collect::<Vec<_>>(),
+                &late.iter().map(|s| s.3).collect::<Vec<_>>(),
+            ],
         )
         .await?;
-    let ids: Vec<i32> = states.values().map(|s| s.0.id).collect();
-    tx.execute(
-        &counts,
-        &[
-            &ids,
-            &states.values().map(|s| s.2).collect::<Vec<_>>(),
-            &states.values().map(|s| s.3).collect::<Vec<_>>(),
-        ],
-    )
-    .await?;
-    let newest: Vec<(i32, &PreparedReport)> = states
-        .values()
+    }
+    let moved: Vec<&Progress<'_>> = states.values().filter(|s| s.1.is_some()).collect();
+    let newest: Vec<(i32, &PreparedReport)> = moved
+        .iter()
         .filter_map(|s| s.1.map(|r| (s.0.id, r)))
         .collect();
     if newest.is_empty() {
@@ -1026,6 +1123,8 @@ async fn update_appliances(
     let stmt = tx
         .prepare_cached(
             "UPDATE appliances a SET
+                 report_count = a.report_count + u.n,
+                 last_report_at = GREATEST(a.last_report_at, u.at),
                  hostname = u.hostname, system_uuid = u.system_uuid, machine_id = u.machine_id,
                  last_collected_at = u.collected_at, last_report_id = u.report_id,
                  app_version = u.app_version, app_status = u.app_status,
@@ -1033,17 +1132,22 @@ async fn update_appliances(
                  collector_version = u.collector_version, drive_count = u.drives,
                  failing_drive_count = u.failing, filesystem_count = u.filesystems,
                  nic_count = u.nics, collection_errors = u.errors,
-                 dropped_reports = u.dropped, last_cert_sha256 = u.cert, boot_id = u.boot_id
+                 dropped_reports = u.dropped, last_cert_sha256 = u.cert, boot_id = u.boot_id,
+                 rule_state = u.rule_state
              FROM unnest($1::int[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
                  $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                  $12::int[], $13::int[], $14::int[], $15::int[], $16::int[], $17::bigint[],
-                 $18::bytea[], $19::uuid[])
+                 $18::bytea[], $19::uuid[], $20::bytea[], $21::bigint[], $22::timestamptz[])
                  AS u(id, hostname, system_uuid, machine_id, collected_at, report_id,
                       app_version, app_status, os, kernel, collector_version, drives, failing,
-                      filesystems, nics, errors, dropped, cert, boot_id)
+                      filesystems, nics, errors, dropped, cert, boot_id, rule_state, n, at)
              WHERE a.id = u.id",
         )
         .await?;
+    let rule_states: Vec<Vec<u8>> = newest
+        .iter()
+        .map(|(id, _)| previous.state(*id, key_of).encode())
+        .collect();
     let st = |f: &dyn Fn(&CurrentState) -> i32| {
         newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()
     };
@@ -1084,257 +1188,11 @@ async fn update_appliances(
                 .map(|(_, r)| r.cert_sha256.as_slice())
                 .collect::<Vec<_>>(),
             &newest.iter().map(|(_, r)| r.boot_id).collect::<Vec<_>>(),
+            &rule_states,
+            &moved.iter().map(|s| s.2).collect::<Vec<_>>(),
+            &moved.iter().map(|s| s.3).collect::<Vec<_>>(),
         ],
     )
     .await?;
     Ok(())
-}
-
-/// The appliance's previous report as rules judged by change need it, moved forward report by
-/// report through the batch: drive counts by drive, NIC counters by name, and filesystem use
-/// over the last reports for the fill trend.
-#[derive(Debug, Default)]
-struct Previous {
-    drives: HashMap<i32, HashMap<i32, DriveSample>>,
-    nics: HashMap<i32, HashMap<String, NicRow>>,
-    filesystems: HashMap<(i32, String), Vec<UsedAt>>,
-}
-
-/// (collected at, bytes used) of one filesystem in one report.
-type UsedAt = (DateTime<Utc>, i64);
-
-impl Previous {
-    async fn load(
-        tx: &Transaction<'_>,
-        batch: &[&PreparedReport],
-        stored: &[usize],
-        before: &HashMap<String, Before>,
-        config: &AlertsConfig,
-    ) -> Result<Self, StorageError> {
-        let mut out = Previous::default();
-        let known: Vec<&Before> = before.values().filter(|b| !b.fresh).collect();
-        if known.is_empty() {
-            return Ok(out);
-        }
-        let ids: Vec<i32> = known.iter().map(|b| b.id).collect();
-        let at: Vec<DateTime<Utc>> = known.iter().map(|b| b.last_collected_at).collect();
-        let drives = tx
-            .prepare_cached(
-                "SELECT s.appliance_id, s.drive_id, s.reallocated_sectors, s.pending_sectors,
-                        s.offline_uncorrectable, s.crc_errors, s.nvme_media_errors,
-                        s.scsi_grown_defects
-                 FROM drive_samples s
-                 JOIN unnest($1::int[], $2::timestamptz[]) AS k(a, t)
-                   ON s.appliance_id = k.a AND s.collected_at = k.t",
-            )
-            .await?;
-        let nics = tx
-            .prepare_cached(
-                "SELECT s.appliance_id, s.name, s.rx_errors, s.tx_errors, s.rx_dropped,
-                        s.tx_dropped
-                 FROM nic_samples s
-                 JOIN unnest($1::int[], $2::timestamptz[]) AS k(a, t)
-                   ON s.appliance_id = k.a AND s.collected_at = k.t",
-            )
-            .await?;
-        let filesystems = tx
-            .prepare_cached(
-                "SELECT appliance_id, mount_point, collected_at, bytes_used
-                 FROM filesystem_samples
-                 WHERE appliance_id = ANY($1) AND collected_at >= $2
-                 ORDER BY collected_at",
-            )
-            .await?;
-        // Enough days back for the trend's reports at one report a day, with room for gaps.
-        let earliest = stored
-            .iter()
-            .map(|&i| batch[i].collected_at)
-            .min()
-            .unwrap_or_else(Utc::now);
-        let since =
-            earliest - chrono::Duration::days(i64::from(config.filesystem_filling.reports) * 2);
-        let filling = config.filesystem_filling.enabled;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &at];
-        let (drive_rows, nic_rows, fs_rows) = tokio::try_join!(
-            tx.query(&drives, &params),
-            tx.query(&nics, &params),
-            async {
-                if filling {
-                    tx.query(&filesystems, &[&ids, &since]).await
-                } else {
-                    Ok(Vec::new())
-                }
-            },
-        )?;
-        for r in drive_rows {
-            out.drives.entry(r.get(0)).or_default().insert(
-                r.get(1),
-                DriveSample {
-                    reallocated_sectors: r.get(2),
-                    pending_sectors: r.get(3),
-                    offline_uncorrectable: r.get(4),
-                    crc_errors: r.get(5),
-                    nvme_media_errors: r.get(6),
-                    scsi_grown_defects: r.get(7),
-                    ..DriveSample::default()
-                },
-            );
-        }
-        for r in nic_rows {
-            let name: String = r.get(1);
-            out.nics.entry(r.get(0)).or_default().insert(
-                name.clone(),
-                NicRow {
-                    name,
-                    rx_bytes: None,
-                    tx_bytes: None,
-                    rx_errors: r.get(2),
-                    tx_errors: r.get(3),
-                    rx_dropped: r.get(4),
-                    tx_dropped: r.get(5),
-                },
-            );
-        }
-        for r in fs_rows {
-            out.filesystems
-                .entry((r.get(0), r.get(1)))
-                .or_default()
-                .push((r.get(2), r.get(3)));
-        }
-        Ok(out)
-    }
-
-    /// Every finding for report `r`: its own (from `prepare`) and those judged against the
-    /// previous report or this batch's events.
-    fn findings(
-        &self,
-        config: &AlertsConfig,
-        b: &Before,
-        r: &PreparedReport,
-        drive_ids: &HashMap<String, i32>,
-        key_of: &HashMap<i32, &str>,
-        writes: &Writes,
-    ) -> Vec<Finding> {
-        let mut out = r.findings.clone();
-        if let Some(previous) = self.drives.get(&b.id) {
-            for d in &r.drives {
-                let prev = drive_ids.get(&d.key).and_then(|id| previous.get(id));
-                if let Some(f) = prev.and_then(|p| rules::degrading(d, p)) {
-                    out.push(f);
-                }
-            }
-        }
-        if let Some(previous) = self.nics.get(&b.id) {
-            let rebooted = matches!((b.boot_id, r.boot_id), (Some(x), Some(y)) if x != y);
-            for n in &r.nics {
-                if let Some(f) = previous
-                    .get(&n.name)
-                    .and_then(|p| rules::nic_errors(config, n, p, rebooted))
-                {
-                    out.push(f);
-                }
-            }
-        }
-        for e in writes
-            .drive_events
-            .iter()
-            .filter(|e| e.6 == r.report_id && e.2 == "disappeared")
-        {
-            let key = key_of.get(&e.0).copied().unwrap_or_default();
-            out.push(Finding {
-                rule: "disk_missing",
-                subject: key.to_owned(),
-                severity: Severity::Warning,
-                value: format!("last seen as {}", e.4),
-                summary: format!("drive {key} (last seen as {}) is no longer reported", e.4),
-            });
-        }
-        for e in writes.identity_events.iter().filter(|e| e.5 == r.report_id) {
-            let (subject, summary) = match (e.1, &e.4) {
-                (kind, Some(other)) => (
-                    format!("{kind}:{}", e.3),
-                    format!(
-                        "{} reports {} {} like {other}: a cloned image?",
-                        e.0,
-                        kind.trim_end_matches("_shared").replace('_', " "),
-                        e.3
-                    ),
-                ),
-                (kind, None) => (
-                    kind.to_owned(),
-                    format!(
-                        "{} now reports {} {} (was {}): chassis or board swapped, or re-imaged?",
-                        e.0,
-                        kind.trim_end_matches("_changed").replace('_', " "),
-                        e.3,
-                        e.2.as_deref().unwrap_or("?")
-                    ),
-                ),
-            };
-            out.push(Finding {
-                rule: "identity_conflict",
-                subject,
-                severity: Severity::Warning,
-                value: e.3.clone(),
-                summary,
-            });
-        }
-        if config.filesystem_filling.enabled {
-            let n = config.filesystem_filling.reports.max(3) as usize;
-            for f in &r.filesystems {
-                let Some(history) = self.filesystems.get(&(b.id, f.mount_point.clone())) else {
-                    continue;
-                };
-                let mut points: Vec<(DateTime<Utc>, i64)> = history
-                    .iter()
-                    .filter(|(t, _)| *t < r.collected_at)
-                    .copied()
-                    .collect();
-                points.push((r.collected_at, f.bytes_used));
-                let points = &points[points.len().saturating_sub(n)..];
-                let origin = points[0].0;
-                let xy: Vec<(f64, f64)> = points
-                    .iter()
-                    .map(|(t, used)| ((*t - origin).num_seconds() as f64 / 86_400.0, *used as f64))
-                    .collect();
-                if let Some(days) = rules::days_to_full(&xy, f.bytes_total as f64) {
-                    if days <= config.filesystem_filling.days {
-                        out.push(Finding {
-                            rule: "filesystem_filling",
-                            subject: f.mount_point.clone(),
-                            severity: Severity::Warning,
-                            value: format!("full in {days:.1} days"),
-                            summary: format!(
-                                "{} will be full in {days:.1} days at the rate of its last {} reports",
-                                f.mount_point,
-                                points.len()
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// Makes report `r` the previous one for what follows in the batch.
-    fn advance(&mut self, appliance: i32, r: &PreparedReport, drive_ids: &HashMap<String, i32>) {
-        self.drives.insert(
-            appliance,
-            r.drives
-                .iter()
-                .filter_map(|d| drive_ids.get(&d.key).map(|id| (*id, d.sample.clone())))
-                .collect(),
-        );
-        self.nics.insert(
-            appliance,
-            r.nics.iter().map(|n| (n.name.clone(), n.clone())).collect(),
-        );
-        for f in &r.filesystems {
-            self.filesystems
-                .entry((appliance, f.mount_point.clone()))
-                .or_default()
-                .push((r.collected_at, f.bytes_used));
-        }
-    }
 }

@@ -20,6 +20,9 @@ pub const PARTITIONED: [&str; 4] = [
 ];
 
 /// Held by the replica running maintenance.
+/// Tables every write batch looks rows up in by key (see [`analyze_current_state`]).
+const CURRENT_STATE: [&str; 4] = ["appliances", "drives", "drive_membership", "alerts"];
+
 const MAINTENANCE_LOCK: i64 = 8_424_200_002;
 /// Serialises partition DDL (CREATE TABLE … PARTITION OF races on the catalog otherwise).
 const PARTITION_LOCK: i64 = 8_424_200_003;
@@ -196,6 +199,7 @@ async fn run_locked(
             drop_expired(client, now, storage.settings().retention_days).await?;
         summary.dictionary_trained = train_dictionary(storage, client).await?;
         summary.version_days = version_counts(client, now).await?;
+        analyze_current_state(client).await?;
         Ok::<_, StorageError>(summary)
     };
     let result = work.await;
@@ -219,6 +223,29 @@ async fn run_locked(
         )
         .await?;
     result.map(Some)
+}
+
+/// Refreshes the statistics of the current-state tables once they have changed by a tenth (the
+/// threshold autovacuum uses, without waiting for its next round). A young database grows these
+/// tables from nothing, and each writer connection keeps the plan it made while they were
+/// empty (a sequential scan) until new statistics invalidate it; this makes the first
+/// maintenance run do that.
+async fn analyze_current_state(client: &Object) -> Result<(), StorageError> {
+    let stale = client
+        .query(
+            "SELECT relname::text FROM pg_stat_user_tables
+             WHERE relname = ANY($1) AND schemaname = current_schema()
+               AND n_mod_since_analyze > 50 + n_live_tup / 10",
+            &[&CURRENT_STATE.as_slice()],
+        )
+        .await?;
+    for row in stale {
+        let table: String = row.get(0);
+        // Names come from CURRENT_STATE, never from outside.
+        client.batch_execute(&format!("ANALYZE {table}")).await?;
+        tracing::debug!(table, "statistics refreshed");
+    }
+    Ok(())
 }
 
 /// Drops every month of history that ended more than `retention_days` ago.

@@ -8,6 +8,7 @@ pub mod fleet;
 mod legacy;
 pub mod maintenance;
 pub mod notify;
+mod previous;
 pub mod read;
 pub mod rows;
 mod writer;

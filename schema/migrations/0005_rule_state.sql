@@ -1,0 +1,26 @@
+-- Throughput and storage (issue 4, second pass).
+--
+-- What rules judged by change need from an appliance's newest report (drive counts with the
+-- drive ids, NIC counters, recent filesystem use) is kept with its current state, so a batch
+-- reads it with the row it locks instead of querying the time series. zstd-compressed JSON
+-- (ingest/src/storage/previous.rs says what is in it). NULL for appliances last written before
+-- this column existed: their first batch reads history once.
+ALTER TABLE appliances ADD COLUMN rule_state bytea;
+-- Already compressed: PostgreSQL must not spend CPU trying again.
+ALTER TABLE appliances ALTER COLUMN rule_state SET STORAGE EXTERNAL;
+
+-- The samples are read per appliance (charts, the API), never by time across the fleet, and
+-- the hot path no longer reads them at all: an index on appliance_id alone is enough, and
+-- B-tree deduplication stores an appliance's rows of a month as a few posting lists instead of
+-- one 16-byte key per row. Monthly partitions bound what a per-appliance read scans.
+DROP INDEX drive_samples_appliance;
+CREATE INDEX drive_samples_appliance ON drive_samples (appliance_id);
+DROP INDEX filesystem_samples_appliance;
+CREATE INDEX filesystem_samples_appliance ON filesystem_samples (appliance_id);
+DROP INDEX nic_samples_appliance;
+CREATE INDEX nic_samples_appliance ON nic_samples (appliance_id);
+
+-- Every report rewrites its appliance's row (now with the rules' state): room on each page lets
+-- PostgreSQL put the new version beside the old one (a HOT update, no index writes) and prune
+-- the old one in place, instead of growing the table until autovacuum comes by.
+ALTER TABLE appliances SET (fillfactor = 50);
