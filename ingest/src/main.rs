@@ -1,5 +1,10 @@
 //! The `phonehome-ingest` command line: parses arguments and configuration, then calls the library.
 
+/// mimalloc: a fresh TLS connection per report allocates and frees many small buffers, which
+/// glibc's allocator served at about 8 % of the machine under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -15,6 +15,11 @@
 //! By default the ingest runs in this process (`phonehome_ingest::serve` on 127.0.0.1:0) against
 //! `--database-url`; `--target` aims at an ingest running elsewhere instead.
 
+/// The same allocator as `phonehome-ingest serve`, so the in-process ingest costs what the
+/// real one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod fleet;
 mod http;
 mod outage;

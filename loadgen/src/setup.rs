@@ -429,12 +429,13 @@ impl LocalIngest {
             .context("load the report-body dictionaries")?;
         // As `phonehome-ingest serve` does: maintenance trains the report-body dictionary once
         // there are enough reports, which is most of what a report costs on disk. A run here
-        // squeezes a month into seconds, so the interval is one second: a production ingest's
-        // hourly run leaves about 1/720 of a month's reports without the dictionary, this one
-        // a few percent.
-        let maintenance = phonehome_ingest::storage::maintenance::spawn(
+        // squeezes a month into seconds, so it looks every second until the dictionary exists
+        // (the ingest looks every minute; the first minute of a deployment is a smaller share
+        // of a month than the first second of this run), then every 30 s.
+        let maintenance = phonehome_ingest::storage::maintenance::spawn_paced(
             storage.clone(),
             "loadgen".into(),
+            std::time::Duration::from_secs(30),
             std::time::Duration::from_secs(1),
         );
         let reports = TcpListener::bind("127.0.0.1:0")

@@ -414,10 +414,28 @@ async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, Stor
 }
 
 /// Runs maintenance every `interval` until the process ends; every replica runs this loop.
+/// Until the first report-body dictionary exists it runs every minute at most, so a new
+/// deployment's bodies shrink within a minute of its 500th report rather than an interval later.
 pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
+    spawn_paced(storage, replica, interval, Duration::from_secs(60))
+}
+
+/// [`spawn`], running every `until_dictionary` (if shorter than `interval`) while no dictionary
+/// exists.
+pub fn spawn_paced(
+    storage: Storage,
+    replica: String,
+    interval: Duration,
+    until_dictionary: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            match run_once(&storage, &replica, interval).await {
+            let pace = if storage.has_dictionary() {
+                interval
+            } else {
+                interval.min(until_dictionary)
+            };
+            match run_once(&storage, &replica, pace).await {
                 Ok(Some(summary)) => tracing::info!(?summary, "maintenance run finished"),
                 Ok(None) => tracing::debug!("maintenance: another replica ran it recently"),
                 Err(e) => {
@@ -428,7 +446,7 @@ pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::ta
             if let Err(e) = storage.load_dictionaries().await {
                 tracing::debug!(error = %e, "cannot refresh report-body dictionaries");
             }
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(pace).await;
         }
     })
 }

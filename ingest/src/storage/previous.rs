@@ -486,8 +486,16 @@ impl RuleState {
         let json = if bytes.starts_with(b"{") {
             bytes.to_vec()
         } else {
+            // The frame says its size (encode writes it); allocating the maximum instead
+            // would make the kernel zero megabytes per appliance.
+            let size = zstd::zstd_safe::get_frame_content_size(bytes)
+                .ok()
+                .flatten()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= MAX_STATE_BYTES)
+                .ok_or("not a zstd frame of a known size below 4 MiB")?;
             STATE_CODEC
-                .with_borrow_mut(|(_, d)| d.decompress(bytes, MAX_STATE_BYTES))
+                .with_borrow_mut(|(_, d)| d.decompress(bytes, size))
                 .map_err(|e| format!("not zstd: {e}"))?
         };
         serde_json::from_slice(&json).map_err(|e| e.to_string())
