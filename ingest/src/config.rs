@@ -170,9 +170,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Enough to keep PostgreSQL busy with a queue per connection, small enough to bound memory
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
-/// Each open connection costs a task and a TLS session (tens of KiB): 4,096 of them stay well
-/// under 1 GiB even with buffers, and far above what a daily fleet needs at once.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// As many connections as reports may be in flight: a connection beyond that would only be
+/// handshaken (the expensive part of a report) to be refused with a 503. When the whole fleet
+/// calls at once, the rest wait in the kernel's accept backlog, which costs nothing, and the
+/// herd drains without refusals (docs/benchmarks.md, outage drain). 256 slots of a connection
+/// lasting 300 ms over a slow WAN still admit 850 connections/s, 70 times a million-appliance
+/// fleet's daily average.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// The contract refuses reports older than this anyway (`MAX_REPORT_AGE_DAYS`), so a longer
 /// retention would keep nothing more.
 pub const DEFAULT_RETENTION_DAYS: u32 = 400;
