@@ -34,8 +34,8 @@ pub const ALL: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "rule_state",
-        sql: include_str!("../migrations/0005_rule_state.sql"),
+        name: "hot_path",
+        sql: include_str!("../migrations/0005_hot_path.sql"),
     },
 ];
 

@@ -88,8 +88,9 @@ async fn the_collector_delivers_this_machines_report_into_postgres() {
     let client = db.client().await;
     let rows = client
         .query(
-            "SELECT a.serial, r.report_id, r.cert_sha256 FROM reports r
-             JOIN appliances a ON a.id = r.appliance_id",
+            "SELECT a.serial, r.report_id, c.sha256 FROM reports r
+             JOIN appliances a ON a.id = r.appliance_id
+             JOIN certificates c ON c.id = r.cert_id AND c.appliance_id = a.id",
             &[],
         )
         .await

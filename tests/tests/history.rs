@@ -260,6 +260,19 @@ async fn drives_appear_disappear_and_move_between_appliances() {
         ]
     );
 
+    // The pulled drive is a disk_missing alert named by its key (the drive is no longer in
+    // the report that raises it).
+    let missing = rows(
+        &db,
+        "SELECT a.serial, al.subject, al.state FROM alerts al
+         JOIN appliances a ON a.id = al.appliance_id WHERE al.rule = 'disk_missing'",
+    )
+    .await;
+    assert_eq!(
+        missing,
+        vec![vec!["SN-A".to_owned(), nvme_key.clone(), "firing".into()]]
+    );
+
     // A report whose SMART section failed as a whole says nothing about which drives are gone.
     let mut a4 = a3.clone();
     a4.report_id = uuid::Uuid::new_v4();
@@ -272,6 +285,95 @@ async fn drives_appear_disappear_and_move_between_appliances() {
     });
     store(&storage, &a4).await;
     assert_eq!(db.count("drive_events").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_judge_change_against_the_kept_state_or_else_the_history() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let mut r = report("SN-RS", 3);
+    r.smart.devices[0].reallocated_sectors = Some(8);
+    store(&storage, &r).await;
+    let kept = rows(
+        &db,
+        "SELECT (rule_state IS NOT NULL)::text FROM appliances WHERE serial = 'SN-RS'",
+    )
+    .await;
+    assert_eq!(
+        kept,
+        vec![vec!["true".to_owned()]],
+        "state kept with the row"
+    );
+
+    // Against the kept state: 8 -> 16 is degrading.
+    let mut next = |reallocated: u64, days_ago: i64| {
+        r.report_id = uuid::Uuid::new_v4();
+        r.collected_at = Utc::now() - Duration::days(days_ago);
+        r.smart.devices[0].reallocated_sectors = Some(reallocated);
+        r.clone()
+    };
+    store(&storage, &next(16, 2)).await;
+    // As a database written before the state existed: the previous report is read back from
+    // the time series instead, and 16 -> 24 is degrading again.
+    db.client()
+        .await
+        .execute("UPDATE appliances SET rule_state = NULL", &[])
+        .await
+        .expect("forget the state");
+    store(&storage, &next(24, 1)).await;
+    let values = rows(
+        &db,
+        "SELECT value FROM alerts WHERE rule = 'disk_degrading' ORDER BY started_at, id",
+    )
+    .await;
+    assert_eq!(
+        values,
+        vec![vec!["reallocated sectors 16 → 24 (+8)".to_owned()]],
+        "one episode, renewed by the climb judged against history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_report_names_the_certificate_that_delivered_it() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let with = |cert: u8, days_ago: i64| {
+        let r = report("SN-CERT", days_ago);
+        let id = ApplianceIdentity {
+            serial: "SN-CERT".parse().expect("serial"),
+            cert_sha256: [cert; 32],
+        };
+        (r, id)
+    };
+    // Two reports with one certificate, then the certificate is renewed.
+    for (cert, days_ago) in [(1, 3), (1, 2), (2, 1)] {
+        let (r, id) = with(cert, days_ago);
+        let body = serde_json::to_string(&r).expect("json");
+        let outcome = storage.insert_report(&r, &id, &body).await;
+        assert_eq!(outcome.expect("stored"), InsertOutcome::Stored);
+    }
+    let by_report = rows(
+        &db,
+        "SELECT encode(c.sha256, 'hex'), count(*)::text FROM reports r
+         JOIN certificates c ON c.id = r.cert_id
+         JOIN appliances a ON a.id = c.appliance_id AND a.id = r.appliance_id
+         GROUP BY 1 ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        by_report,
+        vec![
+            vec!["01".repeat(32), "2".into()],
+            vec!["02".repeat(32), "1".into()],
+        ],
+        "one certificates row per certificate, each report pointing at its own"
+    );
+    let current = rows(
+        &db,
+        "SELECT encode(last_cert_sha256, 'hex') FROM appliances WHERE serial = 'SN-CERT'",
+    )
+    .await;
+    assert_eq!(current, vec![vec!["02".repeat(32)]]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

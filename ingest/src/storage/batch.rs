@@ -34,6 +34,8 @@ pub(super) struct Before {
     /// What rules judged by change kept from the newest report; `None` for a fresh appliance
     /// or one last written before the state was kept.
     rule_state: Option<RuleState>,
+    /// The certificate of the newest report: (SHA-256, `certificates.id`).
+    last_cert: Option<(Vec<u8>, i32)>,
 }
 
 /// An open membership: drive `drive_id` is in the appliance under `device_name`.
@@ -107,14 +109,15 @@ pub(super) async fn write(
         .collect();
 
     let before = lock_appliances(tx, batch, &unique).await?;
+    let cert_ids = certificate_ids(tx, batch, &unique, &before).await?;
 
     // The reports themselves; ON CONFLICT says which are new.
     let stmt = tx
         .prepare_cached(
             "INSERT INTO reports (collected_at, received_at, appliance_id, body_dictionary,
-                 report_id, cert_sha256, app_status, app_version, body)
+                 report_id, cert_id, app_status, app_version, body)
              SELECT * FROM unnest($1::timestamptz[], $2::timestamptz[], $3::int[],
-                 $4::smallint[], $5::uuid[], $6::bytea[], $7::text[], $8::text[], $9::bytea[])
+                 $4::smallint[], $5::uuid[], $6::int[], $7::text[], $8::text[], $9::bytea[])
              ON CONFLICT DO NOTHING
              RETURNING appliance_id, report_id",
         )
@@ -145,7 +148,7 @@ pub(super) async fn write(
                     .collect::<Vec<_>>(),
                 &unique
                     .iter()
-                    .map(|&i| batch[i].cert_sha256.as_slice())
+                    .map(|&i| cert_ids.get(batch[i].cert_sha256.as_slice()).copied())
                     .collect::<Vec<_>>(),
                 &unique
                     .iter()
@@ -295,7 +298,7 @@ pub(super) async fn write(
     tokio::try_join!(
         insert_samples(tx, batch, &stored, &before, &drive_ids),
         write_events(tx, &writes),
-        update_appliances(tx, &states, &previous, &key_of),
+        update_appliances(tx, &states, &previous, &key_of, &cert_ids),
         book.write(tx, &serials),
     )?;
     Ok(outcomes)
@@ -370,7 +373,7 @@ async fn lock_appliances(
         .prepare_cached(
             "SELECT id, serial, report_count = 0, last_collected_at, system_uuid::text,
                     machine_id, app_version, os_pretty_name, kernel, collector_version, boot_id,
-                    rule_state
+                    rule_state, last_cert_sha256, last_cert_id
              FROM appliances WHERE serial = ANY($1) ORDER BY serial FOR UPDATE",
         )
         .await?;
@@ -404,6 +407,9 @@ async fn lock_appliances(
                 versions,
                 boot_id: row.get(10),
                 rule_state,
+                last_cert: row
+                    .get::<_, Option<Vec<u8>>>(12)
+                    .zip(row.get::<_, Option<i32>>(13)),
             },
         );
     }
@@ -413,6 +419,64 @@ async fn lock_appliances(
         ))),
         None => Ok(before),
     }
+}
+
+/// `certificates.id` of every certificate that delivered a report of the batch. An appliance
+/// presents the same certificate report after report, and the locked row names its id, so in
+/// steady state this asks PostgreSQL nothing.
+async fn certificate_ids<'a>(
+    tx: &Transaction<'_>,
+    batch: &[&'a PreparedReport],
+    unique: &[usize],
+    before: &HashMap<String, Before>,
+) -> Result<HashMap<&'a [u8], i32>, StorageError> {
+    let mut ids: HashMap<&'a [u8], i32> = HashMap::new();
+    // (digest, appliance, first seen) of certificates not known yet.
+    let mut new: BTreeMap<&'a [u8], (i32, DateTime<Utc>)> = BTreeMap::new();
+    for &i in unique {
+        let r = batch[i];
+        let b = &before[&r.serial];
+        match &b.last_cert {
+            Some((sha, id)) if *sha == r.cert_sha256 => {
+                ids.insert(r.cert_sha256.as_slice(), *id);
+            }
+            _ => {
+                new.entry(r.cert_sha256.as_slice())
+                    .or_insert((b.id, r.received_at));
+            }
+        }
+    }
+    new.retain(|sha, _| !ids.contains_key(sha));
+    if new.is_empty() {
+        return Ok(ids);
+    }
+    let shas: Vec<&[u8]> = new.keys().copied().collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO certificates (sha256, appliance_id, first_seen_at)
+             SELECT * FROM unnest($1::bytea[], $2::int[], $3::timestamptz[])
+             ON CONFLICT (sha256) DO NOTHING",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &shas,
+            &new.values().map(|v| v.0).collect::<Vec<_>>(),
+            &new.values().map(|v| v.1).collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    let select = tx
+        .prepare_cached("SELECT sha256, id FROM certificates WHERE sha256 = ANY($1)")
+        .await?;
+    for row in tx.query(&select, &[&shas]).await? {
+        let sha: Vec<u8> = row.get(0);
+        if let Some(key) = shas.iter().find(|s| **s == sha.as_slice()) {
+            ids.insert(key, row.get(1));
+        }
+    }
+    Ok(ids)
 }
 
 /// Ids of every drive in the stored reports (and of those the appliances' kept states name),
@@ -1090,6 +1154,7 @@ async fn update_appliances(
     states: &BTreeMap<&str, Progress<'_>>,
     previous: &Previous,
     key_of: &HashMap<i32, &str>,
+    cert_ids: &HashMap<&[u8], i32>,
 ) -> Result<(), StorageError> {
     // Appliances whose stored reports were all late: counts only.
     let late: Vec<&Progress<'_>> = states.values().filter(|s| s.1.is_none()).collect();
@@ -1133,14 +1198,16 @@ async fn update_appliances(
                  failing_drive_count = u.failing, filesystem_count = u.filesystems,
                  nic_count = u.nics, collection_errors = u.errors,
                  dropped_reports = u.dropped, last_cert_sha256 = u.cert, boot_id = u.boot_id,
-                 rule_state = u.rule_state
+                 rule_state = u.rule_state, last_cert_id = u.cert_id
              FROM unnest($1::int[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[],
                  $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                  $12::int[], $13::int[], $14::int[], $15::int[], $16::int[], $17::bigint[],
-                 $18::bytea[], $19::uuid[], $20::bytea[], $21::bigint[], $22::timestamptz[])
+                 $18::bytea[], $19::uuid[], $20::bytea[], $21::bigint[], $22::timestamptz[],
+                 $23::int[])
                  AS u(id, hostname, system_uuid, machine_id, collected_at, report_id,
                       app_version, app_status, os, kernel, collector_version, drives, failing,
-                      filesystems, nics, errors, dropped, cert, boot_id, rule_state, n, at)
+                      filesystems, nics, errors, dropped, cert, boot_id, rule_state, n, at,
+                      cert_id)
              WHERE a.id = u.id",
         )
         .await?;
@@ -1191,6 +1258,10 @@ async fn update_appliances(
             &rule_states,
             &moved.iter().map(|s| s.2).collect::<Vec<_>>(),
             &moved.iter().map(|s| s.3).collect::<Vec<_>>(),
+            &newest
+                .iter()
+                .map(|(_, r)| cert_ids.get(r.cert_sha256.as_slice()).copied())
+                .collect::<Vec<_>>(),
         ],
     )
     .await?;

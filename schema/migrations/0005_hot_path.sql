@@ -24,3 +24,21 @@ CREATE INDEX nic_samples_appliance ON nic_samples (appliance_id);
 -- PostgreSQL put the new version beside the old one (a HOT update, no index writes) and prune
 -- the old one in place, instead of growing the table until autovacuum comes by.
 ALTER TABLE appliances SET (fillfactor = 50);
+
+-- Reports name the certificate that delivered them by a 4-byte id instead of carrying its
+-- 33-byte digest: a certificate delivers a year of reports. Rows written before this keep
+-- their digest in cert_sha256; exactly one of the two is set.
+CREATE TABLE certificates (
+    id            integer     GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- SHA-256 of the certificate (DER).
+    sha256        bytea       NOT NULL UNIQUE,
+    -- The appliance it speaks for (the ingest refuses a report whose serial is not the
+    -- certificate's, so one certificate is one appliance's).
+    appliance_id  integer     NOT NULL,
+    first_seen_at timestamptz NOT NULL
+);
+ALTER TABLE reports ADD COLUMN cert_id integer;
+ALTER TABLE reports ALTER COLUMN cert_sha256 DROP NOT NULL;
+ALTER TABLE reports
+    ADD CONSTRAINT reports_certificate CHECK ((cert_id IS NULL) <> (cert_sha256 IS NULL));
+ALTER TABLE appliances ADD COLUMN last_cert_id integer;
