@@ -75,6 +75,11 @@ pub fn server_config(files: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Tls
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Our order, not the client's (rustls clients put AES-256 first).
     config.ignore_client_order = true;
+    // An appliance connects once a day and a collector run keeps its one connection alive, so
+    // a resumable session would never be used: no tickets (two encrypted messages per
+    // handshake by default) and no session cache to fill and evict.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 

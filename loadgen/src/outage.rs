@@ -23,8 +23,7 @@
 //! drops it 10 s later, so a real herd holds more of the ingest's connection slots than this
 //! one.) The slots are a fair (first come, first served) semaphore, so the appliances not yet
 //! connected at t0 stand for the connections a real herd keeps waiting in the kernel's backlog.
-//! TLS sessions are never resumed, as in the other phases: the ingest's session cache holds 256
-//! sessions, which a herd evicts within a second.
+//! TLS sessions are never resumed, as in the other phases: the ingest offers no resumption.
 //!
 //! The appliances run on a runtime of their own: they are other machines, and their tens of
 //! thousands of tasks must not queue in the ingest's scheduler (which they would in the shared
