@@ -57,8 +57,9 @@ pub struct Config {
     pub db_batch_max: usize,
     /// History older than this is dropped (whole months); older reports are refused.
     pub retention_days: u32,
-    /// How often maintenance runs (partitions ahead, retention, dictionary, version counts);
-    /// once per interval for all replicas together.
+    /// How often maintenance runs (partitions ahead, retention, dictionary, version counts,
+    /// statistics); once per interval for all replicas together, every minute in a replica's
+    /// first hour until the first dictionary exists.
     pub maintenance_interval_seconds: u64,
     /// Name of this replica in logs and `maintenance_runs` (default: hostname:pid).
     pub replica_name: Option<String>,
@@ -170,8 +171,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Enough to keep PostgreSQL busy with a queue per connection, small enough to bound memory
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
-/// As many connections as reports may be in flight: a connection beyond that would only be
-/// handshaken (the expensive part of a report) to be refused with a 503. When the whole fleet
+/// As many connections as reports may be in flight (and `max_in_flight` when only that is
+/// set): a connection beyond that would only be handshaken (the expensive part of a report) to
+/// be refused with a 503. When the whole fleet
 /// calls at once, the rest wait in the kernel's accept backlog, which costs nothing, and the
 /// herd drains without refusals (docs/benchmarks.md, outage drain). 256 slots of a connection
 /// lasting 300 ms over a slow WAN still admit 850 connections/s, 70 times a million-appliance
@@ -271,6 +273,7 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let mut config = Config::default();
+        let mut connections_given = env("PHONEHOME_MAX_CONNECTIONS").is_some();
         if let Some(path) = path {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
@@ -281,9 +284,14 @@ impl Config {
                 message: e.to_string(),
             })?;
             let base = path.parent().unwrap_or(Path::new("."));
+            connections_given |= file.max_connections.is_some();
             config.apply_file(file, base);
         }
         config.apply_env(env)?;
+        if !connections_given {
+            // Follows max_in_flight unless set: see DEFAULT_MAX_CONNECTIONS.
+            config.max_connections = config.max_in_flight;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -609,6 +617,30 @@ mod tests {
         std::fs::write(&p, "[alertmanager]\nresend = 5\n").unwrap();
         let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
         assert!(err.to_string().contains("resend"), "{err}");
+    }
+
+    #[test]
+    fn max_connections_follows_max_in_flight_unless_set() {
+        let only_in_flight = Config::load_with_env(None, |k| {
+            (k == "PHONEHOME_MAX_IN_FLIGHT").then(|| "512".to_owned())
+        })
+        .expect("loads");
+        assert_eq!(
+            (only_in_flight.max_in_flight, only_in_flight.max_connections),
+            (512, 512)
+        );
+        let both = Config::load_with_env(None, |k| match k {
+            "PHONEHOME_MAX_IN_FLIGHT" => Some("512".into()),
+            "PHONEHOME_MAX_CONNECTIONS" => Some("2048".into()),
+            _ => None,
+        })
+        .expect("loads");
+        assert_eq!((both.max_in_flight, both.max_connections), (512, 2048));
+        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        assert_eq!(
+            (defaults.max_in_flight, defaults.max_connections),
+            (DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS)
+        );
     }
 
     #[test]

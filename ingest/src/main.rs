@@ -172,8 +172,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let notifier = phonehome_ingest::alertmanager::Notifier::from_config(&config.alertmanager)
         .context("alertmanager.url")?
         .map(|n| phonehome_ingest::alertmanager::spawn(storage.clone(), n));
-    let reports = tokio::net::TcpListener::bind(config.report_listen)
-        .await
+    let reports = phonehome_ingest::server::listen_reports(config.report_listen)
         .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
     let ops = tokio::net::TcpListener::bind(config.ops_listen)
         .await

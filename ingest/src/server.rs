@@ -61,6 +61,24 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Connections the kernel queues for the report listener beyond `max_connections` (capped by
+/// `net.core.somaxconn`, 4,096 on current kernels). A fleet calling at once waits here at no
+/// cost to us; past it, the kernel drops connection attempts and clients retry them.
+pub const REPORT_BACKLOG: u32 = 4096;
+
+/// A listener for reports on `addr` with a [`REPORT_BACKLOG`]-deep accept queue (tokio's `bind`
+/// asks for 1,024).
+pub fn listen_reports(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(REPORT_BACKLOG)
+}
+
 /// Serves `POST /v1/reports` over mutual TLS on `listener`.
 pub async fn serve_reports(
     listener: TcpListener,

@@ -438,8 +438,7 @@ impl LocalIngest {
             std::time::Duration::from_secs(30),
             std::time::Duration::from_secs(1),
         );
-        let reports = TcpListener::bind("127.0.0.1:0")
-            .await
+        let reports = phonehome_ingest::server::listen_reports(([127, 0, 0, 1], 0).into())
             .context("listen on 127.0.0.1 for reports")?;
         let ops = TcpListener::bind("127.0.0.1:0")
             .await

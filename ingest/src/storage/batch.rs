@@ -190,10 +190,18 @@ pub(super) async fn write(
             .values()
             .filter_map(|b| b.rule_state.as_ref().map(|s| (b.id, s))),
     );
+    // Appliances that need their previous report read back from history: no kept state, and
+    // a report here that moves them forward (late reports judge nothing).
     let without_state: Vec<(i32, DateTime<Utc>)> = before
-        .values()
-        .filter(|b| !b.fresh && b.rule_state.is_none())
-        .map(|b| (b.id, b.last_collected_at))
+        .iter()
+        .filter(|(serial, b)| {
+            !b.fresh
+                && b.rule_state.is_none()
+                && stored.iter().any(|&i| {
+                    batch[i].serial == **serial && batch[i].collected_at >= b.last_collected_at
+                })
+        })
+        .map(|(_, b)| (b.id, b.last_collected_at))
         .collect();
     let earliest = stored
         .iter()
@@ -371,10 +379,11 @@ async fn lock_appliances(
     }
     let select = tx
         .prepare_cached(
-            "SELECT id, serial, report_count = 0, last_collected_at, system_uuid::text,
-                    machine_id, app_version, os_pretty_name, kernel, collector_version, boot_id,
-                    rule_state, last_cert_sha256, last_cert_id
-             FROM appliances WHERE serial = ANY($1) ORDER BY serial FOR UPDATE",
+            "SELECT a.id, a.serial, a.report_count = 0, a.last_collected_at,
+                    a.system_uuid::text, a.machine_id, a.app_version, a.os_pretty_name, a.kernel,
+                    a.collector_version, a.boot_id, a.rule_state, c.sha256, c.id
+             FROM appliances a LEFT JOIN certificates c ON c.id = a.last_cert_id
+             WHERE a.serial = ANY($1) ORDER BY a.serial FOR UPDATE OF a",
         )
         .await?;
     let mut before = HashMap::new();
@@ -386,10 +395,14 @@ async fn lock_appliances(
             ("collector", Some(row.get::<_, String>(9))),
         ]);
         let serial: String = row.get(1);
+        let last_collected_at: DateTime<Utc> = row.get(3);
         let rule_state = row
             .get::<_, Option<&[u8]>>(11)
             .and_then(|v| match RuleState::decode(v) {
-                Ok(state) => Some(state),
+                // Written with the newest report, or left behind by an ingest that did not
+                // keep it (an older replica during an upgrade): then history is the truth.
+                Ok(state) if state.at == last_collected_at.timestamp_micros() => Some(state),
+                Ok(_) => None,
                 Err(e) => {
                     // Rebuilt from history below: slower, never wrong.
                     tracing::warn!(%serial, error = %e, "unreadable rule_state; reading history instead");
@@ -401,7 +414,7 @@ async fn lock_appliances(
             Before {
                 id: row.get(0),
                 fresh: row.get(2),
-                last_collected_at: row.get(3),
+                last_collected_at,
                 system_uuid: row.get(4),
                 machine_id: row.get(5),
                 versions,
@@ -1213,7 +1226,7 @@ async fn update_appliances(
         .await?;
     let rule_states: Vec<Vec<u8>> = newest
         .iter()
-        .map(|(id, _)| previous.state(*id, key_of).encode())
+        .map(|(id, r)| previous.state(*id, r.collected_at, key_of).encode())
         .collect();
     let st = |f: &dyn Fn(&CurrentState) -> i32| {
         newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()

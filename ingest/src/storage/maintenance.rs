@@ -19,10 +19,10 @@ pub const PARTITIONED: [&str; 4] = [
     "nic_samples",
 ];
 
-/// Held by the replica running maintenance.
 /// Tables every write batch looks rows up in by key (see [`analyze_current_state`]).
 const CURRENT_STATE: [&str; 4] = ["appliances", "drives", "drive_membership", "alerts"];
 
+/// Held by the replica running maintenance.
 const MAINTENANCE_LOCK: i64 = 8_424_200_002;
 /// Serialises partition DDL (CREATE TABLE … PARTITION OF races on the catalog otherwise).
 const PARTITION_LOCK: i64 = 8_424_200_003;
@@ -414,14 +414,15 @@ async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, Stor
 }
 
 /// Runs maintenance every `interval` until the process ends; every replica runs this loop.
-/// Until the first report-body dictionary exists it runs every minute at most, so a new
-/// deployment's bodies shrink within a minute of its 500th report rather than an interval later.
+/// In its first hour, until the first report-body dictionary exists, it runs every minute at
+/// most, so a new deployment's bodies shrink within a minute of its 500th report rather than an
+/// interval later (a deployment that never gets there does not keep that pace).
 pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
     spawn_paced(storage, replica, interval, Duration::from_secs(60))
 }
 
 /// [`spawn`], running every `until_dictionary` (if shorter than `interval`) while no dictionary
-/// exists.
+/// exists, for at most 60 such runs.
 pub fn spawn_paced(
     storage: Storage,
     replica: String,
@@ -429,10 +430,12 @@ pub fn spawn_paced(
     until_dictionary: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut eager_runs = 60u32;
         loop {
-            let pace = if storage.has_dictionary() {
+            let pace = if storage.has_dictionary() || eager_runs == 0 {
                 interval
             } else {
+                eager_runs -= 1;
                 interval.min(until_dictionary)
             };
             match run_once(&storage, &replica, pace).await {

@@ -69,9 +69,7 @@ impl Previous {
                  ORDER BY collected_at",
             )
             .await?;
-        // Enough days back for the trend's reports at one report a day, with room for gaps.
-        let since =
-            earliest - chrono::Duration::days(i64::from(config.filesystem_filling.reports) * 2);
+        let since = earliest - trend_window(config);
         let filling = config.filesystem_filling.enabled;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &at];
         let (drive_rows, nic_rows, fs_rows) = tokio::try_join!(
@@ -263,11 +261,15 @@ impl Previous {
             });
         }
         let keep = trend_points(config);
+        let window = trend_window(config);
         for f in &r.filesystems {
             let points = self
                 .filesystems
                 .entry((appliance, f.mount_point.clone()))
                 .or_default();
+            // As far back as the history path looks, no further: an appliance back after
+            // months away starts a new trend.
+            points.retain(|(t, _)| r.collected_at - *t <= window);
             // A second report of the same moment (a re-sent report under a new id) replaces
             // the point rather than weighting it twice.
             if points.last().is_some_and(|(t, _)| *t == r.collected_at) {
@@ -323,7 +325,7 @@ impl Previous {
                 let points =
                     f.at.iter()
                         .zip(&f.used)
-                        .filter_map(|(t, used)| Some((DateTime::from_timestamp(*t, 0)?, *used)))
+                        .filter_map(|(t, used)| Some((DateTime::from_timestamp_micros(*t)?, *used)))
                         .collect();
                 out.filesystems
                     .insert((appliance, f.mount_point.clone()), points);
@@ -332,8 +334,14 @@ impl Previous {
         out
     }
 
-    /// What to keep with the appliance for its next report, after the batch moved it forward.
-    pub(super) fn state(&self, appliance: i32, key_of: &HashMap<i32, &str>) -> RuleState {
+    /// What to keep with the appliance for its next report, after the batch moved it forward to
+    /// the report collected `at`.
+    pub(super) fn state(
+        &self,
+        appliance: i32,
+        at: DateTime<Utc>,
+        key_of: &HashMap<i32, &str>,
+    ) -> RuleState {
         let mut drives: Vec<DriveState> = self
             .drives
             .get(&appliance)
@@ -373,12 +381,13 @@ impl Previous {
             .filter(|((a, _), _)| *a == appliance)
             .map(|((_, mount), points)| FilesystemState {
                 mount_point: mount.clone(),
-                at: points.iter().map(|(t, _)| t.timestamp()).collect(),
+                at: points.iter().map(|(t, _)| t.timestamp_micros()).collect(),
                 used: points.iter().map(|(_, u)| *u).collect(),
             })
             .collect();
         filesystems.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
         RuleState {
+            at: at.timestamp_micros(),
             drives,
             nics,
             filesystems,
@@ -391,6 +400,12 @@ fn trend_points(config: &AlertsConfig) -> usize {
     config.filesystem_filling.reports.max(3) as usize
 }
 
+/// How far back a fill trend's points may reach: two days per point, room for gaps in a daily
+/// collector's reports.
+fn trend_window(config: &AlertsConfig) -> chrono::Duration {
+    chrono::Duration::days(i64::from(config.filesystem_filling.reports) * 2)
+}
+
 /// What the rules judged by change need from an appliance's newest report, kept in
 /// `appliances.rule_state` (zstd-compressed JSON, about 300 bytes) so that a batch gets it with
 /// the row it locks instead of reading history. Field names are short because the row is
@@ -398,9 +413,15 @@ fn trend_points(config: &AlertsConfig) -> usize {
 /// (`d` drives: `k` key, `i` id, `r` reallocated, `p` pending, `o` offline uncorrectable, `c`
 /// CRC errors, `m` media errors, `g` grown defects; `n` NICs: `n` name, `re`/`te` rx/tx
 /// errors, `rd`/`td` rx/tx dropped; `f` filesystems: `m` mount point, `t` report times in Unix
-/// seconds, `u` bytes used). Missing fields read as absent, so an older state still loads.
+/// microseconds, `u` bytes used; `at`: the collected_at, in Unix microseconds, of the report it
+/// describes). Optional values may be missing; a state without its required fields does not
+/// decode, and the appliance is then judged against its history.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct RuleState {
+    /// Which report this state describes: a state that is not the appliance's newest report's
+    /// (written by an older ingest that did not keep it up to date) is ignored.
+    #[serde(default)]
+    pub at: i64,
     #[serde(default, rename = "d")]
     pub drives: Vec<DriveState>,
     #[serde(default, rename = "n")]
@@ -444,7 +465,7 @@ pub(super) struct NicState {
     pub tx_dropped: Option<i64>,
 }
 
-/// A filesystem's recent use for the fill trend: report times (Unix seconds) and bytes used.
+/// A filesystem's recent use for the fill trend: report times (Unix microseconds) and bytes used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct FilesystemState {
     #[serde(rename = "m")]
@@ -514,6 +535,7 @@ mod tests {
     #[test]
     fn rule_state_round_trips_through_its_column_bytes() {
         let state = RuleState {
+            at: 1_794_898_402_123_456,
             drives: vec![DriveState {
                 key: "wwn:0x5000c500a1b2c3d4".into(),
                 id: 7,
@@ -533,7 +555,7 @@ mod tests {
             }],
             filesystems: vec![FilesystemState {
                 mount_point: "/data".into(),
-                at: vec![1_794_812_002, 1_794_898_402],
+                at: vec![1_794_812_002_000_000, 1_794_898_402_123_456],
                 used: vec![1_212_129_627_776, 1_220_129_627_776],
             }],
         };
@@ -541,7 +563,7 @@ mod tests {
         assert!(!bytes.starts_with(b"{"), "stored compressed");
         assert_eq!(RuleState::decode(&bytes), Ok(state.clone()));
         // Plain JSON (hand-written by an operator, or from a future writer) reads too, and
-        // fields it lacks read as absent.
+        // optional fields it lacks read as absent.
         assert_eq!(
             RuleState::decode(br#"{"d":[{"k":"sn:X/1","i":3}]}"#).map(|s| s.drives[0].id),
             Ok(3)

@@ -459,10 +459,13 @@ impl Storage {
         let id: i32 = row.get(0);
         let state = appliance_state(&row);
         let since = Utc::now() - Duration::days(i64::from(days));
+        // The newest readings are those of the newest report, or close to it: bounding them
+        // lets PostgreSQL skip every older month (the samples are indexed by appliance only).
+        let recent = state.last_collected_at - Duration::days(31);
 
         // Parameters outlive the queries, which run together below.
-        let by_id: &[&(dyn ToSql + Sync)] = &[&id];
         let by_id_since: &[&(dyn ToSql + Sync)] = &[&id, &since];
+        let by_id_recent: &[&(dyn ToSql + Sync)] = &[&id, &recent];
         let by_id_events: &[&(dyn ToSql + Sync)] = &[&id, &EVENTS_SHOWN];
         let by_serial_events: &[&(dyn ToSql + Sync)] = &[&serial, &EVENTS_SHOWN];
         let by_id_resolved: &[&(dyn ToSql + Sync)] = &[&id, &RESOLVED_ALERTS_SHOWN];
@@ -476,27 +479,30 @@ impl Storage {
                  LEFT JOIN LATERAL (
                      SELECT * FROM drive_samples s
                      WHERE s.appliance_id = m.appliance_id AND s.drive_id = m.drive_id
+                       AND s.collected_at >= $2
                      ORDER BY s.collected_at DESC LIMIT 1) s ON true
                  WHERE m.appliance_id = $1 AND m.until_at IS NULL
                  ORDER BY m.device_name, d.drive_key"
         );
-        let drives = client.query(&drives_sql, by_id);
+        let drives = client.query(&drives_sql, by_id_recent);
         let filesystems = client.query(
             "SELECT mount_point, collected_at, bytes_used, bytes_total, inodes_used, inodes_total
              FROM filesystem_samples
              WHERE appliance_id = $1 AND collected_at =
-                 (SELECT max(collected_at) FROM filesystem_samples WHERE appliance_id = $1)
+                 (SELECT max(collected_at) FROM filesystem_samples
+                  WHERE appliance_id = $1 AND collected_at >= $2)
              ORDER BY mount_point",
-            by_id,
+            by_id_recent,
         );
         let nics = client.query(
             "SELECT name, collected_at, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
                     tx_dropped
              FROM nic_samples
              WHERE appliance_id = $1 AND collected_at =
-                 (SELECT max(collected_at) FROM nic_samples WHERE appliance_id = $1)
+                 (SELECT max(collected_at) FROM nic_samples
+                  WHERE appliance_id = $1 AND collected_at >= $2)
              ORDER BY name",
-            by_id,
+            by_id_recent,
         );
         let reports = client.query(
             "SELECT report_id, collected_at, received_at, app_status, app_version
