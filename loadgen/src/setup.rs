@@ -431,7 +431,7 @@ impl LocalIngest {
         // there are enough reports, which is most of what a report costs on disk. A run here
         // squeezes a month into seconds, so it looks every second until the dictionary exists
         // (the ingest looks every minute; the first minute of a deployment is a smaller share
-        // of a month than the first second of this run), then every 30 s.
+        // of a month than the first second of this run), and runs in full every 30 s.
         let maintenance = phonehome_ingest::storage::maintenance::spawn_paced(
             storage.clone(),
             "loadgen".into(),

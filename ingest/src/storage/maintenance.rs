@@ -414,15 +414,15 @@ async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, Stor
 }
 
 /// Runs maintenance every `interval` until the process ends; every replica runs this loop.
-/// In its first hour, until the first report-body dictionary exists, it runs every minute at
-/// most, so a new deployment's bodies shrink within a minute of its 500th report rather than an
-/// interval later (a deployment that never gets there does not keep that pace).
+/// In its first hour, until the first report-body dictionary exists, it also looks every minute
+/// whether there are enough reports to train one (and refreshes the statistics of the young
+/// current-state tables), so a new deployment's bodies shrink within a minute of its 500th
+/// report rather than an interval later.
 pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
     spawn_paced(storage, replica, interval, Duration::from_secs(60))
 }
 
-/// [`spawn`], running every `until_dictionary` (if shorter than `interval`) while no dictionary
-/// exists, for at most 60 such runs.
+/// [`spawn`], looking for a first dictionary every `until_dictionary` (at most 60 times).
 pub fn spawn_paced(
     storage: Storage,
     replica: String,
@@ -430,28 +430,62 @@ pub fn spawn_paced(
     until_dictionary: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut eager_runs = 60u32;
+        let mut eager_looks = 60u32;
+        let mut next_run = tokio::time::Instant::now();
         loop {
-            let pace = if storage.has_dictionary() || eager_runs == 0 {
-                interval
-            } else {
-                eager_runs -= 1;
-                interval.min(until_dictionary)
-            };
-            match run_once(&storage, &replica, pace).await {
-                Ok(Some(summary)) => tracing::info!(?summary, "maintenance run finished"),
-                Ok(None) => tracing::debug!("maintenance: another replica ran it recently"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "maintenance run failed; next try in one interval")
+            if tokio::time::Instant::now() >= next_run {
+                match run_once(&storage, &replica, interval).await {
+                    Ok(Some(summary)) => tracing::info!(?summary, "maintenance run finished"),
+                    Ok(None) => tracing::debug!("maintenance: another replica ran it recently"),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "maintenance run failed; next try in one interval"
+                    ),
+                }
+                next_run = tokio::time::Instant::now() + interval;
+            } else if !storage.has_dictionary() && eager_looks > 0 {
+                eager_looks -= 1;
+                match first_dictionary(&storage).await {
+                    Ok(Some(id)) => tracing::info!(dictionary = id, "first dictionary trained"),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot train a first dictionary yet"),
                 }
             }
             // A dictionary trained by another replica is picked up within one interval.
             if let Err(e) = storage.load_dictionaries().await {
                 tracing::debug!(error = %e, "cannot refresh report-body dictionaries");
             }
-            tokio::time::sleep(pace).await;
+            let mut wake = next_run;
+            if !storage.has_dictionary() && eager_looks > 0 {
+                wake = wake.min(tokio::time::Instant::now() + until_dictionary);
+            }
+            tokio::time::sleep_until(wake).await;
         }
     })
+}
+
+/// Between full runs of a young deployment: a dictionary once there are enough reports, and
+/// fresh statistics for the tables that grow from nothing. Cheap when there is nothing to do
+/// (a count capped at 500 and a look at pg_stat_user_tables); skipped while another replica
+/// holds the maintenance lock.
+async fn first_dictionary(storage: &Storage) -> Result<Option<i16>, StorageError> {
+    let client = storage.pool().get().await?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let result = async {
+        analyze_current_state(&client).await?;
+        train_dictionary(storage, &client).await
+    }
+    .await;
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
+        .await?;
+    result
 }
 
 #[cfg(test)]
