@@ -63,7 +63,7 @@ pub struct Cli {
     reports: Option<u64>,
 
     /// Concurrent senders (and concurrent inserters in the ceiling phase) [default: 64]. With
-    /// --outage: connections open at once [default: 256, the ingest's default
+    /// --outage: connections open at once [default: 512, the ingest's default
     /// max_connections, beyond which a real fleet's connections wait in the kernel's backlog];
     /// appliances waiting to retry do not hold one.
     #[arg(long, short = 'c', value_name = "C",
@@ -129,7 +129,7 @@ pub struct Cli {
     max_in_flight: Option<u64>,
 
     /// Connections the in-process ingest holds open at once; more wait in the kernel's backlog
-    /// (its `max_connections`; default 256, the ingest's own).
+    /// (its `max_connections`; default 512, the ingest's own).
     #[arg(long, value_name = "N", conflicts_with = "target",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
