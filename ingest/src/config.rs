@@ -172,13 +172,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Twice as many connections as reports may be in flight (and twice `max_in_flight` when only
-/// that is set). Past saturation, a connection costs a TLS handshake (the expensive part of a
-/// report) only to be refused with a 503 and a jittered Retry-After; this bounds that waste to
-/// one refusal per in-flight report, and the rest of a fleet calling at once waits in the
-/// kernel's accept backlog, which costs nothing (docs/benchmarks.md, outage drain: 4,096
-/// connections turned 90 % of handshakes into 503s). 512 slots of a connection lasting 300 ms
-/// over a slow WAN still admit 1,700 connections/s, 140 times a million-appliance fleet's daily
-/// average.
+/// that is set). A request that finds every in-flight slot taken waits up to a second for one
+/// before it is refused with a 503, so the extra connections queue behind the busy ones rather
+/// than each costing a TLS handshake (the expensive part of a report) and a refusal; the rest
+/// of a fleet calling at once waits in the kernel's accept backlog, which costs nothing
+/// (docs/benchmarks.md, outage drain). 512 slots of a connection lasting 300 ms over a slow WAN
+/// still admit 1,700 connections/s, 140 times a million-appliance fleet's daily average.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2 * DEFAULT_MAX_IN_FLIGHT;
 /// The contract refuses reports older than this anyway (`MAX_REPORT_AGE_DAYS`), so a longer
 /// retention would keep nothing more.

@@ -23,6 +23,9 @@ use crate::tls::{ApplianceIdentity, IdentityError};
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Result<ApplianceIdentity, IdentityError>);
 
+/// How long a request waits for an in-flight slot before it is refused with a 503.
+const ADMISSION_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a client may take to send its body once the headers are in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -32,9 +35,13 @@ pub async fn post_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    // Admission first, before a byte of the body is read: a saturated ingest costs the client one
-    // round trip and us nothing.
-    let Ok(_permit) = state.admission.try_acquire() else {
+    // Admission first, before a byte of the body is read. A request that finds every slot taken
+    // waits its turn briefly (first come, first served): the connection is already handshaken,
+    // and refusing it would waste that handshake and bring the client back for another. Past
+    // the wait, a saturated ingest answers 503 and costs the client one round trip. The wait is
+    // bounded, and so are the waiters (`max_connections`).
+    let permit = tokio::time::timeout(ADMISSION_WAIT, state.admission.clone().acquire_owned());
+    let Ok(Ok(_permit)) = permit.await else {
         state
             .metrics
             .reports
