@@ -381,9 +381,10 @@ async fn lock_appliances(
         .prepare_cached(
             "SELECT a.id, a.serial, a.report_count = 0, a.last_collected_at,
                     a.system_uuid::text, a.machine_id, a.app_version, a.os_pretty_name, a.kernel,
-                    a.collector_version, a.boot_id, a.rule_state, c.sha256, c.id
-             FROM appliances a LEFT JOIN certificates c ON c.id = a.last_cert_id
-             WHERE a.serial = ANY($1) ORDER BY a.serial FOR UPDATE OF a",
+                    a.collector_version, a.boot_id, a.rule_state,
+                    (SELECT c.sha256 FROM certificates c WHERE c.id = a.last_cert_id),
+                    a.last_cert_id
+             FROM appliances a WHERE a.serial = ANY($1) ORDER BY a.serial FOR UPDATE",
         )
         .await?;
     let mut before = HashMap::new();

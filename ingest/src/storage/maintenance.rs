@@ -20,7 +20,13 @@ pub const PARTITIONED: [&str; 4] = [
 ];
 
 /// Tables every write batch looks rows up in by key (see [`analyze_current_state`]).
-const CURRENT_STATE: [&str; 4] = ["appliances", "drives", "drive_membership", "alerts"];
+const CURRENT_STATE: [&str; 5] = [
+    "appliances",
+    "drives",
+    "drive_membership",
+    "alerts",
+    "certificates",
+];
 
 /// Held by the replica running maintenance.
 const MAINTENANCE_LOCK: i64 = 8_424_200_002;
