@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, session_unlock, try_session_lock};
 
 /// Serialises the silence check across replicas.
 const SILENCE_LOCK: i64 = 8_424_200_005;
@@ -92,11 +92,7 @@ impl Storage {
     /// many were opened; `None` when another replica holds the check.
     pub async fn evaluate_silence(&self, hours: u32) -> Result<Option<u64>, StorageError> {
         let client = self.pool().get().await?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SILENCE_LOCK])
-            .await?
-            .get(0);
-        if !locked {
+        if !try_session_lock(&client, SILENCE_LOCK).await? {
             return Ok(None);
         }
         let result = client
@@ -117,9 +113,7 @@ impl Storage {
                 &[&i32::try_from(hours).unwrap_or(i32::MAX)],
             )
             .await;
-        client
-            .query_one("SELECT pg_advisory_unlock($1)", &[&SILENCE_LOCK])
-            .await?;
+        session_unlock(&client, SILENCE_LOCK).await?;
         Ok(Some(result?))
     }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use deadpool_postgres::Object;
 
 use super::evidence;
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, session_unlock, try_session_lock};
 
 /// Tables partitioned by month of `collected_at`.
 pub const PARTITIONED: [&str; 4] = [
@@ -151,19 +151,13 @@ pub async fn run_once(
     interval: Duration,
 ) -> Result<Option<RunSummary>, StorageError> {
     let client = storage.pool().get().await?;
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
-        .await?
-        .get(0);
-    if !locked {
+    if !try_session_lock(&client, MAINTENANCE_LOCK).await? {
         return Ok(None);
     }
     let result = run_locked(storage, &client, replica, interval).await;
     // Unlock even after a failure: the lock is per session and the session goes back to the
     // pool.
-    client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
-        .await?;
+    session_unlock(&client, MAINTENANCE_LOCK).await?;
     result
 }
 
@@ -476,11 +470,7 @@ pub fn spawn_paced(
 /// holds the maintenance lock.
 async fn first_dictionary(storage: &Storage) -> Result<Option<i16>, StorageError> {
     let client = storage.pool().get().await?;
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MAINTENANCE_LOCK])
-        .await?
-        .get(0);
-    if !locked {
+    if !try_session_lock(&client, MAINTENANCE_LOCK).await? {
         return Ok(None);
     }
     let result = async {
@@ -488,9 +478,7 @@ async fn first_dictionary(storage: &Storage) -> Result<Option<i16>, StorageError
         train_dictionary(storage, &client).await
     }
     .await;
-    client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&MAINTENANCE_LOCK])
-        .await?;
+    session_unlock(&client, MAINTENANCE_LOCK).await?;
     result
 }
 

@@ -376,6 +376,29 @@ impl Storage {
     }
 }
 
+/// Takes the session-level advisory lock `key` unless another session holds it. A pooled
+/// session keeps the lock until [`session_unlock`]: every holder unlocks, failure or not.
+pub(crate) async fn try_session_lock(
+    client: &deadpool_postgres::Object,
+    key: i64,
+) -> Result<bool, StorageError> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await?
+        .get(0))
+}
+
+/// Releases what [`try_session_lock`] took.
+pub(crate) async fn session_unlock(
+    client: &deadpool_postgres::Object,
+    key: i64,
+) -> Result<(), StorageError> {
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
+        .await?;
+    Ok(())
+}
+
 impl Core {
     /// Commits one batch (see [`batch`]), creating the months' partitions it needs first.
     pub(crate) async fn write_batch(

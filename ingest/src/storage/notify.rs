@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 
-use super::{Storage, StorageError};
+use super::{Storage, StorageError, session_unlock, try_session_lock};
 
 /// Held by the replica sending alerts to Alertmanager this round.
 const NOTIFY_LOCK: i64 = 8_424_200_004;
@@ -54,10 +54,7 @@ impl Storage {
     /// Takes the notifier lock unless another replica holds it (`None`: skip this round).
     pub async fn lock_notifier(&self) -> Result<Option<NotifierLock>, StorageError> {
         let client = self.pool().get().await?;
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&NOTIFY_LOCK])
-            .await?
-            .get(0);
+        let locked = try_session_lock(&client, NOTIFY_LOCK).await?;
         Ok(locked.then_some(NotifierLock {
             client: Some(client),
         }))
@@ -157,15 +154,12 @@ impl NotifierLock {
         let Some(client) = self.client.take() else {
             return Ok(());
         };
-        match client
-            .query_one("SELECT pg_advisory_unlock($1)", &[&NOTIFY_LOCK])
-            .await
-        {
+        match session_unlock(&client, NOTIFY_LOCK).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 // The session may still hold the lock: close it rather than pool it.
                 drop(Object::take(client));
-                Err(e.into())
+                Err(e)
             }
         }
     }

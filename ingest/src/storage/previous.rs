@@ -1,6 +1,7 @@
 //! What rules judged by change need from an appliance's previous report (drive counts, NIC
 //! counters, recent filesystem use), moved forward report by report through a batch and kept
-//! with the appliance's current state, so the hot path never reads history.
+//! with the appliance's current state, so the write path reads history only for an appliance
+//! whose kept state is missing or stale.
 
 use std::collections::HashMap;
 
@@ -27,8 +28,9 @@ pub(super) struct Previous {
 type UsedAt = (DateTime<Utc>, i64);
 
 impl Previous {
-    /// The previous report of appliances whose kept [`RuleState`] is missing (databases from
-    /// before it existed): read back from the time series, once per appliance.
+    /// The previous report of appliances whose kept [`RuleState`] is missing or stale (written
+    /// before it existed, or by an older replica): read back from the time series; the batch
+    /// then keeps a state for them.
     pub(super) async fn load_history(
         &mut self,
         tx: &Transaction<'_>,
@@ -197,7 +199,7 @@ impl Previous {
             });
         }
         if config.filesystem_filling.enabled {
-            let n = config.filesystem_filling.reports.max(3) as usize;
+            let n = trend_points(config);
             for f in &r.filesystems {
                 let Some(history) = self.filesystems.get(&(b.id, f.mount_point.clone())) else {
                     continue;
