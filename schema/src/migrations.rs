@@ -37,6 +37,11 @@ pub const ALL: &[Migration] = &[
         name: "hot_path",
         sql: include_str!("../migrations/0005_hot_path.sql"),
     },
+    Migration {
+        version: 6,
+        name: "row_packing",
+        sql: include_str!("../migrations/0006_row_packing.sql"),
+    },
 ];
 
 #[cfg(test)]

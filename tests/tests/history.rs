@@ -532,7 +532,7 @@ async fn months_are_partitions_and_retention_drops_whole_months() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dictionary_trained_on_the_fleet_shrinks_stored_bodies() {
+async fn a_dictionary_trained_on_the_fleet_shrinks_stored_bodies_and_a_young_one_is_replaced() {
     let db = TestDb::new().await;
     let storage = Storage::connect(db.url(), 4).expect("storage");
     let mut first = None;
@@ -575,6 +575,66 @@ async fn a_dictionary_trained_on_the_fleet_shrinks_stored_bodies() {
     let first = first.expect("first report");
     for r in [&first, &r] {
         let json = other
+            .report_json(r.identity.serial.as_str(), r.report_id)
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(json, serde_json::to_string(r).expect("json"));
+    }
+
+    // That dictionary learned from a young deployment's 521 reports. Once there are 2,000 a
+    // new one is trained on a full sample, and then none until that one is a month old.
+    let every_time = std::time::Duration::ZERO;
+    let run = || async {
+        maintenance::run_once(&storage, "test", every_time)
+            .await
+            .expect("maintenance")
+            .expect("ran")
+    };
+    assert_eq!(
+        run().await.dictionary_trained,
+        None,
+        "521 reports are too few"
+    );
+    let mut more = tokio::task::JoinSet::new();
+    for i in 0..1_479 {
+        let storage = storage.clone();
+        more.spawn(async move { store(&storage, &report(&format!("SN-E{i:04}"), 2)).await });
+    }
+    while let Some(done) = more.join_next().await {
+        done.expect("store task");
+    }
+    assert_eq!(run().await.dictionary_trained, Some(2));
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT id::text, samples::text FROM body_dictionaries ORDER BY id"
+        )
+        .await,
+        vec![
+            vec!["1".to_owned(), "520".into()],
+            vec!["2".into(), "2000".into()]
+        ]
+    );
+    assert_eq!(
+        run().await.dictionary_trained,
+        None,
+        "a full sample is settled"
+    );
+    let newest = report("SN-D9998", 0);
+    store(&storage, &newest).await;
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT body_dictionary::text FROM reports r JOIN appliances a ON a.id = r.appliance_id
+             WHERE a.serial = 'SN-D9998'"
+        )
+        .await,
+        vec![vec!["2".to_owned()]]
+    );
+    for r in [&first, &newest] {
+        let json = Storage::connect(db.url(), 1)
+            .expect("storage")
             .report_json(r.identity.serial.as_str(), r.report_id)
             .await
             .expect("read")
@@ -695,4 +755,122 @@ async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
     }
     // A retry of a moved report is a duplicate, as before the move.
     assert_eq!(store(&storage, &old[0]).await, InsertOutcome::Duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
+    use phonehome_schema::migrations::ALL;
+    let db = TestDb::new().await;
+    // Rebuild the database as migration 5 left it, with reports written by this ingest and
+    // one written before migration 5 (a digest instead of a certificate id).
+    let client = db.client().await;
+    client
+        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .await
+        .expect("reset");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .expect("schema_migrations");
+    let before_packing = ALL
+        .iter()
+        .position(|m| m.name == "row_packing")
+        .expect("the row_packing migration");
+    for m in &ALL[..before_packing] {
+        client.batch_execute(m.sql).await.expect("old migration");
+        client
+            .execute(
+                "INSERT INTO schema_migrations VALUES ($1, $2)",
+                &[&m.version, &m.name],
+            )
+            .await
+            .expect("record");
+    }
+    let storage = Storage::connect(db.url(), 2).expect("storage");
+    maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
+        .await
+        .expect("maintenance")
+        .expect("ran");
+    for days_ago in [40, 3] {
+        store(&storage, &report("SN-P", days_ago)).await;
+    }
+    let old = report("SN-P", 2);
+    client
+        .execute(
+            "INSERT INTO reports (collected_at, received_at, appliance_id, report_id,
+                 cert_sha256, app_status, body)
+             SELECT $1, now(), id, $2, $3, 'healthy', '\\x00' FROM appliances",
+            &[&old.collected_at, &old.report_id, &vec![9u8; 32]],
+        )
+        .await
+        .expect("a report from before migration 5");
+    let samples = "SELECT collected_at::text, appliance_id::text, mount_point, bytes_total::text,
+                       bytes_used::text, inodes_total::text, inodes_used::text
+                   FROM filesystem_samples ORDER BY 1, 3";
+    let partitions =
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = 'filesystem_samples'::regclass ORDER BY 1";
+    let (samples_before, partitions_before) =
+        (rows(&db, samples).await, rows(&db, partitions).await);
+    assert!(samples_before.len() >= 2, "{samples_before:?}");
+    assert!(partitions_before.len() >= 4, "{partitions_before:?}");
+
+    let applied = storage.migrate().await.expect("migrate");
+    assert_eq!(applied, vec![ALL[before_packing].version]);
+    // Every report names its certificate by id, the old one included; the digest column is
+    // gone.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT r.report_id::text, encode(c.sha256, 'hex') FROM reports r
+             JOIN certificates c ON c.id = r.cert_id ORDER BY r.collected_at"
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        rows(
+            &db,
+            &format!(
+                "SELECT encode(c.sha256, 'hex') FROM reports r JOIN certificates c
+                 ON c.id = r.cert_id WHERE r.report_id = '{}'",
+                old.report_id
+            )
+        )
+        .await,
+        vec![vec!["09".repeat(32)]]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*)::text FROM information_schema.columns
+             WHERE table_name = 'reports' AND column_name = 'cert_sha256'"
+        )
+        .await,
+        vec![vec!["0".to_owned()]]
+    );
+    // The filesystem samples are all there, in the same partitions, with the 8-byte columns
+    // first.
+    assert_eq!(rows(&db, samples).await, samples_before);
+    assert_eq!(rows(&db, partitions).await, partitions_before);
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT string_agg(attname::text, ',' ORDER BY attnum) FROM pg_attribute
+             WHERE attrelid = 'filesystem_samples'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+        .await,
+        vec![vec![
+            "collected_at,bytes_total,bytes_used,inodes_total,inodes_used,appliance_id,mount_point"
+                .to_owned()
+        ]]
+    );
+    // And the ingest goes on writing.
+    store(&storage, &report("SN-P", 1)).await;
+    assert_eq!(db.count("reports").await, 4);
+    assert_eq!(rows(&db, samples).await.len(), samples_before.len() * 3 / 2);
 }

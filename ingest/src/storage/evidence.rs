@@ -102,7 +102,13 @@ impl Codec {
             let compressor = match cell.take() {
                 Some((g, c)) if g == generation => c,
                 _ => match &newest {
-                    Some((_, _, dict)) => Compressor::with_dictionary(LEVEL, dict)?,
+                    Some((_, _, dict)) => {
+                        let mut c = Compressor::with_dictionary(LEVEL, dict)?;
+                        // The row names its dictionary (`body_dictionary`); the frame's own
+                        // copy of the id is 4 bytes a report that nothing reads.
+                        c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))?;
+                        c
+                    }
                     None => Compressor::new(LEVEL)?,
                 },
             };

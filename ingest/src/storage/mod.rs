@@ -304,11 +304,6 @@ impl Storage {
             .map_err(|e| StorageError::Config(format!("report {report_id} of {serial}: {e}")))
     }
 
-    /// Whether report bodies are compressed with a trained dictionary yet.
-    pub fn has_dictionary(&self) -> bool {
-        self.core.codec.newest().is_some()
-    }
-
     /// Loads dictionaries this process has not seen yet (another replica may have trained one).
     pub async fn load_dictionaries(&self) -> Result<(), StorageError> {
         let client = self.core.pool.get().await?;
