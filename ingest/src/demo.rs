@@ -108,7 +108,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         report.identity.serial_source,
         report.identity.hostname.as_deref().unwrap_or("?")
     ));
-    let appliance = pki::issue_appliance(&pki_dir, &pki_dir, &serial, 30)?;
+    let appliance = pki::issue_appliance(&pki_dir, &pki_dir, &serial, 30, pki::KeyType::default())?;
 
     let tls_files = TlsConfig {
         ca_cert: pki_dir.join(pki::CA_CERT_FILE),

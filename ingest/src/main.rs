@@ -101,6 +101,10 @@ enum CaCommand {
         out: Option<PathBuf>,
         #[arg(long, default_value_t = 3650)]
         days: i64,
+        /// The appliance key's type: ed25519 (cheapest handshakes), or p256 for keys that a
+        /// TPM or HSM must hold.
+        #[arg(long, value_enum, default_value_t)]
+        key_type: pki::KeyType,
     },
 }
 
@@ -253,10 +257,11 @@ fn ca(command: CaCommand) -> anyhow::Result<()> {
             serial,
             out,
             days,
+            key_type,
         } => {
             let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
             let out = out.unwrap_or_else(|| dir.clone());
-            let f = pki::issue_appliance(&dir, &out, &serial, days)?;
+            let f = pki::issue_appliance(&dir, &out, &serial, days, key_type)?;
             println!(
                 "wrote {} and {} (mode 0600)",
                 f.cert.display(),

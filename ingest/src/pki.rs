@@ -12,7 +12,8 @@ use phonehome_schema::Serial;
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ED25519, SanType,
+    SignatureAlgorithm,
 };
 
 /// Prefix of the URI SAN that names an appliance: `urn:phonehome:serial:<percent-encoded serial>`.
@@ -20,6 +21,34 @@ pub const SERIAL_URI_PREFIX: &str = "urn:phonehome:serial:";
 
 pub const CA_CERT_FILE: &str = "ca.crt";
 pub const CA_KEY_FILE: &str = "ca.key";
+
+/// The kind of key a certificate is issued for.
+///
+/// Ed25519 by default: a fresh mutual-TLS handshake per report is most of the ingest's CPU, and
+/// with Ed25519 keys and certificate signatures both sides of it cost about a quarter less than
+/// with ECDSA P-256 (docs/benchmarks.md). P-256 is for appliances whose key lives in a TPM or
+/// HSM that only does NIST curves; the ingest accepts either, and any CA key type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    #[default]
+    Ed25519,
+    #[value(name = "p256")]
+    P256,
+}
+
+impl KeyType {
+    fn algorithm(self) -> &'static SignatureAlgorithm {
+        match self {
+            Self::Ed25519 => &PKCS_ED25519,
+            Self::P256 => &PKCS_ECDSA_P256_SHA256,
+        }
+    }
+
+    /// A new key pair of this type.
+    pub fn generate(self) -> Result<KeyPair, rcgen::Error> {
+        KeyPair::generate_for(self.algorithm())
+    }
+}
 
 /// Errors of the PKI commands.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +90,7 @@ pub fn init_ca(dir: &Path, common_name: &str, validity_days: i64) -> Result<Issu
         cert: dir.join(CA_CERT_FILE),
         key: dir.join(CA_KEY_FILE),
     };
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = KeyType::Ed25519.generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -111,7 +140,7 @@ pub fn issue_server(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, validity_days);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = KeyType::Ed25519.generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     let files = IssuedFiles {
         cert: dir.join(format!("{stem}.crt")),
@@ -121,13 +150,14 @@ pub fn issue_server(
     Ok(files)
 }
 
-/// Issues an appliance's client certificate: CN = serial and a URI SAN
+/// Issues an appliance's client certificate for a new `key_type` key: CN = serial and a URI SAN
 /// `urn:phonehome:serial:<serial>`; written as `appliance-<serial>.crt|.key` in `out_dir`.
 pub fn issue_appliance(
     ca_dir: &Path,
     out_dir: &Path,
     serial: &Serial,
     validity_days: i64,
+    key_type: KeyType,
 ) -> Result<IssuedFiles, PkiError> {
     let issuer = load_issuer(ca_dir)?;
     let mut params = CertificateParams::default();
@@ -144,7 +174,7 @@ pub fn issue_appliance(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params, validity_days);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = key_type.generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let stem = format!("appliance-{}", serial.file_stem());
@@ -264,12 +294,12 @@ mod tests {
         ));
 
         let serial = Serial::parse("SN 1/2").unwrap();
-        let app = issue_appliance(dir.path(), dir.path(), &serial, 30).unwrap();
+        let app = issue_appliance(dir.path(), dir.path(), &serial, 30, KeyType::default()).unwrap();
         assert_eq!(app.cert.file_name().unwrap(), "appliance-SN_1_2.crt");
         let mode = fs::metadata(&app.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(
-            issue_appliance(dir.path(), dir.path(), &serial, 30),
+            issue_appliance(dir.path(), dir.path(), &serial, 30, KeyType::P256),
             Err(PkiError::Exists(_))
         ));
         let srv = issue_server(

@@ -28,12 +28,14 @@ pub enum TlsSetupError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// ring, with TLS 1.3's mandatory AES-128-GCM-SHA256 first: on CPUs with SHA extensions its key
-/// schedule costs a fraction of SHA-384's (3 % of the machine under a fresh handshake per
-/// report, docs/benchmarks.md), and every TLS 1.3 client offers it, so with the server's order
-/// in charge TLS 1.3 connections use it. The other suites remain for TLS 1.2 clients.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut provider = rustls::crypto::ring::default_provider();
+/// aws-lc-rs, with TLS 1.3's mandatory AES-128-GCM-SHA256 first: on CPUs with SHA extensions
+/// its key schedule costs a fraction of SHA-384's (3 % of the machine under a fresh handshake
+/// per report, docs/benchmarks.md), and every TLS 1.3 client offers it, so with the server's
+/// order in charge TLS 1.3 connections use it. The other suites remain for TLS 1.2 clients.
+/// X25519 is the first key exchange (the hybrid post-quantum one is offered last, not
+/// preferred: it would triple the handshake's key-exchange bytes and CPU for every report).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider
         .cipher_suites
         .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
@@ -172,7 +174,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         pki::init_ca(dir.path(), "test", 10).unwrap();
         let serial = Serial::parse("VMware-56 4d/9e").unwrap();
-        let app = pki::issue_appliance(dir.path(), dir.path(), &serial, 10).unwrap();
+        let app =
+            pki::issue_appliance(dir.path(), dir.path(), &serial, 10, pki::KeyType::P256).unwrap();
         let id = appliance_identity(&der_of(&app.cert)).unwrap();
         assert_eq!(id.serial, serial);
         assert_ne!(id.cert_sha256, [0; 32]);

@@ -104,7 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         (None, None) => anyhow::bail!("no target: neither --target nor an in-process ingest"),
     };
     let setup_line = format!(
-        "setup: {n} appliance certificates (one per serial, ECDSA P-256, issued in memory on {} thread(s)) in {:.1} s",
+        "setup: {n} appliance certificates (one per serial, Ed25519, issued in memory on {} thread(s)) in {:.1} s",
         pki.threads,
         issued_in.as_secs_f64()
     );

@@ -17,7 +17,7 @@ use phonehome_schema::Serial;
 use rcgen::string::Ia5String;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -154,7 +154,7 @@ pub fn build_pki(
             .with_context(|| format!("{}: not a usable CA certificate", ca_cert.display()))?;
     }
     let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = phonehome_ingest::tls::provider();
     let issuer = load_issuer(&ca_dir)?;
     let profile = Profile::new(CERT_DAYS);
 
@@ -277,7 +277,9 @@ impl Profile {
         let uri = Ia5String::try_from(uri.as_str())
             .with_context(|| format!("{uri:?} is not a valid URI SAN"))?;
         params.subject_alt_names.push(SanType::URI(uri));
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("generate a key")?;
+        let key = pki::KeyType::default()
+            .generate()
+            .context("generate a key")?;
         let cert = params
             .signed_by(&key, issuer)
             .context("sign the certificate")?;
@@ -500,7 +502,9 @@ mod tests {
         let ca = dir.path().join("ca");
         pki::init_ca(&ca, "test CA", 2).unwrap();
         let serial = Serial::parse("SN 42/x").unwrap();
-        let files = pki::issue_appliance(&ca, dir.path(), &serial, CERT_DAYS).unwrap();
+        let files =
+            pki::issue_appliance(&ca, dir.path(), &serial, CERT_DAYS, pki::KeyType::default())
+                .unwrap();
         let from_pki = CertificateDer::from_pem_file(&files.cert).unwrap();
         let (in_memory, _) = Profile::new(CERT_DAYS)
             .certificate(&load_issuer(&ca).unwrap(), &serial)

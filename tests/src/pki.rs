@@ -51,14 +51,20 @@ impl TestPki {
         }
     }
 
-    /// A client certificate for `serial` from the fleet CA.
+    /// A client certificate for `serial` from the fleet CA, for an Ed25519 key (the default).
     pub fn appliance(&self, serial: &str) -> CertPair {
+        self.appliance_with(serial, pki::KeyType::default())
+    }
+
+    /// A client certificate for `serial` from the fleet CA, for a `key_type` key.
+    pub fn appliance_with(&self, serial: &str, key_type: pki::KeyType) -> CertPair {
         let serial = Serial::parse(serial).expect("test serial is valid");
         let f = pki::issue_appliance(
             &self.dir.path().join("fleet"),
             &self.dir.path().join("appliances"),
             &serial,
             10,
+            key_type,
         )
         .expect("issue appliance certificate");
         CertPair {
@@ -74,7 +80,7 @@ impl TestPki {
             pki::init_ca(&foreign, "someone else's CA", 10).expect("init foreign CA");
         }
         let serial = Serial::parse(serial).expect("test serial is valid");
-        let f = pki::issue_appliance(&foreign, &foreign, &serial, 10)
+        let f = pki::issue_appliance(&foreign, &foreign, &serial, 10, pki::KeyType::default())
             .expect("issue foreign certificate");
         CertPair {
             cert: f.cert,

@@ -302,6 +302,32 @@ async fn an_appliance_cannot_speak_for_another_serial() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_appliance_whose_key_is_p256_is_accepted_beside_ed25519_ones() {
+    // Keys a TPM holds are NIST P-256; the fleet's default is Ed25519. Both must deliver.
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    for (serial, key_type) in [
+        ("SN-P256", phonehome_ingest::pki::KeyType::P256),
+        ("SN-ED25519", phonehome_ingest::pki::KeyType::Ed25519),
+    ] {
+        let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance_with(serial, key_type)));
+        let r = client
+            .post(
+                ingest.report_addr,
+                "/v1/reports",
+                &[JSON],
+                &body(&report_for(serial)),
+            )
+            .await
+            .expect("response");
+        assert_eq!(r.status, 202, "{serial}: {}", r.body);
+    }
+    assert_eq!(db.count("reports").await, 2);
+    assert_eq!(db.count("certificates").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_bodies_get_their_codes_and_store_nothing() {
     let db = TestDb::new().await;
     let pki = TestPki::new();
