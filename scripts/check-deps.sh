@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Enforces the architecture's absences (see ARCHITECTURE.md, "Invariants"): the collector never
-# links a database driver, a web server, an async runtime or the dashboard; the schema crate stays
-# serde-only; the dashboard never talks to PostgreSQL.
+# links a database driver, a web server, an async runtime, the dashboard or aws-lc; the schema
+# crate stays serde-only; the dashboard never talks to PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +35,7 @@ if [ -z "$(paths phonehome-ingest tokio-postgres)" ]; then
   exit 2
 fi
 
-for dep in tokio-postgres postgres deadpool-postgres axum hyper tokio phonehome-dashboard phonehome-ingest; do
+for dep in tokio-postgres postgres deadpool-postgres axum hyper tokio phonehome-dashboard phonehome-ingest aws-lc-sys; do
   forbid phonehome-collector "$dep"
 done
 for dep in tokio-postgres tokio axum hyper rustls ureq; do
