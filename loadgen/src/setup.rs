@@ -432,14 +432,15 @@ impl LocalIngest {
         // As `phonehome-ingest serve` does: maintenance trains the report-body dictionary once
         // there are enough reports, which is most of what a report costs on disk. A run here
         // squeezes a month into seconds (a simulated day passes in well under a second), so it
-        // looks every 100 ms until a dictionary trained on a full sample exists (the ingest
-        // looks every minute, a smaller share of a day than 100 ms is of this run's), and runs
-        // in full every 30 s.
+        // looks at the young deployment (dictionary, statistics of the growing tables) every
+        // 100 ms for a minute (the ingest looks every minute for an hour, a smaller share of a
+        // day than 100 ms is of this run's), and runs in full every 30 s.
         let maintenance = phonehome_ingest::storage::maintenance::spawn_paced(
             storage.clone(),
             "loadgen".into(),
             std::time::Duration::from_secs(30),
             std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(60),
         );
         let reports = phonehome_ingest::server::listen_reports(([127, 0, 0, 1], 0).into())
             .context("listen on 127.0.0.1 for reports")?;

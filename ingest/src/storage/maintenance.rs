@@ -231,17 +231,20 @@ async fn run_locked(
     result.map(Some)
 }
 
-/// Refreshes the statistics of the current-state tables once they have changed by a tenth (the
-/// threshold autovacuum uses, without waiting for its next round). A young database grows these
-/// tables from nothing, and each writer connection keeps the plan it made while they were
-/// empty (a sequential scan) until new statistics invalidate it; this makes the first
-/// maintenance run do that.
+/// Refreshes the statistics of the current-state tables once they have grown by a tenth since
+/// the last (autovacuum's threshold, without waiting for its next round). A young database
+/// grows these tables from nothing, and each writer connection keeps the plan it made while
+/// they were small (a sequential scan, which a keep-alive run measured at a fifth of its
+/// PostgreSQL time once the tables had grown) until new statistics invalidate it. Growth, not
+/// changes: every report updates its appliance's row, and analysing that table for it would
+/// throw away every writer's plans several times a second; autovacuum covers the rest.
 async fn analyze_current_state(client: &Object) -> Result<(), StorageError> {
     let stale = client
         .query(
-            "SELECT relname::text FROM pg_stat_user_tables
-             WHERE relname = ANY($1) AND schemaname = current_schema()
-               AND n_mod_since_analyze > 50 + n_live_tup / 10",
+            "SELECT s.relname::text FROM pg_stat_user_tables s
+             JOIN pg_class c ON c.oid = s.relid
+             WHERE s.relname = ANY($1) AND s.schemaname = current_schema()
+               AND s.n_live_tup > 50 + greatest(c.reltuples, 0) * 1.1",
             &[&CURRENT_STATE.as_slice()],
         )
         .await?;
@@ -456,24 +459,30 @@ async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, Stor
 }
 
 /// Runs maintenance every `interval` until the process ends; every replica runs this loop.
-/// In its first hour, until a report-body dictionary trained on a full sample exists, it also
-/// looks every minute whether there are enough reports to train one (and refreshes the
-/// statistics of the young current-state tables), so a new deployment's bodies shrink within a
-/// minute of its 100th report rather than an interval later, and again at its 2,000th.
+/// In its first hour it also looks every minute at what a young deployment needs sooner than
+/// an interval: statistics for the current-state tables as they grow from nothing, and a
+/// report-body dictionary, so bodies shrink within a minute of the 100th report and again of
+/// the 2,000th.
 pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
-    spawn_paced(storage, replica, interval, Duration::from_secs(60))
+    spawn_paced(
+        storage,
+        replica,
+        interval,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
 }
 
-/// [`spawn`], looking for a young deployment's dictionary every `until_dictionary` (at most 60
-/// times).
+/// [`spawn`], looking at the young deployment every `young_every` for its first `young_for`.
 pub fn spawn_paced(
     storage: Storage,
     replica: String,
     interval: Duration,
-    until_dictionary: Duration,
+    young_every: Duration,
+    young_for: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut eager_looks = 60u32;
+        let young_until = tokio::time::Instant::now() + young_for;
         let mut settled = false;
         let mut next_run = tokio::time::Instant::now();
         loop {
@@ -487,9 +496,8 @@ pub fn spawn_paced(
                     ),
                 }
                 next_run = tokio::time::Instant::now() + interval;
-            } else if !settled && eager_looks > 0 {
-                eager_looks -= 1;
-                match young_dictionary(&storage).await {
+            } else if tokio::time::Instant::now() < young_until {
+                match young_look(&storage, settled).await {
                     Ok(DictionaryLook::Trained(id)) => {
                         tracing::info!(dictionary = id, "young deployment's dictionary trained");
                     }
@@ -503,25 +511,28 @@ pub fn spawn_paced(
                 tracing::debug!(error = %e, "cannot refresh report-body dictionaries");
             }
             let mut wake = next_run;
-            if !settled && eager_looks > 0 {
-                wake = wake.min(tokio::time::Instant::now() + until_dictionary);
+            if tokio::time::Instant::now() < young_until {
+                wake = wake.min(tokio::time::Instant::now() + young_every);
             }
             tokio::time::sleep_until(wake).await;
         }
     })
 }
 
-/// Between full runs of a young deployment: a dictionary once there are enough reports, and
-/// fresh statistics for the tables that grow from nothing. Cheap when there is nothing to do
-/// (a count capped at 2,000 and a look at pg_stat_user_tables); skipped while another replica
-/// holds the maintenance lock.
-async fn young_dictionary(storage: &Storage) -> Result<DictionaryLook, StorageError> {
+/// Between full runs of a young deployment: fresh statistics for the tables that grow from
+/// nothing, and, until one trained on a full sample exists, a dictionary once there are enough
+/// reports. Cheap when there is nothing to do (a look at pg_stat_user_tables and a count
+/// capped at 2,000); skipped while another replica holds the maintenance lock.
+async fn young_look(storage: &Storage, settled: bool) -> Result<DictionaryLook, StorageError> {
     let client = storage.pool().get().await?;
     if !try_session_lock(&client, MAINTENANCE_LOCK).await? {
         return Ok(DictionaryLook::Waiting);
     }
     let result = async {
         analyze_current_state(&client).await?;
+        if settled {
+            return Ok(DictionaryLook::Settled);
+        }
         train_dictionary(storage, &client).await
     }
     .await;
