@@ -874,3 +874,74 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
     assert_eq!(db.count("reports").await, 4);
     assert_eq!(rows(&db, samples).await.len(), samples_before.len() * 3 / 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_refreshes_statistics_of_current_state_tables_that_grew() {
+    // Writers keep the plans they made while these tables were small; fresh statistics make
+    // them plan again. Refreshed when a table grew by a tenth, not when its rows changed.
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 4).expect("storage");
+    let run = || async {
+        maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
+            .await
+            .expect("maintenance")
+            .expect("ran")
+    };
+    let stat = |column: &'static str| {
+        let db = &db;
+        async move {
+            rows(
+                db,
+                &format!(
+                    "SELECT {column}::text FROM pg_stat_user_tables s JOIN pg_class c
+                     ON c.oid = s.relid WHERE s.relname = 'appliances'"
+                ),
+            )
+            .await[0][0]
+                .parse::<f64>()
+                .expect("number")
+        }
+    };
+    run().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let storage = storage.clone();
+        tasks.spawn(async move { store(&storage, &report(&format!("SN-G{i:03}"), 2)).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("store task");
+    }
+    // PostgreSQL publishes a backend's row counts within about ten seconds of it going idle.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stat("s.n_live_tup").await < 300.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_stat_user_tables never showed the 300 new appliances"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let analyzed = stat("s.analyze_count").await;
+    run().await;
+    assert_eq!(stat("c.reltuples").await, 300.0, "statistics refreshed");
+    assert_eq!(stat("s.analyze_count").await, analyzed + 1.0);
+
+    // Every appliance reports again: 300 changed rows, no growth, no new statistics.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let storage = storage.clone();
+        tasks.spawn(async move { store(&storage, &report(&format!("SN-G{i:03}"), 1)).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("store task");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stat("s.n_mod_since_analyze").await < 300.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_stat_user_tables never showed the 300 updated appliances"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    run().await;
+    assert_eq!(stat("s.analyze_count").await, analyzed + 1.0);
+}
