@@ -19,8 +19,9 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
 async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     let db = TestDb::new().await;
     // The in-process ingest admits one report at a time, and a request waits at most a second
-    // for its turn, so 200 appliances calling at once queue for longer than that: the later
-    // ones are turned away with 503 and must come back after the Retry-After the ingest chose.
+    // for its turn, so 1,000 appliances calling at once queue for longer than that (it serves a
+    // few hundred a second; 200 no longer did once handshakes got cheaper): the later ones are
+    // turned away with 503 and must come back after the Retry-After the ingest chose.
     // That wait is 15-45 s and cannot be shortened from outside the ingest (a shorter one would
     // no longer be the path real collectors take), so this test takes about 45 s, up to 90 s
     // when retries collide again: the price of exercising the retry path for real.
@@ -29,7 +30,7 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
         &[
             "--outage",
             "--appliances",
-            "200",
+            "1000",
             "--backlog",
             "2",
             "--max-in-flight",
@@ -39,30 +40,34 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     .await;
     let (stdout, stderr) = (&run.stdout, &run.stderr);
     let has = |needle: &str| run.has(needle);
-    has("200 appliances x 2 spooled reports = 400 reports");
+    has("1000 appliances x 2 spooled reports = 2000 reports");
     has("max_in_flight 1,");
     has("outage: drained in ");
-    has("400 of 400 reports acknowledged");
+    has("2000 of 2000 reports acknowledged");
     has("latency ms of the acknowledged posts");
     has("other non-2xx: 0, transport errors: 0;");
-    has("200 drained, 0 gave up");
+    has("1000 drained, 0 gave up");
     has("0 reports left in their spools");
     has(
-        "400 new rows in reports (0 before, 400 after), 200 x 2 = 400 once drained: every report exactly once",
+        "2000 new rows in reports (0 before, 2000 after), 1000 x 2 = 2000 once drained: every report exactly once",
     );
     let unavailable = number_after(stdout, ", 503: ").expect("the 503 count is printed");
     assert!(
         unavailable > 0,
         "no 503 at max_in_flight 1: the retry path was not exercised\n{stdout}"
     );
-    assert_eq!(number_after(stdout, "outage: 202: "), Some(400), "{stdout}");
+    assert_eq!(
+        number_after(stdout, "outage: 202: "),
+        Some(2000),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("503s so far"),
         "progress goes to stderr during the wait:\n{stderr}"
     );
 
-    assert_eq!(db.count("reports").await, 400, "each report stored once");
-    assert_eq!(db.count("appliances").await, 200);
+    assert_eq!(db.count("reports").await, 2000, "each report stored once");
+    assert_eq!(db.count("appliances").await, 1000);
 }
 
 #[test]
