@@ -46,8 +46,38 @@ impl KeyType {
 
     /// A new key pair of this type.
     pub fn generate(self) -> Result<KeyPair, rcgen::Error> {
-        KeyPair::generate_for(self.algorithm())
+        let key = KeyPair::generate_for(self.algorithm())?;
+        match self {
+            Self::P256 => Ok(key),
+            Self::Ed25519 => ed25519_pkcs8_v1(&key),
+        }
     }
+}
+
+/// The DER of ring's Ed25519 keys up to the 32-byte seed: PKCS#8 v2 (RFC 5958), which carries the
+/// public key after the seed.
+const ED25519_PKCS8_V2_HEAD: [u8; 16] = [
+    0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// The same up to the seed in PKCS#8 v1 (RFC 8410), which ends with it.
+const ED25519_PKCS8_V1_HEAD: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// `key` as it will be written in PKCS#8 v1: OpenSSL 3.0, and so curl and `openssl pkey`, cannot
+/// read the v2 form ring generates ("unsupported"); rustls and rcgen read both.
+fn ed25519_pkcs8_v1(key: &KeyPair) -> Result<KeyPair, rcgen::Error> {
+    let v2 = key.serialize_der();
+    let seed = v2
+        .strip_prefix(&ED25519_PKCS8_V2_HEAD)
+        .and_then(|rest| rest.get(..32))
+        .ok_or(rcgen::Error::CouldNotParseKeyPair)?;
+    let mut v1 = ED25519_PKCS8_V1_HEAD.to_vec();
+    v1.extend_from_slice(seed);
+    KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(v1),
+        &PKCS_ED25519,
+    )
 }
 
 /// Errors of the PKI commands.
@@ -280,6 +310,20 @@ mod tests {
         }
         assert_eq!(serial_from_uri("urn:other:x"), None);
         assert_eq!(serial_from_uri("urn:phonehome:serial:%zz"), None);
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1_and_sign_as_before() {
+        let key = KeyType::Ed25519.generate().unwrap();
+        let der = key.serialize_der();
+        assert_eq!(der.len(), 48, "v1: the seed and nothing after it");
+        assert!(der.starts_with(&ED25519_PKCS8_V1_HEAD));
+        let again = KeyPair::from_pem(&key.serialize_pem()).unwrap();
+        assert_eq!(again.public_key_raw(), key.public_key_raw());
+        assert_eq!(
+            KeyType::P256.generate().unwrap().algorithm(),
+            &PKCS_ECDSA_P256_SHA256
+        );
     }
 
     #[test]
