@@ -70,6 +70,16 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
             }
         }
     }
+    // The collector's summary goes to stderr, read by another thread than stdout's "Ctrl-C":
+    // it can arrive after it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen.iter().any(|l| l.contains("delivered")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
     let output = seen.join("\n");
     assert!(
         output.contains("delivered"),
