@@ -58,8 +58,9 @@ pub struct Config {
     /// History older than this is dropped (whole months); older reports are refused.
     pub retention_days: u32,
     /// How often maintenance runs (partitions ahead, retention, dictionary, version counts,
-    /// statistics); once per interval for all replicas together. In a replica's first hour,
-    /// until the first dictionary exists, it also looks every minute whether one can be trained.
+    /// statistics); once per interval for all replicas together. In the first hour after a
+    /// replica starts it also looks every minute at what a young deployment cannot wait an
+    /// interval for: statistics of growing tables, a first dictionary and its replacement.
     pub maintenance_interval_seconds: u64,
     /// Name of this replica in logs and `maintenance_runs` (default: hostname:pid).
     pub replica_name: Option<String>,

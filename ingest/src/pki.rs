@@ -313,13 +313,23 @@ mod tests {
     }
 
     #[test]
-    fn ed25519_keys_are_written_as_pkcs8_v1_and_sign_as_before() {
-        let key = KeyType::Ed25519.generate().unwrap();
+    fn ed25519_keys_are_written_as_pkcs8_v1_and_are_the_same_key() {
+        let v2 = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let key = ed25519_pkcs8_v1(&v2).unwrap();
         let der = key.serialize_der();
         assert_eq!(der.len(), 48, "v1: the seed and nothing after it");
         assert!(der.starts_with(&ED25519_PKCS8_V1_HEAD));
+        assert_eq!(
+            key.public_key_raw(),
+            v2.public_key_raw(),
+            "the same key pair"
+        );
         let again = KeyPair::from_pem(&key.serialize_pem()).unwrap();
-        assert_eq!(again.public_key_raw(), key.public_key_raw());
+        assert_eq!(again.public_key_raw(), v2.public_key_raw());
+        assert_eq!(
+            KeyType::Ed25519.generate().unwrap().serialize_der().len(),
+            48
+        );
         assert_eq!(
             KeyType::P256.generate().unwrap().algorithm(),
             &PKCS_ECDSA_P256_SHA256

@@ -3,10 +3,13 @@
 -- 1. reports.cert_sha256 goes. Since 0005 the ingest names the delivering certificate by
 --    cert_id and leaves the digest NULL, and a NULL anywhere in a row costs it a null bitmap,
 --    which PostgreSQL's alignment turns into 8 bytes of header. Rows written before 0005 get
---    their certificate's id first, so every report still names the certificate that delivered
---    it. The ingest of 0005 never names this column, so it keeps writing during the upgrade.
---    Partitions created before this keep the dropped column (as a NULL in every new row) until
---    they age out; partitions created after it (next month's, made ahead by maintenance) do not.
+--    it. The ingest of 0005 never names this column, so it works against the new schema once
+--    this has committed; while it runs (one transaction, with the rebuild below) report writes
+--    wait. Partitions that exist before this keep the dropped column, as a NULL in every new
+--    row, until retention drops them: maintenance makes partitions two months ahead, so on an
+--    existing database the 8 bytes are saved from the third month on. Rows from before 0005
+--    are rewritten once; their partitions keep the old versions' space until retention drops
+--    them (there were none outside development when this was written).
 INSERT INTO certificates (sha256, appliance_id, first_seen_at)
 SELECT DISTINCT ON (cert_sha256) cert_sha256, appliance_id, received_at
 FROM reports
@@ -22,7 +25,7 @@ ALTER TABLE reports DROP COLUMN cert_sha256;
 --    precedes an 8-byte one, and the row is padded to a multiple of 8, so the old order cost 4
 --    bytes in every row and 8 in a row for "/" (3 rows a report). Column order cannot be
 --    changed in place: the table is rebuilt with the same partitions (names and bounds) and
---    its rows copied, while writes wait (seconds per million rows).
+--    its rows copied, while report writes wait (seconds per million rows).
 ALTER TABLE filesystem_samples RENAME TO filesystem_samples_0005;
 ALTER INDEX filesystem_samples_appliance RENAME TO filesystem_samples_0005_appliance;
 CREATE TABLE filesystem_samples (

@@ -13,21 +13,25 @@ use zstd::bulk::Compressor;
 use zstd::dict::DecoderDictionary;
 use zstd::zstd_safe::CParameter;
 
-/// zstd level for report bodies: its parameters for inputs of unknown size, see [`tune`].
-/// Measured on 4,000 of the load generator's bodies with a dictionary trained on 2,000 others
-/// (python-zstandard, the same C library): level 3 (zstd's default) 342 bytes in about 6 µs a
-/// body, level 5 326 bytes in 16 µs, level 6 310 bytes in 30 µs. Level 5 costs about 1 % of
-/// this 2-core machine at 2,000 reports/s and saves 16 bytes of every report kept for 400 days.
+/// zstd level for report bodies, with the parameters of [`tune`]. Measured on 4,000 of the load
+/// generator's bodies with a dictionary trained on 2,000 others (python-zstandard, the same C
+/// library): level 3 (zstd's default) 342 bytes a body, level 5 326, level 6 310. In the ingest
+/// under keep-alive load, level 5's compression is 6.5–7 % of this 2-core machine (perf; 40–50
+/// µs a report with the caches shared with everything else; in a loop on its own level 3 took a
+/// third to a half of level 5's time): 16 bytes of every report kept for 400 days, for a few
+/// percent of peak throughput (docs/benchmarks.md).
 const LEVEL: i32 = 5;
 
-/// Level 5's parameters as zstd chooses them for inputs of unknown size. For a 5 KB input
-/// zstd picks tables sized for 16 KB, which cannot reach most of a 64 KB dictionary: the same
-/// level then gave 360 bytes instead of 326.
+/// Level 5's search (greedy, 8 attempts) as zstd chooses it for inputs of unknown size, with
+/// hash and chain tables of 64 Ki entries. For a 5 KB input zstd would pick the tables and search
+/// it tunes for 16 KB inputs, which miss most of a 64 KB dictionary: the same level then gave
+/// 360 bytes instead of 326. Its own tables for unknown sizes (2^19 and 2^18 entries, 3 MB a
+/// thread) compressed no better than these (327.2 against 327.1 bytes).
 fn tune(c: &mut Compressor<'static>) -> std::io::Result<()> {
     for p in [
         CParameter::WindowLog(21),
-        CParameter::ChainLog(18),
-        CParameter::HashLog(19),
+        CParameter::ChainLog(16),
+        CParameter::HashLog(16),
         CParameter::SearchLog(3),
         CParameter::MinMatch(5),
         CParameter::TargetLength(2),
