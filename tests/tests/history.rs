@@ -672,11 +672,10 @@ async fn concurrent_reports_and_racing_retries_are_each_stored_once() {
     assert_eq!(db.count("drive_samples").await, 300 * 2);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
+/// An empty schema with the first `applied` migrations applied and recorded, as an older ingest
+/// left it; the client that built it.
+async fn schema_as_of(db: &TestDb, applied: usize) -> tokio_postgres::Client {
     use phonehome_schema::migrations::ALL;
-    let db = TestDb::new().await;
-    // Rebuild the database as the walking skeleton left it: migrations 1 and 2, two reports.
     let client = db.client().await;
     client
         .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
@@ -689,7 +688,7 @@ async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
         )
         .await
         .expect("schema_migrations");
-    for m in &ALL[..2] {
+    for m in &ALL[..applied] {
         client.batch_execute(m.sql).await.expect("old migration");
         client
             .execute(
@@ -699,6 +698,14 @@ async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
             .await
             .expect("record");
     }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
+    let db = TestDb::new().await;
+    // Rebuild the database as the walking skeleton left it: migrations 1 and 2, two reports.
+    let client = schema_as_of(&db, 2).await;
     let old = [report("SN-L", 2), report("SN-L", 1)];
     for r in &old {
         let body = serde_json::to_string(r).expect("json");
@@ -763,32 +770,11 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
     let db = TestDb::new().await;
     // Rebuild the database as migration 5 left it, with reports written by this ingest and
     // one written before migration 5 (a digest instead of a certificate id).
-    let client = db.client().await;
-    client
-        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-        .await
-        .expect("reset");
-    client
-        .batch_execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .expect("schema_migrations");
     let before_packing = ALL
         .iter()
         .position(|m| m.name == "row_packing")
         .expect("the row_packing migration");
-    for m in &ALL[..before_packing] {
-        client.batch_execute(m.sql).await.expect("old migration");
-        client
-            .execute(
-                "INSERT INTO schema_migrations VALUES ($1, $2)",
-                &[&m.version, &m.name],
-            )
-            .await
-            .expect("record");
-    }
+    let client = schema_as_of(&db, before_packing).await;
     let storage = Storage::connect(db.url(), 2).expect("storage");
     maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
         .await
