@@ -38,9 +38,8 @@ const MONTHS_AHEAD: u32 = 2;
 /// Reports needed before a first dictionary is trained. Measured on the load generator's
 /// bodies (python-zstandard, level 3; plain zstd 1,811 bytes a body): dictionaries trained on
 /// 100, 200 and 2,000 of them give 356, 332 and 323 bytes, and every body stored before the
-/// first dictionary costs about
-/// 1,450 bytes more than one after it. A first dictionary from few reports is soon replaced
-/// (see [`DICTIONARY_SAMPLES`]).
+/// first dictionary costs about 1,450 bytes more than one after it. A first dictionary from few
+/// reports is soon replaced (see [`DICTIONARY_SAMPLES`]).
 const DICTIONARY_MIN_REPORTS: i64 = 100;
 /// Samples a dictionary is trained on. A dictionary trained on fewer than half as many (a
 /// young deployment's first) is replaced once this many reports exist: the few bytes a body
