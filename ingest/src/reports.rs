@@ -167,36 +167,40 @@ async fn store(
 
 /// Parses and checks a report, naming the offending field on failure.
 ///
-/// The whole document is parsed first, unknown fields included: serde would skip those
-/// unvalidated, and PostgreSQL's jsonb, which stores them, refuses lone surrogates, numbers out
-/// of range and U+0000. Bad input must be a 4xx here, not a 500 from the database.
+/// The whole document is checked first, unknown fields included: serde skips those without
+/// looking at them, and a body kept as evidence must read back as the JSON it claims to be (no
+/// lone surrogates, no numbers out of range, no U+0000, which PostgreSQL's text and jsonb
+/// refuse). Bad input must be a 4xx here, not a 500 later. That check builds nothing; the typed
+/// parse then reads the bytes again, which costs less than building a `serde_json::Value` and
+/// converting it (a fifth of the keep-alive path's JSON time went to the tree's maps).
 pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Contract {
-                field: String::new(),
-                message: e.to_string(),
-            },
-            _ => ApiError::MalformedJson(format!("malformed JSON: {e}")),
-        })?;
-    // JSON can only carry U+0000 as the escape `\u0000`: walk the document (which allocates
-    // a path per node) only when the body has one.
+    serde_json::from_slice::<Checked>(json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Contract {
+            field: String::new(),
+            message: e.to_string(),
+        },
+        _ => ApiError::MalformedJson(format!("malformed JSON: {e}")),
+    })?;
+    // JSON can only carry U+0000 as the escape `\u0000`: build a tree to find its path (a path
+    // per node) only when the body has one.
     let may_hold_nul = json.iter().enumerate().any(|(i, &c)| {
         c == b'\\'
             && json
                 .get(i + 1..i + 6)
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"u0000"))
     });
-    if let Some(path) = may_hold_nul
-        .then(|| find_nul(&value, String::new()))
-        .flatten()
-    {
-        return Err(ApiError::Contract {
-            message: format!("{path}: strings must not contain U+0000"),
-            field: path,
-        });
+    if may_hold_nul {
+        let value: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))?;
+        if let Some(path) = find_nul(&value, String::new()) {
+            return Err(ApiError::Contract {
+                message: format!("{path}: strings must not contain U+0000"),
+                field: path,
+            });
+        }
     }
-    let report: Report = serde_path_to_error::deserialize(&value).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = field_name(&path, &inner.to_string());
@@ -212,7 +216,61 @@ pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError>
     Ok(report)
 }
 
-/// The path of the first string or key holding U+0000, which jsonb cannot store.
+/// Any JSON value, read the way a typed parse reads it (every string decoded and checked, every
+/// number converted, nesting limited) without keeping any of it.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Checked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
+    }
+}
+
+/// The path of the first string or key holding U+0000.
 fn find_nul(value: &serde_json::Value, path: String) -> Option<String> {
     use serde_json::Value;
     match value {
@@ -237,15 +295,16 @@ fn find_nul(value: &serde_json::Value, path: String) -> Option<String> {
     }
 }
 
-/// The JSON path of the offending field; for a missing field, the path of the field itself
-/// (serde reports the enclosing object).
+/// The JSON path of the offending field; for a missing or repeated field, the path of the field
+/// itself (serde reports the enclosing object).
 fn field_name(path: &str, message: &str) -> String {
     let parent = if path == "." { "" } else { path };
-    let missing = message
-        .strip_prefix("missing field `")
+    let named = ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split_once('`'))
         .map(|(name, _)| name);
-    match missing {
+    match named {
         Some(name) if parent.is_empty() => name.to_owned(),
         Some(name) => format!("{parent}.{name}"),
         None => parent.to_owned(),
@@ -374,6 +433,13 @@ mod tests {
             ),
             (r#"{"x": "\ud800"}"#, "malformed_json", ""),
             (r#"{"x": 1e999999}"#, "malformed_json", ""),
+            (r#"{"x": {"\udfff": 1}}"#, "malformed_json", ""),
+            (r#"{"x": [1, 2, "\xff"]}"#, "malformed_json", ""),
+            (
+                r#"{"report_id": "7f1c0a52-9d1e-4a44-8f0e-0c3b8d5e2a10", "report_id": "7f1c0a52-9d1e-4a44-8f0e-0c3b8d5e2a11"}"#,
+                "contract_violation",
+                "report_id",
+            ),
         ];
         for (input, code, field) in cases {
             let err = parse_report(input.as_bytes(), Utc::now()).unwrap_err();
