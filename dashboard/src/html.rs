@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use crate::ApplianceRow;
+use crate::{ApplianceRow, ApplianceView, appliance_path};
 
 /// Escapes text for use in HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -74,15 +74,13 @@ pub fn fleet_page(rows: &[ApplianceRow], total: i64, now: DateTime<Utc>) -> Stri
 </tr></thead><tbody>",
     );
     for r in rows {
-        let status = match r.app_status.as_str() {
-            s @ ("healthy" | "degraded" | "unhealthy") => s,
-            _ => "unknown",
-        };
+        let status = status_class(&r.app_status);
         let _ = write!(
             body,
-            "<tr><td class=\"serial\">{}</td><td>{}</td>\
+            "<tr><td class=\"serial\"><a href=\"{}\">{}</a></td><td>{}</td>\
 <td><time datetime=\"{}\" title=\"{}\">{}</time></td><td class=\"version\">{}</td>\
 <td class=\"{status}\">{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            escape(&appliance_path(&r.serial)),
             escape(&r.serial),
             escape(r.hostname.as_deref().unwrap_or("—")),
             r.last_report_at.to_rfc3339(),
@@ -96,6 +94,256 @@ pub fn fleet_page(rows: &[ApplianceRow], total: i64, now: DateTime<Utc>) -> Stri
     }
     body.push_str("</tbody></table>");
     page("phonehome fleet", &body)
+}
+
+/// The style class for an app status; anything unexpected is shown as unknown.
+fn status_class(status: &str) -> &'static str {
+    match status {
+        "healthy" => "healthy",
+        "degraded" => "degraded",
+        "unhealthy" => "unhealthy",
+        _ => "unknown",
+    }
+}
+
+/// `1.5 TB`: sizes as an operator reads them (powers of 1000, as `df -H` prints them).
+fn bytes(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+/// `87 %` of `total`; a dash when there is no total.
+fn percent(used: i64, total: i64) -> String {
+    if total <= 0 {
+        return "—".into();
+    }
+    format!("{:.0} %", used as f64 * 100.0 / total as f64)
+}
+
+fn time(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!(
+        "<time datetime=\"{}\" title=\"{}\">{}</time>",
+        at.to_rfc3339(),
+        at.format("%Y-%m-%d %H:%M:%S UTC"),
+        ago(at, now)
+    )
+}
+
+fn opt(v: Option<&str>) -> String {
+    escape(v.unwrap_or("—"))
+}
+
+fn num(v: Option<i64>) -> String {
+    v.map_or_else(|| "—".into(), |n| n.to_string())
+}
+
+/// One appliance's page. Sections carry ids (`state`, `alerts`, `drives`, `filesystems`,
+/// `nics`, `events`) so that scripts and tests can find them.
+pub fn appliance_page(a: &ApplianceView, now: DateTime<Utc>) -> String {
+    let r = &a.row;
+    let title = format!("{} · phonehome", r.serial);
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p><a href=\"/\">← fleet</a></p><h1 class=\"serial\">{}</h1>",
+        escape(&r.serial)
+    );
+    let status = status_class(&r.app_status);
+    let _ = write!(
+        body,
+        "<table id=\"state\"><tbody>\
+<tr><th>Hostname</th><td>{}</td></tr>\
+<tr><th>Last report</th><td>{}{}</td></tr>\
+<tr><th>App</th><td><span class=\"{status}\">{}</span> · version {}</td></tr>\
+<tr><th>OS</th><td>{} · kernel {}</td></tr>\
+<tr><th>Collector</th><td>{}{}</td></tr>\
+<tr><th>Reports</th><td>{}</td></tr></tbody></table>",
+        opt(r.hostname.as_deref()),
+        time(r.last_report_at, now),
+        if a.silent {
+            " <strong class=\"unhealthy\" id=\"silent\">silent: overdue</strong>"
+        } else {
+            ""
+        },
+        escape(&r.app_status),
+        opt(r.app_version.as_deref()),
+        opt(r.os.as_deref()),
+        opt(a.kernel.as_deref()),
+        escape(&a.collector_version),
+        match a.collection_errors {
+            0 => String::new(),
+            n => format!(
+                " · <span class=\"degraded\">{n} part{} of the last report could not be collected</span>",
+                if n == 1 { "" } else { "s" }
+            ),
+        },
+        r.report_count,
+    );
+
+    body.push_str("<h2>Alerts</h2>");
+    if a.alerts.is_empty() {
+        body.push_str("<p id=\"alerts\" class=\"muted\">No alerts.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"alerts\"><thead><tr><th>State</th><th>Severity</th><th>Rule</th>\
+<th>Subject</th><th>Since</th><th>Summary</th></tr></thead><tbody>",
+        );
+        for al in &a.alerts {
+            let state = if al.state == "firing" {
+                "<span class=\"unhealthy\">firing</span>".to_owned()
+            } else {
+                let resolved = al
+                    .resolved_at
+                    .map(|t| format!(" {}", time(t, now)))
+                    .unwrap_or_default();
+                format!(
+                    "<span class=\"muted\">{}{resolved}</span>",
+                    escape(&al.state)
+                )
+            };
+            let _ = write!(
+                body,
+                "<tr class=\"alert\"><td>{state}</td><td>{}</td><td class=\"rule\">{}</td>\
+<td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&al.severity),
+                escape(&al.rule),
+                escape(&al.subject),
+                time(al.started_at, now),
+                escape(&al.summary),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+
+    body.push_str("<h2>Drives</h2>");
+    if a.drives.is_empty() {
+        body.push_str("<p id=\"drives\" class=\"muted\">No drives reported.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"drives\"><thead><tr><th>Device</th><th>Model</th><th>Serial</th>\
+<th>Health</th><th>Temperature</th><th>Power-on hours</th><th>Error counters</th>\
+<th>In this appliance since</th></tr></thead><tbody>",
+        );
+        for d in &a.drives {
+            let health = match (d.failing, d.health_passed) {
+                (true, _) => "<span class=\"unhealthy\">failing</span>",
+                (false, Some(false)) => "<span class=\"unhealthy\">SMART failed</span>",
+                (false, Some(true)) => "<span class=\"healthy\">passed</span>",
+                (false, None) => "<span class=\"unknown\">unknown</span>",
+            };
+            let counters = if d.counters.is_empty() {
+                "—".to_owned()
+            } else {
+                d.counters
+                    .iter()
+                    .map(|(name, n)| format!("{} {n}", escape(name)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = write!(
+                body,
+                "<tr class=\"drive\"><td>{}</td><td>{}</td><td class=\"drive-serial\">{}</td>\
+<td>{health}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{counters}</td><td>{}</td></tr>",
+                escape(&d.device_name),
+                opt(d.model.as_deref()),
+                opt(d.serial.as_deref()),
+                d.temperature_celsius
+                    .map_or_else(|| "—".into(), |t| format!("{t} °C")),
+                num(d.power_on_hours),
+                time(d.since, now),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+
+    body.push_str("<h2>Filesystems</h2>");
+    if a.filesystems.is_empty() {
+        body.push_str("<p id=\"filesystems\" class=\"muted\">No filesystems reported.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"filesystems\"><thead><tr><th>Mount point</th><th>Used</th>\
+<th>Size</th><th>Use</th><th>Inodes use</th></tr></thead><tbody>",
+        );
+        for f in &a.filesystems {
+            let _ = write!(
+                body,
+                "<tr class=\"filesystem\"><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+<td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&f.mount_point),
+                bytes(f.bytes_used),
+                bytes(f.bytes_total),
+                percent(f.bytes_used, f.bytes_total),
+                percent(f.inodes_used, f.inodes_total),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+
+    body.push_str("<h2>Network interfaces</h2>");
+    if a.nics.is_empty() {
+        body.push_str("<p id=\"nics\" class=\"muted\">No network interfaces reported.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"nics\"><thead><tr><th>Interface</th><th>Receive errors</th>\
+<th>Transmit errors</th><th>Receive drops</th><th>Transmit drops</th></tr></thead><tbody>",
+        );
+        for n in &a.nics {
+            let _ = write!(
+                body,
+                "<tr class=\"nic\"><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+<td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&n.name),
+                num(n.rx_errors),
+                num(n.tx_errors),
+                num(n.rx_dropped),
+                num(n.tx_dropped),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+
+    body.push_str("<h2>Changes</h2>");
+    if a.events.is_empty() {
+        body.push_str("<p id=\"events\" class=\"muted\">No changes recorded.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"events\"><thead><tr><th>When</th><th>What</th><th>Detail</th></tr>\
+</thead><tbody>",
+        );
+        for e in &a.events {
+            let _ = write!(
+                body,
+                "<tr class=\"event\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+                time(e.at, now),
+                escape(&e.kind),
+                escape(&e.detail),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    page(&title, &body)
+}
+
+/// Shown for a serial that has never reported.
+pub fn unknown_appliance_page(serial: &str) -> String {
+    page(
+        "phonehome: unknown appliance",
+        &format!(
+            "<p><a href=\"/\">← fleet</a></p><h1>Unknown appliance</h1>\
+<p id=\"unknown\">No appliance with serial <code>{}</code> has reported to this ingest.</p>",
+            escape(serial)
+        ),
+    )
 }
 
 /// Shown when the fleet cannot be read; says nothing about why (that is in the log).
@@ -152,5 +400,74 @@ mod tests {
             html.contains("5000 appliances; the 2 heard from most recently are listed"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn the_appliance_page_escapes_what_the_appliance_sent_and_shows_problems() {
+        let now = DateTime::parse_from_rfc3339("2026-11-21T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let evil = "<img src=x onerror=alert(1)>";
+        let view = ApplianceView {
+            row: row("SN/1", evil),
+            kernel: Some(evil.into()),
+            collector_version: evil.into(),
+            silent: true,
+            collection_errors: 2,
+            alerts: vec![crate::AlertView {
+                rule: "disk_failing".into(),
+                subject: evil.into(),
+                severity: "critical".into(),
+                state: "firing".into(),
+                started_at: now,
+                resolved_at: None,
+                summary: evil.into(),
+            }],
+            drives: vec![crate::DriveView {
+                device_name: evil.into(),
+                model: Some(evil.into()),
+                serial: None,
+                since: now,
+                health_passed: Some(true),
+                failing: true,
+                temperature_celsius: Some(41),
+                power_on_hours: None,
+                counters: vec![("pending sectors".into(), 8)],
+            }],
+            filesystems: vec![crate::FilesystemView {
+                mount_point: evil.into(),
+                bytes_used: 870_000_000_000,
+                bytes_total: 1_000_000_000_000,
+                inodes_used: 1,
+                inodes_total: 0,
+            }],
+            nics: vec![],
+            events: vec![crate::EventView {
+                at: now,
+                kind: "app version".into(),
+                detail: evil.into(),
+            }],
+        };
+        let html = appliance_page(&view, now);
+        assert!(!html.contains("<img"), "{html}");
+        assert_eq!(
+            html.matches("&lt;img src=x onerror=alert(1)&gt;").count(),
+            9,
+            "{html}"
+        );
+        for shown in [
+            "id=\"silent\"",
+            "2 parts of the last report could not be collected",
+            "<span class=\"unhealthy\">failing</span>",
+            "pending sectors 8",
+            "41 °C",
+            "870.0 GB",
+            "1.0 TB",
+            "87 %",
+            "No network interfaces reported.",
+        ] {
+            assert!(html.contains(shown), "{shown:?} in {html}");
+        }
+        assert!(unknown_appliance_page("<x>").contains("<code>&lt;x&gt;</code>"));
     }
 }

@@ -231,19 +231,13 @@ pub fn payload(
         .collect()
 }
 
-/// The dashboard's page for appliance `serial` (a serial may hold any printable ASCII, so it
-/// is percent-encoded as a path segment).
+/// The dashboard's page for appliance `serial`.
 pub fn appliance_link(dashboard_url: &str, serial: &str) -> String {
-    let mut link = dashboard_url.trim_end_matches('/').to_owned();
-    link.push_str("/appliances/");
-    for b in serial.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            link.push(char::from(b));
-        } else {
-            link.push_str(&format!("%{b:02X}"));
-        }
-    }
-    link
+    format!(
+        "{}{}",
+        dashboard_url.trim_end_matches('/'),
+        phonehome_dashboard::appliance_path(serial)
+    )
 }
 
 /// What one round did.

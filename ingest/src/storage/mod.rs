@@ -452,6 +452,17 @@ impl FleetSource for Storage {
     async fn fleet_size(&self) -> Result<i64, StorageError> {
         self.appliance_count().await
     }
+
+    async fn appliance(
+        &self,
+        serial: &str,
+    ) -> Result<Option<phonehome_dashboard::ApplianceView>, StorageError> {
+        // A day of history: the page shows current state and events, not the series.
+        Ok(self
+            .appliance_detail(serial, 1)
+            .await?
+            .map(read::ApplianceDetail::into_view))
+    }
 }
 
 /// What went wrong, in the server's own words where there are some: tokio-postgres' `Display`

@@ -686,3 +686,149 @@ impl Storage {
         }))
     }
 }
+
+impl ApplianceDetail {
+    /// What the dashboard's appliance page shows of it.
+    pub fn into_view(self) -> phonehome_dashboard::ApplianceView {
+        use phonehome_dashboard as d;
+        let s = self.state;
+        let mut events: Vec<d::EventView> = Vec::new();
+        for v in self.versions {
+            events.push(d::EventView {
+                at: v.changed_at,
+                kind: format!("{} version", v.component),
+                detail: format!(
+                    "{} → {}",
+                    v.old_version.as_deref().unwrap_or("none"),
+                    v.new_version.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+        for e in self.drive_events {
+            let from = e
+                .from_serial
+                .map(|f| format!(" from appliance {f}"))
+                .unwrap_or_default();
+            events.push(d::EventView {
+                at: e.at,
+                kind: format!("drive {}", e.kind),
+                detail: format!("{} ({}){from}", e.drive_key, e.device_name),
+            });
+        }
+        for e in self.identity_events {
+            let kind = match e.kind.as_str() {
+                "system_uuid_changed" => "system UUID changed".to_owned(),
+                "machine_id_changed" => "machine-id changed".to_owned(),
+                "system_uuid_shared" => "system UUID shared".to_owned(),
+                "machine_id_shared" => "machine-id shared".to_owned(),
+                other => other.replace('_', " "),
+            };
+            let detail = match (&e.old_value, &e.other_serial) {
+                (Some(old), _) => format!("{old} → {}", e.new_value),
+                (None, Some(other)) => format!("{} also reported by {other}", e.new_value),
+                (None, None) => e.new_value.clone(),
+            };
+            events.push(d::EventView {
+                at: e.detected_at,
+                kind,
+                detail,
+            });
+        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.at));
+        d::ApplianceView {
+            row: d::ApplianceRow {
+                serial: s.serial,
+                hostname: s.hostname,
+                last_report_at: s.last_report_at,
+                app_version: s.app_version,
+                app_status: s.app_status,
+                os: s.os,
+                report_count: s.report_count,
+            },
+            kernel: s.kernel,
+            collector_version: s.collector_version,
+            silent: s.silent,
+            collection_errors: s.collection_errors,
+            alerts: self
+                .alerts
+                .into_iter()
+                .map(|a| d::AlertView {
+                    rule: a.rule,
+                    subject: a.subject,
+                    severity: a.severity,
+                    state: a.state,
+                    started_at: a.started_at,
+                    resolved_at: a.resolved_at,
+                    summary: a.summary,
+                })
+                .collect(),
+            drives: self.drives.into_iter().map(drive_view).collect(),
+            filesystems: self
+                .filesystems
+                .into_iter()
+                .map(|f| d::FilesystemView {
+                    mount_point: f.mount_point,
+                    bytes_used: f.sample.bytes_used,
+                    bytes_total: f.sample.bytes_total,
+                    inodes_used: f.sample.inodes_used,
+                    inodes_total: f.sample.inodes_total,
+                })
+                .collect(),
+            nics: self
+                .nics
+                .into_iter()
+                .map(|n| d::NicView {
+                    name: n.name,
+                    rx_errors: n.sample.rx_errors,
+                    tx_errors: n.sample.tx_errors,
+                    rx_dropped: n.sample.rx_dropped,
+                    tx_dropped: n.sample.tx_dropped,
+                })
+                .collect(),
+            events,
+        }
+    }
+}
+
+fn drive_view(c: CurrentDrive) -> phonehome_dashboard::DriveView {
+    let latest = c.latest;
+    let counters = latest
+        .as_ref()
+        .map(|r| {
+            [
+                ("reallocated sectors", r.reallocated_sectors.map(i64::from)),
+                ("pending sectors", r.pending_sectors.map(i64::from)),
+                (
+                    "offline uncorrectable",
+                    r.offline_uncorrectable.map(i64::from),
+                ),
+                ("CRC errors", r.crc_errors.map(i64::from)),
+                (
+                    "NVMe critical warning",
+                    r.nvme_critical_warning.map(i64::from),
+                ),
+                ("NVMe media errors", r.nvme_media_errors),
+                ("grown defects", r.scsi_grown_defects),
+                ("uncorrected errors", r.scsi_uncorrected),
+            ]
+            .into_iter()
+            .filter_map(|(name, v)| v.filter(|&n| n != 0).map(|n| (name.to_owned(), n)))
+            .collect()
+        })
+        .unwrap_or_default();
+    phonehome_dashboard::DriveView {
+        device_name: c.device_name,
+        model: c.model,
+        serial: c.serial,
+        since: c.since,
+        health_passed: latest.as_ref().and_then(|r| r.health_passed),
+        failing: latest.as_ref().is_some_and(|r| r.failing),
+        temperature_celsius: latest
+            .as_ref()
+            .and_then(|r| r.temperature_celsius.map(i64::from)),
+        power_on_hours: latest
+            .as_ref()
+            .and_then(|r| r.power_on_hours.map(i64::from)),
+        counters,
+    }
+}
