@@ -51,6 +51,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Connections the report listener holds open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long a request that finds every in-flight slot taken waits for one before its 503.
+    pub admission_wait_ms: u64,
     /// Concurrent batch writers (each holds one database connection while it commits).
     pub db_writers: usize,
     /// Most reports committed in one transaction.
@@ -174,12 +176,18 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Twice as many connections as reports may be in flight (and twice `max_in_flight` when only
 /// that is set). A request that finds every in-flight slot taken waits up to a second for one
-/// before it is refused with a 503, so the extra connections queue behind the busy ones rather
+/// (`admission_wait_ms`) before it is refused with a 503, so the extra connections queue behind the busy ones rather
 /// than each costing a TLS handshake (the expensive part of a report) and a refusal; the rest
 /// of a fleet calling at once waits in the kernel's accept backlog, which costs nothing
 /// (docs/benchmarks.md, outage drain). 512 slots of a connection lasting 300 ms over a slow WAN
 /// still admit 1,700 connections/s, 140 times a million-appliance fleet's daily average.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2 * DEFAULT_MAX_IN_FLIGHT;
+/// A handshaken connection is worth a short wait: refusing it wastes the handshake and brings
+/// the client back for another (docs/benchmarks.md, outage drain).
+pub const DEFAULT_ADMISSION_WAIT_MS: u64 = 1000;
+/// Longer than this and a waiting request would hold its connection past what a collector's
+/// timeout allows.
+pub const MAX_ADMISSION_WAIT_MS: u64 = 10_000;
 /// The contract refuses reports older than this anyway (`MAX_REPORT_AGE_DAYS`), so a longer
 /// retention would keep nothing more.
 pub const DEFAULT_RETENTION_DAYS: u32 = 400;
@@ -199,6 +207,7 @@ impl Default for Config {
             db_pool_size: 16,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            admission_wait_ms: DEFAULT_ADMISSION_WAIT_MS,
             db_writers: 4,
             db_batch_max: 64,
             retention_days: DEFAULT_RETENTION_DAYS,
@@ -222,6 +231,7 @@ struct FileConfig {
     db_pool_size: Option<usize>,
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
+    admission_wait_ms: Option<u64>,
     db_writers: Option<usize>,
     db_batch_max: Option<usize>,
     retention_days: Option<u32>,
@@ -328,6 +338,9 @@ impl Config {
         if let Some(v) = f.max_connections {
             self.max_connections = v;
         }
+        if let Some(v) = f.admission_wait_ms {
+            self.admission_wait_ms = v;
+        }
         if let Some(v) = f.db_writers {
             self.db_writers = v;
         }
@@ -392,6 +405,9 @@ impl Config {
         if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
             self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
         }
+        if let Some(v) = env("PHONEHOME_ADMISSION_WAIT_MS") {
+            self.admission_wait_ms = parsed("PHONEHOME_ADMISSION_WAIT_MS", v)?;
+        }
         if let Some(v) = env("PHONEHOME_DB_WRITERS") {
             self.db_writers = parsed("PHONEHOME_DB_WRITERS", v)?;
         }
@@ -428,6 +444,13 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_in_flight must be at least 1".into(),
             ));
+        }
+        if self.admission_wait_ms > MAX_ADMISSION_WAIT_MS {
+            return Err(ConfigError::Invalid(format!(
+                "admission_wait_ms = {} is too long: at most {MAX_ADMISSION_WAIT_MS} (a waiting \
+                 request holds its connection; 0 refuses at once)",
+                self.admission_wait_ms
+            )));
         }
         if self.db_writers == 0 || self.db_writers > self.db_pool_size {
             return Err(ConfigError::Invalid(format!(
@@ -642,6 +665,29 @@ mod tests {
             (defaults.max_in_flight, defaults.max_connections),
             (DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS)
         );
+    }
+
+    #[test]
+    fn the_admission_wait_is_bounded() {
+        let with = |v: &'static str| {
+            Config::load_with_env(None, move |k| {
+                (k == "PHONEHOME_ADMISSION_WAIT_MS").then(|| v.to_owned())
+            })
+        };
+        assert_eq!(with("0").expect("0 refuses at once").admission_wait_ms, 0);
+        assert_eq!(
+            with("10000").expect("the maximum").admission_wait_ms,
+            10_000
+        );
+        let e = with("10001").unwrap_err().to_string();
+        assert!(
+            e.contains("admission_wait_ms") && e.contains("10000"),
+            "{e}"
+        );
+        let e = with("-1").unwrap_err().to_string();
+        assert!(e.contains("PHONEHOME_ADMISSION_WAIT_MS"), "{e}");
+        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        assert_eq!(defaults.admission_wait_ms, DEFAULT_ADMISSION_WAIT_MS);
     }
 
     #[test]

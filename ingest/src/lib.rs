@@ -44,6 +44,8 @@ pub struct AppState {
     pub admission: Arc<tokio::sync::Semaphore>,
     /// Open connections on the report listener (handshaking or idle included).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for an admission slot before its 503.
+    pub admission_wait: std::time::Duration,
 }
 
 impl AppState {
@@ -58,7 +60,14 @@ impl AppState {
             max_body_bytes,
             admission: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_IN_FLIGHT)),
             connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
+            admission_wait: std::time::Duration::from_millis(config::DEFAULT_ADMISSION_WAIT_MS),
         }
+    }
+
+    /// Sets how long a request waits for an in-flight slot before it is refused (0: at once).
+    pub fn with_admission_wait(mut self, wait: std::time::Duration) -> Self {
+        self.admission_wait = wait;
+        self
     }
 
     /// Sets how many connections the report listener holds open at once (at least 1).

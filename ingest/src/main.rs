@@ -191,7 +191,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let state = AppState::new(storage, config.max_body_bytes)
         .with_max_in_flight(config.max_in_flight)
-        .with_max_connections(config.max_connections);
+        .with_max_connections(config.max_connections)
+        .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms));
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
     maintenance.abort();
     if let Some(silence) = silence {

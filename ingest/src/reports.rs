@@ -23,9 +23,6 @@ use crate::tls::{ApplianceIdentity, IdentityError};
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Result<ApplianceIdentity, IdentityError>);
 
-/// How long a request waits for an in-flight slot before it is refused with a 503.
-const ADMISSION_WAIT: Duration = Duration::from_secs(1);
-
 /// How long a client may take to send its body once the headers are in.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -40,7 +37,11 @@ pub async fn post_report(
     // and refusing it would waste that handshake and bring the client back for another. Past
     // the wait, a saturated ingest answers 503 and costs the client one round trip. The wait is
     // bounded, and so are the waiters (`max_connections`).
-    let permit = tokio::time::timeout(ADMISSION_WAIT, state.admission.clone().acquire_owned());
+    // A zero wait still takes a free slot: the timeout polls the acquire once first.
+    let permit = tokio::time::timeout(
+        state.admission_wait,
+        state.admission.clone().acquire_owned(),
+    );
     let Ok(Ok(_permit)) = permit.await else {
         state
             .metrics

@@ -134,6 +134,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: Option<u64>,
 
+    /// How long a report that finds every in-flight slot of the in-process ingest taken waits
+    /// for one before its 503 (its `admission_wait_ms`; 0 refuses at once).
+    #[arg(long, value_name = "MS", conflicts_with = "target",
+          default_value_t = phonehome_ingest::config::DEFAULT_ADMISSION_WAIT_MS,
+          value_parser = clap::value_parser!(u64).range(..=phonehome_ingest::config::MAX_ADMISSION_WAIT_MS))]
+    admission_wait_ms: u64,
+
     /// PostgreSQL pool size of the in-process ingest and of the ceiling (the ingest's default
     /// is 16).
     #[arg(long, default_value_t = 16, value_name = "K",

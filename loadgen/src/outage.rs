@@ -75,8 +75,11 @@ pub async fn run(
     let concurrency = cli.concurrency();
     let where_ = match &local {
         Some(l) => format!(
-            "in-process ingest on {} (max_in_flight {}, max_connections {})",
-            target.addr, l.gauge.admission.max_in_flight, l.gauge.admission.max_connections
+            "in-process ingest on {} (max_in_flight {}, max_connections {}, admission wait {} ms)",
+            target.addr,
+            l.gauge.admission.max_in_flight,
+            l.gauge.admission.max_connections,
+            l.gauge.admission.wait_ms
         ),
         None => format!("ingest at {}", target.addr),
     };

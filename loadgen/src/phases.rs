@@ -94,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             .map_or(phonehome_ingest::config::DEFAULT_MAX_CONNECTIONS, |v| {
                 v as usize
             }),
+        wait_ms: cli.admission_wait_ms,
     };
     let (target, local) = match (&cli.target, &pki.server) {
         (Some(url), _) => (setup::external_target(url).await?, None),

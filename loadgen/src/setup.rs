@@ -381,6 +381,8 @@ pub async fn connect(target: &Target, a: &Appliance) -> Result<TlsStream<TcpStre
 pub struct Admission {
     pub max_in_flight: usize,
     pub max_connections: usize,
+    /// How long a request waits for an in-flight slot before its 503.
+    pub wait_ms: u64,
 }
 
 /// How loaded the in-process ingest is, read from its own admission semaphores.
@@ -450,7 +452,8 @@ impl LocalIngest {
         let addr = reports.local_addr()?;
         let state = AppState::new(storage, DEFAULT_MAX_BODY_BYTES)
             .with_max_in_flight(admission.max_in_flight)
-            .with_max_connections(admission.max_connections);
+            .with_max_connections(admission.max_connections)
+            .with_admission_wait(std::time::Duration::from_millis(admission.wait_ms));
         let (in_flight, connections) = (state.admission.clone(), state.connections.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(phonehome_ingest::serve(reports, ops, tls, state, async {

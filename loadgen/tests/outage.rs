@@ -18,13 +18,14 @@ fn number_after(text: &str, label: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     let db = TestDb::new().await;
-    // The in-process ingest admits one report at a time, and a request waits at most a second
-    // for its turn, so 1,000 appliances calling at once queue for longer than that (it serves a
-    // few hundred a second; 200 no longer did once handshakes got cheaper): the later ones are
-    // turned away with 503 and must come back after the Retry-After the ingest chose.
-    // That wait is 15-45 s and cannot be shortened from outside the ingest (a shorter one would
-    // no longer be the path real collectors take), so this test takes about 45 s, up to 90 s
-    // when retries collide again: the price of exercising the retry path for real.
+    // The in-process ingest admits one report at a time, and a request waits at most 250 ms for
+    // its turn: 1,000 appliances calling at once cannot all be served in that time (that would
+    // take a commit every 0.25 ms, one at a time), so the later ones are turned away with 503
+    // and must come back after the Retry-After the ingest chose. With the default one-second
+    // wait, whether any is refused would depend on how fast this machine serves the queue.
+    // That Retry-After is 15-45 s and cannot be shortened from outside the ingest (a shorter one
+    // would no longer be the path real collectors take), so this test takes about 45 s, up to
+    // 90 s when retries collide again: the price of exercising the retry path for real.
     let run = common::run_ok(
         db.url(),
         &[
@@ -35,6 +36,8 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
             "2",
             "--max-in-flight",
             "1",
+            "--admission-wait-ms",
+            "250",
         ],
     )
     .await;
@@ -42,6 +45,7 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     let has = |needle: &str| run.has(needle);
     has("1000 appliances x 2 spooled reports = 2000 reports");
     has("max_in_flight 1,");
+    has("admission wait 250 ms");
     has("outage: drained in ");
     has("2000 of 2000 reports acknowledged");
     has("latency ms of the acknowledged posts");
