@@ -183,7 +183,7 @@ pub fn appliance_page(a: &ApplianceView, now: DateTime<Utc>) -> String {
         match a.collection_errors {
             0 => String::new(),
             n => format!(
-                " · <span class=\"degraded\">{n} part{} of the last report could not be collected</span>",
+                " · <span class=\"degraded\">{n} collection error{} in the last report</span>",
                 if n == 1 { "" } else { "s" }
             ),
         },
@@ -457,7 +457,7 @@ mod tests {
         );
         for shown in [
             "id=\"silent\"",
-            "2 parts of the last report could not be collected",
+            "2 collection errors in the last report",
             "<span class=\"unhealthy\">failing</span>",
             "pending sectors 8",
             "41 °C",

@@ -175,8 +175,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// Twice as many connections as reports may be in flight (and twice `max_in_flight` when only
-/// that is set). A request that finds every in-flight slot taken waits up to a second for one
-/// (`admission_wait_ms`) before it is refused with a 503, so the extra connections queue behind the busy ones rather
+/// that is set). A request that finds every in-flight slot taken waits up to a second
+/// (`admission_wait_ms`) for one before it is refused with a 503, so the extra connections queue behind the busy ones rather
 /// than each costing a TLS handshake (the expensive part of a report) and a refusal; the rest
 /// of a fleet calling at once waits in the kernel's accept backlog, which costs nothing
 /// (docs/benchmarks.md, outage drain). 512 slots of a connection lasting 300 ms over a slow WAN
@@ -185,8 +185,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 2 * DEFAULT_MAX_IN_FLIGHT;
 /// A handshaken connection is worth a short wait: refusing it wastes the handshake and brings
 /// the client back for another (docs/benchmarks.md, outage drain).
 pub const DEFAULT_ADMISSION_WAIT_MS: u64 = 1000;
-/// Longer than this and a waiting request would hold its connection past what a collector's
-/// timeout allows.
+/// A cap that keeps a waiting request well inside the collector's 30 s timeout, so a client hears
+/// "come back later" rather than nothing.
 pub const MAX_ADMISSION_WAIT_MS: u64 = 10_000;
 /// The contract refuses reports older than this anyway (`MAX_REPORT_AGE_DAYS`), so a longer
 /// retention would keep nothing more.

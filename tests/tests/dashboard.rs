@@ -28,9 +28,10 @@ fn section<'a>(html: &'a str, id: &str) -> &'a str {
         .find(&format!("id=\"{id}\""))
         .unwrap_or_else(|| panic!("no element with id {id:?} in:\n{html}"));
     let rest = &html[start..];
-    let end = rest
-        .find("</table>")
-        .or_else(|| rest.find("</p>"))
+    let end = ["</table>", "</p>"]
+        .iter()
+        .filter_map(|close| rest.find(close))
+        .min()
         .unwrap_or(rest.len());
     &rest[..end]
 }
@@ -158,6 +159,10 @@ async fn an_alerts_link_opens_the_appliances_page_with_what_its_reports_said() {
         events.contains("drive appeared"),
         "the NVMe drive fitted:\n{events}"
     );
+
+    // A path that is no serial at all (a NUL) is no appliance either, not a database error.
+    let nul = page(&ingest, "/appliances/SN%00").await;
+    assert_eq!(nul.status, 404, "{}", nul.body);
 
     // A serial that never reported: a 404 page that says so, not an empty page.
     let missing = page(&ingest, &appliance_link("", "SN <none>")).await;

@@ -457,7 +457,12 @@ impl FleetSource for Storage {
         &self,
         serial: &str,
     ) -> Result<Option<phonehome_dashboard::ApplianceView>, StorageError> {
-        // A day of history: the page shows current state and events, not the series.
+        // A path segment that is no serial (a NUL, a control character) names no appliance:
+        // a 404, not a query PostgreSQL would refuse. A day of history: the page shows the
+        // current state and events, not the series.
+        if phonehome_schema::Serial::parse(serial).is_err() {
+            return Ok(None);
+        }
         Ok(self
             .appliance_detail(serial, 1)
             .await?

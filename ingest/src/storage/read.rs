@@ -735,6 +735,9 @@ impl ApplianceDetail {
             });
         }
         events.sort_by_key(|e| std::cmp::Reverse(e.at));
+        let mut alerts = self.alerts;
+        // Firing first however old, then the resolved ones, newest first within each.
+        alerts.sort_by_key(|a| (a.state != "firing", std::cmp::Reverse(a.started_at)));
         d::ApplianceView {
             row: d::ApplianceRow {
                 serial: s.serial,
@@ -749,8 +752,7 @@ impl ApplianceDetail {
             collector_version: s.collector_version,
             silent: s.silent,
             collection_errors: s.collection_errors,
-            alerts: self
-                .alerts
+            alerts: alerts
                 .into_iter()
                 .map(|a| d::AlertView {
                     rule: a.rule,
