@@ -147,6 +147,48 @@ fn num(v: Option<i64>) -> String {
     v.map_or_else(|| "—".into(), |n| n.to_string())
 }
 
+/// One titled part of the appliance page.
+struct Section<'a> {
+    title: &'a str,
+    /// The id of the table, or of the paragraph that says there is nothing to show.
+    id: &'a str,
+    row_class: &'a str,
+    empty: &'a str,
+    headers: &'a [&'a str],
+}
+
+/// Writes `s` with its rows (cells already HTML, from [`td`] and [`td_num`]).
+fn section(body: &mut String, s: Section<'_>, rows: impl Iterator<Item = Vec<String>>) {
+    let _ = write!(body, "<h2>{}</h2>", s.title);
+    let mut rows = rows.peekable();
+    if rows.peek().is_none() {
+        let _ = write!(body, "<p id=\"{}\" class=\"muted\">{}</p>", s.id, s.empty);
+        return;
+    }
+    let _ = write!(body, "<table id=\"{}\"><thead><tr>", s.id);
+    for h in s.headers {
+        let _ = write!(body, "<th>{h}</th>");
+    }
+    body.push_str("</tr></thead><tbody>");
+    for cells in rows {
+        let _ = write!(
+            body,
+            "<tr class=\"{}\">{}</tr>",
+            s.row_class,
+            cells.concat()
+        );
+    }
+    body.push_str("</tbody></table>");
+}
+
+fn td(html: &str) -> String {
+    format!("<td>{html}</td>")
+}
+
+fn td_num(html: &str) -> String {
+    format!("<td class=\"num\">{html}</td>")
+}
+
 /// One appliance's page. Sections carry ids (`state`, `alerts`, `drives`, `filesystems`,
 /// `nics`, `events`) so that scripts and tests can find them.
 pub fn appliance_page(a: &ApplianceView, now: DateTime<Utc>) -> String {
@@ -190,147 +232,160 @@ pub fn appliance_page(a: &ApplianceView, now: DateTime<Utc>) -> String {
         r.report_count,
     );
 
-    body.push_str("<h2>Alerts</h2>");
-    if a.alerts.is_empty() {
-        body.push_str("<p id=\"alerts\" class=\"muted\">No alerts.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"alerts\"><thead><tr><th>State</th><th>Severity</th><th>Rule</th>\
-<th>Subject</th><th>Since</th><th>Summary</th></tr></thead><tbody>",
-        );
-        for al in &a.alerts {
-            let state = if al.state == "firing" {
-                "<span class=\"unhealthy\">firing</span>".to_owned()
-            } else {
-                let resolved = al
-                    .resolved_at
-                    .map(|t| format!(" {}", time(t, now)))
-                    .unwrap_or_default();
-                format!(
-                    "<span class=\"muted\">{}{resolved}</span>",
-                    escape(&al.state)
-                )
-            };
-            let _ = write!(
-                body,
-                "<tr class=\"alert\"><td>{state}</td><td>{}</td><td class=\"rule\">{}</td>\
-<td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&al.severity),
-                escape(&al.rule),
-                escape(&al.subject),
-                time(al.started_at, now),
-                escape(&al.summary),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
+    let alerts = a.alerts.iter().map(|al| {
+        let state = if al.state == "firing" {
+            "<span class=\"unhealthy\">firing</span>".to_owned()
+        } else {
+            let resolved = al
+                .resolved_at
+                .map(|t| format!(" {}", time(t, now)))
+                .unwrap_or_default();
+            format!(
+                "<span class=\"muted\">{}{resolved}</span>",
+                escape(&al.state)
+            )
+        };
+        vec![
+            td(&state),
+            td(&escape(&al.severity)),
+            format!("<td class=\"rule\">{}</td>", escape(&al.rule)),
+            td(&escape(&al.subject)),
+            td(&time(al.started_at, now)),
+            td(&escape(&al.summary)),
+        ]
+    });
+    section(
+        &mut body,
+        Section {
+            title: "Alerts",
+            id: "alerts",
+            row_class: "alert",
+            empty: "No alerts.",
+            headers: &["State", "Severity", "Rule", "Subject", "Since", "Summary"],
+        },
+        alerts,
+    );
 
-    body.push_str("<h2>Drives</h2>");
-    if a.drives.is_empty() {
-        body.push_str("<p id=\"drives\" class=\"muted\">No drives reported.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"drives\"><thead><tr><th>Device</th><th>Model</th><th>Serial</th>\
-<th>Health</th><th>Temperature</th><th>Power-on hours</th><th>Error counters</th>\
-<th>In this appliance since</th></tr></thead><tbody>",
-        );
-        for d in &a.drives {
-            let health = match (d.failing, d.health_passed) {
-                (true, _) => "<span class=\"unhealthy\">failing</span>",
-                (false, Some(false)) => "<span class=\"unhealthy\">SMART failed</span>",
-                (false, Some(true)) => "<span class=\"healthy\">passed</span>",
-                (false, None) => "<span class=\"unknown\">unknown</span>",
-            };
-            let counters = if d.counters.is_empty() {
-                "—".to_owned()
-            } else {
-                d.counters
-                    .iter()
-                    .map(|(name, n)| format!("{} {n}", escape(name)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = write!(
-                body,
-                "<tr class=\"drive\"><td>{}</td><td>{}</td><td class=\"drive-serial\">{}</td>\
-<td>{health}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{counters}</td><td>{}</td></tr>",
-                escape(&d.device_name),
-                opt(d.model.as_deref()),
-                opt(d.serial.as_deref()),
-                d.temperature_celsius
+    let drives = a.drives.iter().map(|d| {
+        let health = match (d.failing, d.health_passed) {
+            (true, _) => "<span class=\"unhealthy\">failing</span>",
+            (false, Some(false)) => "<span class=\"unhealthy\">SMART failed</span>",
+            (false, Some(true)) => "<span class=\"healthy\">passed</span>",
+            (false, None) => "<span class=\"unknown\">unknown</span>",
+        };
+        let counters = if d.counters.is_empty() {
+            "—".to_owned()
+        } else {
+            d.counters
+                .iter()
+                .map(|(name, n)| format!("{} {n}", escape(name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        vec![
+            td(&escape(&d.device_name)),
+            td(&opt(d.model.as_deref())),
+            format!(
+                "<td class=\"drive-serial\">{}</td>",
+                opt(d.serial.as_deref())
+            ),
+            td(health),
+            td_num(
+                &d.temperature_celsius
                     .map_or_else(|| "—".into(), |t| format!("{t} °C")),
-                num(d.power_on_hours),
-                time(d.since, now),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
+            ),
+            td_num(&num(d.power_on_hours)),
+            td(&counters),
+            td(&time(d.since, now)),
+        ]
+    });
+    section(
+        &mut body,
+        Section {
+            title: "Drives",
+            id: "drives",
+            row_class: "drive",
+            empty: "No drives reported.",
+            headers: &[
+                "Device",
+                "Model",
+                "Serial",
+                "Health",
+                "Temperature",
+                "Power-on hours",
+                "Error counters",
+                "In this appliance since",
+            ],
+        },
+        drives,
+    );
 
-    body.push_str("<h2>Filesystems</h2>");
-    if a.filesystems.is_empty() {
-        body.push_str("<p id=\"filesystems\" class=\"muted\">No filesystems reported.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"filesystems\"><thead><tr><th>Mount point</th><th>Used</th>\
-<th>Size</th><th>Use</th><th>Inodes use</th></tr></thead><tbody>",
-        );
-        for f in &a.filesystems {
-            let _ = write!(
-                body,
-                "<tr class=\"filesystem\"><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-<td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                escape(&f.mount_point),
-                bytes(f.bytes_used),
-                bytes(f.bytes_total),
-                percent(f.bytes_used, f.bytes_total),
-                percent(f.inodes_used, f.inodes_total),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
+    let filesystems = a.filesystems.iter().map(|f| {
+        vec![
+            td(&escape(&f.mount_point)),
+            td_num(&bytes(f.bytes_used)),
+            td_num(&bytes(f.bytes_total)),
+            td_num(&percent(f.bytes_used, f.bytes_total)),
+            td_num(&percent(f.inodes_used, f.inodes_total)),
+        ]
+    });
+    section(
+        &mut body,
+        Section {
+            title: "Filesystems",
+            id: "filesystems",
+            row_class: "filesystem",
+            empty: "No filesystems reported.",
+            headers: &["Mount point", "Used", "Size", "Use", "Inodes use"],
+        },
+        filesystems,
+    );
 
-    body.push_str("<h2>Network interfaces</h2>");
-    if a.nics.is_empty() {
-        body.push_str("<p id=\"nics\" class=\"muted\">No network interfaces reported.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"nics\"><thead><tr><th>Interface</th><th>Receive errors</th>\
-<th>Transmit errors</th><th>Receive drops</th><th>Transmit drops</th></tr></thead><tbody>",
-        );
-        for n in &a.nics {
-            let _ = write!(
-                body,
-                "<tr class=\"nic\"><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-<td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                escape(&n.name),
-                num(n.rx_errors),
-                num(n.tx_errors),
-                num(n.rx_dropped),
-                num(n.tx_dropped),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
+    let nics = a.nics.iter().map(|n| {
+        vec![
+            td(&escape(&n.name)),
+            td_num(&num(n.rx_errors)),
+            td_num(&num(n.tx_errors)),
+            td_num(&num(n.rx_dropped)),
+            td_num(&num(n.tx_dropped)),
+        ]
+    });
+    section(
+        &mut body,
+        Section {
+            title: "Network interfaces",
+            id: "nics",
+            row_class: "nic",
+            empty: "No network interfaces reported.",
+            headers: &[
+                "Interface",
+                "Receive errors",
+                "Transmit errors",
+                "Receive drops",
+                "Transmit drops",
+            ],
+        },
+        nics,
+    );
 
-    body.push_str("<h2>Changes</h2>");
-    if a.events.is_empty() {
-        body.push_str("<p id=\"events\" class=\"muted\">No changes recorded.</p>");
-    } else {
-        body.push_str(
-            "<table id=\"events\"><thead><tr><th>When</th><th>What</th><th>Detail</th></tr>\
-</thead><tbody>",
-        );
-        for e in &a.events {
-            let _ = write!(
-                body,
-                "<tr class=\"event\"><td>{}</td><td>{}</td><td>{}</td></tr>",
-                time(e.at, now),
-                escape(&e.kind),
-                escape(&e.detail),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
+    let events = a.events.iter().map(|e| {
+        vec![
+            td(&time(e.at, now)),
+            td(&escape(&e.kind)),
+            td(&escape(&e.detail)),
+        ]
+    });
+    section(
+        &mut body,
+        Section {
+            title: "Changes",
+            id: "events",
+            row_class: "event",
+            empty: "No changes recorded.",
+            headers: &["When", "What", "Detail"],
+        },
+        events,
+    );
     page(&title, &body)
 }
 

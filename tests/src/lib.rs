@@ -11,7 +11,24 @@ pub mod pki;
 
 pub use pg::{TestDb, report_copies};
 
+use phonehome_ingest::storage::{InsertOutcome, Storage};
+use phonehome_ingest::tls::ApplianceIdentity;
 use phonehome_schema::Report;
+
+/// Stores `r` through the ingest's storage layer, as the ingest would after the handshake with a
+/// certificate for its serial (every such certificate has the same fingerprint here), and says
+/// whether it was new.
+pub async fn store_report(storage: &Storage, r: &Report) -> InsertOutcome {
+    let identity = ApplianceIdentity {
+        serial: r.identity.serial.clone(),
+        cert_sha256: [7; 32],
+    };
+    let body = serde_json::to_string(r).expect("json");
+    storage
+        .insert_report(r, &identity, &body)
+        .await
+        .expect("report stored")
+}
 
 /// The contract's example report (`schema/examples/report.json`) for `serial`, with a fresh
 /// `report_id` and collected now, as a collector would send it today.

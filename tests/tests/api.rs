@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use phonehome_ingest::storage::{InsertOutcome, Storage};
-use phonehome_ingest::tls::ApplianceIdentity;
 use phonehome_schema::{AppStatus, Report};
 use phonehome_tests::TestDb;
 use phonehome_tests::bins::IngestProcess;
@@ -21,13 +20,6 @@ const ATA: &str = "wwn:0x5000c500a2b3c4d5";
 /// What identifies an alert in these checks: rule, serial, severity, state.
 type AlertKey = (String, String, String, String);
 type Expected<'a> = (&'a str, &'a str, &'a str, &'a str);
-
-fn identity(serial: &str) -> ApplianceIdentity {
-    ApplianceIdentity {
-        serial: serial.parse().expect("serial"),
-        cert_sha256: [7; 32],
-    }
-}
 
 /// The example report for `serial`, collected `days_ago` days and an hour before now (whole
 /// seconds, as a collector writes them), with no collection errors unless the test adds some.
@@ -53,13 +45,11 @@ fn report(serial: &str, days_ago: i64) -> Report {
 
 /// Stores `r` as the ingest would and returns the body exactly as sent.
 async fn store(storage: &Storage, r: &Report) -> String {
-    let body = serde_json::to_string(r).expect("json");
-    let outcome = storage
-        .insert_report(r, &identity(r.identity.serial.as_str()), &body)
-        .await
-        .expect("report stored");
-    assert_eq!(outcome, InsertOutcome::Stored);
-    body
+    assert_eq!(
+        phonehome_tests::store_report(storage, r).await,
+        InsertOutcome::Stored
+    );
+    serde_json::to_string(r).expect("json")
 }
 
 async fn api(ingest: &IngestProcess, path: &str) -> Response {

@@ -6,7 +6,6 @@
 use chrono::{Duration, SubsecRound, Utc};
 use phonehome_ingest::alertmanager::appliance_link;
 use phonehome_ingest::storage::{InsertOutcome, Storage};
-use phonehome_ingest::tls::ApplianceIdentity;
 use phonehome_tests::TestDb;
 use phonehome_tests::bins::IngestProcess;
 use phonehome_tests::client::{Response, get};
@@ -40,10 +39,6 @@ fn section<'a>(html: &'a str, id: &str) -> &'a str {
 async fn an_alerts_link_opens_the_appliances_page_with_what_its_reports_said() {
     let db = TestDb::new().await;
     let storage = Storage::connect(db.url(), 4).expect("storage");
-    let identity = ApplianceIdentity {
-        serial: SERIAL.parse().expect("serial"),
-        cert_sha256: [9; 32],
-    };
     // Three days: the NVMe drive is fitted on the second, the ATA drive's reallocated count
     // rises on the third (an alert), and the app is upgraded on the third.
     let example = phonehome_tests::example_report(SERIAL);
@@ -62,12 +57,10 @@ async fn an_alerts_link_opens_the_appliances_page_with_what_its_reports_said() {
         if days_ago == 0 {
             r.app.version = Some("4.3.0".into());
         }
-        let body = serde_json::to_string(&r).expect("json");
-        let outcome = storage
-            .insert_report(&r, &identity, &body)
-            .await
-            .expect("stored");
-        assert_eq!(outcome, InsertOutcome::Stored);
+        assert_eq!(
+            phonehome_tests::store_report(&storage, &r).await,
+            InsertOutcome::Stored
+        );
     }
 
     let pki = TestPki::new();

@@ -10,13 +10,6 @@ use phonehome_ingest::tls::ApplianceIdentity;
 use phonehome_schema::Report;
 use phonehome_tests::TestDb;
 
-fn identity(serial: &str) -> ApplianceIdentity {
-    ApplianceIdentity {
-        serial: serial.parse().expect("serial"),
-        cert_sha256: [7; 32],
-    }
-}
-
 /// The example report (real SMART captures: an ATA disk, an NVMe drive, a disk in standby) for
 /// `serial`, collected `days_ago` days before now.
 fn report(serial: &str, days_ago: i64) -> Report {
@@ -25,13 +18,7 @@ fn report(serial: &str, days_ago: i64) -> Report {
     r
 }
 
-async fn store(storage: &Storage, r: &Report) -> InsertOutcome {
-    let body = serde_json::to_string(r).expect("json");
-    storage
-        .insert_report(r, &identity(r.identity.serial.as_str()), &body)
-        .await
-        .expect("report stored")
-}
+use phonehome_tests::store_report as store;
 
 async fn rows(db: &TestDb, sql: &str) -> Vec<Vec<String>> {
     db.client()
