@@ -278,12 +278,22 @@ impl Default for NicErrors {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppOutdated {
+    /// On by default like every rule; it fires only once `minimum_version` is set.
     pub enabled: bool,
     /// Patch compliance: an app version below this fires. Unset: the rule is off.
     pub minimum_version: Option<String>,
+}
+
+impl Default for AppOutdated {
+    fn default() -> Self {
+        AppOutdated {
+            enabled: true,
+            minimum_version: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -856,6 +866,36 @@ mod tests {
             off.evaluate_report(&r, crate::storage::rows::drive_key)
                 .iter()
                 .all(|f| f.rule != "disk_temperature")
+        );
+    }
+
+    /// The example configuration says every rule is on by default: setting only the minimum
+    /// must be enough for patch compliance to fire.
+    #[test]
+    fn app_outdated_fires_once_a_minimum_is_set() {
+        let mut r: Report = serde_json::from_str(EXAMPLE).unwrap();
+        r.app.version = Some("4.2.9".into());
+        let unset = AlertsConfig::default();
+        assert!(
+            !unset.enabled("app_outdated"),
+            "no minimum: nothing to judge"
+        );
+        let config: AlertsConfig =
+            toml::from_str("[app_outdated]\nminimum_version = \"4.3.0\"\n").unwrap();
+        assert!(config.enabled("app_outdated"));
+        let fired: Vec<String> = config
+            .evaluate_report(&r, crate::storage::rows::drive_key)
+            .into_iter()
+            .filter(|f| f.rule == "app_outdated")
+            .map(|f| f.value)
+            .collect();
+        assert_eq!(fired.len(), 1, "app_outdated fires for 4.2.9 < 4.3.0");
+        r.app.version = Some("4.3.0".into());
+        assert!(
+            config
+                .evaluate_report(&r, crate::storage::rows::drive_key)
+                .iter()
+                .all(|f| f.rule != "app_outdated")
         );
     }
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a request that finds every in-flight slot taken waits for one before its 503.
     pub admission_wait_ms: u64,
+    /// How old the dashboard's and `/metrics`' fleet-wide counts may be (they scan every
+    /// appliance once, so they are shared and reused rather than computed per view).
+    pub dashboard_counts_max_age_secs: u64,
     /// Concurrent batch writers (each holds one database connection while it commits).
     pub db_writers: usize,
     /// Most reports committed in one transaction.
@@ -208,6 +211,7 @@ impl Default for Config {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             admission_wait_ms: DEFAULT_ADMISSION_WAIT_MS,
+            dashboard_counts_max_age_secs: crate::dashboard::DEFAULT_COUNTS_MAX_AGE.as_secs(),
             db_writers: 4,
             db_batch_max: 64,
             retention_days: DEFAULT_RETENTION_DAYS,
@@ -232,6 +236,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
     admission_wait_ms: Option<u64>,
+    dashboard_counts_max_age_secs: Option<u64>,
     db_writers: Option<usize>,
     db_batch_max: Option<usize>,
     retention_days: Option<u32>,
@@ -341,6 +346,9 @@ impl Config {
         if let Some(v) = f.admission_wait_ms {
             self.admission_wait_ms = v;
         }
+        if let Some(v) = f.dashboard_counts_max_age_secs {
+            self.dashboard_counts_max_age_secs = v;
+        }
         if let Some(v) = f.db_writers {
             self.db_writers = v;
         }
@@ -407,6 +415,10 @@ impl Config {
         }
         if let Some(v) = env("PHONEHOME_ADMISSION_WAIT_MS") {
             self.admission_wait_ms = parsed("PHONEHOME_ADMISSION_WAIT_MS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS") {
+            self.dashboard_counts_max_age_secs =
+                parsed("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS", v)?;
         }
         if let Some(v) = env("PHONEHOME_DB_WRITERS") {
             self.db_writers = parsed("PHONEHOME_DB_WRITERS", v)?;

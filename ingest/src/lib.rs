@@ -8,6 +8,7 @@ pub mod alertmanager;
 pub mod alerts;
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod metrics;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// How long a request waits for an admission slot before its 503.
     pub admission_wait: std::time::Duration,
+    /// The dashboard's view of the fleet, whose counts `/metrics` shares.
+    pub dashboard: dashboard::DashboardSource,
 }
 
 impl AppState {
@@ -55,6 +58,10 @@ impl AppState {
             .max_in_flight
             .set(i64::try_from(config::DEFAULT_MAX_IN_FLIGHT).unwrap_or(i64::MAX));
         AppState {
+            dashboard: dashboard::DashboardSource::new(
+                storage.clone(),
+                dashboard::DEFAULT_COUNTS_MAX_AGE,
+            ),
             storage,
             metrics: Arc::new(metrics),
             max_body_bytes,
@@ -62,6 +69,13 @@ impl AppState {
             connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
             admission_wait: std::time::Duration::from_millis(config::DEFAULT_ADMISSION_WAIT_MS),
         }
+    }
+
+    /// Sets how old the fleet-wide counts on the dashboard and `/metrics` may be (0: fresh
+    /// for every view).
+    pub fn with_counts_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.dashboard = dashboard::DashboardSource::new(self.storage.clone(), max_age);
+        self
     }
 
     /// Sets how long a request waits for an in-flight slot before it is refused (0: at once).
@@ -104,7 +118,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state.clone())
         .merge(api::router(state.clone()))
-        .merge(phonehome_dashboard::router(state.storage))
+        .merge(phonehome_dashboard::router(state.dashboard))
 }
 
 /// Every answer of the report API is JSON, a wrong path included.
@@ -148,9 +162,13 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let silent_hours = state.storage.settings().alerts.appliance_silent.hours;
-    match state.storage.fleet_snapshot(silent_hours).await {
-        Ok(s) => state.metrics.set_fleet(&s),
+    let read = async {
+        let counts = state.dashboard.fleet_counts().await?;
+        let maintenance = state.storage.maintenance_last_success().await?;
+        Ok::<_, storage::StorageError>((counts, maintenance))
+    };
+    match read.await {
+        Ok((counts, maintenance)) => state.metrics.set_fleet(&counts, maintenance),
         // The ingest's own counters are still worth a scrape; the fleet gauges keep their last
         // values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the fleet's numbers"),

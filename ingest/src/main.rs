@@ -192,7 +192,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(storage, config.max_body_bytes)
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections(config.max_connections)
-        .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms));
+        .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms))
+        .with_counts_max_age(std::time::Duration::from_secs(
+            config.dashboard_counts_max_age_secs,
+        ));
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
     maintenance.abort();
     if let Some(silence) = silence {

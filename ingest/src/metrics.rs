@@ -5,7 +5,11 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::storage::fleet::FleetSnapshot;
+use crate::storage::dashboard::FleetCounts;
+
+/// App versions exported as their own series; the rest are summed under `version="other"`, so a
+/// fleet with thousands of builds (or hostile version strings) keeps `/metrics` small.
+const VERSION_SERIES: usize = 20;
 
 /// Every metric the ingest exports about itself.
 #[derive(Debug, Clone)]
@@ -33,9 +37,9 @@ pub struct Metrics {
     pub appliances_silent: IntGauge,
     pub disks_failing: IntGauge,
     pub alerts_firing: IntGaugeVec,
-    /// One series per firing alert: the only per-appliance series, so cardinality follows
-    /// trouble, not fleet size.
-    pub alert_firing: IntGaugeVec,
+    /// Appliances by their worst firing severity. Nothing here is per appliance: a fleet of
+    /// 100,000 has the same series as a fleet of ten (per-appliance alerts go to Alertmanager).
+    pub appliances_by_health: IntGaugeVec,
     pub maintenance_last_success: Gauge,
 }
 
@@ -110,17 +114,17 @@ impl Metrics {
         );
         let disks_failing = gauge(
             "phonehome_disks_failing",
-            "Drives failing in their appliance's newest report.",
+            "Drives named by a firing disk_failing alert (the ingest's verdict).",
         );
         let alerts_firing = gauge_vec(
             "phonehome_alerts_firing",
             "Firing alerts by rule and severity.",
             &["rule", "severity"],
         );
-        let alert_firing = gauge_vec(
-            "phonehome_alert_firing",
-            "1 for each firing alert (at most 10,000 series).",
-            &["rule", "serial", "subject", "severity"],
+        let appliances_by_health = gauge_vec(
+            "phonehome_appliances_by_health",
+            "Appliances by the worst severity among their firing alerts (ok: none).",
+            &["health"],
         );
         let maintenance_last_success = Gauge::new(
             "phonehome_maintenance_last_success_timestamp_seconds",
@@ -134,7 +138,7 @@ impl Metrics {
             Box::new(appliances_silent.clone()),
             Box::new(disks_failing.clone()),
             Box::new(alerts_firing.clone()),
-            Box::new(alert_firing.clone()),
+            Box::new(appliances_by_health.clone()),
             Box::new(maintenance_last_success.clone()),
             Box::new(reports.clone()),
             Box::new(report_bytes.clone()),
@@ -162,7 +166,7 @@ impl Metrics {
             appliances_silent,
             disks_failing,
             alerts_firing,
-            alert_firing,
+            appliances_by_health,
             maintenance_last_success,
         }
     }
@@ -172,28 +176,50 @@ impl Metrics {
         &self.registry
     }
 
-    /// Replaces the fleet gauges with `s`; label sets that vanished (an alert resolved, a
-    /// version no longer run) vanish from the output too.
-    pub fn set_fleet(&self, s: &FleetSnapshot) {
-        self.appliances.set(s.appliances);
-        self.appliances_silent.set(s.silent);
-        self.disks_failing.set(s.failing_disks);
+    /// Replaces the fleet gauges with `c`; label sets that vanished (a version no longer run)
+    /// vanish from the output too.
+    pub fn set_fleet(&self, c: &FleetCounts, maintenance_last_success: Option<f64>) {
+        self.appliances.set(c.appliances);
+        self.appliances_silent.set(c.silent);
+        self.disks_failing.set(c.failing_drives);
         self.appliances_by_status.reset();
         for status in ["healthy", "degraded", "unhealthy", "unknown"] {
             self.appliances_by_status
                 .with_label_values(&[status])
                 .set(0);
         }
-        for (status, n) in &s.by_status {
+        for (status, n) in &c.by_status {
             self.appliances_by_status
                 .with_label_values(&[status])
                 .set(*n);
         }
         self.appliances_by_app_version.reset();
-        for (version, n) in &s.by_app_version {
-            self.appliances_by_app_version
-                .with_label_values(&[version])
-                .set(*n);
+        if let Some((_, versions)) = c.versions.iter().find(|(comp, _)| *comp == "app") {
+            for (version, n, _) in versions.iter().take(VERSION_SERIES) {
+                self.appliances_by_app_version
+                    .with_label_values(&[version])
+                    .set(*n);
+            }
+            let other = versions
+                .iter()
+                .skip(VERSION_SERIES)
+                .fold(0i64, |sum, v| sum.saturating_add(v.1));
+            if other > 0 {
+                self.appliances_by_app_version
+                    .with_label_values(&["other"])
+                    .set(other);
+            }
+        }
+        self.appliances_by_health.reset();
+        for h in phonehome_dashboard::Health::ALL {
+            let n = c
+                .by_health
+                .iter()
+                .filter(|(x, _)| *x == h)
+                .fold(0i64, |sum, (_, n)| sum.saturating_add(*n));
+            self.appliances_by_health
+                .with_label_values(&[h.as_str()])
+                .set(n);
         }
         self.alerts_firing.reset();
         for rule in crate::alerts::RULES {
@@ -203,18 +229,12 @@ impl Metrics {
                     .set(0);
             }
         }
-        for (rule, severity, n) in &s.alerts_firing {
+        for (rule, severity, n, _) in &c.alerts {
             self.alerts_firing
-                .with_label_values(&[rule, severity])
+                .with_label_values(&[rule, severity.as_str()])
                 .set(*n);
         }
-        self.alert_firing.reset();
-        for (rule, serial, subject, severity) in &s.firing {
-            self.alert_firing
-                .with_label_values(&[rule, serial, subject, severity])
-                .set(1);
-        }
-        if let Some(t) = s.maintenance_last_success {
+        if let Some(t) = maintenance_last_success {
             self.maintenance_last_success.set(t);
         }
     }

@@ -42,6 +42,11 @@ pub const ALL: &[Migration] = &[
         name: "row_packing",
         sql: include_str!("../migrations/0006_row_packing.sql"),
     },
+    Migration {
+        version: 7,
+        name: "dashboard",
+        sql: include_str!("../migrations/0007_dashboard.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -495,7 +495,8 @@ async fn certificate_ids<'a>(
 
 /// Ids of every drive in the stored reports (and of those the appliances' kept states name),
 /// creating the drives not seen before. A drive its appliance already reported has its id in
-/// the kept state, so in steady state this asks PostgreSQL nothing.
+/// the kept state; in steady state one statement compares the drives' firmware, protocol and
+/// capacity with what PostgreSQL holds and writes nothing.
 async fn drive_ids(
     tx: &Transaction<'_>,
     batch: &[&PreparedReport],
@@ -508,53 +509,97 @@ async fn drive_ids(
         .flat_map(RuleState::drive_ids)
         .map(|(k, id)| (k.to_owned(), id))
         .collect();
-    let mut drives: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
+    // Every drive in the stored reports, as its newest report here describes it.
+    let mut newest: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
     for &i in stored {
         for d in &batch[i].drives {
-            if !known.contains_key(&d.key) {
-                drives
-                    .entry(d.key.as_str())
-                    .or_insert((d, batch[i].collected_at));
+            let at = batch[i].collected_at;
+            match newest.get(d.key.as_str()) {
+                Some((_, seen)) if *seen >= at => {}
+                _ => {
+                    newest.insert(d.key.as_str(), (d, at));
+                }
             }
         }
     }
-    if drives.is_empty() {
-        return Ok(known);
-    }
-    let keys: Vec<&str> = drives.keys().copied().collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO drives (drive_key, model, serial, wwn, first_seen_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                  $5::timestamptz[])
-             ON CONFLICT (drive_key) DO NOTHING",
+    let drives: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = newest
+        .iter()
+        .filter(|(k, _)| !known.contains_key(**k))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    if !drives.is_empty() {
+        let keys: Vec<&str> = drives.keys().copied().collect();
+        let rows: Vec<&super::rows::DriveRow> = drives.values().map(|(d, _)| *d).collect();
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO drives (drive_key, model, serial, wwn, first_seen_at, firmware,
+                     protocol, capacity_bytes)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                      $5::timestamptz[], $6::text[], $7::text[], $8::bigint[])
+                 ON CONFLICT (drive_key) DO NOTHING",
+            )
+            .await?;
+        tx.execute(
+            &insert,
+            &[
+                &keys,
+                &rows.iter().map(|d| d.model.as_deref()).collect::<Vec<_>>(),
+                &rows.iter().map(|d| d.serial.as_deref()).collect::<Vec<_>>(),
+                &rows.iter().map(|d| d.wwn.as_deref()).collect::<Vec<_>>(),
+                &drives.values().map(|(_, at)| *at).collect::<Vec<_>>(),
+                &rows
+                    .iter()
+                    .map(|d| d.firmware.as_deref())
+                    .collect::<Vec<_>>(),
+                &rows
+                    .iter()
+                    .map(|d| d.protocol.as_deref())
+                    .collect::<Vec<_>>(),
+                &rows.iter().map(|d| d.capacity_bytes).collect::<Vec<_>>(),
+            ],
         )
         .await?;
-    tx.execute(
-        &insert,
-        &[
-            &keys,
-            &drives
-                .values()
-                .map(|(d, _)| d.model.as_deref())
-                .collect::<Vec<_>>(),
-            &drives
-                .values()
-                .map(|(d, _)| d.serial.as_deref())
-                .collect::<Vec<_>>(),
-            &drives
-                .values()
-                .map(|(d, _)| d.wwn.as_deref())
-                .collect::<Vec<_>>(),
-            &drives.values().map(|(_, at)| *at).collect::<Vec<_>>(),
-        ],
-    )
-    .await?;
-    let select = tx
-        .prepare_cached("SELECT drive_key, id FROM drives WHERE drive_key = ANY($1)")
+        let select = tx
+            .prepare_cached("SELECT drive_key, id FROM drives WHERE drive_key = ANY($1)")
+            .await?;
+        for r in tx.query(&select, &[&keys]).await? {
+            known.insert(r.get(0), r.get(1));
+        }
+    }
+    // A firmware update (or a drive first written before these columns existed) is news for the
+    // drive list; a drive that did not change is read and not written.
+    let (ids, rows): (Vec<i32>, Vec<&super::rows::DriveRow>) = newest
+        .iter()
+        .filter_map(|(k, (d, _))| known.get(*k).map(|id| (*id, *d)))
+        .unzip();
+    if !ids.is_empty() {
+        let update = tx
+            .prepare_cached(
+                "UPDATE drives d SET firmware = u.firmware, protocol = u.protocol,
+                     capacity_bytes = u.capacity
+                 FROM unnest($1::int[], $2::text[], $3::text[], $4::bigint[])
+                     AS u(id, firmware, protocol, capacity)
+                 WHERE d.id = u.id
+                   AND (d.firmware, d.protocol, d.capacity_bytes)
+                       IS DISTINCT FROM (u.firmware, u.protocol, u.capacity)",
+            )
+            .await?;
+        tx.execute(
+            &update,
+            &[
+                &ids,
+                &rows
+                    .iter()
+                    .map(|d| d.firmware.as_deref())
+                    .collect::<Vec<_>>(),
+                &rows
+                    .iter()
+                    .map(|d| d.protocol.as_deref())
+                    .collect::<Vec<_>>(),
+                &rows.iter().map(|d| d.capacity_bytes).collect::<Vec<_>>(),
+            ],
+        )
         .await?;
-    for r in tx.query(&select, &[&keys]).await? {
-        known.insert(r.get(0), r.get(1));
     }
     Ok(known)
 }

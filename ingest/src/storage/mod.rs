@@ -3,6 +3,7 @@
 
 mod alerts;
 mod batch;
+pub mod dashboard;
 pub mod evidence;
 pub mod fleet;
 mod legacy;
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use phonehome_dashboard::{ApplianceRow, FleetSource};
 use phonehome_schema::{Report, migrations};
 use tokio_postgres::NoTls;
 
@@ -290,8 +290,18 @@ impl Storage {
         let Some(row) = row else {
             return Ok(None);
         };
-        let body: Vec<u8> = row.get(0);
-        let dictionary: Option<i16> = row.get(1);
+        self.decompress_body(row.get(0), row.get(1))
+            .await
+            .map_err(|e| StorageError::Config(format!("report {report_id} of {serial}: {e}")))
+    }
+
+    /// A kept report body as JSON text, loading its dictionary first if this process has not
+    /// seen it (another replica may have trained it).
+    pub(crate) async fn decompress_body(
+        &self,
+        body: Vec<u8>,
+        dictionary: Option<i16>,
+    ) -> Result<Option<String>, StorageError> {
         if let Some(id) = dictionary {
             if !self.core.codec.knows(id) {
                 self.load_dictionaries().await?;
@@ -301,7 +311,7 @@ impl Storage {
             .codec
             .decompress(&body, dictionary)
             .map(Some)
-            .map_err(|e| StorageError::Config(format!("report {report_id} of {serial}: {e}")))
+            .map_err(|e| StorageError::Config(e.to_string()))
     }
 
     /// Loads dictionaries this process has not seen yet (another replica may have trained one).
@@ -327,40 +337,6 @@ impl Storage {
             );
         }
         Ok(())
-    }
-
-    /// Every appliance's current state, most recently heard from first.
-    pub async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
-        let client = self.core.pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT serial, hostname, last_report_at, app_version, app_status,
-                        os_pretty_name, report_count
-                 FROM appliances ORDER BY last_report_at DESC, serial LIMIT $1",
-                &[&limit],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| ApplianceRow {
-                serial: r.get(0),
-                hostname: r.get(1),
-                last_report_at: r.get(2),
-                app_version: r.get(3),
-                app_status: r.get(4),
-                os: r.get(5),
-                report_count: r.get(6),
-            })
-            .collect())
-    }
-
-    /// Number of appliances that have ever reported.
-    pub async fn appliance_count(&self) -> Result<i64, StorageError> {
-        let client = self.core.pool.get().await?;
-        Ok(client
-            .query_one("SELECT count(*) FROM appliances", &[])
-            .await?
-            .get(0))
     }
 
     /// Succeeds when PostgreSQL answers a query.
@@ -439,34 +415,6 @@ impl Core {
         let outcomes = batch::write(&tx, reports, &self.alerts).await?;
         tx.commit().await?;
         Ok(outcomes)
-    }
-}
-
-impl FleetSource for Storage {
-    type Error = StorageError;
-
-    async fn appliances(&self, limit: i64) -> Result<Vec<ApplianceRow>, StorageError> {
-        Storage::appliances(self, limit).await
-    }
-
-    async fn fleet_size(&self) -> Result<i64, StorageError> {
-        self.appliance_count().await
-    }
-
-    async fn appliance(
-        &self,
-        serial: &str,
-    ) -> Result<Option<phonehome_dashboard::ApplianceView>, StorageError> {
-        // A path segment that is no serial (a NUL, a control character) names no appliance:
-        // a 404, not a query PostgreSQL would refuse. A day of history: the page shows the
-        // current state and events, not the series.
-        if phonehome_schema::Serial::parse(serial).is_err() {
-            return Ok(None);
-        }
-        Ok(self
-            .appliance_detail(serial, 1)
-            .await?
-            .map(read::ApplianceDetail::into_view))
     }
 }
 

@@ -26,25 +26,6 @@ pub struct Alert {
     pub summary: String,
 }
 
-/// Which alerts to list. `None` matches everything; the caller has checked the values.
-#[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
-    pub state: Option<String>,
-    pub rule: Option<String>,
-    pub severity: Option<String>,
-    pub serial: Option<String>,
-    /// Only alerts with a smaller id (the `next` of the previous page).
-    pub before_id: Option<i64>,
-    pub limit: i64,
-}
-
-/// A page of alerts, newest first; `next` is the `before_id` of the following page.
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertPage {
-    pub alerts: Vec<Alert>,
-    pub next: Option<i64>,
-}
-
 /// An appliance's current state (the `appliances` row) with what the API derives from it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplianceState {
@@ -67,23 +48,8 @@ pub struct ApplianceState {
     /// No report received for longer than the `appliance_silent` threshold.
     pub silent: bool,
     pub firing_alerts: i64,
-}
-
-/// Which appliances to list, ordered by serial.
-#[derive(Debug, Clone, Default)]
-pub struct ApplianceFilter {
-    /// The application status of the newest report.
-    pub status: Option<String>,
-    /// Only serials after this one (the `next` of the previous page).
-    pub after: Option<String>,
-    pub limit: i64,
-}
-
-/// A page of appliances; `next` is the `after` of the following page.
-#[derive(Debug, Clone, Serialize)]
-pub struct AppliancePage {
-    pub appliances: Vec<ApplianceState>,
-    pub next: Option<String>,
+    /// The worst severity among its firing alerts.
+    pub health: phonehome_dashboard::Health,
 }
 
 /// One drive sample: what one report said about one drive.
@@ -107,7 +73,7 @@ pub struct DriveReading {
 }
 
 /// The sample columns [`DriveReading::from_row`] reads, in its order, for a `drive_samples s`.
-const DRIVE_READING: &str = "s.collected_at, s.temperature_celsius, s.power_on_hours,
+pub(super) const DRIVE_READING: &str = "s.collected_at, s.temperature_celsius, s.power_on_hours,
     s.health_passed, s.failing, s.reallocated_sectors, s.pending_sectors,
     s.offline_uncorrectable, s.crc_errors, s.nvme_critical_warning, s.nvme_percentage_used,
     s.nvme_available_spare, s.nvme_media_errors, s.scsi_grown_defects, s.scsi_uncorrected";
@@ -115,7 +81,7 @@ const DRIVE_READING: &str = "s.collected_at, s.temperature_celsius, s.power_on_h
 impl DriveReading {
     /// Reads [`DRIVE_READING`] starting at column `at`; `None` when the sample is absent (a
     /// left join found none).
-    fn from_row(row: &Row, at: usize) -> Option<Self> {
+    pub(super) fn from_row(row: &Row, at: usize) -> Option<Self> {
         let collected_at: Option<DateTime<Utc>> = row.get(at);
         Some(DriveReading {
             collected_at: collected_at?,
@@ -306,7 +272,8 @@ const STATE_COLUMNS: &str = "a.id, a.serial, a.hostname, a.last_report_at, a.las
     a.app_version, a.app_status, a.os_pretty_name, a.kernel, a.collector_version, a.report_count,
     a.drive_count, a.failing_drive_count, a.filesystem_count, a.nic_count, a.collection_errors,
     a.dropped_reports, a.last_report_at < $1,
-    (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing')";
+    (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing'),
+    a.health";
 
 fn appliance_state(row: &Row) -> ApplianceState {
     ApplianceState {
@@ -328,6 +295,7 @@ fn appliance_state(row: &Row) -> ApplianceState {
         dropped_reports: row.get(16),
         silent: row.get(17),
         firing_alerts: row.get(18),
+        health: phonehome_dashboard::Health::from_rank(row.get(19)),
     }
 }
 
@@ -370,73 +338,6 @@ impl Storage {
     /// When an appliance last heard from before this counts as silent.
     fn silent_before(&self) -> DateTime<Utc> {
         Utc::now() - Duration::hours(i64::from(self.settings.alerts.appliance_silent.hours))
-    }
-
-    /// Alerts matching `filter`, newest first, by keyset on the id.
-    pub async fn alerts_page(&self, filter: &AlertFilter) -> Result<AlertPage, StorageError> {
-        let client = self.pool().get().await?;
-        // One more than asked tells whether a next page exists without counting.
-        let fetch = filter.limit.max(1) + 1;
-        // Each statement is prepared afresh, so PostgreSQL plans it with the values bound and
-        // the `IS NULL` arms of absent filters fold away.
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {ALERT_COLUMNS}
-                     FROM alerts al JOIN appliances a ON a.id = al.appliance_id
-                     WHERE ($1::text IS NULL OR al.state = $1)
-                       AND ($2::text IS NULL OR al.rule = $2)
-                       AND ($3::text IS NULL OR al.severity = $3)
-                       AND ($4::text IS NULL OR a.serial = $4)
-                       AND ($5::bigint IS NULL OR al.id < $5)
-                     ORDER BY al.id DESC LIMIT $6"
-                ),
-                &[
-                    &filter.state,
-                    &filter.rule,
-                    &filter.severity,
-                    &filter.serial,
-                    &filter.before_id,
-                    &fetch,
-                ],
-            )
-            .await?;
-        let mut alerts: Vec<Alert> = rows.iter().map(alert).collect();
-        let next = if alerts.len() as i64 > filter.limit.max(1) {
-            alerts.truncate(filter.limit.max(1) as usize);
-            alerts.last().map(|a| a.id)
-        } else {
-            None
-        };
-        Ok(AlertPage { alerts, next })
-    }
-
-    /// Appliances' current state matching `filter`, ordered by serial, by keyset on it.
-    pub async fn appliances_page(
-        &self,
-        filter: &ApplianceFilter,
-    ) -> Result<AppliancePage, StorageError> {
-        let client = self.pool().get().await?;
-        let fetch = filter.limit.max(1) + 1;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT {STATE_COLUMNS} FROM appliances a
-                     WHERE ($2::text IS NULL OR a.app_status = $2)
-                       AND ($3::text IS NULL OR a.serial > $3)
-                     ORDER BY a.serial LIMIT $4"
-                ),
-                &[&self.silent_before(), &filter.status, &filter.after, &fetch],
-            )
-            .await?;
-        let mut appliances: Vec<ApplianceState> = rows.iter().map(appliance_state).collect();
-        let next = if appliances.len() as i64 > filter.limit.max(1) {
-            appliances.truncate(filter.limit.max(1) as usize);
-            appliances.last().map(|a| a.serial.clone())
-        } else {
-            None
-        };
-        Ok(AppliancePage { appliances, next })
     }
 
     /// One appliance with the last `days` days of history; `None` when the serial never
@@ -696,74 +597,120 @@ impl ApplianceDetail {
         for v in self.versions {
             events.push(d::EventView {
                 at: v.changed_at,
-                kind: format!("{} version", v.component),
-                detail: format!(
-                    "{} → {}",
-                    v.old_version.as_deref().unwrap_or("none"),
-                    v.new_version.as_deref().unwrap_or("none")
-                ),
+                kind: d::EventKind::Version(v.component),
+                old: v.old_version,
+                new: v.new_version,
+                other: None,
             });
         }
         for e in self.drive_events {
-            let from = e
-                .from_serial
-                .map(|f| format!(" from appliance {f}"))
-                .unwrap_or_default();
             events.push(d::EventView {
                 at: e.at,
-                kind: format!("drive {}", e.kind),
-                detail: format!("{} ({}){from}", e.drive_key, e.device_name),
+                kind: d::EventKind::Drive(e.kind),
+                old: e.from_serial,
+                new: Some(e.device_name),
+                other: Some(e.drive_key),
             });
         }
         for e in self.identity_events {
-            let kind = match e.kind.as_str() {
-                "system_uuid_changed" => "system UUID changed".to_owned(),
-                "machine_id_changed" => "machine-id changed".to_owned(),
-                "system_uuid_shared" => "system UUID shared".to_owned(),
-                "machine_id_shared" => "machine-id shared".to_owned(),
-                other => other.replace('_', " "),
-            };
-            let detail = match (&e.old_value, &e.other_serial) {
-                (Some(old), _) => format!("{old} → {}", e.new_value),
-                (None, Some(other)) => format!("{} also reported by {other}", e.new_value),
-                (None, None) => e.new_value.clone(),
-            };
             events.push(d::EventView {
                 at: e.detected_at,
-                kind,
-                detail,
+                kind: d::EventKind::Identity(e.kind),
+                old: e.old_value,
+                new: Some(e.new_value),
+                other: e.other_serial,
             });
         }
         events.sort_by_key(|e| std::cmp::Reverse(e.at));
-        let mut alerts = self.alerts;
-        // Firing first however old, then the resolved ones, newest first within each.
-        alerts.sort_by_key(|a| (a.state != "firing", std::cmp::Reverse(a.started_at)));
+        let mut alerts: Vec<d::AlertRow> = self
+            .alerts
+            .into_iter()
+            .map(|a| d::AlertRow {
+                id: a.id,
+                severity: d::Severity::parse(&a.severity).unwrap_or(d::Severity::Critical),
+                rule: a.rule,
+                serial: a.serial,
+                subject: a.subject,
+                state: a.state,
+                started_at: a.started_at,
+                resolved_at: a.resolved_at,
+                value: a.value,
+                summary: a.summary,
+            })
+            .collect();
+        // Firing first, most severe first, however old; then the resolved ones, newest first.
+        alerts.sort_by_key(|a| {
+            let firing = a.state == "firing";
+            (
+                !firing,
+                if firing { a.severity.order() } else { 0 },
+                std::cmp::Reverse(a.started_at),
+            )
+        });
+        let history = d::ApplianceHistory {
+            drives: self
+                .history
+                .drives
+                .into_iter()
+                .map(|series| {
+                    let points = series.samples.iter().map(drive_point).collect();
+                    (series.drive_key, points)
+                })
+                .collect(),
+            filesystems: self
+                .history
+                .filesystems
+                .into_iter()
+                .map(|f| {
+                    let points = f
+                        .samples
+                        .iter()
+                        .map(|p| (p.collected_at, p.bytes_used, p.bytes_total))
+                        .collect();
+                    (f.mount_point, points)
+                })
+                .collect(),
+            nics: self
+                .history
+                .nics
+                .into_iter()
+                .map(|n| {
+                    let points = n
+                        .samples
+                        .iter()
+                        .map(|p| {
+                            let sum = |a: Option<i64>, b: Option<i64>| {
+                                a.unwrap_or(0).saturating_add(b.unwrap_or(0))
+                            };
+                            (
+                                p.collected_at,
+                                sum(p.rx_errors, p.tx_errors),
+                                sum(p.rx_dropped, p.tx_dropped),
+                            )
+                        })
+                        .collect();
+                    (n.name, points)
+                })
+                .collect(),
+        };
         d::ApplianceView {
             row: d::ApplianceRow {
                 serial: s.serial,
                 hostname: s.hostname,
                 last_report_at: s.last_report_at,
-                app_version: s.app_version,
+                silent: s.silent,
+                health: s.health,
+                firing_alerts: s.firing_alerts,
+                failing_drives: s.failing_drive_count,
                 app_status: s.app_status,
+                app_version: s.app_version,
                 os: s.os,
                 report_count: s.report_count,
             },
             kernel: s.kernel,
             collector_version: s.collector_version,
-            silent: s.silent,
             collection_errors: s.collection_errors,
-            alerts: alerts
-                .into_iter()
-                .map(|a| d::AlertView {
-                    rule: a.rule,
-                    subject: a.subject,
-                    severity: a.severity,
-                    state: a.state,
-                    started_at: a.started_at,
-                    resolved_at: a.resolved_at,
-                    summary: a.summary,
-                })
-                .collect(),
+            alerts,
             drives: self.drives.into_iter().map(drive_view).collect(),
             filesystems: self
                 .filesystems
@@ -788,7 +735,32 @@ impl ApplianceDetail {
                 })
                 .collect(),
             events,
+            days: self.history.days,
+            history,
         }
+    }
+}
+
+/// A stored reading as a chart point: temperature and the counters it carries.
+pub(super) fn drive_point(r: &DriveReading) -> phonehome_dashboard::DrivePoint {
+    let names = phonehome_dashboard::DRIVE_COUNTERS;
+    let counters = [
+        (names[0], r.reallocated_sectors.map(i64::from)),
+        (names[1], r.pending_sectors.map(i64::from)),
+        (names[2], r.offline_uncorrectable.map(i64::from)),
+        (names[3], r.crc_errors.map(i64::from)),
+        (names[4], r.nvme_media_errors),
+        (names[5], r.nvme_critical_warning.map(i64::from)),
+        (names[6], r.scsi_grown_defects),
+        (names[7], r.scsi_uncorrected),
+    ];
+    phonehome_dashboard::DrivePoint {
+        at: r.collected_at,
+        temperature_celsius: r.temperature_celsius.map(i64::from),
+        counters: counters
+            .into_iter()
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .collect(),
     }
 }
 
@@ -797,28 +769,16 @@ fn drive_view(c: CurrentDrive) -> phonehome_dashboard::DriveView {
     let counters = latest
         .as_ref()
         .map(|r| {
-            [
-                ("reallocated sectors", r.reallocated_sectors.map(i64::from)),
-                ("pending sectors", r.pending_sectors.map(i64::from)),
-                (
-                    "offline uncorrectable",
-                    r.offline_uncorrectable.map(i64::from),
-                ),
-                ("CRC errors", r.crc_errors.map(i64::from)),
-                (
-                    "NVMe critical warning",
-                    r.nvme_critical_warning.map(i64::from),
-                ),
-                ("NVMe media errors", r.nvme_media_errors),
-                ("grown defects", r.scsi_grown_defects),
-                ("uncorrected errors", r.scsi_uncorrected),
-            ]
-            .into_iter()
-            .filter_map(|(name, v)| v.filter(|&n| n != 0).map(|n| (name.to_owned(), n)))
-            .collect()
+            drive_point(r)
+                .counters
+                .into_iter()
+                .filter(|(_, n)| *n != 0)
+                .map(|(name, n)| (name.to_owned(), n))
+                .collect()
         })
         .unwrap_or_default();
     phonehome_dashboard::DriveView {
+        key: c.drive_key,
         device_name: c.device_name,
         model: c.model,
         serial: c.serial,

@@ -80,6 +80,10 @@ pub struct DriveRow {
     pub model: Option<String>,
     pub serial: Option<String>,
     pub wwn: Option<String>,
+    pub firmware: Option<String>,
+    /// `ATA`, `NVMe` or `SCSI`, as smartctl says.
+    pub protocol: Option<String>,
+    pub capacity_bytes: Option<i64>,
     pub device_name: String,
     pub sample: DriveSample,
 }
@@ -181,7 +185,9 @@ fn drive_sample(d: &SmartDevice) -> DriveSample {
         nvme_available_spare: nvme.and_then(|n| n.available_spare_percent).map(i16::from),
         nvme_percentage_used: nvme.and_then(|n| n.percentage_used).map(i16::from),
         health_passed: d.health_passed,
-        failing: d.failing,
+        // The ingest's own verdict, the one `disk_failing` fires on, not the collector's flag
+        // (which also counts an error log with old entries).
+        failing: crate::alerts::failing_now(d).is_some(),
         reallocated_sectors: count(d.reallocated_sectors),
         pending_sectors: count(d.pending_sectors),
         offline_uncorrectable: count(d.uncorrectable_errors),
@@ -211,6 +217,9 @@ pub fn prepare(
                 model: d.model.clone(),
                 serial: d.serial.clone(),
                 wwn: d.wwn.clone(),
+                firmware: d.firmware.clone(),
+                protocol: d.protocol.clone(),
+                capacity_bytes: big(d.capacity_bytes),
                 device_name: d.name.clone(),
                 sample: drive_sample(d),
             }),
@@ -288,7 +297,14 @@ pub fn prepare(
         kernel: report.system.kernel.clone(),
         collector_version: report.collector.version.clone(),
         drive_count: count(report.smart.devices.len()),
-        failing_drive_count: count(report.smart.devices.iter().filter(|d| d.failing).count()),
+        failing_drive_count: count(
+            report
+                .smart
+                .devices
+                .iter()
+                .filter(|d| crate::alerts::failing_now(d).is_some())
+                .count(),
+        ),
         filesystem_count: count(filesystems.len()),
         nic_count: count(nics.len()),
         collection_errors: count(collection_errors),

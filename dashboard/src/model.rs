@@ -1,0 +1,395 @@
+//! What the dashboard shows, as data: the views a [`crate::FleetSource`] returns, which the
+//! pages render as HTML and the API serialises as JSON, so both always say the same thing.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+/// The worst severity among an appliance's (or a drive's) firing alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Health {
+    pub const ALL: [Health; 4] = [Health::Critical, Health::Warning, Health::Info, Health::Ok];
+
+    /// From the rank PostgreSQL keeps (0 none … 3 critical); anything else is the worst, so a
+    /// value this build does not know is never shown as fine.
+    pub fn from_rank(rank: i16) -> Health {
+        match rank {
+            0 => Health::Ok,
+            1 => Health::Info,
+            2 => Health::Warning,
+            _ => Health::Critical,
+        }
+    }
+
+    pub fn rank(self) -> i16 {
+        match self {
+            Health::Ok => 0,
+            Health::Info => 1,
+            Health::Warning => 2,
+            Health::Critical => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Info => "info",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        Health::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// An alert's severity, as the rules set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Critical, Severity::Warning, Severity::Info];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// 0 for critical: the order alert lists are sorted in.
+    pub fn order(self) -> i16 {
+        match self {
+            Severity::Critical => 0,
+            Severity::Warning => 1,
+            Severity::Info => 2,
+        }
+    }
+}
+
+/// A page of a list and the cursor of the next one (`after=`), if there is one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// The fleet at a glance. Fleet-wide counts are computed at most every few seconds (`as_of`),
+/// never per view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub as_of: DateTime<Utc>,
+    pub appliances: i64,
+    /// Appliances by their worst firing severity, worst first; every health appears.
+    pub by_health: Vec<(Health, i64)>,
+    /// No report for longer than `silent_hours`.
+    pub silent: i64,
+    pub silent_hours: u32,
+    /// Firing alerts by severity, worst first; every severity appears.
+    pub alerts_by_severity: Vec<(Severity, i64)>,
+    pub alerts_by_rule: Vec<RuleCount>,
+    /// Drives with a firing `disk_failing` alert.
+    pub failing_drives: i64,
+    /// Drives with a firing `disk_degrading` alert.
+    pub degrading_drives: i64,
+    pub minimum_app_version: Option<String>,
+    /// Appliances whose app version is below `minimum_app_version`.
+    pub below_minimum: i64,
+    /// The most used app versions, most used first.
+    pub app_versions: Vec<VersionCount>,
+    /// The most severe firing alerts, then the oldest.
+    pub attention: Vec<AlertRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleCount {
+    pub rule: String,
+    pub severity: Severity,
+    pub firing: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionCount {
+    /// Empty when the appliances did not say.
+    pub version: String,
+    pub appliances: i64,
+    /// Of those, how many have a firing warning or critical alert.
+    pub with_alerts: i64,
+    /// Below the configured minimum (app versions only).
+    pub below_minimum: bool,
+}
+
+/// One appliance in a list.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplianceRow {
+    pub serial: String,
+    pub hostname: Option<String>,
+    pub last_report_at: DateTime<Utc>,
+    pub silent: bool,
+    pub health: Health,
+    pub firing_alerts: i64,
+    pub failing_drives: i32,
+    pub app_status: String,
+    pub app_version: Option<String>,
+    pub os: Option<String>,
+    pub report_count: i64,
+}
+
+/// One alert episode.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRow {
+    pub id: i64,
+    pub rule: String,
+    pub serial: String,
+    pub subject: String,
+    pub severity: Severity,
+    /// `firing` or `resolved`.
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub value: String,
+    pub summary: String,
+}
+
+impl AlertRow {
+    /// The drive an alert names, when its subject is a drive key.
+    pub fn drive_key(&self) -> Option<&str> {
+        (self.rule.starts_with("disk_")
+            && (self.subject.starts_with("wwn:") || self.subject.starts_with("sn:")))
+        .then_some(self.subject.as_str())
+    }
+}
+
+/// One drive in the fleet list.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveRow {
+    pub key: String,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub firmware: Option<String>,
+    pub protocol: Option<String>,
+    pub capacity_bytes: Option<i64>,
+    pub health: Health,
+    /// The firing rules that name it (`disk_failing`, `disk_degrading`, …).
+    pub firing: Vec<String>,
+    /// Where it is now: the appliance and the device name there.
+    pub appliance: Option<String>,
+    pub device_name: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+}
+
+/// One drive with its evidence and history.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveDetail {
+    #[serde(flatten)]
+    pub row: DriveRow,
+    pub wwn: Option<String>,
+    /// Every appliance it sat in, newest first.
+    pub placements: Vec<Placement>,
+    /// Firing alerts naming it, then the newest resolved ones.
+    pub alerts: Vec<AlertRow>,
+    /// What smartctl said in its newest report, when that report is kept.
+    pub smart: Option<SmartSnapshot>,
+    pub days: u32,
+    /// Oldest first.
+    pub samples: Vec<DrivePoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Placement {
+    pub serial: String,
+    pub device_name: String,
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// SMART data from one report, as the drive page tabulates it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SmartSnapshot {
+    pub collected_at: Option<DateTime<Utc>>,
+    pub health_passed: Option<bool>,
+    pub temperature_celsius: Option<i64>,
+    pub power_on_hours: Option<u64>,
+    pub attributes: Vec<Attribute>,
+    /// NVMe health log, by field name.
+    pub nvme: Vec<(String, String)>,
+    pub self_tests: Option<LogSummary>,
+    pub error_log: Option<LogSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attribute {
+    pub id: u8,
+    pub name: String,
+    pub value: Option<u16>,
+    pub worst: Option<u16>,
+    pub threshold: Option<u16>,
+    pub raw: Option<String>,
+    /// smartctl's `when_failed`: `now`, `past`, or nothing.
+    pub when_failed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogSummary {
+    /// Entries the device holds (or the count it reports).
+    pub count: u64,
+    /// A line each for the newest few entries.
+    pub newest: Vec<String>,
+}
+
+/// One drive sample for the charts.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrivePoint {
+    pub at: DateTime<Utc>,
+    pub temperature_celsius: Option<i64>,
+    /// Error counters by name; absent ones the drive does not report.
+    pub counters: Vec<(&'static str, i64)>,
+}
+
+/// The counters a drive sample may carry, in the order charts and tables show them.
+pub const DRIVE_COUNTERS: [&str; 8] = [
+    "reallocated sectors",
+    "pending sectors",
+    "offline uncorrectable",
+    "CRC errors",
+    "NVMe media errors",
+    "NVMe critical warning",
+    "grown defects",
+    "uncorrected errors",
+];
+
+/// The patch audit: per component, who runs what and since when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    pub as_of: DateTime<Utc>,
+    pub minimum_app_version: Option<String>,
+    pub components: Vec<ComponentVersions>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentVersions {
+    /// `app`, `os`, `kernel` or `collector`.
+    pub component: String,
+    /// Most used first.
+    pub versions: Vec<VersionCount>,
+    /// Appliances per version per day, oldest first (from the daily counts).
+    pub adoption: Vec<AdoptionPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdoptionPoint {
+    pub day: NaiveDate,
+    pub version: String,
+    pub appliances: i64,
+}
+
+/// One appliance as its page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplianceView {
+    #[serde(flatten)]
+    pub row: ApplianceRow,
+    pub kernel: Option<String>,
+    pub collector_version: String,
+    /// Parts of the newest report the collector could not gather.
+    pub collection_errors: i32,
+    /// Firing alerts (most severe first), then the newest resolved ones.
+    pub alerts: Vec<AlertRow>,
+    pub drives: Vec<DriveView>,
+    pub filesystems: Vec<FilesystemView>,
+    pub nics: Vec<NicView>,
+    /// Version changes, drive and identity events, newest first.
+    pub events: Vec<EventView>,
+    pub days: u32,
+    pub history: ApplianceHistory,
+}
+
+/// A drive in the appliance now, with its newest sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveView {
+    pub key: String,
+    pub device_name: String,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    /// When it was first seen in this appliance.
+    pub since: DateTime<Utc>,
+    /// SMART's overall assessment; `None` when the drive did not give one.
+    pub health_passed: Option<bool>,
+    /// The ingest's verdict (what `disk_failing` fires on).
+    pub failing: bool,
+    pub temperature_celsius: Option<i64>,
+    pub power_on_hours: Option<i64>,
+    /// The error counters this drive reports that are not zero, by name.
+    pub counters: Vec<(String, i64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemView {
+    pub mount_point: String,
+    pub bytes_used: i64,
+    pub bytes_total: i64,
+    pub inodes_used: i64,
+    pub inodes_total: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NicView {
+    pub name: String,
+    pub rx_errors: Option<i64>,
+    pub tx_errors: Option<i64>,
+    pub rx_dropped: Option<i64>,
+    pub tx_dropped: Option<i64>,
+}
+
+/// Something that changed on an appliance; the dashboard words it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub at: DateTime<Utc>,
+    pub kind: EventKind,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// The drive an event is about, or the other appliance sharing an identity.
+    pub other: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "type", content = "what")]
+pub enum EventKind {
+    /// `app`, `os`, `kernel` or `collector`.
+    Version(String),
+    /// `appeared`, `disappeared` or `moved` (for a move, `old` is the appliance it came from).
+    Drive(String),
+    /// `system_uuid_changed`, `machine_id_changed`, `system_uuid_shared`, `machine_id_shared`.
+    Identity(String),
+}
+
+/// (time, first value, second value): a filesystem's bytes used and total, a NIC's errors and
+/// drops.
+pub type Pair = (DateTime<Utc>, i64, i64);
+
+/// The appliance's time series over the page's period, oldest first within each.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplianceHistory {
+    pub drives: Vec<(String, Vec<DrivePoint>)>,
+    /// (mount point, [(time, bytes used, bytes total)])
+    pub filesystems: Vec<(String, Vec<Pair>)>,
+    /// (NIC, [(time, errors, drops)]) as counters; the page charts their rises.
+    pub nics: Vec<(String, Vec<Pair>)>,
+}

@@ -1,0 +1,733 @@
+//! The dashboard's reads: fleet lists that start from an index and stop after a page (keyset
+//! paging, never OFFSET), one drive with its evidence, and the fleet-wide counts, which scan the
+//! appliances once and are therefore cached by the caller (`crate::dashboard`), not run per view.
+//! Rows become the dashboard's view types here; the words people read are the dashboard's.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use phonehome_dashboard as d;
+use phonehome_dashboard::query::{
+    AlertQuery, AlertState, ApplianceQuery, ApplianceSort, DriveQuery,
+};
+use phonehome_dashboard::{AlertCursor, ApplianceCursor, Health, Page, Severity};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use super::read::{DRIVE_READING, DriveReading, drive_point};
+use super::{Storage, StorageError};
+
+/// A statement built from optional filters, with its parameters numbered as they are added.
+#[derive(Default)]
+struct Sql {
+    conditions: Vec<String>,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Sql {
+    /// Adds `value` as the next parameter and returns its placeholder.
+    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    fn and(&mut self, condition: String) {
+        self.conditions.push(condition);
+    }
+
+    fn filter(&self) -> String {
+        if self.conditions.is_empty() {
+            "true".to_owned()
+        } else {
+            self.conditions.join(" AND ")
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// `q` as a LIKE prefix pattern: its own wildcards are matched literally.
+fn prefix_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 1);
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+fn severity(s: &str) -> Severity {
+    // The table's CHECK allows only these three; anything else would be shown as the worst.
+    Severity::parse(s).unwrap_or(Severity::Critical)
+}
+
+/// Keeps `limit` rows and says whether there were more (one more than asked was fetched).
+fn page<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(1);
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, a.last_report_at, a.health,
+    (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing'),
+    a.failing_drive_count, a.app_status, a.app_version, a.os_pretty_name, a.report_count";
+
+fn appliance_row(r: &Row, silent_before: DateTime<Utc>) -> d::ApplianceRow {
+    let last_report_at: DateTime<Utc> = r.get(2);
+    d::ApplianceRow {
+        serial: r.get(0),
+        hostname: r.get(1),
+        last_report_at,
+        silent: last_report_at < silent_before,
+        health: Health::from_rank(r.get(3)),
+        firing_alerts: r.get(4),
+        failing_drives: r.get(5),
+        app_status: r.get(6),
+        app_version: r.get(7),
+        os: r.get(8),
+        report_count: r.get(9),
+    }
+}
+
+const ALERT_COLUMNS: &str = "al.id, al.rule, a.serial, al.subject, al.severity, al.state,
+    al.started_at, al.resolved_at, al.value, al.summary";
+
+fn alert_row(r: &Row) -> d::AlertRow {
+    d::AlertRow {
+        id: r.get(0),
+        rule: r.get(1),
+        serial: r.get(2),
+        subject: r.get(3),
+        severity: severity(r.get::<_, &str>(4)),
+        state: r.get(5),
+        started_at: r.get(6),
+        resolved_at: r.get(7),
+        value: r.get(8),
+        summary: r.get(9),
+    }
+}
+
+/// The firing alerts' order: most severe first (the expression `alerts_firing_order` indexes),
+/// then longest firing.
+const FIRING_ORDER: &str = "3 - phonehome_severity_rank(al.severity), al.started_at, al.id";
+
+const DRIVE_COLUMNS: &str = "dr.drive_key, dr.model, dr.serial, dr.firmware, dr.protocol,
+    dr.capacity_bytes, dr.health, dr.first_seen_at,
+    coalesce((SELECT array_agg(DISTINCT al.rule ORDER BY al.rule) FROM alerts al
+              WHERE al.subject = dr.drive_key AND al.state = 'firing'
+                AND al.rule LIKE 'disk\\_%'), '{}'),
+    now_in.serial, now_in.device_name, dr.id, dr.wwn, now_in.appliance_id";
+
+/// Where a drive is now (the newest open membership), for `DRIVE_COLUMNS`.
+const DRIVE_NOW_IN: &str = "LEFT JOIN LATERAL (
+        SELECT p.serial, m.device_name, m.appliance_id FROM drive_membership m
+        JOIN appliances p ON p.id = m.appliance_id
+        WHERE m.drive_id = dr.id AND m.until_at IS NULL
+        ORDER BY m.from_at DESC LIMIT 1) now_in ON true";
+
+fn drive_row(r: &Row) -> d::DriveRow {
+    d::DriveRow {
+        key: r.get(0),
+        model: r.get(1),
+        serial: r.get(2),
+        firmware: r.get(3),
+        protocol: r.get(4),
+        capacity_bytes: r.get(5),
+        health: Health::from_rank(r.get(6)),
+        first_seen_at: r.get(7),
+        firing: r.get(8),
+        appliance: r.get(9),
+        device_name: r.get(10),
+    }
+}
+
+/// (version, appliances, of which with a warning or critical alert firing)
+pub type VersionUse = (String, i64, i64);
+
+/// The fleet-wide numbers behind the summary, `/versions` and `/metrics`: one scan of the
+/// appliances and one of the firing alerts.
+#[derive(Debug, Clone, Default)]
+pub struct FleetCounts {
+    pub at: DateTime<Utc>,
+    pub appliances: i64,
+    pub by_health: Vec<(Health, i64)>,
+    pub silent: i64,
+    pub by_status: Vec<(String, i64)>,
+    /// Per component (`app`, `os`, `kernel`, `collector`): (version, appliances, with alerts),
+    /// most used first.
+    pub versions: Vec<(&'static str, Vec<VersionUse>)>,
+    /// (rule, severity, firing alerts, distinct subjects)
+    pub alerts: Vec<(String, Severity, i64, i64)>,
+    /// Drives named by a firing `disk_failing` alert, by the collector-independent verdict.
+    pub failing_drives: i64,
+}
+
+/// Longest version string kept in the counts: enough for any real version, and a hostile
+/// one cannot make a page or a metric label large.
+const VERSION_CHARS: i32 = 128;
+
+impl Storage {
+    /// Appliances matching `q`, one page in its order.
+    pub async fn dashboard_appliances(
+        &self,
+        q: &ApplianceQuery,
+        silent_before: DateTime<Utc>,
+    ) -> Result<Page<d::ApplianceRow>, StorageError> {
+        let mut sql = Sql::default();
+        if let Some(text) = &q.q {
+            let p = sql.bind(prefix_pattern(text));
+            sql.and(format!(
+                "(lower(a.serial) LIKE {p} OR lower(a.hostname) LIKE {p})"
+            ));
+        }
+        if let Some(h) = q.health {
+            let p = sql.bind(h.rank());
+            sql.and(format!("a.health = {p}"));
+        }
+        if let Some(silent) = q.silent {
+            let p = sql.bind(silent_before);
+            sql.and(format!(
+                "a.last_report_at {} {p}",
+                if silent { "<" } else { ">=" }
+            ));
+        }
+        if let Some(rule) = &q.rule {
+            let p = sql.bind(rule.clone());
+            sql.and(format!(
+                "a.id IN (SELECT appliance_id FROM alerts WHERE state = 'firing' AND rule = {p})"
+            ));
+        }
+        if let Some(v) = &q.app_version {
+            let p = sql.bind(v.clone());
+            sql.and(format!("a.app_version = {p}"));
+        }
+        if let Some(v) = &q.os {
+            let p = sql.bind(v.clone());
+            sql.and(format!("a.os_pretty_name = {p}"));
+        }
+        if let Some(v) = &q.status {
+            let p = sql.bind(v.clone());
+            sql.and(format!("a.app_status = {p}"));
+        }
+        if let Some(model) = &q.drive_model {
+            let p = sql.bind(model.clone());
+            sql.and(format!(
+                "a.id IN (SELECT m.appliance_id FROM drive_membership m
+                          JOIN drives dr ON dr.id = m.drive_id
+                          WHERE m.until_at IS NULL AND dr.model = {p})"
+            ));
+        }
+        let order = match q.sort {
+            ApplianceSort::Serial => "a.serial",
+            ApplianceSort::LastReport => "a.last_report_at DESC, a.serial DESC",
+            ApplianceSort::Oldest => "a.last_report_at, a.serial",
+            ApplianceSort::Health => "a.health DESC, a.serial",
+        };
+        match &q.after {
+            None => {}
+            Some(ApplianceCursor::Serial(s)) => {
+                let p = sql.bind(s.clone());
+                sql.and(format!("a.serial > {p}"));
+            }
+            Some(ApplianceCursor::Time(t, s)) => {
+                let (pt, ps) = (sql.bind(*t), sql.bind(s.clone()));
+                let op = if q.sort == ApplianceSort::LastReport {
+                    "<"
+                } else {
+                    ">"
+                };
+                sql.and(format!("(a.last_report_at, a.serial) {op} ({pt}, {ps})"));
+            }
+            Some(ApplianceCursor::Health(h, s)) => {
+                let (ph, ps) = (sql.bind(h.rank()), sql.bind(s.clone()));
+                sql.and(format!(
+                    "(a.health < {ph} OR (a.health = {ph} AND a.serial > {ps}))"
+                ));
+            }
+        }
+        let limit = sql.bind(q.limit.saturating_add(1));
+        let text = format!(
+            "SELECT {APPLIANCE_COLUMNS} FROM appliances a WHERE {} ORDER BY {order} LIMIT {limit}",
+            sql.filter()
+        );
+        let client = self.pool().get().await?;
+        let rows = client.query(&text, &sql.params()).await?;
+        let items: Vec<d::ApplianceRow> = rows
+            .iter()
+            .map(|r| appliance_row(r, silent_before))
+            .collect();
+        let sort = q.sort;
+        Ok(page(items, q.limit, |a| {
+            match sort {
+                ApplianceSort::Serial => ApplianceCursor::Serial(a.serial.clone()),
+                ApplianceSort::LastReport | ApplianceSort::Oldest => {
+                    ApplianceCursor::Time(a.last_report_at, a.serial.clone())
+                }
+                ApplianceSort::Health => ApplianceCursor::Health(a.health, a.serial.clone()),
+            }
+            .encode()
+        }))
+    }
+
+    /// Alerts matching `q`, one page in its order.
+    pub async fn dashboard_alerts(
+        &self,
+        q: &AlertQuery,
+    ) -> Result<Page<d::AlertRow>, StorageError> {
+        let mut sql = Sql::default();
+        match q.state {
+            AlertState::Firing => sql.and("al.state = 'firing'".into()),
+            AlertState::Resolved => sql.and("al.state = 'resolved'".into()),
+            AlertState::All => {}
+        }
+        if let Some(rule) = &q.rule {
+            let p = sql.bind(rule.clone());
+            sql.and(format!("al.rule = {p}"));
+        }
+        if let Some(s) = q.severity {
+            let p = sql.bind(s.as_str());
+            sql.and(format!("al.severity = {p}"));
+        }
+        if let Some(serial) = &q.serial {
+            let p = sql.bind(serial.clone());
+            sql.and(format!("a.serial = {p}"));
+        }
+        match &q.after {
+            None => {}
+            Some(AlertCursor::Firing(s, t, id)) => {
+                let (ps, pt, pi) = (sql.bind(s.order()), sql.bind(*t), sql.bind(*id));
+                sql.and(format!(
+                    "({FIRING_ORDER}) > ({ps}::int, {pt}::timestamptz, {pi}::bigint)"
+                ));
+            }
+            Some(AlertCursor::Id(id)) => {
+                let p = sql.bind(*id);
+                sql.and(format!("al.id < {p}"));
+            }
+        }
+        let order = if q.state == AlertState::Firing {
+            FIRING_ORDER
+        } else {
+            "al.id DESC"
+        };
+        let limit = sql.bind(q.limit.saturating_add(1));
+        let text = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+             WHERE {} ORDER BY {order} LIMIT {limit}",
+            sql.filter()
+        );
+        let client = self.pool().get().await?;
+        let rows = client.query(&text, &sql.params()).await?;
+        let items: Vec<d::AlertRow> = rows.iter().map(alert_row).collect();
+        let firing = q.state == AlertState::Firing;
+        Ok(page(items, q.limit, |a| {
+            if firing {
+                AlertCursor::Firing(a.severity, a.started_at, a.id)
+            } else {
+                AlertCursor::Id(a.id)
+            }
+            .encode()
+        }))
+    }
+
+    /// Drives matching `q`, worst first, then by key.
+    pub async fn dashboard_drives(
+        &self,
+        q: &DriveQuery,
+    ) -> Result<Page<d::DriveRow>, StorageError> {
+        let mut sql = Sql::default();
+        for (column, value) in [
+            ("dr.model", &q.model),
+            ("dr.firmware", &q.firmware),
+            ("dr.protocol", &q.protocol),
+        ] {
+            if let Some(v) = value {
+                let p = sql.bind(v.clone());
+                sql.and(format!("{column} = {p}"));
+            }
+        }
+        if let Some(h) = q.health {
+            let p = sql.bind(h.rank());
+            sql.and(format!("dr.health = {p}"));
+        }
+        if let Some((h, key)) = &q.after {
+            let (ph, pk) = (sql.bind(h.rank()), sql.bind(key.clone()));
+            sql.and(format!(
+                "(dr.health < {ph} OR (dr.health = {ph} AND dr.drive_key > {pk}))"
+            ));
+        }
+        let limit = sql.bind(q.limit.saturating_add(1));
+        let text = format!(
+            "SELECT {DRIVE_COLUMNS} FROM drives dr {DRIVE_NOW_IN}
+             WHERE {} ORDER BY dr.health DESC, dr.drive_key LIMIT {limit}",
+            sql.filter()
+        );
+        let client = self.pool().get().await?;
+        let rows = client.query(&text, &sql.params()).await?;
+        let items: Vec<d::DriveRow> = rows.iter().map(drive_row).collect();
+        Ok(page(items, q.limit, |d| {
+            DriveQuery::cursor(d.health, &d.key)
+        }))
+    }
+
+    /// One drive by key with `days` of samples; `None` when no report named it.
+    pub async fn dashboard_drive(
+        &self,
+        key: &str,
+        days: u32,
+    ) -> Result<Option<d::DriveDetail>, StorageError> {
+        let client = self.pool().get().await?;
+        let Some(row) = client
+            .query_opt(
+                &format!(
+                    "SELECT {DRIVE_COLUMNS} FROM drives dr {DRIVE_NOW_IN} WHERE dr.drive_key = $1"
+                ),
+                &[&key],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let drive_id: i32 = row.get(11);
+        let wwn: Option<String> = row.get(12);
+        let now_in: Option<i32> = row.get(13);
+        let drive = drive_row(&row);
+        let placements = client
+            .query(
+                "SELECT p.serial, m.device_name, m.from_at, m.until_at, m.appliance_id
+                 FROM drive_membership m JOIN appliances p ON p.id = m.appliance_id
+                 WHERE m.drive_id = $1 ORDER BY m.from_at DESC, m.id DESC LIMIT 100",
+                &[&drive_id],
+            )
+            .await?;
+        let appliance_ids: Vec<i32> = placements.iter().map(|r| r.get(4)).collect();
+        let since = Utc::now() - Duration::days(i64::from(days));
+        let samples_sql = format!(
+            "SELECT {DRIVE_READING} FROM drive_samples s
+             WHERE s.appliance_id = ANY($1) AND s.drive_id = $2 AND s.collected_at >= $3
+             ORDER BY s.collected_at"
+        );
+        let alerts_sql = format!(
+            "(SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+              WHERE al.subject = $1 AND al.state = 'firing' AND al.rule LIKE 'disk\\_%')
+             UNION ALL
+             (SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+              WHERE al.appliance_id = ANY($2) AND al.subject = $1 AND al.state = 'resolved'
+              ORDER BY al.id DESC LIMIT 50)"
+        );
+        let samples_params: [&(dyn ToSql + Sync); 3] = [&appliance_ids, &drive_id, &since];
+        let alerts_params: [&(dyn ToSql + Sync); 2] = [&key, &appliance_ids];
+        let (samples, alerts) = tokio::try_join!(
+            client.query(&samples_sql, &samples_params),
+            client.query(&alerts_sql, &alerts_params),
+        )?;
+        drop(client);
+        let smart = match now_in {
+            Some(appliance_id) => self.newest_smart(appliance_id, key).await?,
+            None => None,
+        };
+        let mut alerts: Vec<d::AlertRow> = alerts.iter().map(alert_row).collect();
+        alerts.sort_by_key(|a| (a.state != "firing", a.severity.order(), a.started_at));
+        Ok(Some(d::DriveDetail {
+            row: drive,
+            wwn,
+            placements: placements
+                .iter()
+                .map(|r| d::Placement {
+                    serial: r.get(0),
+                    device_name: r.get(1),
+                    from: r.get(2),
+                    until: r.get(3),
+                })
+                .collect(),
+            alerts,
+            smart,
+            days,
+            samples: samples
+                .iter()
+                .filter_map(|r| DriveReading::from_row(r, 0))
+                .map(|r| drive_point(&r))
+                .collect(),
+        }))
+    }
+
+    /// What the appliance's newest report said about drive `key`, from the kept body.
+    async fn newest_smart(
+        &self,
+        appliance_id: i32,
+        key: &str,
+    ) -> Result<Option<d::SmartSnapshot>, StorageError> {
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(
+                "SELECT r.body, r.body_dictionary FROM appliances a
+                 JOIN reports r ON r.appliance_id = a.id AND r.collected_at = a.last_collected_at
+                     AND r.report_id = a.last_report_id
+                 WHERE a.id = $1",
+                &[&appliance_id],
+            )
+            .await?;
+        drop(client);
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(json) = self.decompress_body(row.get(0), row.get(1)).await? else {
+            return Ok(None);
+        };
+        // The body passed the contract when it was stored; one that no longer parses (an older
+        // contract) shows no SMART table rather than an error page.
+        let Ok(report) = serde_json::from_str::<phonehome_schema::Report>(&json) else {
+            return Ok(None);
+        };
+        let collected_at = report.collected_at;
+        Ok(report
+            .smart
+            .devices
+            .into_iter()
+            .find(|dev| super::rows::drive_key(dev).as_deref() == Some(key))
+            .map(|dev| smart_snapshot(dev, collected_at)))
+    }
+
+    /// The fleet-wide counts (see [`FleetCounts`]); `silent_before` is the silence threshold.
+    pub async fn fleet_counts(
+        &self,
+        silent_before: DateTime<Utc>,
+    ) -> Result<FleetCounts, StorageError> {
+        let client = self.pool().get().await?;
+        let appliance_params: [&(dyn ToSql + Sync); 2] = [&silent_before, &VERSION_CHARS];
+        let (groups, alerts) = tokio::try_join!(
+            client.query(
+                "SELECT GROUPING(app_version, os, kernel, collector, health, silent, app_status),
+                        app_version, os, kernel, collector, health, silent, app_status,
+                        count(*), count(*) FILTER (WHERE health >= 2)
+                 FROM (SELECT left(coalesce(app_version, ''), $2) AS app_version,
+                              left(coalesce(os_pretty_name, ''), $2) AS os,
+                              left(coalesce(kernel, ''), $2) AS kernel,
+                              left(collector_version, $2) AS collector,
+                              health, last_report_at < $1 AS silent,
+                              left(app_status, $2) AS app_status
+                       FROM appliances) a
+                 GROUP BY GROUPING SETS ((app_version), (os), (kernel), (collector), (health),
+                                         (silent), (app_status))",
+                &appliance_params,
+            ),
+            client.query(
+                "SELECT rule, severity, count(*), count(DISTINCT subject)
+                 FROM alerts WHERE state = 'firing' GROUP BY 1, 2 ORDER BY 1, 2",
+                &[],
+            ),
+        )?;
+        let mut counts = FleetCounts {
+            at: Utc::now(),
+            ..FleetCounts::default()
+        };
+        let mut versions: HashMap<&'static str, Vec<VersionUse>> = HashMap::new();
+        for r in &groups {
+            // GROUPING() has a bit set for every column not grouped in this row's set; the
+            // one column that is grouped is the one whose bit is clear.
+            let grouping: i32 = r.get(0);
+            let n: i64 = r.get(8);
+            let alerted: i64 = r.get(9);
+            let bit = |i: u32| grouping & (1 << (6 - i)) == 0;
+            for (i, component) in ["app", "os", "kernel", "collector"].into_iter().enumerate() {
+                if bit(i as u32) {
+                    let v: String = r.get(i + 1);
+                    versions.entry(component).or_default().push((v, n, alerted));
+                }
+            }
+            if bit(4) {
+                let h = Health::from_rank(r.get(5));
+                counts.appliances = counts.appliances.saturating_add(n);
+                counts.by_health.push((h, n));
+            }
+            if bit(5) && r.get::<_, bool>(6) {
+                counts.silent = n;
+            }
+            if bit(6) {
+                counts.by_status.push((r.get(7), n));
+            }
+        }
+        counts.by_health.sort_by_key(|(h, _)| std::cmp::Reverse(*h));
+        counts.by_status.sort();
+        for component in ["app", "os", "kernel", "collector"] {
+            let mut list = versions.remove(component).unwrap_or_default();
+            list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            counts.versions.push((component, list));
+        }
+        for r in &alerts {
+            let rule: String = r.get(0);
+            let n: i64 = r.get(2);
+            let subjects: i64 = r.get(3);
+            if rule == "disk_failing" {
+                counts.failing_drives = counts.failing_drives.saturating_add(subjects);
+            }
+            counts
+                .alerts
+                .push((rule, severity(r.get::<_, &str>(1)), n, subjects));
+        }
+        Ok(counts)
+    }
+
+    /// Appliances per version per day since `since`, for the adoption charts.
+    pub async fn version_adoption(
+        &self,
+        since: NaiveDate,
+    ) -> Result<Vec<(&'static str, d::AdoptionPoint)>, StorageError> {
+        let client = self.pool().get().await?;
+        // Bounded: a fleet with thousands of distinct versions still answers one page.
+        let rows = client
+            .query(
+                "SELECT day, component, left(version, 128), appliances FROM version_counts_daily
+                 WHERE day >= $1 ORDER BY day, component, appliances DESC LIMIT 50000",
+                &[&since],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let component = match r.get::<_, &str>(1) {
+                    "app" => "app",
+                    "os" => "os",
+                    "kernel" => "kernel",
+                    "collector" => "collector",
+                    _ => return None,
+                };
+                Some((
+                    component,
+                    d::AdoptionPoint {
+                        day: r.get(0),
+                        version: r.get(2),
+                        appliances: i64::from(r.get::<_, i32>(3)),
+                    },
+                ))
+            })
+            .collect())
+    }
+}
+
+/// The drive page's SMART tables from one device of a report.
+fn smart_snapshot(dev: phonehome_schema::SmartDevice, at: DateTime<Utc>) -> d::SmartSnapshot {
+    let mut nvme = Vec::new();
+    if let Some(n) = &dev.nvme {
+        let mut field = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                nvme.push((name.to_owned(), v));
+            }
+        };
+        field(
+            "critical warning",
+            n.critical_warning.map(|w| {
+                if n.critical_warnings.is_empty() {
+                    format!("0x{w:02x}")
+                } else {
+                    let bits: Vec<String> = n
+                        .critical_warnings
+                        .iter()
+                        .map(|b| format!("{b:?}"))
+                        .collect();
+                    format!("0x{w:02x} ({})", bits.join(", "))
+                }
+            }),
+        );
+        field(
+            "available spare",
+            n.available_spare_percent.map(|v| format!("{v} %")),
+        );
+        field(
+            "available spare threshold",
+            n.available_spare_threshold_percent
+                .map(|v| format!("{v} %")),
+        );
+        field(
+            "percentage used",
+            n.percentage_used.map(|v| format!("{v} %")),
+        );
+        field("media errors", n.media_errors.map(|v| v.to_string()));
+        field(
+            "error log entries",
+            n.error_log_entries.map(|v| v.to_string()),
+        );
+        field(
+            "unsafe shutdowns",
+            n.unsafe_shutdowns.map(|v| v.to_string()),
+        );
+        field("data units read", n.data_units_read.map(|v| v.to_string()));
+        field(
+            "data units written",
+            n.data_units_written.map(|v| v.to_string()),
+        );
+        field(
+            "minutes above warning temperature",
+            n.warning_temperature_minutes.map(|v| v.to_string()),
+        );
+        field(
+            "minutes above critical temperature",
+            n.critical_temperature_minutes.map(|v| v.to_string()),
+        );
+    }
+    let self_tests = dev.self_test_log.as_ref().map(|l| d::LogSummary {
+        count: l.count.unwrap_or(0),
+        newest: l
+            .latest
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {}{}",
+                    t.kind.as_deref().unwrap_or("self-test"),
+                    t.status.as_deref().unwrap_or("no status"),
+                    t.lifetime_hours
+                        .map(|h| format!(" at {h} power-on hours"))
+                        .unwrap_or_default()
+                )
+            })
+            .chain(
+                l.error_count
+                    .filter(|n| *n > 0)
+                    .map(|n| format!("{n} failed self-tests in the log")),
+            )
+            .collect(),
+    });
+    let error_log = dev.error_log.as_ref().map(|l| d::LogSummary {
+        count: l.count.unwrap_or(0),
+        newest: l
+            .latest_lifetime_hours
+            .map(|h| format!("newest error at {h} power-on hours"))
+            .into_iter()
+            .collect(),
+    });
+    d::SmartSnapshot {
+        collected_at: Some(at),
+        health_passed: dev.health_passed,
+        temperature_celsius: dev.temperature_celsius,
+        power_on_hours: dev.power_on_hours,
+        attributes: dev
+            .attributes
+            .into_iter()
+            .map(|a| d::Attribute {
+                id: a.id,
+                name: a.name,
+                value: a.value.map(u16::from),
+                worst: a.worst.map(u16::from),
+                threshold: a.thresh.map(u16::from),
+                raw: a.raw_string.or_else(|| a.raw.map(|r| r.to_string())),
+                when_failed: a.when_failed,
+            })
+            .collect(),
+        nvme,
+        self_tests,
+        error_log,
+    }
+}
