@@ -396,11 +396,14 @@ impl AlertState {
 }
 
 /// Where the previous page of alerts ended: firing alerts are ordered by severity, then
-/// longest-firing first; resolved ones (and all) newest first.
+/// longest-firing first; resolved ones newest first; all of them firing first, then resolved,
+/// newest first within each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertCursor {
     Firing(Severity, DateTime<Utc>, i64),
     Id(i64),
+    /// (resolved, id)
+    All(bool, i64),
 }
 
 impl AlertCursor {
@@ -408,6 +411,9 @@ impl AlertCursor {
         match self {
             AlertCursor::Firing(s, t, id) => format!("{}~{}~{id}", s.as_str(), time_key(t)),
             AlertCursor::Id(id) => id.to_string(),
+            AlertCursor::All(resolved, id) => {
+                format!("{}~{id}", if *resolved { "resolved" } else { "firing" })
+            }
         }
     }
 
@@ -421,11 +427,21 @@ impl AlertCursor {
                     p[2].parse().ok()?,
                 ))
             }
-            AlertState::Resolved | AlertState::All => s
+            AlertState::Resolved => s
                 .parse()
                 .ok()
                 .filter(|id: &i64| *id > 0)
                 .map(AlertCursor::Id),
+            AlertState::All => {
+                let p = split_cursor(s, 2)?;
+                let resolved = match p[0] {
+                    "firing" => false,
+                    "resolved" => true,
+                    _ => return None,
+                };
+                let id = p[1].parse().ok().filter(|id: &i64| *id > 0)?;
+                Some(AlertCursor::All(resolved, id))
+            }
         }
     }
 }

@@ -163,7 +163,7 @@ async fn an_alerts_link_opens_the_appliances_page_with_what_its_reports_said() {
     assert!(
         missing
             .body
-            .contains("No appliance with serial <code>SN &lt;none&gt;</code>"),
+            .contains("No appliance with serial &quot;SN &lt;none&gt;&quot; has reported"),
         "{}",
         missing.body
     );

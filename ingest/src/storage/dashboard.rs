@@ -308,7 +308,7 @@ impl Storage {
         match &q.after {
             None => {}
             Some(AlertCursor::Firing(s, t, id)) => {
-                let (ps, pt, pi) = (sql.bind(s.order()), sql.bind(*t), sql.bind(*id));
+                let (ps, pt, pi) = (sql.bind(i32::from(s.order())), sql.bind(*t), sql.bind(*id));
                 sql.and(format!(
                     "({FIRING_ORDER}) > ({ps}::int, {pt}::timestamptz, {pi}::bigint)"
                 ));
@@ -317,11 +317,18 @@ impl Storage {
                 let p = sql.bind(*id);
                 sql.and(format!("al.id < {p}"));
             }
+            Some(AlertCursor::All(resolved, id)) => {
+                let (pr, pi) = (sql.bind(*resolved), sql.bind(*id));
+                sql.and(format!(
+                    "((al.state = 'resolved') > {pr}
+                      OR ((al.state = 'resolved') = {pr} AND al.id < {pi}))"
+                ));
+            }
         }
-        let order = if q.state == AlertState::Firing {
-            FIRING_ORDER
-        } else {
-            "al.id DESC"
+        let order = match q.state {
+            AlertState::Firing => FIRING_ORDER,
+            AlertState::Resolved => "al.id DESC",
+            AlertState::All => "al.state = 'resolved', al.id DESC",
         };
         let limit = sql.bind(q.limit.saturating_add(1));
         let text = format!(
@@ -332,12 +339,12 @@ impl Storage {
         let client = self.pool().get().await?;
         let rows = client.query(&text, &sql.params()).await?;
         let items: Vec<d::AlertRow> = rows.iter().map(alert_row).collect();
-        let firing = q.state == AlertState::Firing;
+        let state = q.state;
         Ok(page(items, q.limit, |a| {
-            if firing {
-                AlertCursor::Firing(a.severity, a.started_at, a.id)
-            } else {
-                AlertCursor::Id(a.id)
+            match state {
+                AlertState::Firing => AlertCursor::Firing(a.severity, a.started_at, a.id),
+                AlertState::Resolved => AlertCursor::Id(a.id),
+                AlertState::All => AlertCursor::All(a.state != "firing", a.id),
             }
             .encode()
         }))
