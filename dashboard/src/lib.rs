@@ -96,6 +96,8 @@ pub fn router<S: FleetSource>(source: S) -> Router {
         .route("/drives/{key}", get(drive_page::<S>))
         .route("/versions", get(versions_page::<S>))
         .route("/assets/style.css", get(stylesheet))
+        .route("/assets/icon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
         .route("/api/v1/summary", get(summary_json::<S>))
         .route("/api/v1/appliances", get(appliances_json::<S>))
         .route("/api/v1/alerts", get(alerts_json::<S>))
@@ -482,6 +484,19 @@ async fn stylesheet() -> Response {
             (header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         pages::stylesheet(),
+    )
+        .into_response()
+}
+
+/// A small icon, so browsers that ask for one get it from here rather than a 404.
+async fn icon() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
+         <circle cx=\"8\" cy=\"8\" r=\"6\" fill=\"#137333\"/></svg>",
     )
         .into_response()
 }

@@ -40,6 +40,7 @@ fn layout(title: &str, nav: Nav, body: Markup) -> String {
                 meta name="color-scheme" content="light dark";
                 title { (title) " · phonehome" }
                 link rel="stylesheet" href="/assets/style.css";
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
             }
             body {
                 header.top {
@@ -181,7 +182,7 @@ pub fn summary(s: &Summary, silent: &[ApplianceRow], rules: &[&str]) -> String {
     };
     let tile = |id: &str, label: &str, n: i64, link: String, class: &str| {
         html! {
-            a.tile href=(link) id=(id) class=(class) {
+            a href=(link) id=(id) class={ "tile " (class) } {
                 span.n { (count(n)) } span.label { (label) }
             }
         }
@@ -194,7 +195,7 @@ pub fn summary(s: &Summary, silent: &[ApplianceRow], rules: &[&str]) -> String {
     let body = html! {
         h1 { "Fleet" }
         p.muted #as-of {
-            (count(s.appliances)) " appliances · counts as of " (time(s.as_of, now))
+            (count(s.appliances)) " appliance" @if s.appliances != 1 { "s" } " · counts as of " (time(s.as_of, now))
         }
         @if s.appliances == 0 {
             p #empty { "No appliance has reported yet. Point a collector at this ingest (see the README) and its first report will show here." }
@@ -371,7 +372,7 @@ pub fn appliances(q: &ApplianceQuery, page: &Page<ApplianceRow>, rules: &[&str])
                                 a href=(href("/alerts", &[("serial", Some(a.serial.clone()))])) { (count(a.firing_alerts)) }
                             } @else { "0" }
                         }
-                        td.num class=[(a.failing_drives > 0).then_some("critical")] { (a.failing_drives) }
+                        td class=(if a.failing_drives > 0 { "num critical" } else { "num" }) { (a.failing_drives) }
                         td class=(status_class(&a.app_status)) { (short(&a.app_status, 16)) }
                         td.version { (short(opt(a.app_version.as_deref()), 48)) }
                         td { (short(opt(a.os.as_deref()), 48)) }
@@ -878,7 +879,7 @@ pub fn drive(d: &DriveDetail) -> String {
             @if !s.attributes.is_empty() {
                 (table("attributes", &["ID", "Attribute", "Value", "Worst", "Threshold", "Raw", "Failed"], html! {
                     @for at in &s.attributes {
-                        tr.attribute class=[at.when_failed.as_deref().filter(|w| !w.is_empty()).map(|_| "failing")] {
+                        tr class=(if at.when_failed.as_deref().is_some_and(|w| !w.is_empty()) { "attribute failing" } else { "attribute" }) {
                             td.num { (at.id) }
                             td { (at.name) }
                             td.num { (num(at.value)) }

@@ -32,7 +32,7 @@ enum Command {
     Serve {
         /// TOML configuration file (see ingest/ingest.example.toml); PHONEHOME_* variables
         /// override it. Without it, defaults and the environment apply.
-        #[arg(long, short)]
+        #[arg(long, short, env = "PHONEHOME_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Apply pending database migrations and exit.

@@ -6,6 +6,7 @@ pub mod alertmanager;
 pub mod bins;
 pub mod client;
 pub mod cluster;
+pub mod fleet;
 pub mod pg;
 pub mod pki;
 

@@ -95,6 +95,18 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
         .unwrap_or_else(|e| panic!("dashboard URL {url:?}: {e}"));
     let page = client::get(addr, "/").await.expect("GET dashboard");
     assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"count-total\""), "{}", page.body);
+    // The appliance list finds this machine by its serial.
+    let page = client::get(
+        addr,
+        &format!(
+            "/appliances?q={}",
+            phonehome_dashboard::encode(me.identity.serial.as_str())
+        ),
+    )
+    .await
+    .expect("GET /appliances");
+    assert_eq!(page.status, 200);
     assert!(
         page.body.contains(me.identity.serial.as_str()),
         "the dashboard lists this machine's serial {}:\n{}",
