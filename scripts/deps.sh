@@ -2,7 +2,8 @@
 # Installs the distribution packages phonehome's demo and tests need, if they are missing:
 # PostgreSQL server binaries (for a private cluster when no server is running), curl, and
 # Prometheus' tools (promtool and a Prometheus server for the rules tests, Alertmanager for the
-# alert delivery test). Debian/Ubuntu only; elsewhere it says what to install and carries on.
+# alert delivery test), and headless Chromium with its WebDriver for the browser tests.
+# Debian/Ubuntu only; elsewhere it says what to install and carries on.
 set -euo pipefail
 
 need=()
@@ -18,6 +19,10 @@ command -v python3 >/dev/null || need+=(python3)
 # Debian's packages put prometheus, promtool and prometheus-alertmanager in /usr/bin.
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || need+=(prometheus-alertmanager)
+# The browser tests run these exact paths (Debian's; a snap or Google build elsewhere is not the
+# pair they were written against), so check the paths, not PATH.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -1,9 +1,11 @@
 //! Test support for phonehome's end-to-end tests: a fresh PostgreSQL database per test, a
 //! private cluster for tests that crash PostgreSQL, a throwaway PKI, the real binaries, a real
-//! Alertmanager, and a small TLS client that can misbehave on purpose.
+//! Alertmanager, a small TLS client that can misbehave on purpose, and a headless Chromium
+//! driven through chromedriver for the dashboard.
 
 pub mod alertmanager;
 pub mod bins;
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod fleet;
