@@ -5,21 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use phonehome_ingest::alertmanager::appliance_link;
 use phonehome_ingest::storage::{InsertOutcome, Storage};
 use phonehome_tests::TestDb;
 use phonehome_tests::bins::IngestProcess;
 use phonehome_tests::browser::{Browser, WINDOW, screenshot_dir};
+use phonehome_tests::fleet::seed;
 use phonehome_tests::pki::TestPki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One plain serial and one that must survive percent-encoding in a real browser's URL bar.
-const SERIALS: [&str; 2] = ["SN-0001", "SN 7/B"];
-
-/// Every browser asks a page's server for `/favicon.ico` unless the page names an icon, so a
-/// 404 there shows in the console of every operator who opens the dashboard.
-const FAVICON_HINT: &str = "\n(a favicon.ico 404: the page should name its icon, e.g. \
-    `<link rel=\"icon\" href=\"data:,\">`, or the listener serve /favicon.ico)";
 
 /// Waits until the browser's URL is `url` (a click's navigation may still be under way).
 async fn wait_for_url(browser: &Browser, url: &str) {
@@ -49,76 +41,238 @@ async fn assert_all_from(browser: &Browser, origin: &str) {
     );
 }
 
+/// Fails on anything the page wrote to the console and on anything loaded from elsewhere.
+async fn clean(browser: &Browser, origin: &str, page: &str) {
+    assert_all_from(browser, origin).await;
+    let errors = browser.console_errors().await.expect("console errors");
+    assert!(errors.is_empty(), "console errors on {page}: {errors:?}");
+}
+
+async fn shot(browser: &Browser, name: &str) {
+    let path = screenshot_dir().join("browser").join(format!("{name}.png"));
+    browser
+        .screenshot(&path)
+        .await
+        .unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
+}
+
+/// The serials in the table with `id`, as the browser shows them.
+async fn serials(browser: &Browser, table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for cell in browser
+        .find_all(&format!("#{table} td.serial"))
+        .await
+        .expect("serial cells")
+    {
+        out.push(cell.text().await.expect("cell text"));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn an_operator_clicks_from_the_fleet_to_an_appliance() {
+async fn an_operator_walks_from_the_summary_to_a_failing_drives_chart() {
     let db = TestDb::new().await;
     let storage = Storage::connect(db.url(), 4).expect("storage");
-    for serial in SERIALS {
-        let r = phonehome_tests::example_report(serial);
-        assert_eq!(
-            phonehome_tests::store_report(&storage, &r).await,
-            InsertOutcome::Stored
-        );
-    }
+    let fleet = seed(&db, &storage, "SN-WALK", 6).await;
+    // A serial that must survive percent-encoding in a real browser's URL bar.
+    let odd = phonehome_tests::fleet::report_for("SN 7/B", 99);
+    assert_eq!(
+        phonehome_tests::store_report(&storage, &odd).await,
+        InsertOutcome::Stored
+    );
     let pki = TestPki::new();
-    let ingest = IngestProcess::start(&db, &pki).await;
+    let ingest = IngestProcess::start_with(
+        &db,
+        &pki,
+        &[("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS", "0")],
+    )
+    .await;
     let origin = format!("http://{}/", ingest.ops_addr);
-    let shots = screenshot_dir().join("browser");
-
     let browser = Browser::start().await;
-    browser.goto(&origin).await.expect("open the fleet page");
-    browser
-        .screenshot(&shots.join("fleet.png"))
-        .await
-        .expect("screenshot of the fleet page");
 
-    // Only what any fleet page will have: a table with a link per appliance.
-    let links = browser
-        .find_all(r#"table a[href^="/appliances/"]"#)
-        .await
-        .expect("appliance links");
-    let mut texts = Vec::new();
-    for link in &links {
-        texts.push(link.text().await.expect("link text"));
-    }
-    for serial in SERIALS {
-        assert!(
-            texts.iter().any(|t| t == serial),
-            "the fleet table links {serial:?}; links: {texts:?}"
-        );
-    }
-    assert_all_from(&browser, &origin).await;
-    let errors = browser.console_errors().await.expect("console errors");
-    assert!(
-        errors.is_empty(),
-        "console errors on the fleet page: {errors:?}{FAVICON_HINT}"
+    // The summary: the silent appliance is there without a click.
+    browser.goto(&origin).await.expect("open the summary");
+    shot(&browser, "summary").await;
+    clean(&browser, &origin, "the summary").await;
+    assert_eq!(
+        serials(&browser, "silent").await,
+        vec![fleet.silent.clone()]
     );
 
-    let serial = SERIALS[1];
-    let index = texts
-        .iter()
-        .position(|t| t == serial)
-        .expect("the link was found above");
-    let href = links[index].attr("href").await.expect("href");
-    assert_eq!(href.as_deref(), Some(appliance_link("", serial).as_str()));
-    links[index].click().await.expect("click the appliance");
-    let page = format!("http://{}{}", ingest.ops_addr, appliance_link("", serial));
-    wait_for_url(&browser, &page).await;
+    // Click the critical count: the list holds the appliance with the failing drive.
+    let critical = browser
+        .find("#count-critical")
+        .await
+        .expect("critical tile");
+    assert_eq!(
+        critical
+            .find(".n")
+            .await
+            .expect("number")
+            .text()
+            .await
+            .expect("text"),
+        "1"
+    );
+    critical.click().await.expect("click critical");
+    browser
+        .wait_for("#appliances", Duration::from_secs(10))
+        .await
+        .expect("the appliance list");
+    shot(&browser, "appliances-critical").await;
+    clean(&browser, &origin, "the critical list").await;
+    assert_eq!(
+        serials(&browser, "appliances").await,
+        vec![fleet.critical.clone()]
+    );
+    // The filter is in the URL: opening that link again shows the same rows.
+    let shared = browser.current_url().await.expect("URL");
+    assert!(shared.contains("health=critical"), "{shared}");
+    browser.goto(&shared).await.expect("open the shared link");
+    assert_eq!(
+        serials(&browser, "appliances").await,
+        vec![fleet.critical.clone()]
+    );
+
+    // The appliance, then its failing drive.
+    browser
+        .find("#appliances td.serial a")
+        .await
+        .expect("the appliance link")
+        .click()
+        .await
+        .expect("click the appliance");
+    let appliance = format!(
+        "http://{}{}",
+        ingest.ops_addr,
+        phonehome_dashboard::appliance_path(&fleet.critical)
+    );
+    wait_for_url(&browser, &appliance).await;
     let h1 = browser
         .wait_for("h1", Duration::from_secs(10))
         .await
-        .expect("the appliance page's heading");
-    assert_eq!(h1.text().await.expect("h1 text"), serial);
+        .expect("h1");
+    assert_eq!(h1.text().await.expect("h1"), fleet.critical);
+    shot(&browser, "appliance").await;
+    clean(&browser, &origin, "the appliance page").await;
+    let drive_path = phonehome_dashboard::drive_path(&fleet.failing_drive);
     browser
-        .screenshot(&shots.join("appliance.png"))
+        .find(&format!("#alerts a[href=\"{drive_path}\"]"))
         .await
-        .expect("screenshot of the appliance page");
-    assert_all_from(&browser, &origin).await;
-    let errors = browser.console_errors().await.expect("console errors");
-    assert!(
-        errors.is_empty(),
-        "console errors on the appliance page: {errors:?}{FAVICON_HINT}"
+        .expect("the disk_failing alert links its drive")
+        .click()
+        .await
+        .expect("click the drive");
+    wait_for_url(&browser, &format!("http://{}{drive_path}", ingest.ops_addr)).await;
+    browser
+        .wait_for("#chart-temperature", Duration::from_secs(10))
+        .await
+        .expect("the temperature chart");
+    shot(&browser, "drive").await;
+    clean(&browser, &origin, "the drive page").await;
+    // Three reports in the default 30 days: three points, drawn.
+    let series = browser
+        .find("#chart-temperature path.series")
+        .await
+        .expect("a temperature series");
+    assert_eq!(
+        series.attr("data-points").await.expect("attr").as_deref(),
+        Some("3")
     );
+    let drawn: f64 = browser
+        .execute(
+            "return document.querySelector('#chart-temperature path.series').getTotalLength();",
+            vec![],
+        )
+        .await
+        .expect("length")
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(drawn > 10.0, "the line is drawn ({drawn} px)");
+    assert!(
+        browser
+            .find("#attributes")
+            .await
+            .expect("SMART attributes")
+            .text()
+            .await
+            .expect("text")
+            .contains("Reallocated_Sector_Ct")
+    );
+
+    // Search from the header finds a serial with a space and a slash.
+    browser.goto(&origin).await.expect("summary");
+    browser
+        .find("form.search input[name=q]")
+        .await
+        .expect("the search box in the header");
+    browser
+        .execute(
+            "const f = document.querySelector('form.search'); \
+             f.querySelector('input[name=q]').value = 'sn 7'; f.submit();",
+            vec![],
+        )
+        .await
+        .expect("search");
+    browser
+        .wait_for("#appliances", Duration::from_secs(10))
+        .await
+        .expect("search results");
+    assert_eq!(
+        serials(&browser, "appliances").await,
+        vec!["SN 7/B".to_owned()]
+    );
+    clean(&browser, &origin, "the search results").await;
+
+    // Every other page, for a person to look at; each clean.
+    for (name, path) in [
+        ("alerts", "/alerts"),
+        ("drives", "/drives"),
+        ("versions", "/versions"),
+        ("appliances", "/appliances?sort=health"),
+    ] {
+        browser
+            .goto(&format!("http://{}{path}", ingest.ops_addr))
+            .await
+            .expect(path);
+        browser
+            .wait_for("main h1", Duration::from_secs(10))
+            .await
+            .expect(path);
+        shot(&browser, name).await;
+        clean(&browser, &origin, path).await;
+    }
+
+    // On a phone, pages do not grow sideways: wide tables scroll inside their box.
+    browser
+        .set_window_size(420, 900)
+        .await
+        .expect("phone width");
+    for path in [
+        "/",
+        "/appliances",
+        "/alerts",
+        &phonehome_dashboard::appliance_path(&fleet.critical),
+    ] {
+        browser
+            .goto(&format!("http://{}{path}", ingest.ops_addr))
+            .await
+            .expect(path);
+        let overflow = browser
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await
+            .expect("widths")
+            .as_f64()
+            .unwrap_or(f64::MAX);
+        assert!(
+            overflow <= 1.0,
+            "{path} is {overflow} px wider than a 420 px screen"
+        );
+    }
+    shot(&browser, "appliance-phone").await;
 }
 
 /// A page that logs an error and loads an image from another address, served to the browser
