@@ -16,6 +16,8 @@ use crate::storage::{Storage, StorageError};
 
 /// How old the fleet-wide counts may be when nothing is configured.
 pub const DEFAULT_COUNTS_MAX_AGE: Duration = Duration::from_secs(10);
+/// How old counts may be and still be shown (with a refresh under way) rather than waited for.
+const STALE_SERVED: Duration = Duration::from_secs(60);
 /// Versions listed per component; the rest are summed up in the totals only.
 const VERSIONS_SHOWN: usize = 50;
 /// Alerts in the summary's "needs attention" list.
@@ -34,7 +36,7 @@ struct CountsCache {
     current: RwLock<Option<Arc<FleetCounts>>>,
     /// Held while the counts are being computed: one computation at a time, however many
     /// views (and scrapes) arrive meanwhile.
-    computing: tokio::sync::Mutex<()>,
+    computing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DashboardSource {
@@ -44,7 +46,7 @@ impl DashboardSource {
             counts: Arc::new(CountsCache {
                 max_age: counts_max_age,
                 current: RwLock::new(None),
-                computing: tokio::sync::Mutex::new(()),
+                computing: Arc::new(tokio::sync::Mutex::new(())),
             }),
         }
     }
@@ -67,16 +69,37 @@ impl DashboardSource {
         age < self.counts.max_age
     }
 
-    /// The fleet-wide counts, at most `counts_max_age` old. A stale value is refreshed once,
-    /// by whoever asks first; the others wait for that refresh instead of starting their own.
+    /// The fleet-wide counts, at most `counts_max_age` old, or a little older while a refresh
+    /// runs: a stale value younger than [`STALE_SERVED`] is answered at once and refreshed in
+    /// the background (so a scrape or a view never waits for the scan once the counts exist);
+    /// an older one, or none, is computed while the caller waits. One computation at a time.
     pub async fn fleet_counts(&self) -> Result<Arc<FleetCounts>, StorageError> {
-        if let Some(c) = self.cached().filter(|c| self.fresh(c)) {
+        let cached = self.cached();
+        if let Some(c) = cached.as_ref().filter(|c| self.fresh(c)) {
+            return Ok(c.clone());
+        }
+        if let Some(c) = cached.filter(|c| self.servable(c)) {
+            if let Ok(guard) = self.counts.computing.clone().try_lock_owned() {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.compute().await {
+                        // The next view tries again; until then the stale counts stand.
+                        tracing::warn!(error = %e, "refreshing the fleet counts failed");
+                    }
+                    drop(guard);
+                });
+            }
             return Ok(c);
         }
         let _computing = self.counts.computing.lock().await;
         if let Some(c) = self.cached().filter(|c| self.fresh(c)) {
             return Ok(c);
         }
+        self.compute().await
+    }
+
+    /// Scans the fleet and keeps the result; the caller holds `computing`.
+    async fn compute(&self) -> Result<Arc<FleetCounts>, StorageError> {
         let started = std::time::Instant::now();
         let counts = Arc::new(self.storage.fleet_counts(self.silent_before()).await?);
         tracing::debug!(
@@ -89,6 +112,15 @@ impl DashboardSource {
             Err(poisoned) => *poisoned.into_inner() = Some(counts.clone()),
         }
         Ok(counts)
+    }
+
+    /// Stale counts that may still be shown while fresh ones are computed.
+    fn servable(&self, c: &FleetCounts) -> bool {
+        if self.counts.max_age.is_zero() {
+            return false;
+        }
+        let age = (Utc::now() - c.at).to_std().unwrap_or(Duration::ZERO);
+        age < STALE_SERVED.max(self.counts.max_age.saturating_mul(6))
     }
 
     fn minimum_app_version(&self) -> Option<String> {

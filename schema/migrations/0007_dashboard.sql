@@ -1,30 +1,31 @@
 -- The operations dashboard at fleet scale: every list it shows starts from an index, and the
--- verdicts it sorts and filters by are columns, kept by the database itself.
+-- verdicts it sorts and filters by are columns, kept by the database itself. Every statement
+-- can run twice (an upgrade test runs it ahead of the migrations before it).
 
 -- An appliance's health is the worst severity among its firing alerts: 0 none, 1 info,
 -- 2 warning, 3 critical. A trigger on alerts keeps it, so every writer (report batches, the
 -- silence check, anything later) keeps it right without knowing about it.
-ALTER TABLE appliances ADD COLUMN health smallint NOT NULL DEFAULT 0;
+ALTER TABLE appliances ADD COLUMN IF NOT EXISTS health smallint NOT NULL DEFAULT 0;
 
 -- A drive's health, the same way, from the firing disk_* alerts that name it (their subject is
 -- the drive's key). Firmware, protocol and capacity come from its newest report.
 ALTER TABLE drives
-    ADD COLUMN health         smallint NOT NULL DEFAULT 0,
-    ADD COLUMN firmware       text,
-    ADD COLUMN protocol       text,
-    ADD COLUMN capacity_bytes bigint;
+    ADD COLUMN IF NOT EXISTS health         smallint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS firmware       text,
+    ADD COLUMN IF NOT EXISTS protocol       text,
+    ADD COLUMN IF NOT EXISTS capacity_bytes bigint;
 
-CREATE FUNCTION phonehome_severity_rank(severity text) RETURNS smallint
+CREATE OR REPLACE FUNCTION phonehome_severity_rank(severity text) RETURNS smallint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE severity WHEN 'critical' THEN 3 WHEN 'warning' THEN 2 WHEN 'info' THEN 1 ELSE 0 END;
 
-CREATE INDEX alerts_firing_by_appliance ON alerts (appliance_id, severity) WHERE state = 'firing';
-CREATE INDEX alerts_firing_by_subject ON alerts (subject) WHERE state = 'firing';
+CREATE INDEX IF NOT EXISTS alerts_firing_by_appliance ON alerts (appliance_id, severity) WHERE state = 'firing';
+CREATE INDEX IF NOT EXISTS alerts_firing_by_subject ON alerts (subject) WHERE state = 'firing';
 -- The alert list's order: most severe first, then oldest first.
-CREATE INDEX alerts_firing_order
+CREATE INDEX IF NOT EXISTS alerts_firing_order
     ON alerts ((3 - phonehome_severity_rank(severity)), started_at, id) WHERE state = 'firing';
 
-CREATE FUNCTION phonehome_alert_health() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION phonehome_alert_health() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE appliances a SET health = coalesce((
         SELECT max(phonehome_severity_rank(al.severity)) FROM alerts al
@@ -39,8 +40,10 @@ BEGIN
     RETURN NULL;
 END $$;
 
+DROP TRIGGER IF EXISTS alerts_health_on_insert ON alerts;
 CREATE TRIGGER alerts_health_on_insert AFTER INSERT ON alerts
     FOR EACH ROW WHEN (NEW.state = 'firing') EXECUTE FUNCTION phonehome_alert_health();
+DROP TRIGGER IF EXISTS alerts_health_on_change ON alerts;
 CREATE TRIGGER alerts_health_on_change AFTER UPDATE OF state, severity ON alerts
     FOR EACH ROW
     WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.severity IS DISTINCT FROM NEW.severity)
@@ -58,15 +61,15 @@ WHERE d.drive_key = h.subject;
 
 -- The appliance list: by serial (the primary key), by last report (also the silence check,
 -- which scanned the whole fleet every minute without it), worst first, and by search prefix.
-CREATE INDEX appliances_last_report ON appliances (last_report_at, serial);
-CREATE INDEX appliances_health ON appliances (health DESC, serial);
-CREATE INDEX appliances_serial_prefix ON appliances (lower(serial) text_pattern_ops);
-CREATE INDEX appliances_hostname_prefix ON appliances (lower(hostname) text_pattern_ops);
-CREATE INDEX appliances_app_version ON appliances (app_version, serial);
-CREATE INDEX appliances_os ON appliances (os_pretty_name, serial);
+CREATE INDEX IF NOT EXISTS appliances_last_report ON appliances (last_report_at, serial);
+CREATE INDEX IF NOT EXISTS appliances_health ON appliances (health DESC, serial);
+CREATE INDEX IF NOT EXISTS appliances_serial_prefix ON appliances (lower(serial) text_pattern_ops);
+CREATE INDEX IF NOT EXISTS appliances_hostname_prefix ON appliances (lower(hostname) text_pattern_ops);
+CREATE INDEX IF NOT EXISTS appliances_app_version ON appliances (app_version, serial);
+CREATE INDEX IF NOT EXISTS appliances_os ON appliances (os_pretty_name, serial);
 
 -- The drive list: worst first, then by key; by model or firmware; where each drive is now.
-CREATE INDEX drives_health ON drives (health DESC, drive_key);
-CREATE INDEX drives_model ON drives (model, drive_key);
-CREATE INDEX drives_firmware ON drives (firmware, drive_key);
-CREATE INDEX drive_membership_current ON drive_membership (drive_id) WHERE until_at IS NULL;
+CREATE INDEX IF NOT EXISTS drives_health ON drives (health DESC, drive_key);
+CREATE INDEX IF NOT EXISTS drives_model ON drives (model, drive_key);
+CREATE INDEX IF NOT EXISTS drives_firmware ON drives (firmware, drive_key);
+CREATE INDEX IF NOT EXISTS drive_membership_current ON drive_membership (drive_id) WHERE until_at IS NULL;

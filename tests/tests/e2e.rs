@@ -139,9 +139,12 @@ async fn the_collector_delivers_this_machines_report_into_postgres() {
     assert_eq!(count, 2);
 
     // The operator sees it on the dashboard and in the metrics.
-    let page = phonehome_tests::client::get(ingest.ops_addr, "/")
-        .await
-        .expect("GET /");
+    let page = phonehome_tests::client::get(
+        ingest.ops_addr,
+        &format!("/appliances?q={}", phonehome_dashboard::encode(&serial)),
+    )
+    .await
+    .expect("GET /appliances");
     assert_eq!(page.status, 200);
     assert!(
         page.body.contains(&serial),

@@ -762,6 +762,15 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         .position(|m| m.name == "row_packing")
         .expect("the row_packing migration");
     let client = schema_as_of(&db, before_packing).await;
+    // The columns this build writes that later migrations add (migration 7 can run twice).
+    let dashboard = ALL
+        .iter()
+        .find(|m| m.name == "dashboard")
+        .expect("the dashboard migration");
+    client
+        .batch_execute(dashboard.sql)
+        .await
+        .expect("the dashboard's columns");
     let storage = Storage::connect(db.url(), 2).expect("storage");
     maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
         .await
@@ -792,7 +801,13 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
     assert!(partitions_before.len() >= 4, "{partitions_before:?}");
 
     let applied = storage.migrate().await.expect("migrate");
-    assert_eq!(applied, vec![ALL[before_packing].version]);
+    assert_eq!(
+        applied,
+        ALL[before_packing..]
+            .iter()
+            .map(|m| m.version)
+            .collect::<Vec<_>>()
+    );
     // Every report names its certificate by id, the old one included; the digest column is
     // gone.
     assert_eq!(
