@@ -22,7 +22,12 @@ pub struct DemoOptions {
     pub ops_listen: SocketAddr,
     /// The collector binary; by default the one next to this executable.
     pub collector: Option<PathBuf>,
+    /// Simulated appliances to seed beside this machine (0: none).
+    pub simulated: u32,
 }
+
+/// Days of history each simulated appliance gets.
+const SIMULATED_DAYS: u32 = 30;
 
 fn step(msg: impl std::fmt::Display) {
     println!("==> {msg}");
@@ -165,6 +170,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
 
     let dashboard = format!("http://{}/", loopback(ops_addr));
+    if opts.simulated > 0 {
+        simulate(opts.simulated, &database_url).await?;
+    }
+
     println!();
     println!("phonehome is up.");
     println!("  dashboard:  {dashboard}");
@@ -217,6 +226,39 @@ async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}; pick another address with {flag}"))
+}
+
+/// Seeds `n` simulated appliances through the load generator's `fill`, which writes through this
+/// ingest's own storage layer. A missing load generator is a note, not a failure: the demo of
+/// this machine stands on its own.
+async fn simulate(n: u32, database_url: &str) -> anyhow::Result<()> {
+    let loadgen = std::env::current_exe()?.with_file_name("phonehome-loadgen");
+    if !loadgen.is_file() {
+        step(format!(
+            "no simulated fleet: {} not found (build it with `cargo build -p phonehome-loadgen`, \
+             or pass --simulated 0)",
+            loadgen.display()
+        ));
+        return Ok(());
+    }
+    step(format!(
+        "seeding {n} simulated appliances with {SIMULATED_DAYS} days of history (serials SIM-…)"
+    ));
+    let status = tokio::process::Command::new(&loadgen)
+        .arg("fill")
+        .arg("--appliances")
+        .arg(n.to_string())
+        .arg("--days")
+        .arg(SIMULATED_DAYS.to_string())
+        .env("DATABASE_URL", database_url)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .with_context(|| format!("run {}", loadgen.display()))?;
+    if !status.success() {
+        bail!("seeding the simulated fleet failed ({status}); see its message above");
+    }
+    Ok(())
 }
 
 async fn collect(collector: &Path) -> anyhow::Result<Report> {

@@ -58,6 +58,11 @@ enum Command {
         /// The collector binary (default: phonehome-collector next to this program).
         #[arg(long)]
         collector: Option<PathBuf>,
+        /// Also seed this many simulated appliances with 30 days of history (serials SIM-…,
+        /// some failing, degrading, filling, silent, outdated), so the dashboard has a fleet to
+        /// show; 0 for none. Needs phonehome-loadgen next to this program.
+        #[arg(long, default_value_t = 300, value_name = "N")]
+        simulated: u32,
     },
 }
 
@@ -136,11 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             report_listen,
             ops_listen,
             collector,
+            simulated,
         } => runtime()?.block_on(demo::run(demo::DemoOptions {
             dir,
             report_listen,
             ops_listen,
             collector,
+            simulated,
         })),
     }
 }

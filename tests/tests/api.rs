@@ -206,7 +206,7 @@ async fn the_json_api_shows_alerts_and_appliances_as_stored() {
     assert!(
         listed
             .windows(2)
-            .all(|w| w[0].0 < w[1].0 || (w[0].0 == w[1].0 && w[0].1 > w[1].1)),
+            .all(|w| (u8::from(w[0].0), -w[0].1) < (u8::from(w[1].0), -w[1].1)),
         "firing before resolved, newest first within each: {listed:?}"
     );
     // Without a state, the firing ones: what an operator must act on.
