@@ -272,7 +272,7 @@ async fn summary_page<S: FleetSource>(State(source): State<S>, query: QueryPairs
     html_or(
         summary_data(&source, query)
             .await
-            .map(|(s, silent)| pages::summary(&s, &silent.items, source.rules())),
+            .map(|(s, silent)| pages::summary(&s, &silent.items)),
     )
 }
 

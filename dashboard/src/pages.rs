@@ -171,7 +171,7 @@ const ALERT_HEADERS: [&str; 8] = [
 ];
 
 /// `/`: the fleet at a glance.
-pub fn summary(s: &Summary, silent: &[ApplianceRow], rules: &[&str]) -> String {
+pub fn summary(s: &Summary, silent: &[ApplianceRow]) -> String {
     let now = Utc::now();
     let health = |h: Health| s.by_health.iter().find(|(x, _)| *x == h).map_or(0, |c| c.1);
     let firing = |sev: Severity| {
@@ -187,8 +187,8 @@ pub fn summary(s: &Summary, silent: &[ApplianceRow], rules: &[&str]) -> String {
             }
         }
     };
-    let outdated_link = if rules.contains(&"app_outdated") && s.minimum_app_version.is_some() {
-        href("/appliances", &[("rule", Some("app_outdated".into()))])
+    let outdated_link = if s.minimum_app_version.is_some() {
+        href("/appliances", &[("below_minimum", Some("true".into()))])
     } else {
         "/versions".to_owned()
     };
@@ -273,7 +273,7 @@ pub fn summary(s: &Summary, silent: &[ApplianceRow], rules: &[&str]) -> String {
                         tr {
                             td { a href=(href("/alerts", &[("rule", Some(r.rule.clone()))])) { (r.rule) } }
                             td { (severity_badge(r.severity)) }
-                            td.num { a href=(href("/appliances", &[("rule", Some(r.rule.clone()))])) { (count(r.firing)) } }
+                            td.num { a href=(href("/alerts", &[("rule", Some(r.rule.clone())), ("severity", Some(r.severity.as_str().to_owned()))])) { (count(r.firing)) } }
                         }
                     }
                 }))
@@ -293,7 +293,7 @@ fn version_table(id: &str, filter: &str, versions: &[VersionCount], total: i64) 
         @if versions.is_empty() {
             p.muted { "No appliance has said." }
         } @else {
-            (table(id, &["Version", "Appliances", "Share", "With alerts", ""], html! {
+            (table(id, &["Version", "Appliances", "Share", "With warnings or worse", ""], html! {
                 @for v in versions {
                     tr.version {
                         td.version {
@@ -339,6 +339,7 @@ pub fn appliances(q: &ApplianceQuery, page: &Page<ApplianceRow>, rules: &[&str])
             label { "App version " input type="text" name="app_version" value=[q.app_version.as_deref()]; }
             label { "OS " input type="text" name="os" value=[q.os.as_deref()]; }
             label { "Drive model " input type="text" name="drive_model" value=[q.drive_model.as_deref()]; }
+            label { "Below minimum app " (select("below_minimum", &["true"], q.below_minimum.then_some("true"))) }
             label { "Sort "
                 select name="sort" id="f-sort" {
                     @for s in ApplianceSort::ALL {

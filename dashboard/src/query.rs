@@ -21,6 +21,8 @@ pub const PERIODS: [u32; 4] = [7, 30, 90, 365];
 pub const MAX_DAYS: u32 = 400;
 /// Longest accepted filter or search value; serials and versions are far shorter.
 const MAX_VALUE_CHARS: usize = 256;
+/// Longest accepted cursor: it carries a drive key, whose model and serial a drive reports.
+const MAX_CURSOR_CHARS: usize = 4096;
 
 /// A parameter the request got wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +70,22 @@ impl Params {
                     format!("parameter {name} given more than once"),
                 ));
             }
-            if value.chars().count() > MAX_VALUE_CHARS {
+            let max = if name == "after" {
+                MAX_CURSOR_CHARS
+            } else {
+                MAX_VALUE_CHARS
+            };
+            if value.chars().count() > max {
                 return Err(BadParameter::new(
                     name,
-                    format!("{name} is longer than {MAX_VALUE_CHARS} characters"),
+                    format!("{name} is longer than {max} characters"),
+                ));
+            }
+            // Nothing the fleet holds has a control character, and PostgreSQL refuses a NUL.
+            if value.chars().any(char::is_control) {
+                return Err(BadParameter::new(
+                    name,
+                    format!("{name} has a control character"),
                 ));
             }
         }
@@ -283,6 +297,8 @@ pub struct ApplianceQuery {
     pub drive_model: Option<String>,
     /// The application's own status (`healthy`, `degraded`, `unhealthy`, `unknown`).
     pub status: Option<String>,
+    /// Only appliances whose app version is below the configured minimum.
+    pub below_minimum: bool,
     pub sort: ApplianceSort,
     pub after: Option<ApplianceCursor>,
     pub limit: i64,
@@ -293,7 +309,7 @@ const HEALTHS: [&str; 4] = ["ok", "info", "warning", "critical"];
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 impl ApplianceQuery {
-    pub const PARAMS: [&str; 11] = [
+    pub const PARAMS: [&str; 12] = [
         "q",
         "health",
         "silent",
@@ -302,6 +318,7 @@ impl ApplianceQuery {
         "os",
         "drive_model",
         "status",
+        "below_minimum",
         "sort",
         "after",
         "limit",
@@ -329,6 +346,9 @@ impl ApplianceQuery {
                 |v| APP_STATUSES.contains(&v).then(|| v.to_owned()),
                 &APP_STATUSES,
             )?,
+            below_minimum: p
+                .one_of("below_minimum", parse_bool, &["true", "false"])?
+                .unwrap_or(false),
             sort,
             after: p.cursor(|v| ApplianceCursor::parse(sort, v))?,
             limit: p.limit()?,
@@ -346,6 +366,10 @@ impl ApplianceQuery {
             ("os", self.os.clone()),
             ("drive_model", self.drive_model.clone()),
             ("status", self.status.clone()),
+            (
+                "below_minimum",
+                self.below_minimum.then(|| "true".to_owned()),
+            ),
             (
                 "sort",
                 (self.sort != ApplianceSort::Serial).then(|| self.sort.as_str().to_owned()),
@@ -367,6 +391,7 @@ impl ApplianceQuery {
             || self.os.is_some()
             || self.drive_model.is_some()
             || self.status.is_some()
+            || self.below_minimum
     }
 }
 
@@ -578,6 +603,8 @@ mod tests {
             (vec![("limit", "ten")], "limit"),
             (vec![("color", "red")], "color"),
             (vec![("q", "a"), ("q", "b")], "q"),
+            (vec![("q", "SN\u{0}")], "q"),
+            (vec![("below_minimum", "maybe")], "below_minimum"),
             (vec![("sort", "health"), ("after", "SN-1")], "after"),
             (
                 vec![("sort", "last_report"), ("after", "yesterday~SN-1")],

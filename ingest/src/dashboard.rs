@@ -234,8 +234,24 @@ impl FleetSource for DashboardSource {
     }
 
     async fn appliances(&self, q: &ApplianceQuery) -> Result<Page<d::ApplianceRow>, StorageError> {
+        let below: Option<Vec<String>> = if q.below_minimum {
+            let minimum = self.minimum_app_version();
+            let counts = self.fleet_counts().await?;
+            Some(
+                counts
+                    .versions
+                    .iter()
+                    .filter(|(c, _)| *c == "app")
+                    .flat_map(|(_, l)| l.iter())
+                    .filter(|(v, _, _)| below(minimum.as_deref(), v))
+                    .map(|(v, _, _)| v.clone())
+                    .collect(),
+            )
+        } else {
+            None
+        };
         self.storage
-            .dashboard_appliances(q, self.silent_before())
+            .dashboard_appliances(q, self.silent_before(), below.as_deref())
             .await
     }
 

@@ -7,8 +7,8 @@ use prometheus::{
 
 use crate::storage::dashboard::FleetCounts;
 
-/// App versions exported as their own series; the rest are summed under `version="other"`, so a
-/// fleet with thousands of builds (or hostile version strings) keeps `/metrics` small.
+/// App versions exported as their own series; the rest are summed under `version="(other versions)"`,
+/// so a fleet with thousands of builds (or hostile version strings) keeps `/metrics` small.
 const VERSION_SERIES: usize = 20;
 
 /// Every metric the ingest exports about itself.
@@ -206,7 +206,7 @@ impl Metrics {
                 .fold(0i64, |sum, v| sum.saturating_add(v.1));
             if other > 0 {
                 self.appliances_by_app_version
-                    .with_label_values(&["other"])
+                    .with_label_values(&["(other versions)"])
                     .set(other);
             }
         }

@@ -59,17 +59,54 @@ FROM (SELECT subject, max(phonehome_severity_rank(severity)) AS rank
       FROM alerts WHERE state = 'firing' AND rule LIKE 'disk\_%' GROUP BY subject) h
 WHERE d.drive_key = h.subject;
 
--- The appliance list: by serial (the primary key), by last report (also the silence check,
--- which scanned the whole fleet every minute without it), worst first, and by search prefix.
-CREATE INDEX IF NOT EXISTS appliances_last_report ON appliances (last_report_at, serial);
-CREATE INDEX IF NOT EXISTS appliances_health ON appliances (health DESC, serial);
+-- When each appliance last reported, in a narrow table of its own: the appliance list sorts and
+-- filters by it and the silence check looks for the oldest, so it needs an index, but an index
+-- on appliances.last_report_at would make every report's update of that wide row touch all of
+-- its indexes (no HOT update). A statement trigger copies it here, one call per batch; the rows
+-- are written only by statements that hold the appliance's own row lock.
+CREATE TABLE IF NOT EXISTS appliance_seen (
+    appliance_id   integer     PRIMARY KEY,
+    serial         text        NOT NULL,
+    last_report_at timestamptz NOT NULL
+) WITH (fillfactor = 70);
+CREATE INDEX IF NOT EXISTS appliance_seen_last_report ON appliance_seen (last_report_at, serial);
+
+CREATE OR REPLACE FUNCTION phonehome_appliance_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO appliance_seen (appliance_id, serial, last_report_at)
+    SELECT id, serial, last_report_at FROM changed
+    ON CONFLICT (appliance_id) DO UPDATE SET last_report_at = EXCLUDED.last_report_at
+        WHERE appliance_seen.last_report_at IS DISTINCT FROM EXCLUDED.last_report_at;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS appliances_seen_on_insert ON appliances;
+CREATE TRIGGER appliances_seen_on_insert AFTER INSERT ON appliances
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION phonehome_appliance_seen();
+DROP TRIGGER IF EXISTS appliances_seen_on_update ON appliances;
+CREATE TRIGGER appliances_seen_on_update AFTER UPDATE ON appliances
+    REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION phonehome_appliance_seen();
+INSERT INTO appliance_seen (appliance_id, serial, last_report_at)
+SELECT id, serial, last_report_at FROM appliances
+ON CONFLICT (appliance_id) DO UPDATE SET last_report_at = EXCLUDED.last_report_at;
+
+-- The appliance list: by serial (the primary key), worst first (3 - health ascending, so one
+-- row comparison is the keyset), and by search prefix, version or OS. None of these columns
+-- changes with an ordinary report, so report updates stay HOT.
+CREATE INDEX IF NOT EXISTS appliances_worst_first ON appliances ((3 - health), serial);
 CREATE INDEX IF NOT EXISTS appliances_serial_prefix ON appliances (lower(serial) text_pattern_ops);
 CREATE INDEX IF NOT EXISTS appliances_hostname_prefix ON appliances (lower(hostname) text_pattern_ops);
 CREATE INDEX IF NOT EXISTS appliances_app_version ON appliances (app_version, serial);
 CREATE INDEX IF NOT EXISTS appliances_os ON appliances (os_pretty_name, serial);
 
 -- The drive list: worst first, then by key; by model or firmware; where each drive is now.
-CREATE INDEX IF NOT EXISTS drives_health ON drives (health DESC, drive_key);
+CREATE INDEX IF NOT EXISTS drives_worst_first ON drives ((3 - health), drive_key);
 CREATE INDEX IF NOT EXISTS drives_model ON drives (model, drive_key);
 CREATE INDEX IF NOT EXISTS drives_firmware ON drives (firmware, drive_key);
 CREATE INDEX IF NOT EXISTS drive_membership_current ON drive_membership (drive_id) WHERE until_at IS NULL;
+
+-- Resolved alerts, newest first, by rule or severity: history grows forever, so a filter on a
+-- rare rule must not walk all of it.
+CREATE INDEX IF NOT EXISTS alerts_resolved_by_rule ON alerts (rule, id) WHERE state = 'resolved';
+CREATE INDEX IF NOT EXISTS alerts_resolved_by_severity ON alerts (severity, id) WHERE state = 'resolved';

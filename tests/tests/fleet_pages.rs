@@ -217,6 +217,13 @@ async fn the_summary_counts_what_is_wrong_and_links_the_lists_it_counts() {
         assert_eq!(rules, BTreeSet::from([rule]), "{id} → {link}");
     }
 
+    // "Firing by rule" links each count to those alerts.
+    let by_rule = by_id(&summary, "by-rule", "</table>");
+    assert!(
+        by_rule.contains("href=\"/alerts?rule=disk_failing&amp;severity=critical\""),
+        "{by_rule}"
+    );
+
     // The JSON says the same.
     let s = json(&ingest, "/api/v1/summary").await;
     assert_eq!(s["appliances"], 12);
@@ -352,6 +359,28 @@ async fn the_lists_filter_search_sort_and_page_and_the_url_carries_it() {
         Some(&fleet.critical),
         "the page in the same order"
     );
+    // Every alert once through `state=all`'s pages (firing, then resolved), one at a time.
+    let everything = json(&ingest, "/api/v1/alerts?state=all&limit=500").await;
+    let total = everything["alerts"].as_array().map_or(0, Vec::len);
+    let mut ids = BTreeSet::new();
+    let mut path = "/api/v1/alerts?state=all&limit=1".to_owned();
+    loop {
+        let page = json(&ingest, &path).await;
+        for a in page["alerts"].as_array().expect("alerts") {
+            assert!(ids.insert(a["id"].as_i64().expect("id")), "{a} twice");
+        }
+        match page["next"].as_str() {
+            Some(n) => {
+                path = format!(
+                    "/api/v1/alerts?state=all&limit=1&after={}",
+                    phonehome_dashboard::encode(n)
+                )
+            }
+            None => break,
+        }
+        assert!(ids.len() <= total, "paging does not end");
+    }
+    assert_eq!(ids.len(), total);
     let by_serial = html(&ingest, &format!("/alerts?serial={}", fleet.degrading)).await;
     assert!(
         serials(&by_serial, "alerts")
@@ -370,6 +399,43 @@ async fn the_lists_filter_search_sort_and_page_and_the_url_carries_it() {
     assert!(
         first_row.contains("badge critical") && first_row.contains(&fleet.failing_drive),
         "the failing drive first:\n{first_row}"
+    );
+    // Pages of five drives, following `next`: every drive once, worst first.
+    let mut keys = Vec::new();
+    let mut healths = Vec::new();
+    let mut path = "/api/v1/drives?limit=5".to_owned();
+    loop {
+        let page = json(&ingest, &path).await;
+        for d in page["drives"].as_array().expect("drives") {
+            keys.push(d["key"].as_str().expect("key").to_owned());
+            healths.push(d["health"].as_str().expect("health").to_owned());
+        }
+        match page["next"].as_str() {
+            Some(n) => {
+                path = format!(
+                    "/api/v1/drives?limit=5&after={}",
+                    phonehome_dashboard::encode(n)
+                )
+            }
+            None => break,
+        }
+        assert!(keys.len() <= 24, "paging does not end: {keys:?}");
+    }
+    assert_eq!(
+        keys.len(),
+        24,
+        "two drives with a key in each of 12 appliances"
+    );
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 24, "{keys:?}");
+    assert_eq!(keys[0], fleet.failing_drive);
+    let rank = |h: &str| {
+        ["critical", "warning", "info", "ok"]
+            .iter()
+            .position(|x| *x == h)
+    };
+    assert!(
+        healths.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])),
+        "{healths:?}"
     );
     let nvme = json(&ingest, "/api/v1/drives?protocol=NVMe").await;
     assert_eq!(nvme["drives"].as_array().map(Vec::len), Some(12));

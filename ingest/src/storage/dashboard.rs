@@ -81,7 +81,7 @@ fn page<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page
     Page { items, next }
 }
 
-const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, a.last_report_at, a.health,
+const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, s.last_report_at, a.health,
     (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing'),
     a.failing_drive_count, a.app_status, a.app_version, a.os_pretty_name, a.report_count";
 
@@ -118,6 +118,14 @@ fn alert_row(r: &Row) -> d::AlertRow {
         value: r.get(8),
         summary: r.get(9),
     }
+}
+
+/// Where a page of alerts starts.
+#[derive(Debug, Clone, Copy)]
+enum Keyset {
+    None,
+    Firing(Severity, DateTime<Utc>, i64),
+    Below(i64),
 }
 
 /// The firing alerts' order: most severe first (the expression `alerts_firing_order` indexes),
@@ -181,10 +189,13 @@ const VERSION_CHARS: i32 = 128;
 
 impl Storage {
     /// Appliances matching `q`, one page in its order.
+    /// `below_minimum` is the app versions below the configured minimum when the query asks for
+    /// those appliances (the caller knows the versions in use).
     pub async fn dashboard_appliances(
         &self,
         q: &ApplianceQuery,
         silent_before: DateTime<Utc>,
+        below_minimum: Option<&[String]>,
     ) -> Result<Page<d::ApplianceRow>, StorageError> {
         let mut sql = Sql::default();
         if let Some(text) = &q.q {
@@ -200,9 +211,13 @@ impl Storage {
         if let Some(silent) = q.silent {
             let p = sql.bind(silent_before);
             sql.and(format!(
-                "a.last_report_at {} {p}",
+                "s.last_report_at {} {p}",
                 if silent { "<" } else { ">=" }
             ));
+        }
+        if let Some(versions) = below_minimum {
+            let p = sql.bind(versions.to_vec());
+            sql.and(format!("a.app_version = ANY({p})"));
         }
         if let Some(rule) = &q.rule {
             let p = sql.bind(rule.clone());
@@ -232,9 +247,9 @@ impl Storage {
         }
         let order = match q.sort {
             ApplianceSort::Serial => "a.serial",
-            ApplianceSort::LastReport => "a.last_report_at DESC, a.serial DESC",
-            ApplianceSort::Oldest => "a.last_report_at, a.serial",
-            ApplianceSort::Health => "a.health DESC, a.serial",
+            ApplianceSort::LastReport => "s.last_report_at DESC, s.serial DESC",
+            ApplianceSort::Oldest => "s.last_report_at, s.serial",
+            ApplianceSort::Health => "3 - a.health, a.serial",
         };
         match &q.after {
             None => {}
@@ -249,18 +264,18 @@ impl Storage {
                 } else {
                     ">"
                 };
-                sql.and(format!("(a.last_report_at, a.serial) {op} ({pt}, {ps})"));
+                sql.and(format!("(s.last_report_at, s.serial) {op} ({pt}, {ps})"));
             }
             Some(ApplianceCursor::Health(h, s)) => {
-                let (ph, ps) = (sql.bind(h.rank()), sql.bind(s.clone()));
-                sql.and(format!(
-                    "(a.health < {ph} OR (a.health = {ph} AND a.serial > {ps}))"
-                ));
+                let (ph, ps) = (sql.bind(3 - i32::from(h.rank())), sql.bind(s.clone()));
+                sql.and(format!("(3 - a.health, a.serial) > ({ph}::int, {ps})"));
             }
         }
         let limit = sql.bind(q.limit.saturating_add(1));
         let text = format!(
-            "SELECT {APPLIANCE_COLUMNS} FROM appliances a WHERE {} ORDER BY {order} LIMIT {limit}",
+            "SELECT {APPLIANCE_COLUMNS} FROM appliances a
+             JOIN appliance_seen s ON s.appliance_id = a.id
+             WHERE {} ORDER BY {order} LIMIT {limit}",
             sql.filter()
         );
         let client = self.pool().get().await?;
@@ -282,17 +297,70 @@ impl Storage {
         }))
     }
 
-    /// Alerts matching `q`, one page in its order.
+    /// Alerts matching `q`, one page in its order. `all` is firing ones newest first, then
+    /// resolved ones newest first: two ranged reads, each from its own index, rather than one
+    /// sort of the whole history.
     pub async fn dashboard_alerts(
         &self,
         q: &AlertQuery,
     ) -> Result<Page<d::AlertRow>, StorageError> {
+        let fetch = q.limit.saturating_add(1);
+        let items = match (q.state, &q.after) {
+            (AlertState::Firing, after) => {
+                let after = match after {
+                    Some(AlertCursor::Firing(s, t, id)) => Keyset::Firing(*s, *t, *id),
+                    _ => Keyset::None,
+                };
+                self.alert_rows(q, "firing", after, fetch).await?
+            }
+            (AlertState::Resolved, after) => {
+                let after = match after {
+                    Some(AlertCursor::Id(id)) => Keyset::Below(*id),
+                    _ => Keyset::None,
+                };
+                self.alert_rows(q, "resolved", after, fetch).await?
+            }
+            (AlertState::All, Some(AlertCursor::All(true, id))) => {
+                self.alert_rows(q, "resolved", Keyset::Below(*id), fetch)
+                    .await?
+            }
+            (AlertState::All, after) => {
+                let after = match after {
+                    Some(AlertCursor::All(false, id)) => Keyset::Below(*id),
+                    _ => Keyset::None,
+                };
+                let mut rows = self.alert_rows(q, "firing", after, fetch).await?;
+                let short = fetch.saturating_sub(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+                if short > 0 {
+                    rows.extend(self.alert_rows(q, "resolved", Keyset::None, short).await?);
+                }
+                rows
+            }
+        };
+        let state = q.state;
+        Ok(page(items, q.limit, |a| {
+            match state {
+                AlertState::Firing => AlertCursor::Firing(a.severity, a.started_at, a.id),
+                AlertState::Resolved => AlertCursor::Id(a.id),
+                AlertState::All => AlertCursor::All(a.state != "firing", a.id),
+            }
+            .encode()
+        }))
+    }
+
+    /// Up to `fetch` alerts in `state` matching `q`'s filters after `after`: firing ones in the
+    /// severity order when the keyset says so (or with no keyset in the firing list), else by
+    /// id, newest first.
+    async fn alert_rows(
+        &self,
+        q: &AlertQuery,
+        state: &'static str,
+        after: Keyset,
+        fetch: i64,
+    ) -> Result<Vec<d::AlertRow>, StorageError> {
         let mut sql = Sql::default();
-        match q.state {
-            AlertState::Firing => sql.and("al.state = 'firing'".into()),
-            AlertState::Resolved => sql.and("al.state = 'resolved'".into()),
-            AlertState::All => {}
-        }
+        let p = sql.bind(state);
+        sql.and(format!("al.state = {p}"));
         if let Some(rule) = &q.rule {
             let p = sql.bind(rule.clone());
             sql.and(format!("al.rule = {p}"));
@@ -305,32 +373,26 @@ impl Storage {
             let p = sql.bind(serial.clone());
             sql.and(format!("a.serial = {p}"));
         }
-        match &q.after {
-            None => {}
-            Some(AlertCursor::Firing(s, t, id)) => {
-                let (ps, pt, pi) = (sql.bind(i32::from(s.order())), sql.bind(*t), sql.bind(*id));
+        let by_severity = q.state == AlertState::Firing;
+        match after {
+            Keyset::None => {}
+            Keyset::Firing(s, t, id) => {
+                let (ps, pt, pi) = (sql.bind(i32::from(s.order())), sql.bind(t), sql.bind(id));
                 sql.and(format!(
                     "({FIRING_ORDER}) > ({ps}::int, {pt}::timestamptz, {pi}::bigint)"
                 ));
             }
-            Some(AlertCursor::Id(id)) => {
-                let p = sql.bind(*id);
+            Keyset::Below(id) => {
+                let p = sql.bind(id);
                 sql.and(format!("al.id < {p}"));
             }
-            Some(AlertCursor::All(resolved, id)) => {
-                let (pr, pi) = (sql.bind(*resolved), sql.bind(*id));
-                sql.and(format!(
-                    "((al.state = 'resolved') > {pr}
-                      OR ((al.state = 'resolved') = {pr} AND al.id < {pi}))"
-                ));
-            }
         }
-        let order = match q.state {
-            AlertState::Firing => FIRING_ORDER,
-            AlertState::Resolved => "al.id DESC",
-            AlertState::All => "al.state = 'resolved', al.id DESC",
+        let order = if by_severity {
+            FIRING_ORDER
+        } else {
+            "al.id DESC"
         };
-        let limit = sql.bind(q.limit.saturating_add(1));
+        let limit = sql.bind(fetch);
         let text = format!(
             "SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
              WHERE {} ORDER BY {order} LIMIT {limit}",
@@ -338,16 +400,7 @@ impl Storage {
         );
         let client = self.pool().get().await?;
         let rows = client.query(&text, &sql.params()).await?;
-        let items: Vec<d::AlertRow> = rows.iter().map(alert_row).collect();
-        let state = q.state;
-        Ok(page(items, q.limit, |a| {
-            match state {
-                AlertState::Firing => AlertCursor::Firing(a.severity, a.started_at, a.id),
-                AlertState::Resolved => AlertCursor::Id(a.id),
-                AlertState::All => AlertCursor::All(a.state != "firing", a.id),
-            }
-            .encode()
-        }))
+        Ok(rows.iter().map(alert_row).collect())
     }
 
     /// Drives matching `q`, worst first, then by key.
@@ -371,15 +424,13 @@ impl Storage {
             sql.and(format!("dr.health = {p}"));
         }
         if let Some((h, key)) = &q.after {
-            let (ph, pk) = (sql.bind(h.rank()), sql.bind(key.clone()));
-            sql.and(format!(
-                "(dr.health < {ph} OR (dr.health = {ph} AND dr.drive_key > {pk}))"
-            ));
+            let (ph, pk) = (sql.bind(3 - i32::from(h.rank())), sql.bind(key.clone()));
+            sql.and(format!("(3 - dr.health, dr.drive_key) > ({ph}::int, {pk})"));
         }
         let limit = sql.bind(q.limit.saturating_add(1));
         let text = format!(
             "SELECT {DRIVE_COLUMNS} FROM drives dr {DRIVE_NOW_IN}
-             WHERE {} ORDER BY dr.health DESC, dr.drive_key LIMIT {limit}",
+             WHERE {} ORDER BY 3 - dr.health, dr.drive_key LIMIT {limit}",
             sql.filter()
         );
         let client = self.pool().get().await?;
@@ -532,7 +583,9 @@ impl Storage {
                 &appliance_params,
             ),
             client.query(
-                "SELECT rule, severity, count(*), count(DISTINCT subject)
+                // A drive without a key is named by its device ("dev:/dev/sda"), the same in
+                // every appliance: drives are counted per appliance.
+                "SELECT rule, severity, count(*), count(DISTINCT (appliance_id, subject))
                  FROM alerts WHERE state = 'firing' GROUP BY 1, 2 ORDER BY 1, 2",
                 &[],
             ),
@@ -598,12 +651,14 @@ impl Storage {
         let rows = client
             .query(
                 "SELECT day, component, left(version, 128), appliances FROM version_counts_daily
-                 WHERE day >= $1 ORDER BY day, component, appliances DESC LIMIT 50000",
+                 WHERE day >= $1 ORDER BY day DESC, component, appliances DESC LIMIT 50000",
                 &[&since],
             )
             .await?;
+        // Newest first above, so a bound cuts the oldest days; oldest first for the charts.
         Ok(rows
             .iter()
+            .rev()
             .filter_map(|r| {
                 let component = match r.get::<_, &str>(1) {
                     "app" => "app",

@@ -37,8 +37,9 @@ impl Storage {
                 // locked first, in serial order as report batches lock them: the two queue
                 // instead of deadlocking. Those already marked silent are not locked again.
                 "WITH quiet AS (
-                     SELECT a.id, a.serial, a.last_report_at FROM appliances a
-                     WHERE a.last_report_at < now() - make_interval(hours => $1::int)
+                     SELECT a.id, a.serial, s.last_report_at FROM appliance_seen s
+                     JOIN appliances a ON a.id = s.appliance_id
+                     WHERE s.last_report_at < now() - make_interval(hours => $1::int)
                        AND NOT EXISTS (
                            SELECT 1 FROM alerts al
                            WHERE al.appliance_id = a.id AND al.state = 'firing'
