@@ -15,7 +15,7 @@ const EXAMPLE: &str = include_str!("../../schema/examples/report.json");
 
 /// splitmix64: a cheap, well-mixed stream of numbers from a seed; no need for a random crate
 /// when all we want is per-appliance values that differ and repeat across phases.
-fn mix(seed: u64) -> u64 {
+pub(crate) fn mix(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -42,6 +42,38 @@ pub struct Fleet {
     days: u64,
     /// Prefix of every serial, so that runs against one database can be told apart.
     serial_prefix: String,
+    /// Mixed into every identity (machine-id, system UUID, MACs, drive serials and WWNs), so
+    /// that two runs into one database do not clone each other's machines.
+    run_seed: u64,
+    /// Whether appliances meet the fates of a real fleet ([`Fate`]); the throughput runs keep
+    /// every appliance on the same work.
+    troubles: bool,
+}
+
+/// What happens to an appliance over the run (with [`Fleet::with_troubles`]). The shares are
+/// those of a fleet that needs watching, not of a healthy average, so every dashboard list has
+/// rows: about 3 % silent, 2 % failing, 5 % degrading, 4 % filling, 6 % outdated, 2 % hot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Healthy,
+    /// Stops reporting after `last_day` (a dead appliance, an unplugged network).
+    Silent {
+        last_day: u64,
+    },
+    /// Its first ATA drive fails its SMART check from `from` on, reallocating as it goes.
+    Failing {
+        from: u64,
+    },
+    /// Its first ATA drive reallocates sectors every few days from `from` on.
+    Degrading {
+        from: u64,
+    },
+    /// `/var` fills towards full by the last day.
+    Filling,
+    /// Never takes the upgrade to 4.3.0 that the rest of the fleet gets.
+    Outdated,
+    /// Its drives run above the temperature threshold.
+    Hot,
 }
 
 impl Fleet {
@@ -83,7 +115,68 @@ impl Fleet {
             last_day: Utc::now() - Duration::hours(1),
             days: days.max(1),
             serial_prefix: serial_prefix.to_owned(),
+            run_seed: fresh_seed(),
+            troubles: false,
         })
+    }
+
+    /// The same fleet with identities derived from `seed` (a run with the same seed and prefix
+    /// describes the same machines).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.run_seed = seed;
+        self
+    }
+
+    /// The same fleet with [`Fate`]s: some appliances fail, degrade, fill, lag or go silent.
+    pub fn with_troubles(mut self) -> Self {
+        self.troubles = true;
+        self
+    }
+
+    /// The seed identities are derived from.
+    pub fn seed(&self) -> u64 {
+        self.run_seed
+    }
+
+    /// Appliance `i`'s own seed: differs per appliance and per run.
+    fn appliance_seed(&self, i: u64) -> u64 {
+        mix(i ^ mix(self.run_seed))
+    }
+
+    /// What happens to appliance `i` over the run.
+    pub fn fate(&self, i: u64) -> Fate {
+        if !self.troubles {
+            return Fate::Healthy;
+        }
+        let seed = mix(self.appliance_seed(i) ^ 0xfa7e);
+        let last = self.days - 1;
+        // Somewhere in the run's later part, so that the history leading up to it shows.
+        let onset = last - (seed >> 8) % self.days.div_ceil(2);
+        match seed % 100 {
+            0..=2 => Fate::Silent {
+                // At least two days quiet: past the default 36 hours.
+                last_day: last.saturating_sub(2 + (seed >> 16) % 10),
+            },
+            3..=4 => Fate::Failing { from: onset },
+            5..=9 => Fate::Degrading { from: onset },
+            10..=13 => Fate::Filling,
+            14..=19 => Fate::Outdated,
+            20..=21 => Fate::Hot,
+            _ => Fate::Healthy,
+        }
+    }
+
+    /// Whether appliance `i` reports on `day` (a silent one stops).
+    pub fn reports_on(&self, i: u64, day: u64) -> bool {
+        match self.fate(i) {
+            Fate::Silent { last_day } => day <= last_day,
+            _ => true,
+        }
+    }
+
+    /// Days of history per appliance.
+    pub fn days(&self) -> u64 {
+        self.days
     }
 
     /// The serial of appliance `i`.
@@ -95,7 +188,8 @@ impl Fleet {
     /// Appliance `i`'s report for `day` (0 = the oldest), with a fresh report id.
     pub fn report(&self, serial: &Serial, i: u64, day: u64) -> Report {
         let mut r = self.template.clone();
-        let seed = mix(i);
+        let seed = self.appliance_seed(i);
+        let fate = self.fate(i);
         r.report_id = Uuid::new_v4();
         // Appliances report at different times of day (splay), each one day after the last.
         let splay = Duration::seconds((seed % 43_200) as i64);
@@ -104,14 +198,26 @@ impl Fleet {
 
         let id = &mut r.identity;
         id.serial = serial.clone();
-        id.hostname = Some(format!("appliance-{i:07}"));
+        id.hostname = Some(if self.troubles {
+            // The dashboard shows hostnames: a simulated machine says so.
+            format!("simulated-{i:07}")
+        } else {
+            format!("appliance-{i:07}")
+        });
         id.system_uuid = Some(uuid_from(seed));
         id.machine_id = Some(format!("{:016x}{:016x}", mix(seed ^ 1), mix(seed ^ 2)));
         // Appliances reboot about monthly; a reboot brings a new boot id and resets uptime.
         let epoch = (day + seed % 30) / 30;
         id.boot_id = Some(uuid_from(seed ^ (epoch << 32)));
         r.system.uptime_seconds = Some(((day + seed % 30) % 30) * 86_400 + seed % 86_400);
-        let upgraded = day >= 5 + seed % 20;
+        // The release rolls out over the run's first half (from day 5 to 24 in a throughput
+        // run, whose history is short).
+        let upgrade_day = if self.troubles {
+            self.days * (5 + seed % 50) / 100
+        } else {
+            5 + seed % 20
+        };
+        let upgraded = day >= upgrade_day && fate != Fate::Outdated;
         if upgraded {
             r.system.kernel = Some("6.1.0-28-amd64".into());
             r.app.version = Some("4.3.0".into());
@@ -129,8 +235,77 @@ impl Fleet {
             r.smart.errors.clear();
         }
         r.filesystems.filesystems = filesystems(&r.filesystems.filesystems, seed, day);
-        r.nics.nics = nics(&r.nics.nics, i, seed, day);
+        r.nics.nics = nics(&r.nics.nics, self.run_seed, i, seed, day);
+        self.befall(&mut r, fate, day);
         r
+    }
+
+    /// Applies appliance's fate to its report for `day`.
+    fn befall(&self, r: &mut Report, fate: Fate, day: u64) {
+        let first_ata = r
+            .smart
+            .devices
+            .iter_mut()
+            .find(|d| d.protocol.as_deref() == Some("ATA") && !d.in_standby);
+        match (fate, first_ata) {
+            (Fate::Failing { from }, Some(d)) if day >= from => {
+                let grown = 40 + (day - from) * 25;
+                d.health_passed = Some(false);
+                d.failing = true;
+                d.reallocated_sectors = Some(grown);
+                for a in &mut d.attributes {
+                    if a.id == 5 {
+                        a.raw = Some(grown);
+                        a.raw_string = Some(grown.to_string());
+                        a.value = Some(3);
+                        a.worst = Some(3);
+                        a.thresh = Some(10);
+                        a.when_failed = Some("now".into());
+                    }
+                }
+            }
+            (Fate::Degrading { from }, Some(d)) if day >= from => {
+                // A few more every third day: a rise, then quiet days that do not end it.
+                let grown = 8 * (1 + (day - from) / 3);
+                d.reallocated_sectors = Some(grown);
+                for a in &mut d.attributes {
+                    if a.id == 5 {
+                        a.raw = Some(grown);
+                        a.raw_string = Some(grown.to_string());
+                    }
+                }
+            }
+            (Fate::Hot, _) => {
+                for (k, d) in r.smart.devices.iter_mut().enumerate() {
+                    if d.temperature_celsius.is_some() {
+                        let t = 61 + ((day + k as u64) % 6) as i64;
+                        d.temperature_celsius = Some(t);
+                        for a in &mut d.attributes {
+                            if a.id == 194 {
+                                a.raw = Some(t as u64);
+                                a.raw_string = Some(format!("{t} (0 13 0 0 0)"));
+                                a.value = Some(t as u8);
+                            }
+                        }
+                    }
+                }
+            }
+            (Fate::Filling, _) => {
+                if let Some(var) = r
+                    .filesystems
+                    .filesystems
+                    .iter_mut()
+                    .find(|f| f.mount_point == "/var")
+                {
+                    // From half full on the first day to 97 % of what is usable on the last.
+                    let cap = var.bytes_total / 100 * 95;
+                    let share = 50 + 47 * day / self.days.max(2).saturating_sub(1).max(1);
+                    var.bytes_used = cap / 100 * share.min(97);
+                    var.bytes_available = cap - var.bytes_used;
+                }
+            }
+            _ => {}
+        }
     }
 
     fn devices(&self, i: u64, seed: u64, day: u64) -> Vec<SmartDevice> {
@@ -144,8 +319,11 @@ impl Fleet {
             letter += 1;
             d.info_name = Some(format!("{name} [SAT]"));
             d.name = name;
-            d.serial = Some(format!("ZA{i:07}{j}"));
-            d.wwn = Some(format!("0x5000c500{:08x}", (i * 8 + j) & 0xffff_ffff));
+            d.serial = Some(format!("ZA{:04X}{i:07}{j}", self.run_seed & 0xffff));
+            d.wwn = Some(format!(
+                "0x5000c5{:010x}",
+                (self.run_seed.wrapping_shl(20) ^ (i * 8 + j)) & 0xff_ffff_ffff
+            ));
             let hours = d.power_on_hours.unwrap_or(0) + seed % 8_000 + 24 * day;
             d.power_on_hours = Some(hours);
             d.power_cycles = d.power_cycles.map(|c| c + day / 30);
@@ -179,8 +357,11 @@ impl Fleet {
             let mut d = self.nvme.clone();
             d.name = format!("/dev/nvme{j}");
             d.info_name = Some(d.name.clone());
-            d.serial = Some(format!("S466NX0M{i:07}{j}"));
-            d.wwn = Some(format!("eui.002538{:010x}", (i * 8 + j) & 0xff_ffff_ffff));
+            d.serial = Some(format!("S466NX{:04X}{i:07}{j}", self.run_seed & 0xffff));
+            d.wwn = Some(format!(
+                "eui.002538{:010x}",
+                (self.run_seed.wrapping_shl(20) ^ (i * 8 + j)) & 0xff_ffff_ffff
+            ));
             d.power_on_hours = Some(d.power_on_hours.unwrap_or(0) + seed % 8_000 + 24 * day);
             let temp = 30 + ((seed >> 24) + day + j) % 15;
             d.temperature_celsius = Some(temp as i64);
@@ -243,7 +424,16 @@ fn filesystems(example: &[Filesystem], seed: u64, day: u64) -> Vec<Filesystem> {
     ]
 }
 
-fn nics(example: &[Nic], i: u64, seed: u64, day: u64) -> Vec<Nic> {
+/// A seed from the clock and the process: runs a nanosecond apart still differ.
+pub(crate) fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    mix(nanos ^ u64::from(std::process::id()).rotate_left(32))
+}
+
+fn nics(example: &[Nic], run_seed: u64, i: u64, seed: u64, day: u64) -> Vec<Nic> {
     let Some(first) = example.first() else {
         return Vec::new();
     };
@@ -251,11 +441,13 @@ fn nics(example: &[Nic], i: u64, seed: u64, day: u64) -> Vec<Nic> {
         .map(|j| {
             let mut n = first.clone();
             n.name = format!("eno{}", j + 1);
+            // A locally administered address: 40 bits, from the run's offset and the index,
+            // so that no two NICs of a run share one (up to 2^39 appliances).
+            let low = run_seed.wrapping_add(i.wrapping_mul(2) | j) & 0xff_ffff_ffff;
+            let b = low.to_be_bytes();
             n.mac = Some(format!(
-                "b4:96:91:{:02x}:{:02x}:{:02x}",
-                (i >> 16) & 0xff,
-                (i >> 8) & 0xff,
-                ((i & 0x7f) << 1) | j
+                "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                b[3], b[4], b[5], b[6], b[7]
             ));
             let traffic = 1 + (seed >> (8 * j)) % 50;
             n.counters = [

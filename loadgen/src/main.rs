@@ -12,6 +12,9 @@
 //! spool of undelivered reports and the whole fleet calls at once, delivering and retrying as the
 //! collector does; it prints how long the fleet takes to drain and checks the database.
 //!
+//! `phonehome-loadgen fill` instead fills a database with a simulated fleet's history straight
+//! through the storage layer (see [`fill`]).
+//!
 //! By default the ingest runs in this process (`phonehome_ingest::serve` on 127.0.0.1:0) against
 //! `--database-url`; `--target` aims at an ingest running elsewhere instead.
 
@@ -20,6 +23,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod fill;
 mod fleet;
 mod http;
 mod outage;
@@ -38,6 +42,10 @@ use clap::Parser;
 /// With --outage instead: the ingest was down, each of the N appliances holds --backlog reports
 /// in its spool, and at t0 the whole fleet calls at once; the run prints how long the fleet
 /// takes to drain and checks that the database holds every report exactly once.
+///
+/// `phonehome-loadgen fill --help`: fill a database with a simulated fleet's history (days of
+/// reports of thousands of appliances, some failing, degrading, filling, outdated or silent)
+/// straight through the storage layer, for the dashboard's benchmarks and the demo.
 ///
 /// Results go to stdout, progress to stderr. Exit status: 0 when every report was acknowledged
 /// with 2xx and every ceiling insert succeeded (with --outage: and the database holds exactly
@@ -183,7 +191,26 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `fill` is a mode of its own with its own options; the throughput and outage runs keep
+    // their flat command line.
+    if args.get(1).is_some_and(|a| a == "fill") {
+        let fill = fill::FillCli::parse_from(
+            std::iter::once(std::ffi::OsString::from("phonehome-loadgen fill"))
+                .chain(args.into_iter().skip(2)),
+        );
+        return block_on(fill::run(fill)).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
+    }
     let cli = Cli::parse();
+    match block_on(phases::run(cli)) {
+        Some(true) => ExitCode::SUCCESS,
+        Some(false) => ExitCode::from(3),
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// Runs `work` on a multi-threaded runtime; `None` when it failed (the error is printed).
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -191,15 +218,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("phonehome-loadgen: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return None;
         }
     };
-    match runtime.block_on(phases::run(cli)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(3),
+    match runtime.block_on(work) {
+        Ok(v) => Some(v),
         Err(e) => {
             eprintln!("phonehome-loadgen: error: {e:#}");
-            ExitCode::FAILURE
+            None
         }
     }
 }

@@ -229,6 +229,37 @@ impl AlertBook {
             .collect();
         let (new, old): (Vec<&Firing>, Vec<&Firing>) =
             all.into_iter().partition(|a| a.id.is_none());
+        // Resolutions first: an alert that ended and began again within the batch (a
+        // backlog of days, or a bulk fill) has its old episode out of the firing index before
+        // the new one goes in.
+        if !old.is_empty() {
+            // Any change is news for Alertmanager: notified_at goes back to NULL.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE alerts a SET
+                         state = CASE WHEN u.resolved_at IS NULL THEN 'firing' ELSE 'resolved' END,
+                         resolved_at = u.resolved_at, severity = u.severity, value = u.value,
+                         summary = u.summary, changed_at = u.changed_at, notified_at = NULL,
+                         resolution_notified = false
+                     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[],
+                         $5::text[], $6::timestamptz[])
+                         AS u(id, resolved_at, severity, value, summary, changed_at)
+                     WHERE a.id = u.id",
+                )
+                .await?;
+            tx.execute(
+                &stmt,
+                &[
+                    &old.iter().filter_map(|a| a.id).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.resolved_at).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.severity.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
+                    &old.iter().map(|a| a.changed_at).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        }
         if !new.is_empty() {
             let stmt = tx
                 .prepare_cached(
@@ -264,34 +295,6 @@ impl AlertBook {
                     &new.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
                     &new.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
                     &new.iter().map(|a| a.changed_at).collect::<Vec<_>>(),
-                ],
-            )
-            .await?;
-        }
-        if !old.is_empty() {
-            // Any change is news for Alertmanager: notified_at goes back to NULL.
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE alerts a SET
-                         state = CASE WHEN u.resolved_at IS NULL THEN 'firing' ELSE 'resolved' END,
-                         resolved_at = u.resolved_at, severity = u.severity, value = u.value,
-                         summary = u.summary, changed_at = u.changed_at, notified_at = NULL,
-                         resolution_notified = false
-                     FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[],
-                         $5::text[], $6::timestamptz[])
-                         AS u(id, resolved_at, severity, value, summary, changed_at)
-                     WHERE a.id = u.id",
-                )
-                .await?;
-            tx.execute(
-                &stmt,
-                &[
-                    &old.iter().filter_map(|a| a.id).collect::<Vec<_>>(),
-                    &old.iter().map(|a| a.resolved_at).collect::<Vec<_>>(),
-                    &old.iter().map(|a| a.severity.as_str()).collect::<Vec<_>>(),
-                    &old.iter().map(|a| a.value.as_str()).collect::<Vec<_>>(),
-                    &old.iter().map(|a| a.summary.as_str()).collect::<Vec<_>>(),
-                    &old.iter().map(|a| a.changed_at).collect::<Vec<_>>(),
                 ],
             )
             .await?;

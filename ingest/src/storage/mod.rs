@@ -3,6 +3,7 @@
 
 mod alerts;
 mod batch;
+mod bulk;
 pub mod dashboard;
 pub mod evidence;
 pub mod fleet;

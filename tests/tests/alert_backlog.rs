@@ -1,0 +1,63 @@
+//! A backlog of days in one transaction (a spool delivered after an outage, or the load
+//! generator's bulk fill): an alert that ends and begins again within the batch keeps both
+//! episodes, the old one resolved and the new one firing.
+
+use chrono::{Duration, Utc};
+use phonehome_ingest::storage::{InsertOutcome, Storage};
+use phonehome_tests::{TestDb, example_report};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_that_resolves_and_fires_again_in_one_batch_keeps_both_episodes() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 2).expect("pool");
+    let day0 = Utc::now() - Duration::days(3);
+    let at = |day: i64, celsius: i64| {
+        let mut r = example_report("BACKLOG-1");
+        r.collected_at = day0 + Duration::days(day);
+        r.smart.devices[0].temperature_celsius = Some(celsius);
+        storage
+            .prepare_report(&r, &[9; 32], r.collected_at)
+            .expect("prepared")
+    };
+
+    // The hot drive's alert is in the database before the backlog arrives.
+    let first = storage.write_prepared(&[at(0, 66)]).await.expect("day 0");
+    assert_eq!(first, vec![InsertOutcome::Stored]);
+
+    // Cooled down on day 1, hot again on day 2: one transaction.
+    let backlog = storage
+        .write_prepared(&[at(2, 67), at(1, 40)])
+        .await
+        .expect("a backlog whose alert flaps commits");
+    assert_eq!(backlog, vec![InsertOutcome::Stored, InsertOutcome::Stored]);
+
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT state, started_at, resolved_at FROM alerts
+             WHERE rule = 'disk_temperature' ORDER BY started_at",
+            &[],
+        )
+        .await
+        .expect("alerts");
+    // PostgreSQL keeps microseconds: whole days after day 0, rounded.
+    let days = |t: chrono::DateTime<Utc>| {
+        ((t - day0).num_milliseconds() as f64 / 86_400_000.0).round() as i64
+    };
+    let episodes: Vec<(String, i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| {
+            let started: chrono::DateTime<Utc> = r.get(1);
+            let resolved: Option<chrono::DateTime<Utc>> = r.get(2);
+            (r.get(0), days(started), resolved.map(days))
+        })
+        .collect();
+    assert_eq!(
+        episodes,
+        vec![
+            ("resolved".to_owned(), 0, Some(1)),
+            ("firing".to_owned(), 2, None),
+        ]
+    );
+}
