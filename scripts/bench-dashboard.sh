@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# NOTE: needs `phonehome-loadgen fill` (branch `fill`, not yet merged into main).
 # The dashboard at fleet scale: fills a fresh database with a simulated fleet through the ingest's
 # storage layer (phonehome-loadgen fill), starts a release ingest on it, and times every page and
 # API call one request at a time (scripts/bench_pages.py), with PostgreSQL's plans for the list

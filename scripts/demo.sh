@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 echo "==> building phonehome (the first build takes a few minutes)"
-cargo build --quiet -p phonehome-ingest -p phonehome-collector
+cargo build --quiet -p phonehome-ingest -p phonehome-collector -p phonehome-loadgen
 exec target/debug/phonehome-ingest demo "$@"

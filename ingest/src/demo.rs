@@ -29,6 +29,9 @@ pub struct DemoOptions {
 /// Days of history each simulated appliance gets.
 const SIMULATED_DAYS: u32 = 30;
 
+/// The minimum app version the simulated fleet is held to (some of it never upgrades).
+const SIMULATED_MINIMUM_VERSION: &str = "4.3.0";
+
 fn step(msg: impl std::fmt::Display) {
     println!("==> {msg}");
 }
@@ -86,7 +89,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             url
         }
     };
-    let storage = Storage::connect(&database_url, 8)?;
+    // The simulated fleet's history is judged against app 4.3.0 (`fill`'s default): the
+    // ingest serving it has the same minimum, so its "below minimum" list matches.
+    let mut alerts = crate::alerts::AlertsConfig::default();
+    if opts.simulated > 0 {
+        alerts.app_outdated.minimum_version = Some(SIMULATED_MINIMUM_VERSION.to_owned());
+    }
+    let storage = Storage::connect_with(
+        &database_url,
+        storage::StorageSettings {
+            pool_size: 8,
+            alerts: std::sync::Arc::new(alerts),
+            ..storage::StorageSettings::default()
+        },
+    )?;
     let applied = storage.migrate().await.context("apply migrations")?;
     step(format!(
         "database migrated ({} migration(s) applied)",
@@ -250,6 +266,8 @@ async fn simulate(n: u32, database_url: &str) -> anyhow::Result<()> {
         .arg(n.to_string())
         .arg("--days")
         .arg(SIMULATED_DAYS.to_string())
+        .arg("--minimum-version")
+        .arg(SIMULATED_MINIMUM_VERSION)
         .env("DATABASE_URL", database_url)
         .kill_on_drop(true)
         .status()

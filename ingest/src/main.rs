@@ -60,8 +60,8 @@ enum Command {
         collector: Option<PathBuf>,
         /// Also seed this many simulated appliances with 30 days of history (serials SIM-…,
         /// some failing, degrading, filling, silent, outdated), so the dashboard has a fleet to
-        /// show; 0 (the default until the load generator has `fill`) for none.
-        #[arg(long, default_value_t = 0, value_name = "N")]
+        /// show (through phonehome-loadgen fill, next to this program); 0 for none.
+        #[arg(long, default_value_t = 300, value_name = "N")]
         simulated: u32,
     },
 }

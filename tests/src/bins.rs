@@ -50,6 +50,7 @@ pub fn bin(name: &str) -> PathBuf {
         let out = cargo
             .args(["build", "--quiet", "--profile", &profile, "--bins"])
             .args(["-p", "phonehome-ingest", "-p", "phonehome-collector"])
+            .args(["-p", "phonehome-loadgen"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .map_err(|e| format!("run cargo: {e}"))?;

@@ -1,6 +1,6 @@
 //! The README's first command: `phonehome-ingest demo` brings the whole system up from nothing
 //! (private PostgreSQL, throwaway CA, ingest, one collector run) and the dashboard lists this
-//! machine.
+//! machine beside a simulated fleet.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -24,6 +24,8 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
             "127.0.0.1:0",
             "--ops-listen",
             "127.0.0.1:0",
+            "--simulated",
+            "40",
         ])
         // The private-cluster path, not a database the caller happens to have configured.
         .env_remove("DATABASE_URL")
@@ -112,6 +114,31 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
         "the dashboard lists this machine's serial {}:\n{}",
         me.identity.serial,
         page.body
+    );
+
+    // Beside it, the simulated fleet, marked as such.
+    assert!(
+        output.contains("seeding 40 simulated appliances"),
+        "{output}"
+    );
+    let page = client::get(addr, "/appliances?q=SIM-")
+        .await
+        .expect("GET SIM-");
+    assert_eq!(page.status, 200);
+    for serial in ["SIM-0000000", "SIM-0000039"] {
+        assert!(
+            page.body.contains(serial),
+            "{serial} missing:\n{}",
+            page.body
+        );
+    }
+    assert!(page.body.contains("simulated-0000000"), "{}", page.body);
+    let summary = client::get(addr, "/api/v1/summary").await.expect("summary");
+    assert_eq!(summary.status, 200);
+    let json = summary.json();
+    assert!(
+        json["appliances"].as_i64() >= Some(41),
+        "this machine and 40 simulated ones: {json}"
     );
 
     let _ = Command::new("kill")
