@@ -43,6 +43,9 @@ s=[socket.socket() for _ in range(2)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))')
 read -r report_port ops_port <<<"$ports"
+# fill judges the history against app 4.3.0; the ingest holds the fleet to the same minimum.
+printf '[alerts.app_outdated]\nminimum_version = "4.3.0"\n' >"$work/ingest.toml"
+PHONEHOME_CONFIG="$work/ingest.toml" \
 PHONEHOME_DATABASE_URL="$url" \
 PHONEHOME_REPORT_LISTEN="127.0.0.1:$report_port" \
 PHONEHOME_OPS_LISTEN="127.0.0.1:$ops_port" \

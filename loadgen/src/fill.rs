@@ -170,6 +170,11 @@ pub async fn run(cli: FillCli) -> anyhow::Result<()> {
             }
             if last_progress.elapsed() >= Duration::from_secs(5) {
                 last_progress = Instant::now();
+                // The tables grow from nothing: statements planned on them while small scan
+                // them whole until their statistics say otherwise.
+                maintenance::refresh_statistics(&storage)
+                    .await
+                    .context("refresh the statistics")?;
                 let secs = started.elapsed().as_secs_f64();
                 progress(format!(
                     "{written}/{total} reports ({:.0} %), {:.0} reports/s",

@@ -147,6 +147,8 @@ pub struct RunSummary {
     pub partitions_dropped: u32,
     pub dictionary_trained: Option<i16>,
     pub version_days: u32,
+    /// Appliances and drives whose kept health disagreed with their firing alerts.
+    pub health_repaired: u64,
 }
 
 /// Runs maintenance unless another replica is running it or ran it less than `interval` ago.
@@ -205,6 +207,7 @@ async fn run_locked(
             drop_expired(client, now, storage.settings().retention_days).await?;
         summary.dictionary_trained = train_dictionary(storage, client).await?.trained();
         summary.version_days = version_counts(client, now).await?;
+        summary.health_repaired = reconcile_health(client).await?;
         analyze_current_state(client).await?;
         Ok::<_, StorageError>(summary)
     };
@@ -229,6 +232,51 @@ async fn run_locked(
         )
         .await?;
     result.map(Some)
+}
+
+/// Puts right any health a race left stale. The triggers on `alerts` compute an appliance's or
+/// a drive's health inside the writing transaction, so two batches that change alerts naming
+/// one drive at the same moment (a drive moved between two appliances reporting together) can
+/// each miss the other's uncommitted alert. Only rows that differ are written.
+async fn reconcile_health(client: &Object) -> Result<u64, StorageError> {
+    let appliances = client
+        .execute(
+            "UPDATE appliances a SET health = h.rank
+             FROM (SELECT x.id, coalesce(max(phonehome_severity_rank(al.severity)), 0) AS rank
+                   FROM appliances x
+                   LEFT JOIN alerts al ON al.appliance_id = x.id AND al.state = 'firing'
+                   GROUP BY x.id) h
+             WHERE a.id = h.id AND a.health <> h.rank",
+            &[],
+        )
+        .await?;
+    let drives = client
+        .execute(
+            "UPDATE drives d SET health = h.rank
+             FROM (SELECT x.id, coalesce(max(phonehome_severity_rank(al.severity)), 0) AS rank
+                   FROM drives x
+                   LEFT JOIN alerts al ON al.subject = x.drive_key AND al.state = 'firing'
+                        AND al.rule LIKE 'disk\\_%'
+                   GROUP BY x.id) h
+             WHERE d.id = h.id AND d.health <> h.rank",
+            &[],
+        )
+        .await?;
+    if appliances + drives > 0 {
+        tracing::warn!(
+            appliances,
+            drives,
+            "maintenance: health disagreed with the firing alerts and was put right"
+        );
+    }
+    Ok(appliances + drives)
+}
+
+/// [`analyze_current_state`] for a writer that grows a database quickly (a bulk fill): plans
+/// the batch statements made on empty tables are sequential scans until the statistics change.
+pub async fn refresh_statistics(storage: &Storage) -> Result<(), StorageError> {
+    let client = storage.pool().get().await?;
+    analyze_current_state(&client).await
 }
 
 /// Refreshes the statistics of the current-state tables once they have grown by a tenth since

@@ -1,9 +1,10 @@
-//! A backlog of days in one transaction (a spool delivered after an outage, or the load
-//! generator's bulk fill): an alert that ends and begins again within the batch keeps both
-//! episodes, the old one resolved and the new one firing.
+//! Alerts and the health kept from them, where batches meet: a backlog of days in one
+//! transaction (a spool delivered after an outage, or the load generator's bulk fill) whose alert
+//! ends and begins again keeps both episodes; health a race left stale is put right by
+//! maintenance.
 
 use chrono::{Duration, Utc};
-use phonehome_ingest::storage::{InsertOutcome, Storage};
+use phonehome_ingest::storage::{InsertOutcome, Storage, maintenance};
 use phonehome_tests::{TestDb, example_report};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,4 +61,41 @@ async fn an_alert_that_resolves_and_fires_again_in_one_batch_keeps_both_episodes
             ("firing".to_owned(), 2, None),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_puts_right_health_that_disagrees_with_the_firing_alerts() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 2).expect("pool");
+    let mut r = example_report("HEALTH-1");
+    r.smart.devices[0].temperature_celsius = Some(70);
+    let prepared = storage
+        .prepare_report(&r, &[9; 32], r.collected_at)
+        .expect("prepared");
+    storage.write_prepared(&[prepared]).await.expect("stored");
+    let health = |sql: &'static str| {
+        let db = &db;
+        async move {
+            let v: i16 = db.client().await.query_one(sql, &[]).await.expect(sql).get(0);
+            v
+        }
+    };
+    let appliance = "SELECT health FROM appliances WHERE serial = 'HEALTH-1'";
+    let drive = "SELECT max(health) FROM drives";
+    assert_eq!(health(appliance).await, 2, "a hot drive is a warning");
+    assert_eq!(health(drive).await, 2);
+
+    // What two racing batches could leave behind: health that misses a firing alert.
+    db.client()
+        .await
+        .batch_execute("UPDATE appliances SET health = 0; UPDATE drives SET health = 0")
+        .await
+        .expect("break health");
+    let summary = maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
+        .await
+        .expect("maintenance")
+        .expect("nobody else ran it");
+    assert_eq!(summary.health_repaired, 2, "{summary:?}");
+    assert_eq!(health(appliance).await, 2);
+    assert_eq!(health(drive).await, 2);
 }
