@@ -6,7 +6,8 @@
 #
 # Usage: scripts/bench-dashboard.sh [APPLIANCES] [DAYS] [REQUESTS]   (default 100000 30 50)
 # Environment: ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
-#              KEEP=1 keeps the database (phonehome_bench_dashboard) afterwards.
+#              KEEP=1 keeps the database (phonehome_bench_dashboard) afterwards,
+#              REUSE=1 (with KEEP=1) times a database a previous KEEP=1 run left, without filling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 appliances=${1:-100000}
@@ -18,7 +19,9 @@ url="${admin%/*}/$db"
 
 echo "==> building release binaries"
 cargo build --quiet --release -p phonehome-ingest -p phonehome-loadgen
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+if [ "${REUSE:-0}" != 1 ]; then
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db"
+fi
 work=$(mktemp -d)
 ingest_pid=""
 cleanup() {
@@ -30,10 +33,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> filling $appliances appliances x $days days"
-time target/release/phonehome-loadgen fill --database-url "$url" --appliances "$appliances" --days "$days"
-# What a database that has run for a while has: statistics and visibility maps.
-psql "$url" -qc "VACUUM ANALYZE"
+if [ "${REUSE:-0}" != 1 ]; then
+  echo "==> filling $appliances appliances x $days days"
+  time target/release/phonehome-loadgen fill --database-url "$url" --appliances "$appliances" --days "$days"
+  # What a database that has run for a while has: statistics and visibility maps.
+  psql "$url" -qc "VACUUM ANALYZE"
+fi
 psql "$url" -Atc "SELECT 'database size: ' || pg_size_pretty(pg_database_size(current_database()))"
 
 target/release/phonehome-ingest ca init --dir "$work/pki" >/dev/null

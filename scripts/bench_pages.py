@@ -9,6 +9,7 @@ for a deep page, the most common model, a drive that is failing); every timed re
 the ingest over HTTP. With --explain it also prints PostgreSQL's plans for the list queries.
 """
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -34,14 +35,13 @@ def fetch(url):
 
 
 def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    if len(args) != 2:
-        print(__doc__, file=sys.stderr)
-        sys.exit(2)
-    base, db = args[0].rstrip("/"), args[1]
-    n = 50
-    if "--requests" in sys.argv:
-        n = int(sys.argv[sys.argv.index("--requests") + 1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ops_url")
+    parser.add_argument("database_url")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--explain", action="store_true")
+    opts = parser.parse_args()
+    base, db, n = opts.ops_url.rstrip("/"), opts.database_url, opts.requests
     q = urllib.parse.quote
 
     mid = sql(db, "SELECT serial FROM appliances ORDER BY serial OFFSET (SELECT count(*) / 2 FROM appliances) LIMIT 1")
@@ -132,18 +132,23 @@ def main():
             print(f"{name:44} {statistics.median(times):8.1f} {p95:8.1f} {times[-1]:8.1f} {size / 1000:7.1f}  {status}")
     print(f"worst p95: fleet-wide {worst['fleet']:.1f} ms (target 100), one appliance or drive {worst['one']:.1f} ms (target 50); heaviest page {worst['kb']:.1f} KB (target 200)")
 
-    if "--explain" in sys.argv:
+    if opts.explain:
+        # The statements of ingest/src/storage/dashboard.rs, with the page's parameters inlined
+        # and only the ordering columns selected (the row's other columns are per-row lookups).
+        seen = "FROM appliances a JOIN appliance_seen s ON s.appliance_id = a.id"
         plans = [
-            ("appliances, middle page", f"SELECT serial FROM appliances a WHERE a.serial > '{mid}' ORDER BY a.serial LIMIT 51"),
-            ("appliances sort=health, middle of ok", f"SELECT serial FROM appliances a WHERE (a.health < 0 OR (a.health = 0 AND a.serial > '{ok_mid}')) ORDER BY a.health DESC, a.serial LIMIT 51"),
-            ("appliances sort=oldest, middle", f"SELECT serial FROM appliances a WHERE (a.last_report_at, a.serial) > ('{mid_time}', '{mid}') ORDER BY a.last_report_at, a.serial LIMIT 51"),
-            ("appliances silent=true", "SELECT serial FROM appliances a WHERE a.last_report_at < now() - interval '36 hours' ORDER BY a.serial LIMIT 51"),
-            ("appliances rule=disk_failing", "SELECT serial FROM appliances a WHERE a.id IN (SELECT appliance_id FROM alerts WHERE state = 'firing' AND rule = 'disk_failing') ORDER BY a.serial LIMIT 51"),
-            ("appliances drive_model", f"SELECT serial FROM appliances a WHERE a.id IN (SELECT m.appliance_id FROM drive_membership m JOIN drives dr ON dr.id = m.drive_id WHERE m.until_at IS NULL AND dr.model = '{rare_model}') ORDER BY a.serial LIMIT 51"),
-            ("appliances q=prefix", f"SELECT serial FROM appliances a WHERE (lower(a.serial) LIKE lower('{prefix}') || '%' OR lower(a.hostname) LIKE lower('{prefix}') || '%') ORDER BY a.serial LIMIT 51"),
+            ("appliances, middle page", f"SELECT a.serial {seen} WHERE a.serial > '{mid}' ORDER BY a.serial LIMIT 51"),
+            ("appliances sort=health, middle of ok", f"SELECT a.serial {seen} WHERE (3 - a.health, a.serial) > (3, '{ok_mid}') ORDER BY 3 - a.health, a.serial LIMIT 51"),
+            ("appliances sort=oldest, middle", f"SELECT a.serial {seen} WHERE (s.last_report_at, s.serial) > ('{mid_time}', '{mid}') ORDER BY s.last_report_at, s.serial LIMIT 51"),
+            ("appliances silent=true", f"SELECT a.serial {seen} WHERE s.last_report_at < now() - interval '36 hours' ORDER BY a.serial LIMIT 51"),
+            ("appliances rule=disk_failing", f"SELECT a.serial {seen} WHERE a.id IN (SELECT appliance_id FROM alerts WHERE state = 'firing' AND rule = 'disk_failing') ORDER BY a.serial LIMIT 51"),
+            ("appliances drive_model (rarest)", f"SELECT a.serial {seen} WHERE a.id IN (SELECT m.appliance_id FROM drive_membership m JOIN drives dr ON dr.id = m.drive_id WHERE m.until_at IS NULL AND dr.model = '{rare_model}') ORDER BY a.serial LIMIT 51"),
+            ("appliances q=prefix", f"SELECT a.serial {seen} WHERE (lower(s.serial) LIKE lower('{prefix}') || '%' OR lower(s.hostname) LIKE lower('{prefix}') || '%') ORDER BY s.serial LIMIT 51"),
+            ("appliances app_version (rarest)", f"SELECT a.serial {seen} WHERE a.app_version = '{old_version}' ORDER BY a.serial LIMIT 51"),
             ("alerts (firing, by severity then age)", "SELECT al.id FROM alerts al JOIN appliances a ON a.id = al.appliance_id WHERE al.state = 'firing' ORDER BY 3 - phonehome_severity_rank(al.severity), al.started_at, al.id LIMIT 51"),
-            ("drives", "SELECT drive_key FROM drives dr ORDER BY dr.health DESC, dr.drive_key LIMIT 51"),
-            ("drive samples, 365 d", f"SELECT s.collected_at FROM drive_samples s JOIN drives d ON d.id = s.drive_id WHERE d.drive_key = '{drive}' AND s.appliance_id IN (SELECT appliance_id FROM drive_membership m WHERE m.drive_id = d.id) AND s.collected_at >= now() - interval '365 days'"),
+            ("alerts resolved, middle", f"SELECT al.id FROM alerts al JOIN appliances a ON a.id = al.appliance_id WHERE al.state = 'resolved' AND al.id < {alert_id} ORDER BY al.id DESC LIMIT 51"),
+            ("drives, middle of ok", f"SELECT dr.drive_key FROM drives dr WHERE (3 - dr.health, dr.drive_key) > (3, '{mid_drive}') ORDER BY 3 - dr.health, dr.drive_key LIMIT 51"),
+            ("drive samples, 365 d", f"SELECT s.collected_at FROM drive_samples s WHERE s.appliance_id = ANY(ARRAY(SELECT m.appliance_id FROM drive_membership m JOIN drives d ON d.id = m.drive_id WHERE d.drive_key = '{drive}')) AND s.drive_id = (SELECT id FROM drives WHERE drive_key = '{drive}') AND s.collected_at >= now() - interval '365 days' ORDER BY s.collected_at"),
         ]
         for name, query in plans:
             print(f"\n-- {name}")

@@ -47,6 +47,11 @@ pub const ALL: &[Migration] = &[
         name: "dashboard",
         sql: include_str!("../migrations/0007_dashboard.sql"),
     },
+    Migration {
+        version: 8,
+        name: "search",
+        sql: include_str!("../migrations/0008_search.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -76,7 +76,13 @@ async fn maintenance_puts_right_health_that_disagrees_with_the_firing_alerts() {
     let health = |sql: &'static str| {
         let db = &db;
         async move {
-            let v: i16 = db.client().await.query_one(sql, &[]).await.expect(sql).get(0);
+            let v: i16 = db
+                .client()
+                .await
+                .query_one(sql, &[])
+                .await
+                .expect(sql)
+                .get(0);
             v
         }
     };

@@ -480,6 +480,50 @@ async fn the_lists_filter_search_sort_and_page_and_the_url_carries_it() {
         appliance.contains(&drive_path),
         "the drive links to its page"
     );
+
+    // A search pages like any list: one row a page, every match once.
+    let mut got = Vec::new();
+    let mut path = Some("/api/v1/appliances?q=SN-fleet-0&limit=1".to_owned());
+    while let Some(p) = path {
+        let page = json(&ingest, &p).await;
+        for a in page["appliances"].as_array().expect("appliances") {
+            got.push(a["serial"].as_str().expect("serial").to_owned());
+        }
+        path = page["next"].as_str().map(|n| {
+            format!(
+                "/api/v1/appliances?q=SN-fleet-0&limit=1&after={}",
+                phonehome_dashboard::encode(n)
+            )
+        });
+        assert!(got.len() <= 12, "paging a search does not end: {got:?}");
+    }
+    let expected: Vec<String> = fleet
+        .all
+        .iter()
+        .filter(|s| s.starts_with("SN-FLEET-0"))
+        .cloned()
+        .collect();
+    assert_eq!(got, expected);
+
+    // A renamed appliance is found by its new hostname, no longer by the old one.
+    let storage = Storage::connect(db.url(), 1).expect("storage");
+    let mut renamed = phonehome_tests::fleet::report_for(&fleet.critical, 90);
+    renamed.identity.hostname = Some("Renamed-Box".into());
+    assert_eq!(
+        phonehome_tests::store_report(&storage, &renamed).await,
+        InsertOutcome::Stored
+    );
+    let found = html(&ingest, "/appliances?q=renamed-b").await;
+    assert_eq!(serials(&found, "appliances"), vec![fleet.critical.clone()]);
+    let old_name = json(&ingest, "/api/v1/appliances?q=host-000").await;
+    assert!(
+        old_name["appliances"]
+            .as_array()
+            .expect("appliances")
+            .iter()
+            .all(|a| a["serial"] != fleet.critical.as_str()),
+        "{old_name}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -200,8 +200,11 @@ impl Storage {
         let mut sql = Sql::default();
         if let Some(text) = &q.q {
             let p = sql.bind(prefix_pattern(text));
+            // On the narrow appliance_seen rows (migration 8): a prefix whose matches sit far
+            // along the serial order costs a walk over a few megabytes, not over every wide
+            // appliance row.
             sql.and(format!(
-                "(lower(a.serial) LIKE {p} OR lower(a.hostname) LIKE {p})"
+                "(lower(s.serial) LIKE {p} OR lower(s.hostname) LIKE {p})"
             ));
         }
         if let Some(h) = q.health {
@@ -245,8 +248,14 @@ impl Storage {
                           WHERE m.until_at IS NULL AND dr.model = {p})"
             ));
         }
+        // A search sorts by the narrow table's copy of the serial, so that it walks that.
+        let by_serial = if q.q.is_some() {
+            "s.serial"
+        } else {
+            "a.serial"
+        };
         let order = match q.sort {
-            ApplianceSort::Serial => "a.serial",
+            ApplianceSort::Serial => by_serial,
             ApplianceSort::LastReport => "s.last_report_at DESC, s.serial DESC",
             ApplianceSort::Oldest => "s.last_report_at, s.serial",
             ApplianceSort::Health => "3 - a.health, a.serial",
@@ -255,7 +264,7 @@ impl Storage {
             None => {}
             Some(ApplianceCursor::Serial(s)) => {
                 let p = sql.bind(s.clone());
-                sql.and(format!("a.serial > {p}"));
+                sql.and(format!("{by_serial} > {p}"));
             }
             Some(ApplianceCursor::Time(t, s)) => {
                 let (pt, ps) = (sql.bind(*t), sql.bind(s.clone()));
