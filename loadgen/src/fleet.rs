@@ -234,7 +234,15 @@ impl Fleet {
             // Only some appliances have the RAID controller that times out in the example.
             r.smart.errors.clear();
         }
-        r.filesystems.filesystems = filesystems(&r.filesystems.filesystems, seed, day);
+        // A fleet with troubles grows its data over the run as a month's worth, however long
+        // the run: a year of daily growth would fill every appliance, and only the filling
+        // ones should be.
+        let grown = if self.troubles {
+            day * 30 / self.days.max(30)
+        } else {
+            day
+        };
+        r.filesystems.filesystems = filesystems(&r.filesystems.filesystems, seed, grown);
         r.nics.nics = nics(&r.nics.nics, self.run_seed, i, seed, day);
         self.befall(&mut r, fate, day);
         r
@@ -495,6 +503,28 @@ mod tests {
         let b = fleet.report(&fleet.serial(2).unwrap(), 2, 0);
         assert_ne!(a.identity.machine_id, b.identity.machine_id);
         assert_ne!(a.smart.devices[0].serial, b.smart.devices[0].serial);
+    }
+
+    #[test]
+    fn a_year_of_history_fills_only_the_filling_appliances() {
+        let fleet = Fleet::new(365, "LGTEST-").unwrap().with_troubles();
+        let mut filling = 0;
+        for i in 0..300 {
+            let last = fleet.report(&fleet.serial(i).unwrap(), i, 364);
+            let fullest = last
+                .filesystems
+                .filesystems
+                .iter()
+                .map(|f| f.bytes_used as f64 / f.bytes_total as f64)
+                .fold(0.0, f64::max);
+            if fleet.fate(i) == Fate::Filling {
+                filling += 1;
+                assert!(fullest > 0.9, "appliance {i}: {fullest}");
+            } else {
+                assert!(fullest < 0.8, "appliance {i} ({:?}): {fullest}", fleet.fate(i));
+            }
+        }
+        assert!(filling > 0);
     }
 
     #[test]
