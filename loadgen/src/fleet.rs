@@ -521,7 +521,11 @@ mod tests {
                 filling += 1;
                 assert!(fullest > 0.9, "appliance {i}: {fullest}");
             } else {
-                assert!(fullest < 0.8, "appliance {i} ({:?}): {fullest}", fleet.fate(i));
+                assert!(
+                    fullest < 0.8,
+                    "appliance {i} ({:?}): {fullest}",
+                    fleet.fate(i)
+                );
             }
         }
         assert!(filling > 0);
