@@ -425,7 +425,7 @@ impl AlertsConfig {
                     .mount_points
                     .get(&f.mount_point)
                     .unwrap_or(&self.filesystem_full.thresholds);
-                let bytes = percent(f.bytes_used, f.bytes_used + f.bytes_available);
+                let bytes = percent(f.bytes_used, f.bytes_used.saturating_add(f.bytes_available));
                 let inodes = percent(f.inodes_used, f.inodes_total);
                 let (what, pct) = if inodes > bytes {
                     ("inodes", inodes)
@@ -617,7 +617,10 @@ pub fn nic_errors(
         })
         .filter(|(_, r)| *r > 0)
         .collect();
-    let total: i64 = parts.iter().map(|(_, r)| r).sum();
+    // Counters come from the appliance: two near i64::MAX must not overflow the sum.
+    let total: i64 = parts
+        .iter()
+        .fold(0i64, |sum, (_, r)| sum.saturating_add(*r));
     if u64::try_from(total).unwrap_or(0) <= config.nic_errors.threshold {
         return None;
     }
@@ -729,7 +732,7 @@ pub fn version_less(a: &str, b: &str) -> bool {
 pub fn rise(previous: Option<i64>, current: Option<i64>, reset: bool) -> Option<i64> {
     let current = current?;
     match previous {
-        Some(p) if !reset && current >= p => Some(current - p),
+        Some(p) if !reset && current >= p => Some(current.saturating_sub(p)),
         Some(_) => Some(current),
         None => None,
     }
@@ -812,6 +815,37 @@ mod tests {
         assert!(fired(nic(600, 0), nic(3, 0), true).is_none());
         // Counters that survived a reboot are read as a difference, not as a day's worth.
         assert!(fired(nic(170, 170), nic(175, 176), true).is_none());
+    }
+
+    /// Issue 13, finding 1: counters at the top of the range (what a u64 at or above 2^63
+    /// becomes) summed in a writer task overflowed; filesystem sizes the same.
+    #[test]
+    fn counters_and_sizes_at_the_top_of_the_range_neither_panic_nor_wrap() {
+        use crate::storage::rows::NicRow;
+        let nic = |v: i64| NicRow {
+            name: "eno1".into(),
+            rx_bytes: None,
+            tx_bytes: None,
+            rx_errors: Some(v),
+            tx_errors: Some(v),
+            rx_dropped: Some(v),
+            tx_dropped: Some(v),
+        };
+        let c = AlertsConfig::default();
+        let f = nic_errors(&c, &nic(i64::MAX), &nic(0), false).expect("a huge rise fires");
+        assert!(f.summary.contains(&i64::MAX.to_string()), "{}", f.summary);
+        assert_eq!(rise(Some(-5), Some(i64::MAX), false), Some(i64::MAX));
+
+        let mut r: Report = serde_json::from_str(EXAMPLE).unwrap();
+        let fs = &mut r.filesystems.filesystems[0];
+        fs.bytes_used = u64::MAX;
+        fs.bytes_available = u64::MAX;
+        fs.bytes_total = u64::MAX;
+        let findings = c.evaluate_report(&r, crate::storage::rows::drive_key);
+        assert!(
+            findings.iter().any(|f| f.rule == "filesystem_full"),
+            "a full filesystem of u64::MAX bytes is full: {findings:?}"
+        );
     }
 
     #[test]
