@@ -103,6 +103,12 @@ impl Client {
             .header("Content-Type", "application/json")
             .header("Content-Encoding", "gzip")
             .header("Accept", "application/json")
+            // By this appliance's clock: the ingest compares it with its own to tell a clock
+            // that is off, which a report's collected_at cannot when it waited in the spool.
+            .header(
+                "Date",
+                Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+            )
             .send(gzipped_json);
         let mut response = match response {
             Ok(response) => response,

@@ -52,7 +52,7 @@ pub struct Finding {
 }
 
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 13] = [
+pub const RULES: [&str; 14] = [
     "disk_failing",
     "disk_degrading",
     "disk_wearout",
@@ -66,6 +66,7 @@ pub const RULES: [&str; 13] = [
     "appliance_silent",
     "identity_conflict",
     "collector_degraded",
+    "clock_skew",
 ];
 
 /// `[alerts]` in the ingest's configuration: every rule can be switched off and its thresholds
@@ -86,6 +87,7 @@ pub struct AlertsConfig {
     pub appliance_silent: Silent,
     pub identity_conflict: Hold,
     pub collector_degraded: Switch,
+    pub clock_skew: ClockSkew,
 }
 
 impl Default for AlertsConfig {
@@ -113,8 +115,60 @@ impl Default for AlertsConfig {
                 hold_days: 7,
             },
             collector_degraded: Switch::default(),
+            clock_skew: ClockSkew::default(),
         }
     }
+}
+
+/// `clock_skew`: the appliance's clock is off from the ingest's by more than `minutes`. Its
+/// reports are still ordered by when they arrived, so the skew harms nothing here; but its
+/// logs, certificates and schedules are wrong, and someone should set up its time sync.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockSkew {
+    pub enabled: bool,
+    pub minutes: u32,
+}
+
+impl Default for ClockSkew {
+    fn default() -> Self {
+        ClockSkew {
+            enabled: true,
+            minutes: 10,
+        }
+    }
+}
+
+/// The `clock_skew` finding for a clock `skew_seconds` ahead of ours (negative: behind), if
+/// that is more than the rule allows.
+pub fn clock_skew(config: &AlertsConfig, skew_seconds: Option<i64>) -> Option<Finding> {
+    let skew = skew_seconds?;
+    let limit = i64::from(config.clock_skew.minutes).saturating_mul(60);
+    if !config.clock_skew.enabled || skew.saturating_abs() <= limit {
+        return None;
+    }
+    let minutes = skew.saturating_abs() / 60;
+    let (amount, direction) = if minutes >= 120 {
+        (
+            format!("{} h", minutes / 60),
+            if skew > 0 { "ahead" } else { "behind" },
+        )
+    } else {
+        (
+            format!("{minutes} min"),
+            if skew > 0 { "ahead" } else { "behind" },
+        )
+    };
+    Some(Finding {
+        rule: "clock_skew",
+        subject: String::new(),
+        severity: Severity::Warning,
+        value: format!("{skew} s"),
+        summary: format!(
+            "the appliance's clock is {amount} {direction} of the ingest's; its reports are \
+             ordered by when they arrived"
+        ),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -343,6 +397,7 @@ impl AlertsConfig {
             "appliance_silent" => self.appliance_silent.enabled,
             "identity_conflict" => self.identity_conflict.enabled,
             "collector_degraded" => self.collector_degraded.enabled,
+            "clock_skew" => self.clock_skew.enabled,
             _ => false,
         }
     }

@@ -156,7 +156,7 @@ async fn store(
     let started = Instant::now();
     let outcome = state
         .storage
-        .insert_report(&report, &identity, text)
+        .insert_report_sent(&report, &identity, text, sent_at(headers))
         .await?;
     state
         .metrics
@@ -164,6 +164,15 @@ async fn store(
         .observe(started.elapsed().as_secs_f64());
     tracing::info!(report_id = %report.report_id, ?outcome, "report committed");
     Ok((outcome, report.report_id))
+}
+
+/// When the collector sent the request, by its own clock (HTTP `Date`, which the collector
+/// sets); `None` when absent or unreadable, which is not an error: it only tells the skew.
+fn sent_at(headers: &HeaderMap) -> Option<chrono::DateTime<Utc>> {
+    let value = headers.get(axum::http::header::DATE)?.to_str().ok()?;
+    chrono::DateTime::parse_from_rfc2822(value)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Parses and checks a report, naming the offending field on failure.

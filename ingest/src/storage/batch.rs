@@ -179,8 +179,7 @@ pub(super) async fn write(
     }
     // Oldest first per appliance: state, membership and versions move forward in time.
     stored.sort_by(|&a, &b| {
-        (batch[a].serial.as_str(), batch[a].collected_at)
-            .cmp(&(batch[b].serial.as_str(), batch[b].collected_at))
+        (batch[a].serial.as_str(), batch[a].at).cmp(&(batch[b].serial.as_str(), batch[b].at))
     });
 
     let drive_ids = drive_ids(tx, batch, &stored, &before).await?;
@@ -197,15 +196,15 @@ pub(super) async fn write(
         .filter(|(serial, b)| {
             !b.fresh
                 && b.rule_state.is_none()
-                && stored.iter().any(|&i| {
-                    batch[i].serial == **serial && batch[i].collected_at >= b.last_collected_at
-                })
+                && stored
+                    .iter()
+                    .any(|&i| batch[i].serial == **serial && batch[i].at >= b.last_collected_at)
         })
         .map(|(_, b)| (b.id, b.last_collected_at))
         .collect();
     let earliest = stored
         .iter()
-        .map(|&i| batch[i].collected_at)
+        .map(|&i| batch[i].at)
         .min()
         .unwrap_or_else(Utc::now);
     let (members, shared, mut book, ()) = tokio::try_join!(
@@ -267,7 +266,7 @@ pub(super) async fn write(
         book.resolve(b.id, "appliance_silent", r.received_at);
         // A late report (delivered from a spool after newer ones) describes the past: it is
         // kept, but it does not move current state, membership, versions or alerts.
-        if !b.fresh && r.collected_at < b.last_collected_at {
+        if !b.fresh && r.at < b.last_collected_at {
             continue;
         }
         identity_changed(b, r, &mut writes);
@@ -280,7 +279,7 @@ pub(super) async fn write(
             Evaluated {
                 appliance_id: b.id,
                 serial: &r.serial,
-                at: r.collected_at,
+                at: r.at,
                 findings: &findings,
                 judged: Judged {
                     drives: r.smart_complete,
@@ -293,7 +292,7 @@ pub(super) async fn write(
         previous.advance(config, b.id, r, &drive_ids);
         b.boot_id = r.boot_id;
         b.fresh = false;
-        b.last_collected_at = r.collected_at;
+        b.last_collected_at = r.at;
         b.system_uuid = r.state.system_uuid.map(|u| u.to_string());
         b.machine_id = r.state.machine_id.clone();
         for (component, version) in r.state.versions() {
@@ -363,7 +362,7 @@ async fn lock_appliances(
                     .map(|r| r.serial.as_str())
                     .collect::<Vec<_>>(),
                 &missing.iter().map(|r| r.received_at).collect::<Vec<_>>(),
-                &missing.iter().map(|r| r.collected_at).collect::<Vec<_>>(),
+                &missing.iter().map(|r| r.at).collect::<Vec<_>>(),
                 &missing.iter().map(|r| r.report_id).collect::<Vec<_>>(),
                 &missing
                     .iter()
@@ -513,7 +512,7 @@ async fn drive_ids(
     let mut newest: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
     for &i in stored {
         for d in &batch[i].drives {
-            let at = batch[i].collected_at;
+            let at = batch[i].at;
             match newest.get(d.key.as_str()) {
                 Some((_, seen)) if *seen >= at => {}
                 _ => {
@@ -794,7 +793,7 @@ fn versions_changed(b: &Before, r: &PreparedReport, writes: &mut Writes) {
                 component,
                 old,
                 new.map(str::to_owned),
-                r.collected_at,
+                r.at,
                 r.report_id,
             ));
         }
@@ -854,7 +853,7 @@ fn membership_changed(
         }
         writes
             .opened
-            .push((b.id, *drive_id, (*device_name).to_owned(), r.collected_at));
+            .push((b.id, *drive_id, (*device_name).to_owned(), r.at));
         if let Some(kind) = kind {
             writes.drive_events.push((
                 *drive_id,
@@ -862,7 +861,7 @@ fn membership_changed(
                 kind,
                 from,
                 (*device_name).to_owned(),
-                r.collected_at,
+                r.at,
                 r.report_id,
             ));
         }
@@ -875,7 +874,7 @@ fn membership_changed(
             continue;
         }
         match membership {
-            Some(id) => writes.closed.push((*id, r.collected_at)),
+            Some(id) => writes.closed.push((*id, r.at)),
             // Opened earlier in this batch and gone again: drop the opening.
             None => writes
                 .opened
@@ -887,7 +886,7 @@ fn membership_changed(
             "disappeared",
             None,
             device_name.clone(),
-            r.collected_at,
+            r.at,
             r.report_id,
         ));
     }
@@ -960,10 +959,7 @@ async fn insert_samples(
         tx.execute(
             &drive_stmt,
             &[
-                &drives
-                    .iter()
-                    .map(|(i, _)| batch[*i].collected_at)
-                    .collect::<Vec<_>>(),
+                &drives.iter().map(|(i, _)| batch[*i].at).collect::<Vec<_>>(),
                 &drives.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
                 &drives
                     .iter()
@@ -1005,7 +1001,7 @@ async fn insert_samples(
             &[
                 &filesystems
                     .iter()
-                    .map(|(i, _)| batch[*i].collected_at)
+                    .map(|(i, _)| batch[*i].at)
                     .collect::<Vec<_>>(),
                 &filesystems.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
                 &filesystems
@@ -1042,10 +1038,7 @@ async fn insert_samples(
         tx.execute(
             &nic_stmt,
             &[
-                &nics
-                    .iter()
-                    .map(|(i, _)| batch[*i].collected_at)
-                    .collect::<Vec<_>>(),
+                &nics.iter().map(|(i, _)| batch[*i].at).collect::<Vec<_>>(),
                 &nics.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
                 &c(&|n| n.rx_bytes),
                 &c(&|n| n.tx_bytes),
@@ -1272,7 +1265,7 @@ async fn update_appliances(
         .await?;
     let rule_states: Vec<Vec<u8>> = newest
         .iter()
-        .map(|(id, r)| previous.state(*id, r.collected_at, key_of).encode())
+        .map(|(id, r)| previous.state(*id, r.at, key_of).encode())
         .collect();
     let st = |f: &dyn Fn(&CurrentState) -> i32| {
         newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()
@@ -1290,10 +1283,7 @@ async fn update_appliances(
                 .map(|(_, r)| r.state.system_uuid)
                 .collect::<Vec<_>>(),
             &text(&|s| s.machine_id.as_deref()),
-            &newest
-                .iter()
-                .map(|(_, r)| r.collected_at)
-                .collect::<Vec<_>>(),
+            &newest.iter().map(|(_, r)| r.at).collect::<Vec<_>>(),
             &newest.iter().map(|(_, r)| r.report_id).collect::<Vec<_>>(),
             &text(&|s| s.app_version.as_deref()),
             &text(&|s| Some(s.app_status)),

@@ -541,8 +541,11 @@ impl Storage {
         let row = client
             .query_opt(
                 "SELECT r.body, r.body_dictionary FROM appliances a
-                 JOIN reports r ON r.appliance_id = a.id AND r.collected_at = a.last_collected_at
-                     AND r.report_id = a.last_report_id
+                 JOIN reports r ON r.appliance_id = a.id AND r.report_id = a.last_report_id
+                     -- State is ordered by the receive time when the appliance's clock ran
+                     -- ahead (at most a day, or the report was refused): its own time is later.
+                     AND r.collected_at BETWEEN a.last_collected_at
+                         AND a.last_collected_at + interval '25 hours'
                  WHERE a.id = $1",
                 &[&appliance_id],
             )

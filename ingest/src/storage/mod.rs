@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use phonehome_schema::{Report, migrations};
 use tokio_postgres::NoTls;
@@ -248,18 +248,33 @@ impl Storage {
         identity: &ApplianceIdentity,
         body: &str,
     ) -> Result<InsertOutcome, StorageError> {
+        self.insert_report_sent(report, identity, body, None).await
+    }
+
+    /// [`Storage::insert_report`] for a request the collector dated `sent_at` (its HTTP
+    /// `Date`), which tells the appliance's clock skew.
+    pub async fn insert_report_sent(
+        &self,
+        report: &Report,
+        identity: &ApplianceIdentity,
+        body: &str,
+        sent_at: Option<DateTime<Utc>>,
+    ) -> Result<InsertOutcome, StorageError> {
         let compressed = self
             .core
             .codec
             .compress(body.as_bytes())
             .map_err(|e| StorageError::Config(format!("zstd: {e}")))?;
-        let prepared = rows::prepare(
+        let mut prepared = rows::prepare(
             report,
             &identity.cert_sha256,
             Utc::now(),
             compressed,
             &self.settings.alerts,
         );
+        if let Some(sent_at) = sent_at {
+            prepared.note_sent_at(sent_at, &self.settings.alerts);
+        }
         let writer = self.writer.get_or_init(|| {
             Writer::start(
                 self.core.clone(),
@@ -398,7 +413,11 @@ impl Core {
         reports: &[&PreparedReport],
     ) -> Result<Vec<InsertOutcome>, StorageError> {
         let mut client = self.pool.get().await?;
-        let months: HashSet<Month> = reports.iter().map(|r| Month::of(r.collected_at)).collect();
+        // The report's own time places it; samples go by the time state is ordered by.
+        let months: HashSet<Month> = reports
+            .iter()
+            .flat_map(|r| [Month::of(r.collected_at), Month::of(r.at)])
+            .collect();
         for month in months {
             let known = self
                 .partitions

@@ -204,12 +204,9 @@ impl Previous {
                 let Some(history) = self.filesystems.get(&(b.id, f.mount_point.clone())) else {
                     continue;
                 };
-                let mut points: Vec<(DateTime<Utc>, i64)> = history
-                    .iter()
-                    .filter(|(t, _)| *t < r.collected_at)
-                    .copied()
-                    .collect();
-                points.push((r.collected_at, f.bytes_used));
+                let mut points: Vec<(DateTime<Utc>, i64)> =
+                    history.iter().filter(|(t, _)| *t < r.at).copied().collect();
+                points.push((r.at, f.bytes_used));
                 let points = &points[points.len().saturating_sub(n)..];
                 let origin = points[0].0;
                 let xy: Vec<(f64, f64)> = points
@@ -271,13 +268,13 @@ impl Previous {
                 .or_default();
             // As far back as the history path looks, no further: an appliance back after
             // months away starts a new trend.
-            points.retain(|(t, _)| r.collected_at - *t <= window);
+            points.retain(|(t, _)| r.at - *t <= window);
             // A second report of the same moment (a re-sent report under a new id) replaces
             // the point rather than weighting it twice.
-            if points.last().is_some_and(|(t, _)| *t == r.collected_at) {
+            if points.last().is_some_and(|(t, _)| *t == r.at) {
                 points.pop();
             }
-            points.push((r.collected_at, f.bytes_used));
+            points.push((r.at, f.bytes_used));
             let excess = points.len().saturating_sub(keep);
             points.drain(..excess);
         }

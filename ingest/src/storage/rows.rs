@@ -13,8 +13,18 @@ use crate::alerts::{AlertsConfig, Finding};
 pub struct PreparedReport {
     pub serial: String,
     pub report_id: Uuid,
+    /// The appliance's own time, kept as data (and, with the id, what makes a retry a
+    /// duplicate).
     pub collected_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
+    /// When the report counts as taken, for ordering state, samples and alerts: its
+    /// `collected_at`, unless the appliance's clock ran ahead of ours, then when we received
+    /// it. A clock a day fast must not make every honest report after it "late".
+    pub at: DateTime<Utc>,
+    /// How far the appliance's clock is from ours, in seconds (positive: ahead), when the
+    /// report says: from the `Date` its collector sent the report with, else from a
+    /// `collected_at` later than its arrival. `None` when nothing tells.
+    pub clock_skew_seconds: Option<i64>,
     pub cert_sha256: Vec<u8>,
     /// zstd-compressed JSON exactly as received.
     pub body: Vec<u8>,
@@ -310,11 +320,17 @@ pub fn prepare(
         collection_errors: count(collection_errors),
         dropped_reports: big_required(report.collector.dropped_reports),
     };
-    PreparedReport {
+    // A clock running ahead shows in a report collected after it arrived; one running behind
+    // cannot be told from a report that waited in a spool, unless the collector dated its
+    // request (`note_sent_at`).
+    let ahead = (report.collected_at - received_at).num_seconds();
+    let mut prepared = PreparedReport {
         serial: report.identity.serial.as_str().to_owned(),
         report_id: report.report_id,
         collected_at: report.collected_at,
         received_at,
+        at: report.collected_at.min(received_at),
+        clock_skew_seconds: (ahead > 0).then_some(ahead),
         cert_sha256: cert_sha256.to_vec(),
         body: body.0,
         body_dictionary: body.1,
@@ -328,6 +344,25 @@ pub fn prepare(
         filesystems_complete: report.filesystems.errors.is_empty(),
         nics_complete: report.nics.errors.is_empty(),
         findings: alerts.evaluate_report(report, drive_key),
+    };
+    prepared.judge_clock(alerts);
+    prepared
+}
+
+impl PreparedReport {
+    /// The collector dated its request `sent_at` (HTTP `Date`): the difference from when it
+    /// arrived is the appliance's clock skew, whether the report is fresh or from a spool.
+    pub fn note_sent_at(&mut self, sent_at: DateTime<Utc>, alerts: &AlertsConfig) {
+        // The request took some time to arrive; a Date has whole seconds.
+        let skew = (sent_at - self.received_at).num_seconds();
+        self.clock_skew_seconds = Some(skew);
+        self.judge_clock(alerts);
+    }
+
+    fn judge_clock(&mut self, alerts: &AlertsConfig) {
+        self.findings.retain(|f| f.rule != "clock_skew");
+        self.findings
+            .extend(crate::alerts::clock_skew(alerts, self.clock_skew_seconds));
     }
 }
 
