@@ -52,7 +52,7 @@ pub struct Finding {
 }
 
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 14] = [
+pub const RULES: [&str; 15] = [
     "disk_failing",
     "disk_degrading",
     "disk_wearout",
@@ -67,7 +67,13 @@ pub const RULES: [&str; 14] = [
     "identity_conflict",
     "collector_degraded",
     "clock_skew",
+    "alerts_folded",
 ];
+
+/// Firing alerts one appliance may have opened by its reports unless
+/// `[alerts] max_open_per_appliance` says otherwise; findings beyond it are counted in one
+/// `alerts_folded` alert instead of each becoming an alert, a series and a page.
+pub const DEFAULT_MAX_OPEN_PER_APPLIANCE: u32 = 50;
 
 /// `[alerts]` in the ingest's configuration: every rule can be switched off and its thresholds
 /// set; the defaults are what a fleet of storage appliances wants on day one.
@@ -88,6 +94,8 @@ pub struct AlertsConfig {
     pub identity_conflict: Hold,
     pub collector_degraded: Switch,
     pub clock_skew: ClockSkew,
+    /// See [`DEFAULT_MAX_OPEN_PER_APPLIANCE`].
+    pub max_open_per_appliance: u32,
 }
 
 impl Default for AlertsConfig {
@@ -116,6 +124,7 @@ impl Default for AlertsConfig {
             },
             collector_degraded: Switch::default(),
             clock_skew: ClockSkew::default(),
+            max_open_per_appliance: DEFAULT_MAX_OPEN_PER_APPLIANCE,
         }
     }
 }
@@ -398,6 +407,8 @@ impl AlertsConfig {
             "identity_conflict" => self.identity_conflict.enabled,
             "collector_degraded" => self.collector_degraded.enabled,
             "clock_skew" => self.clock_skew.enabled,
+            // The brake on one appliance's alerts cannot be switched off.
+            "alerts_folded" => true,
             _ => false,
         }
     }
@@ -456,8 +467,7 @@ impl AlertsConfig {
                 }
             }
             if self.disk_temperature.enabled {
-                if let Some(t) = d
-                    .temperature_celsius
+                if let Some(t) = phonehome_schema::plausible_celsius(d.temperature_celsius)
                     .filter(|t| *t > self.disk_temperature.celsius)
                 {
                     out.push(Finding {

@@ -471,6 +471,11 @@ impl Config {
                 self.db_writers, self.db_pool_size
             )));
         }
+        if self.alerts.max_open_per_appliance == 0 {
+            return Err(ConfigError::Invalid(
+                "[alerts] max_open_per_appliance must be at least 1".into(),
+            ));
+        }
         let full = &self.alerts.filesystem_full;
         for (name, t) in std::iter::once(("", &full.thresholds))
             .chain(full.mount_points.iter().map(|(m, t)| (m.as_str(), t)))

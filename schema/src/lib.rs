@@ -24,6 +24,22 @@ pub const MAX_CLOCK_AHEAD_HOURS: i64 = 24;
 /// Oldest report accepted: long enough for a spooled report to survive any realistic outage.
 pub const MAX_REPORT_AGE_DAYS: i64 = 400;
 
+/// Most SMART devices, filesystems or NICs one report may list: well above the largest
+/// appliance (a 4U JBOD has about 100 drives), and a bound on what one appliance can make the
+/// ingest store, alert on and draw.
+pub const MAX_ITEMS: usize = 512;
+/// Most characters in a name, version or identifier the ingest shows, labels or indexes
+/// (hostname, versions, OS names, mount points, device names, models, serials, NIC names).
+pub const MAX_NAME_CHARS: usize = 256;
+/// Drive temperatures outside this range (°C) are sensor garbage (0xFFFF, -273): the ingest
+/// keeps them in the report but charts and judges none of them.
+pub const PLAUSIBLE_CELSIUS: std::ops::RangeInclusive<i64> = -60..=200;
+
+/// `t` if it can be a drive's temperature (see [`PLAUSIBLE_CELSIUS`]).
+pub fn plausible_celsius(t: Option<i64>) -> Option<i64> {
+    t.filter(|t| PLAUSIBLE_CELSIUS.contains(t))
+}
+
 /// One appliance's health report, as posted to `POST /v1/reports`.
 ///
 /// Unknown fields are ignored by the ingest (and kept in the stored evidence), so a newer
@@ -678,6 +694,87 @@ impl Report {
                     field: "identity.machine_id".into(),
                     message: "must be 32 lowercase hexadecimal digits".into(),
                 });
+            }
+        }
+        self.check_bounds()
+    }
+
+    /// The sizes one appliance may ask the fleet's ingest to keep, label and show: lists of at
+    /// most [`MAX_ITEMS`], names of at most [`MAX_NAME_CHARS`].
+    fn check_bounds(&self) -> Result<(), ContractViolation> {
+        for (field, n) in [
+            ("smart.devices", self.smart.devices.len()),
+            (
+                "filesystems.filesystems",
+                self.filesystems.filesystems.len(),
+            ),
+            ("nics.nics", self.nics.nics.len()),
+            ("app.checks", self.app.checks.len()),
+        ] {
+            if n > MAX_ITEMS {
+                return Err(ContractViolation {
+                    field: field.into(),
+                    message: format!("{n} items; at most {MAX_ITEMS} are accepted"),
+                });
+            }
+        }
+        // Field paths are built only for the one that is too long.
+        let too_long =
+            |v: Option<&str>| v.map(|v| v.chars().count()).filter(|n| *n > MAX_NAME_CHARS);
+        let refuse = |field: String, n: usize| {
+            Err(ContractViolation {
+                field,
+                message: format!("{n} characters; at most {MAX_NAME_CHARS} are accepted"),
+            })
+        };
+        let os = self.system.os.as_ref();
+        for (field, v) in [
+            ("collector.version", Some(self.collector.version.as_str())),
+            ("identity.hostname", self.identity.hostname.as_deref()),
+            ("system.kernel", self.system.kernel.as_deref()),
+            ("system.os.id", os.and_then(|o| o.id.as_deref())),
+            (
+                "system.os.version_id",
+                os.and_then(|o| o.version_id.as_deref()),
+            ),
+            (
+                "system.os.pretty_name",
+                os.and_then(|o| o.pretty_name.as_deref()),
+            ),
+            ("app.version", self.app.version.as_deref()),
+        ] {
+            if let Some(n) = too_long(v) {
+                return refuse(field.into(), n);
+            }
+        }
+        for (i, d) in self.smart.devices.iter().enumerate() {
+            for (what, v) in [
+                ("name", Some(d.name.as_str())),
+                ("model", d.model.as_deref()),
+                ("serial", d.serial.as_deref()),
+                ("wwn", d.wwn.as_deref()),
+                ("firmware", d.firmware.as_deref()),
+                ("protocol", d.protocol.as_deref()),
+            ] {
+                if let Some(n) = too_long(v) {
+                    return refuse(format!("smart.devices[{i}].{what}"), n);
+                }
+            }
+        }
+        for (i, f) in self.filesystems.filesystems.iter().enumerate() {
+            for (what, v) in [
+                ("mount_point", &f.mount_point),
+                ("device", &f.device),
+                ("fs_type", &f.fs_type),
+            ] {
+                if let Some(n) = too_long(Some(v)) {
+                    return refuse(format!("filesystems.filesystems[{i}].{what}"), n);
+                }
+            }
+        }
+        for (i, nic) in self.nics.nics.iter().enumerate() {
+            if let Some(n) = too_long(Some(&nic.name)) {
+                return refuse(format!("nics.nics[{i}].name"), n);
             }
         }
         Ok(())

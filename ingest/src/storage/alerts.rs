@@ -48,6 +48,39 @@ fn lifecycle(config: &AlertsConfig, rule: &str, subject: &str) -> Lifecycle {
     }
 }
 
+/// Whether firing alert `a`, which this report's findings do not renew, ends with the report
+/// (taken `at`, judging the sections `judged`, showing the drives `present_drives`).
+fn ends(
+    config: &AlertsConfig,
+    a: &Firing,
+    at: DateTime<Utc>,
+    judged: Judged,
+    present_drives: &HashSet<&str>,
+) -> bool {
+    let judged_here = match a.rule.as_str() {
+        "disk_failing" | "disk_wearout" | "disk_temperature" | "disk_degrading" => judged.drives,
+        "filesystem_full" | "filesystem_filling" => judged.filesystems,
+        "nic_errors" => judged.nics,
+        // A report is the end of silence.
+        "appliance_silent" => return true,
+        _ => true,
+    };
+    if !config.enabled(&a.rule) {
+        // Switched off: its alerts end rather than fire for ever.
+        return true;
+    }
+    match lifecycle(config, &a.rule, &a.subject) {
+        Lifecycle::Level => judged_here,
+        Lifecycle::QuietFor(days) => {
+            judged_here && at - a.changed_at >= Duration::days(i64::from(days))
+        }
+        Lifecycle::HoldFor(days) => {
+            (a.rule == "disk_missing" && present_drives.contains(a.subject.as_str()))
+                || at - a.changed_at >= Duration::days(i64::from(days))
+        }
+    }
+}
+
 pub(super) fn fingerprint(rule: &str, serial: &str, subject: &str) -> String {
     format!("{rule}/{serial}/{subject}")
 }
@@ -122,71 +155,60 @@ impl AlertBook {
             present_drives,
         } = e;
         let mut seen = HashSet::new();
-        for f in findings.iter().filter(|f| config.enabled(f.rule)) {
+        // One appliance's findings open at most `max_open_per_appliance` alerts, the most
+        // severe first; the rest are counted in one `alerts_folded` alert, so a report with
+        // thousands of full filesystems cannot post thousands of alerts.
+        let limit = usize::try_from(config.max_open_per_appliance).unwrap_or(usize::MAX);
+        let mut ordered: Vec<&Finding> =
+            findings.iter().filter(|f| config.enabled(f.rule)).collect();
+        // Slots held after this report: alerts it renews, and those it does not end.
+        let renewed: HashSet<String> = ordered
+            .iter()
+            .map(|f| fingerprint(f.rule, serial, &f.subject))
+            .collect();
+        let mut open_here = self
+            .firing
+            .iter()
+            .filter(|(fp, a)| {
+                a.appliance_id == appliance_id
+                    && a.rule != "alerts_folded"
+                    && (renewed.contains(*fp) || !ends(config, a, at, judged, present_drives))
+            })
+            .count();
+        let mut folded = 0usize;
+        ordered.sort_by_key(|f| f.severity);
+        for f in ordered {
             let fp = fingerprint(f.rule, serial, &f.subject);
-            seen.insert(fp.clone());
-            match self.firing.get_mut(&fp) {
-                None => {
-                    self.firing.insert(
-                        fp,
-                        Firing {
-                            id: None,
-                            rule: f.rule.to_owned(),
-                            appliance_id,
-                            subject: f.subject.clone(),
-                            severity: f.severity.as_str().to_owned(),
-                            started_at: at,
-                            changed_at: at,
-                            value: f.value.clone(),
-                            summary: f.summary.clone(),
-                            resolved_at: None,
-                            dirty: true,
-                        },
-                    );
+            if !self.firing.contains_key(&fp) {
+                if open_here >= limit {
+                    folded = folded.saturating_add(1);
+                    continue;
                 }
-                Some(a) => {
-                    let renews = lifecycle(config, f.rule, &f.subject) != Lifecycle::Level;
-                    let worse = a.severity != f.severity.as_str();
-                    if renews || worse {
-                        a.changed_at = at;
-                        a.value = f.value.clone();
-                        a.summary = f.summary.clone();
-                        a.severity = f.severity.as_str().to_owned();
-                        a.dirty = true;
-                    }
-                }
+                open_here = open_here.saturating_add(1);
             }
+            self.upsert(config, &fp, f, appliance_id, at);
+            seen.insert(fp);
+        }
+        if folded > 0 {
+            let f = Finding {
+                rule: "alerts_folded",
+                subject: String::new(),
+                severity: crate::alerts::Severity::Warning,
+                value: folded.to_string(),
+                summary: format!(
+                    "{folded} more findings were not opened as alerts: this appliance already \
+                     has {limit} firing (alerts.max_open_per_appliance); see its page"
+                ),
+            };
+            let fp = fingerprint(f.rule, serial, &f.subject);
+            self.upsert(config, &fp, &f, appliance_id, at);
+            seen.insert(fp);
         }
         let ended: Vec<String> = self
             .firing
             .iter()
             .filter(|(fp, a)| a.appliance_id == appliance_id && !seen.contains(*fp))
-            .filter(|(_, a)| {
-                let judged_here = match a.rule.as_str() {
-                    "disk_failing" | "disk_wearout" | "disk_temperature" | "disk_degrading" => {
-                        judged.drives
-                    }
-                    "filesystem_full" | "filesystem_filling" => judged.filesystems,
-                    "nic_errors" => judged.nics,
-                    // A report is the end of silence.
-                    "appliance_silent" => return true,
-                    _ => true,
-                };
-                if !config.enabled(&a.rule) {
-                    // Switched off: its alerts end rather than fire for ever.
-                    return true;
-                }
-                match lifecycle(config, &a.rule, &a.subject) {
-                    Lifecycle::Level => judged_here,
-                    Lifecycle::QuietFor(days) => {
-                        judged_here && at - a.changed_at >= Duration::days(i64::from(days))
-                    }
-                    Lifecycle::HoldFor(days) => {
-                        (a.rule == "disk_missing" && present_drives.contains(a.subject.as_str()))
-                            || at - a.changed_at >= Duration::days(i64::from(days))
-                    }
-                }
-            })
+            .filter(|(_, a)| ends(config, a, at, judged, present_drives))
             .map(|(fp, _)| fp.clone())
             .collect();
         for fp in ended {
@@ -194,6 +216,50 @@ impl AlertBook {
                 a.resolved_at = Some(at);
                 a.dirty = true;
                 self.done.push(a);
+            }
+        }
+    }
+
+    /// Opens an alert for finding `f` (fingerprint `fp`), or renews the firing one.
+    fn upsert(
+        &mut self,
+        config: &AlertsConfig,
+        fp: &str,
+        f: &Finding,
+        appliance_id: i32,
+        at: DateTime<Utc>,
+    ) {
+        match self.firing.get_mut(fp) {
+            None => {
+                self.firing.insert(
+                    fp.to_owned(),
+                    Firing {
+                        id: None,
+                        rule: f.rule.to_owned(),
+                        appliance_id,
+                        subject: f.subject.clone(),
+                        severity: f.severity.as_str().to_owned(),
+                        started_at: at,
+                        changed_at: at,
+                        value: f.value.clone(),
+                        summary: f.summary.clone(),
+                        resolved_at: None,
+                        dirty: true,
+                    },
+                );
+            }
+            Some(a) => {
+                let renews = lifecycle(config, f.rule, &f.subject) != Lifecycle::Level;
+                let worse = a.severity != f.severity.as_str();
+                // The count of folded findings is news too.
+                let folded_more = f.rule == "alerts_folded" && a.value != f.value;
+                if renews || worse || folded_more {
+                    a.changed_at = at;
+                    a.value = f.value.clone();
+                    a.summary = f.summary.clone();
+                    a.severity = f.severity.as_str().to_owned();
+                    a.dirty = true;
+                }
             }
         }
     }

@@ -188,9 +188,9 @@ fn drive_sample(d: &SmartDevice) -> DriveSample {
         power_on_hours: d
             .power_on_hours
             .map(|h| i32::try_from(h).unwrap_or(i32::MAX)),
-        temperature_celsius: d
-            .temperature_celsius
-            .map(|t| t.clamp(i16::MIN.into(), i16::MAX.into()) as i16),
+        // Sensor garbage (-273, 65535) is kept in the body, not charted as a reading.
+        temperature_celsius: phonehome_schema::plausible_celsius(d.temperature_celsius)
+            .and_then(|t| i16::try_from(t).ok()),
         nvme_critical_warning: nvme.and_then(|n| n.critical_warning).map(i16::from),
         nvme_available_spare: nvme.and_then(|n| n.available_spare_percent).map(i16::from),
         nvme_percentage_used: nvme.and_then(|n| n.percentage_used).map(i16::from),
@@ -459,7 +459,10 @@ mod tests {
         let d = &p.drives[0].sample;
         assert_eq!(d.power_on_hours, Some(i32::MAX));
         assert_eq!(d.reallocated_sectors, Some(i32::MAX));
-        assert_eq!(d.temperature_celsius, Some(i16::MAX));
+        assert_eq!(
+            d.temperature_celsius, None,
+            "not a temperature: not charted"
+        );
         assert_eq!(p.filesystems[0].bytes_total, i64::MAX);
     }
 
