@@ -420,7 +420,12 @@ impl Drop for AbortOnDrop {
 
 /// Runs notification rounds until the task is aborted; every replica runs this loop.
 pub fn spawn(storage: Storage, notifier: Notifier) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tokio::spawn(run(storage, notifier))
+}
+
+/// The loop [`spawn`] runs, for a supervisor to run and restart.
+pub async fn run(storage: Storage, notifier: Notifier) {
+    {
         tracing::info!(
             alertmanager = notifier.endpoint.authority(),
             resend = ?notifier.resend,
@@ -445,7 +450,7 @@ pub fn spawn(storage: Storage, notifier: Notifier) -> tokio::task::JoinHandle<()
                 ),
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -275,6 +275,7 @@ impl Config {
             batch_max: self.db_batch_max,
             retention_days: self.retention_days,
             alerts: std::sync::Arc::new(self.alerts.clone()),
+            ..crate::storage::StorageSettings::default()
         }
     }
 

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod reports;
 pub mod server;
 pub mod storage;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 
@@ -49,6 +50,9 @@ pub struct AppState {
     pub admission_wait: std::time::Duration,
     /// The dashboard's view of the fleet, whose counts `/metrics` shares.
     pub dashboard: dashboard::DashboardSource,
+    /// Supervised background work (silence check, notifier, maintenance), for `/metrics` and
+    /// `/readyz`.
+    pub tasks: tasks::Tasks,
 }
 
 impl AppState {
@@ -68,7 +72,14 @@ impl AppState {
             admission: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_IN_FLIGHT)),
             connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
             admission_wait: std::time::Duration::from_millis(config::DEFAULT_ADMISSION_WAIT_MS),
+            tasks: tasks::Tasks::default(),
         }
+    }
+
+    /// The supervisor the process's background tasks run under.
+    pub fn with_tasks(mut self, tasks: tasks::Tasks) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     /// Sets how old the fleet-wide counts on the dashboard and `/metrics` may be (0: fresh
@@ -149,14 +160,44 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.admission.available_permits() == 0 {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "saturated: every in-flight slot is taken (max_in_flight)\n",
+            "saturated: every in-flight slot is taken (max_in_flight)\n".to_owned(),
         );
     }
+    // PostgreSQL can answer and still not store (out of disk, read-only): writes tell.
+    if let Some((for_how_long, error)) = state.storage.write_health().failing {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "cannot store reports: every write for {} s has failed: {error}\n",
+                for_how_long.as_secs()
+            ),
+        );
+    }
+    // A background task that is down is said, but does not take intake away: reports are
+    // still stored, and the supervisor restarts it.
+    let down: Vec<String> = state
+        .tasks
+        .records()
+        .into_iter()
+        .filter(|(_, r)| !r.up)
+        .map(|(name, r)| format!("{name} (restarted {} times)", r.restarts))
+        .collect();
+    let ready = if down.is_empty() {
+        "ready\n".to_owned()
+    } else {
+        format!(
+            "ready; background task down, restarting: {}\n",
+            down.join(", ")
+        )
+    };
     match state.storage.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
+        Ok(()) => (StatusCode::OK, ready),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable\n".to_owned(),
+            )
         }
     }
 }
@@ -173,6 +214,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         // values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the fleet's numbers"),
     }
+    state
+        .metrics
+        .set_health(&state.storage.write_health(), &state.tasks.records());
     (
         [(
             header::CONTENT_TYPE,

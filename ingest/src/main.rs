@@ -175,14 +175,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .replica_name
         .clone()
         .unwrap_or_else(default_replica_name);
-    let maintenance = phonehome_ingest::storage::maintenance::spawn(
-        storage.clone(),
-        replica,
-        std::time::Duration::from_secs(config.maintenance_interval_seconds),
-    );
+    // Background work runs supervised: a panic restarts it, is counted on /metrics and said
+    // on /readyz.
+    let tasks = phonehome_ingest::tasks::Tasks::default();
+    let maintenance = {
+        let storage = storage.clone();
+        let interval = std::time::Duration::from_secs(config.maintenance_interval_seconds);
+        tasks.spawn("maintenance", move || {
+            phonehome_ingest::storage::maintenance::run_paced(
+                storage.clone(),
+                replica.clone(),
+                interval,
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(3600),
+            )
+        })
+    };
     let notifier = phonehome_ingest::alertmanager::Notifier::from_config(&config.alertmanager)
         .context("alertmanager.url")?
-        .map(|n| phonehome_ingest::alertmanager::spawn(storage.clone(), n));
+        .map(|n| {
+            let storage = storage.clone();
+            tasks.spawn("alertmanager", move || {
+                phonehome_ingest::alertmanager::run(storage.clone(), n.clone())
+            })
+        });
     let reports = phonehome_ingest::server::listen_reports(config.report_listen)
         .with_context(|| format!("listen on {} (report_listen)", config.report_listen))?;
     let ops = tokio::net::TcpListener::bind(config.ops_listen)
@@ -190,13 +206,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {} (ops_listen)", config.ops_listen))?;
     tracing::info!(reports = %config.report_listen, ops = %config.ops_listen, "listening");
     let silence = config.alerts.appliance_silent.enabled.then(|| {
-        phonehome_ingest::storage::fleet::spawn_silence_watch(
-            storage.clone(),
-            config.alerts.appliance_silent.hours,
-            std::time::Duration::from_secs(60),
-        )
+        let storage = storage.clone();
+        let hours = config.alerts.appliance_silent.hours;
+        tasks.spawn("silence_check", move || {
+            phonehome_ingest::storage::fleet::silence_watch(
+                storage.clone(),
+                hours,
+                std::time::Duration::from_secs(60),
+            )
+        })
     });
     let state = AppState::new(storage, config.max_body_bytes)
+        .with_tasks(tasks)
         .with_max_in_flight(config.max_in_flight)
         .with_max_connections(config.max_connections)
         .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms))

@@ -41,6 +41,13 @@ pub struct Metrics {
     /// 100,000 has the same series as a fleet of ten (per-appliance alerts go to Alertmanager).
     pub appliances_by_health: IntGaugeVec,
     pub maintenance_last_success: Gauge,
+    /// Batch commits that panicked (a bug a report triggers); set at scrape time.
+    pub batch_panics: IntCounter,
+    /// 1 while every write fails for a reason not the report's (see `/readyz`).
+    pub writes_failing: IntGauge,
+    /// Supervised background tasks: restarts after a panic, and whether each runs now.
+    pub task_restarts: IntCounterVec,
+    pub task_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -131,8 +138,40 @@ impl Metrics {
             "Unix time of the newest successful maintenance run, on any replica.",
         )
         .expect("static metric definition");
+        let batch_panics = IntCounter::new(
+            "phonehome_batch_panics_total",
+            "Batch commits that panicked; their reports were retried one by one and the one that \
+             panicked again refused with 422.",
+        )
+        .expect("static metric definition");
+        let writes_failing = IntGauge::new(
+            "phonehome_writes_failing",
+            "1 while every recent write failed for a reason other than the report (database \
+             out of space, read-only, unreachable).",
+        )
+        .expect("static metric definition");
+        let task_restarts = IntCounterVec::new(
+            Opts::new(
+                "phonehome_task_restarts_total",
+                "Background tasks restarted after a panic, by task.",
+            ),
+            &["task"],
+        )
+        .expect("static metric definition");
+        let task_up = IntGaugeVec::new(
+            Opts::new(
+                "phonehome_task_up",
+                "1 while a supervised background task runs, by task.",
+            ),
+            &["task"],
+        )
+        .expect("static metric definition");
         for c in [
-            Box::new(max_in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(writes_failing.clone()),
+            Box::new(task_restarts.clone()),
+            Box::new(task_up.clone()),
+            Box::new(max_in_flight.clone()),
             Box::new(appliances_by_status.clone()),
             Box::new(appliances_by_app_version.clone()),
             Box::new(appliances_silent.clone()),
@@ -168,6 +207,26 @@ impl Metrics {
             alerts_firing,
             appliances_by_health,
             maintenance_last_success,
+            batch_panics,
+            writes_failing,
+            task_restarts,
+            task_up,
+        }
+    }
+
+    /// Brings the health series up to date: counters only ever move forward.
+    pub fn set_health(
+        &self,
+        write: &crate::storage::writer::WriteStatus,
+        tasks: &std::collections::BTreeMap<&'static str, crate::tasks::TaskRecord>,
+    ) {
+        self.batch_panics
+            .inc_by(write.panics.saturating_sub(self.batch_panics.get()));
+        self.writes_failing.set(i64::from(write.failing.is_some()));
+        for (name, r) in tasks {
+            let restarts = self.task_restarts.with_label_values(&[name]);
+            restarts.inc_by(r.restarts.saturating_sub(restarts.get()));
+            self.task_up.with_label_values(&[name]).set(i64::from(r.up));
         }
     }
 

@@ -22,15 +22,20 @@ use phonehome_schema::Report;
 /// certificate for its serial (every such certificate has the same fingerprint here), and says
 /// whether it was new.
 pub async fn store_report(storage: &Storage, r: &Report) -> InsertOutcome {
+    try_store_report(storage, r).await.expect("report stored")
+}
+
+/// [`store_report`], returning the storage layer's error instead of failing the test.
+pub async fn try_store_report(
+    storage: &Storage,
+    r: &Report,
+) -> Result<InsertOutcome, phonehome_ingest::storage::StorageError> {
     let identity = ApplianceIdentity {
         serial: r.identity.serial.clone(),
         cert_sha256: [7; 32],
     };
     let body = serde_json::to_string(r).expect("json");
-    storage
-        .insert_report(r, &identity, &body)
-        .await
-        .expect("report stored")
+    storage.insert_report(r, &identity, &body).await
 }
 
 /// The contract's example report (`schema/examples/report.json`) for `serial`, with a fresh

@@ -105,3 +105,51 @@ async fn maintenance_puts_right_health_that_disagrees_with_the_firing_alerts() {
     assert_eq!(health(appliance).await, 2);
     assert_eq!(health(drive).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_makes_the_writer_panic_is_refused_alone_and_the_writer_goes_on() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect_with(
+        db.url(),
+        phonehome_ingest::storage::StorageSettings {
+            pool_size: 4,
+            writers: 1,
+            panic_on_serial: Some("POISON-1".into()),
+            ..Default::default()
+        },
+    )
+    .expect("pool");
+    // Three reports at once: one writer takes them in one batch (or more), which panics.
+    let poison = example_report("POISON-1");
+    let good_a = example_report("GOOD-A");
+    let good_b = example_report("GOOD-B");
+    let (p, a, b) = tokio::join!(
+        phonehome_tests::try_store_report(&storage, &poison),
+        phonehome_tests::try_store_report(&storage, &good_a),
+        phonehome_tests::try_store_report(&storage, &good_b),
+    );
+    let refused = p.expect_err("the poisonous report is refused");
+    assert_eq!(
+        refused.kind(),
+        phonehome_ingest::storage::FailureKind::BadData,
+        "a 422, so the collector does not send it for ever: {refused}"
+    );
+    assert_eq!(a.expect("its neighbour is stored"), InsertOutcome::Stored);
+    assert_eq!(b.expect("its neighbour is stored"), InsertOutcome::Stored);
+
+    // The writer is still there for the next report.
+    let later = example_report("GOOD-C");
+    assert_eq!(
+        phonehome_tests::try_store_report(&storage, &later)
+            .await
+            .expect("stored after the panic"),
+        InsertOutcome::Stored
+    );
+    let health = storage.write_health();
+    assert!(health.panics >= 1, "{health:?}");
+    assert_eq!(
+        health.failing, None,
+        "a poisonous report is not a failing database"
+    );
+    assert_eq!(db.count("reports").await, 3);
+}

@@ -72,7 +72,12 @@ pub fn spawn_silence_watch(
     hours: u32,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tokio::spawn(silence_watch(storage, hours, every))
+}
+
+/// The loop [`spawn_silence_watch`] runs, for a supervisor to run and restart.
+pub async fn silence_watch(storage: Storage, hours: u32, every: Duration) {
+    {
         loop {
             match storage.evaluate_silence(hours).await {
                 Ok(Some(n)) if n > 0 => {
@@ -83,5 +88,5 @@ pub fn spawn_silence_watch(
             }
             tokio::time::sleep(every).await;
         }
-    })
+    }
 }

@@ -529,7 +529,24 @@ pub fn spawn_paced(
     young_every: Duration,
     young_for: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tokio::spawn(run_paced(
+        storage,
+        replica,
+        interval,
+        young_every,
+        young_for,
+    ))
+}
+
+/// The loop [`spawn_paced`] runs, for a supervisor to run and restart.
+pub async fn run_paced(
+    storage: Storage,
+    replica: String,
+    interval: Duration,
+    young_every: Duration,
+    young_for: Duration,
+) {
+    {
         let young_until = tokio::time::Instant::now() + young_for;
         let mut settled = false;
         let mut next_run = tokio::time::Instant::now();
@@ -564,7 +581,7 @@ pub fn spawn_paced(
             }
             tokio::time::sleep_until(wake).await;
         }
-    })
+    }
 }
 
 /// Between full runs of a young deployment: fresh statistics for the tables that grow from

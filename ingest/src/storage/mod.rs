@@ -13,7 +13,7 @@ pub mod notify;
 mod previous;
 pub mod read;
 pub mod rows;
-mod writer;
+pub mod writer;
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -41,6 +41,10 @@ pub enum StorageError {
     Query(#[from] tokio_postgres::Error),
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// Processing this report panicked (a bug the report triggers); it alone is refused, the
+    /// writer goes on.
+    #[error("the ingest could not process this report (an internal error, logged): {0}")]
+    Poison(String),
 }
 
 impl From<deadpool_postgres::PoolError> for StorageError {
@@ -75,6 +79,10 @@ pub struct StorageSettings {
     pub retention_days: u32,
     /// The alert rules, evaluated in every batch.
     pub alerts: Arc<AlertsConfig>,
+    /// Fault injection for tests: a batch holding a report from this serial panics, as a bug
+    /// a report triggers would. Never set by configuration.
+    #[doc(hidden)]
+    pub panic_on_serial: Option<String>,
 }
 
 impl Default for StorageSettings {
@@ -85,6 +93,7 @@ impl Default for StorageSettings {
             batch_max: 64,
             retention_days: 400,
             alerts: Arc::default(),
+            panic_on_serial: None,
         }
     }
 }
@@ -98,6 +107,9 @@ pub(crate) struct Core {
     /// Months whose partitions are known to exist.
     partitions: Arc<std::sync::Mutex<HashSet<Month>>>,
     alerts: Arc<AlertsConfig>,
+    panic_on_serial: Option<Arc<str>>,
+    /// How writing has gone lately, for `/readyz` and `/metrics`.
+    health: Arc<writer::WriteHealth>,
 }
 
 /// The ingest's handle on PostgreSQL; cheap to clone.
@@ -172,10 +184,18 @@ impl Storage {
                 codec: Arc::new(Codec::default()),
                 partitions: Arc::default(),
                 alerts: settings.alerts.clone(),
+                panic_on_serial: settings.panic_on_serial.as_deref().map(Arc::from),
+                health: Arc::default(),
             },
             writer: Arc::new(OnceLock::new()),
             settings,
         })
+    }
+
+    /// How writing has gone lately: batches that panicked, and whether writes are failing
+    /// now (PostgreSQL answers but cannot store: out of disk, read-only).
+    pub fn write_health(&self) -> writer::WriteStatus {
+        self.core.health.status()
     }
 
     pub fn settings(&self) -> &StorageSettings {
@@ -431,6 +451,11 @@ impl Core {
                 }
             }
         }
+        if let Some(serial) = &self.panic_on_serial {
+            if reports.iter().any(|r| r.serial == **serial) {
+                panic!("fault injection: a batch holding a report from {serial}");
+            }
+        }
         let tx = client.transaction().await?;
         let outcomes = batch::write(&tx, reports, &self.alerts).await?;
         tx.commit().await?;
@@ -473,6 +498,9 @@ impl StorageError {
         match self {
             StorageError::Unavailable(_) => FailureKind::Transient,
             StorageError::Config(_) => FailureKind::Internal,
+            // Retrying the same report would panic again: refuse it (422) so the collector
+            // stops sending it, and keep the evidence in the log.
+            StorageError::Poison(_) => FailureKind::BadData,
             StorageError::Query(e) => match e.as_db_error().map(|db| db.code().code()) {
                 // 08 connection, 40 rollback (serialization, deadlock), 53 resources,
                 // 57 operator intervention (shutdown, read-only after failover), 58 system.
@@ -483,6 +511,8 @@ impl StorageError {
                 {
                     FailureKind::Transient
                 }
+                // 25006: a read-only transaction, what a failover to a standby looks like.
+                Some("25006") => FailureKind::Transient,
                 Some(code) if code.starts_with("22") || code == "54001" => FailureKind::BadData,
                 Some(_) => FailureKind::Internal,
                 // No server error: the connection broke (I/O) or a value failed to convert.
