@@ -41,6 +41,8 @@ pub struct Metrics {
     /// 100,000 has the same series as a fleet of ten (per-appliance alerts go to Alertmanager).
     pub appliances_by_health: IntGaugeVec,
     pub maintenance_last_success: Gauge,
+    /// Reports delivered again under a known id with a different body (the first is kept).
+    pub duplicate_body_differs: IntCounter,
     /// Batch commits that panicked (a bug a report triggers); set at scrape time.
     pub batch_panics: IntCounter,
     /// 1 while every write fails for a reason not the report's (see `/readyz`).
@@ -138,6 +140,12 @@ impl Metrics {
             "Unix time of the newest successful maintenance run, on any replica.",
         )
         .expect("static metric definition");
+        let duplicate_body_differs = IntCounter::new(
+            "phonehome_duplicate_body_differs_total",
+            "Reports delivered again under a report_id already stored, with a different body; \
+             the first one is kept.",
+        )
+        .expect("static metric definition");
         let batch_panics = IntCounter::new(
             "phonehome_batch_panics_total",
             "Batch commits that panicked; their reports were retried one by one and the one that \
@@ -167,7 +175,8 @@ impl Metrics {
         )
         .expect("static metric definition");
         for c in [
-            Box::new(batch_panics.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duplicate_body_differs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batch_panics.clone()),
             Box::new(writes_failing.clone()),
             Box::new(task_restarts.clone()),
             Box::new(task_up.clone()),
@@ -207,6 +216,7 @@ impl Metrics {
             alerts_firing,
             appliances_by_health,
             maintenance_last_success,
+            duplicate_body_differs,
             batch_panics,
             writes_failing,
             task_restarts,

@@ -162,8 +162,33 @@ async fn store(
         .metrics
         .db_seconds
         .observe(started.elapsed().as_secs_f64());
+    if outcome == InsertOutcome::Duplicate {
+        duplicate_differs(state, &report, text).await;
+    }
     tracing::info!(report_id = %report.report_id, ?outcome, "report committed");
     Ok((outcome, report.report_id))
+}
+
+/// A retry carries the same body as its original; one that does not (a collector bug, or
+/// report ids reused by a cloned spool) is counted and logged. The first one stays.
+async fn duplicate_differs(state: &AppState, report: &phonehome_schema::Report, text: &str) {
+    match state
+        .storage
+        .report_json(report.identity.serial.as_str(), report.report_id)
+        .await
+    {
+        Ok(Some(kept)) if kept != text => {
+            state.metrics.duplicate_body_differs.inc();
+            tracing::warn!(
+                report_id = %report.report_id,
+                kept_bytes = kept.len(),
+                sent_bytes = text.len(),
+                "a report id delivered again with a different body; the first one is kept"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot compare a duplicate with the kept report"),
+    }
 }
 
 /// When the collector sent the request, by its own clock (HTTP `Date`, which the collector

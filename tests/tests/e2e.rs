@@ -215,6 +215,25 @@ async fn a_retried_report_is_stored_once_whatever_its_encoding() {
         before,
         "a duplicate changed the appliance's state"
     );
+    // Its body differs from the kept one: counted (issue 13). An identical retry is not.
+    assert_eq!(
+        ingest
+            .metric("phonehome_duplicate_body_differs_total")
+            .await,
+        Some(1.0)
+    );
+    let same = client
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &body(&report))
+        .await
+        .expect("response");
+    assert_eq!(same.status, 200, "{}", same.body);
+    assert_eq!(
+        ingest
+            .metric("phonehome_duplicate_body_differs_total")
+            .await,
+        Some(1.0),
+        "an identical retry is an ordinary duplicate"
+    );
 
     // A new report in zstd is a new row.
     let other = report_for("SN-RETRY");
@@ -234,7 +253,7 @@ async fn a_retried_report_is_stored_once_whatever_its_encoding() {
         ingest
             .metric("phonehome_reports_total{result=\"duplicate\"}")
             .await,
-        Some(1.0)
+        Some(2.0)
     );
 }
 
