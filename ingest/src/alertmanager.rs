@@ -47,8 +47,9 @@ static NOTIFICATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(
         Opts::new(
             "phonehome_alertmanager_notifications_total",
-            "Alerts posted to Alertmanager, by result: sent (Alertmanager answered 2xx) or \
-             failed (retried next round).",
+            "Alerts posted to Alertmanager, by result: sent (Alertmanager answered 2xx), \
+             failed (retried next round) or held (new alerts beyond max_new_per_minute, sent in \
+             the next rounds).",
         ),
         &["result"],
     )
@@ -248,6 +249,30 @@ pub struct RoundSummary {
     /// Firing alerts sent again so they do not expire.
     pub resent: usize,
     pub resolved: usize,
+    /// New alerts held back by the storm brake; they go out in the next rounds.
+    pub held: usize,
+}
+
+/// The brake on alert storms: at most `limit` new alerts a minute.
+#[derive(Debug)]
+struct Brake {
+    limit: u32,
+    window: std::time::Instant,
+    used: u32,
+}
+
+impl Brake {
+    /// How many of `wanted` new alerts may go now.
+    fn take(&mut self, wanted: usize) -> usize {
+        if self.window.elapsed() >= Duration::from_secs(60) {
+            self.window = std::time::Instant::now();
+            self.used = 0;
+        }
+        let left = self.limit.saturating_sub(self.used);
+        let granted = u32::try_from(wanted).unwrap_or(u32::MAX).min(left);
+        self.used = self.used.saturating_add(granted);
+        usize::try_from(granted).unwrap_or(usize::MAX)
+    }
 }
 
 /// Posts alerts to one Alertmanager.
@@ -256,6 +281,7 @@ pub struct Notifier {
     endpoint: Endpoint,
     resend: Duration,
     dashboard_url: Option<String>,
+    brake: std::sync::Arc<std::sync::Mutex<Brake>>,
 }
 
 impl Notifier {
@@ -271,6 +297,11 @@ impl Notifier {
                 .dashboard_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
+            brake: std::sync::Arc::new(std::sync::Mutex::new(Brake {
+                limit: config.max_new_per_minute.max(1),
+                window: std::time::Instant::now(),
+                used: 0,
+            })),
         }))
     }
 
@@ -307,6 +338,14 @@ impl Notifier {
                     break;
                 };
                 after_id = last.id;
+                let page_full = alerts.len() >= BATCH;
+                let alerts = self.brake(due, alerts, &mut summary);
+                if alerts.is_empty() {
+                    if page_full {
+                        continue;
+                    }
+                    break;
+                }
                 let body = payload(
                     &alerts,
                     Utc::now(),
@@ -327,12 +366,60 @@ impl Notifier {
                         (Due::Firing, false) => summary.resent += 1,
                     }
                 }
-                if alerts.len() < BATCH {
+                if !page_full {
                     break;
                 }
             }
         }
+        if summary.held > 0 {
+            tracing::warn!(
+                held = summary.held,
+                sent = summary.fresh,
+                "alert storm: new alerts beyond alertmanager.max_new_per_minute wait for the \
+                 next rounds"
+            );
+        }
         Ok(summary)
+    }
+
+    /// Holds back new firing alerts beyond the brake's allowance (the oldest go first);
+    /// resends and resolutions always go.
+    fn brake(
+        &self,
+        due: Due,
+        alerts: Vec<OutgoingAlert>,
+        summary: &mut RoundSummary,
+    ) -> Vec<OutgoingAlert> {
+        if due != Due::Firing {
+            return alerts;
+        }
+        let fresh = alerts.iter().filter(|a| a.fresh).count();
+        let granted = match self.brake.lock() {
+            Ok(mut b) => b.take(fresh),
+            Err(_) => fresh,
+        };
+        let held = fresh.saturating_sub(granted);
+        if held == 0 {
+            return alerts;
+        }
+        summary.held = summary.held.saturating_add(held);
+        NOTIFICATIONS
+            .with_label_values(&["held"])
+            .inc_by(u64::try_from(held).unwrap_or(u64::MAX));
+        let mut allowed = granted;
+        alerts
+            .into_iter()
+            .filter(|a| {
+                if !a.fresh {
+                    return true;
+                }
+                if allowed > 0 {
+                    allowed -= 1;
+                    return true;
+                }
+                false
+            })
+            .collect()
     }
 
     /// POSTs `alerts` to Alertmanager; `Ok` only for a 2xx answer.
@@ -456,6 +543,21 @@ pub async fn run(storage: Storage, notifier: Notifier) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_brake_grants_up_to_its_limit_a_minute() {
+        let mut b = Brake {
+            limit: 5,
+            window: std::time::Instant::now(),
+            used: 0,
+        };
+        assert_eq!(b.take(3), 3);
+        assert_eq!(b.take(3), 2);
+        assert_eq!(b.take(1), 0);
+        // A minute later the allowance is whole again.
+        b.window = std::time::Instant::now() - Duration::from_secs(61);
+        assert_eq!(b.take(9), 5);
+    }
 
     fn alert(subject: &str, resolved_at: Option<DateTime<Utc>>) -> OutgoingAlert {
         OutgoingAlert {

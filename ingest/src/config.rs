@@ -87,9 +87,13 @@ pub struct AlertmanagerConfig {
     /// The operations dashboard as operators reach it (`http://ops.example:8080`), for the
     /// link in each alert.
     pub dashboard_url: Option<String>,
+    /// The brake on alert storms: new alerts posted per minute at most (resends and
+    /// resolutions always go). The rest wait, oldest first, for the next minutes.
+    pub max_new_per_minute: u32,
 }
 
 pub const DEFAULT_ALERTMANAGER_RESEND_SECONDS: u64 = 60;
+pub const DEFAULT_ALERTMANAGER_MAX_NEW_PER_MINUTE: u32 = 600;
 /// Alertmanager is told a firing alert ends after four resend intervals; past a day that is
 /// no longer a heartbeat.
 pub const MAX_ALERTMANAGER_RESEND_SECONDS: u64 = 86_400;
@@ -100,6 +104,7 @@ impl Default for AlertmanagerConfig {
             url: None,
             resend_seconds: DEFAULT_ALERTMANAGER_RESEND_SECONDS,
             dashboard_url: None,
+            max_new_per_minute: DEFAULT_ALERTMANAGER_MAX_NEW_PER_MINUTE,
         }
     }
 }
@@ -111,6 +116,7 @@ struct FileAlertmanager {
     url: Option<String>,
     resend_seconds: Option<u64>,
     dashboard_url: Option<String>,
+    max_new_per_minute: Option<u32>,
 }
 
 impl AlertmanagerConfig {
@@ -123,6 +129,9 @@ impl AlertmanagerConfig {
         }
         if let Some(v) = f.dashboard_url {
             self.dashboard_url = Some(v);
+        }
+        if let Some(v) = f.max_new_per_minute {
+            self.max_new_per_minute = v;
         }
     }
 
@@ -143,10 +152,24 @@ impl AlertmanagerConfig {
         if let Some(v) = env("PHONEHOME_DASHBOARD_URL") {
             self.dashboard_url = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = env("PHONEHOME_ALERTMANAGER_MAX_NEW_PER_MINUTE") {
+            self.max_new_per_minute =
+                v.parse()
+                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                        name: "PHONEHOME_ALERTMANAGER_MAX_NEW_PER_MINUTE",
+                        message: e.to_string(),
+                        value: v,
+                    })?;
+        }
         Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_new_per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "alertmanager.max_new_per_minute must be at least 1".into(),
+            ));
+        }
         if !(1..=MAX_ALERTMANAGER_RESEND_SECONDS).contains(&self.resend_seconds) {
             return Err(ConfigError::Invalid(format!(
                 "alertmanager.resend_seconds = {} must be between 1 and {MAX_ALERTMANAGER_RESEND_SECONDS}",
@@ -619,6 +642,7 @@ mod tests {
                 url: Some("http://am.internal:9093".into()),
                 resend_seconds: 30,
                 dashboard_url: Some("http://ops.example:8080".into()),
+                max_new_per_minute: DEFAULT_ALERTMANAGER_MAX_NEW_PER_MINUTE,
             }
         );
 

@@ -298,3 +298,52 @@ async fn alerts_fire_stay_alive_and_resolve_in_a_real_alertmanager() {
         ingest.log()
     );
 }
+
+/// Issue 13: a storm of new alerts is braked at `max_new_per_minute`; the oldest go first and
+/// the rest wait (not lost: they stay unsent in the database for the next minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_new_alerts_is_braked_oldest_first() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let am = AlertmanagerProcess::start().await;
+    let am_url = am.url();
+    let ingest = IngestProcess::start_with(
+        &db,
+        &pki,
+        &[
+            ("PHONEHOME_ALERTMANAGER_URL", am_url.as_str()),
+            ("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "1"),
+            ("PHONEHOME_ALERTMANAGER_MAX_NEW_PER_MINUTE", "1"),
+        ],
+    )
+    .await;
+    let (disk, silent) = insert_firing_alerts(&db).await;
+
+    eventually("the oldest alert sent", &ingest, Some(&am), || async {
+        (listed(&am).await.len() == 1).then_some(())
+    })
+    .await;
+    eventually("the storm logged", &ingest, Some(&am), || async {
+        ingest.log().contains("alert storm").then_some(())
+    })
+    .await;
+    // A few more rounds (one a second): the newer one still waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names: Vec<Value> = listed(&am)
+        .await
+        .iter()
+        .map(|a| a["labels"]["alertname"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("disk_degrading")]);
+    assert_eq!(notified(&db, disk).await, (true, false));
+    assert_eq!(
+        notified(&db, silent).await,
+        (false, false),
+        "held, not lost"
+    );
+    let held = ingest
+        .metric("phonehome_alertmanager_notifications_total{result=\"held\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(held >= 1.0, "{held}");
+}
