@@ -2,6 +2,10 @@
 //! rules work on plain data (a report and the appliance's previous values), so each one is tested
 //! without a database; `storage/alerts.rs` turns their verdicts into rows.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 
 use phonehome_schema::{AppStatus, Report, SmartDevice};
@@ -631,7 +635,9 @@ pub fn degrading(
     let rises: Vec<String> = counts
         .iter()
         .filter_map(|(name, p, c)| match (p, c) {
-            (Some(p), Some(c)) if c > p => Some(format!("{name} {p} → {c} (+{})", c - p)),
+            (Some(p), Some(c)) if c > p => {
+                Some(format!("{name} {p} → {c} (+{})", c.saturating_sub(*p)))
+            }
             _ => None,
         })
         .collect();

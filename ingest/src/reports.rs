@@ -1,6 +1,10 @@
 //! `POST /v1/reports`: bounded body reading, decompression, contract checks, the identity check
 //! against the client certificate, and the commit that the 202 acknowledges.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -128,7 +132,8 @@ async fn store(
     let now = Utc::now();
     let report = parse_report(&json, now)?;
     let retention = state.storage.settings().retention_days;
-    if now - report.collected_at > chrono::Duration::days(i64::from(retention)) {
+    if now.signed_duration_since(report.collected_at) > chrono::Duration::days(i64::from(retention))
+    {
         // Its month may already be dropped; storing it would only have it dropped again.
         return Err(ApiError::Contract {
             field: "collected_at".into(),
@@ -221,7 +226,7 @@ pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError>
     let may_hold_nul = json.iter().enumerate().any(|(i, &c)| {
         c == b'\\'
             && json
-                .get(i + 1..i + 6)
+                .get(i.saturating_add(1)..i.saturating_add(6))
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"u0000"))
     });
     if may_hold_nul {
@@ -401,7 +406,7 @@ impl Encoding {
         };
         let mut out = Vec::new();
         reader
-            .take(limit as u64 + 1)
+            .take((limit as u64).saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| ApiError::BadEncoding(format!("cannot decompress the body: {e}")))?;
         if out.len() > limit {

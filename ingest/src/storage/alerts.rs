@@ -4,6 +4,10 @@
 //! still holds writes nothing (rules judged by change or by event renew their alert only when
 //! the value rises again or the event recurs).
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
@@ -72,11 +76,11 @@ fn ends(
     match lifecycle(config, &a.rule, &a.subject) {
         Lifecycle::Level => judged_here,
         Lifecycle::QuietFor(days) => {
-            judged_here && at - a.changed_at >= Duration::days(i64::from(days))
+            judged_here && at.signed_duration_since(a.changed_at) >= Duration::days(i64::from(days))
         }
         Lifecycle::HoldFor(days) => {
             (a.rule == "disk_missing" && present_drives.contains(a.subject.as_str()))
-                || at - a.changed_at >= Duration::days(i64::from(days))
+                || at.signed_duration_since(a.changed_at) >= Duration::days(i64::from(days))
         }
     }
 }

@@ -7,6 +7,10 @@
 //! same appliances queue behind each other instead of deadlocking, and what this batch derives
 //! from an appliance's previous state (events, membership, versions) cannot race another batch.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
@@ -258,7 +262,7 @@ pub(super) async fn write(
             let b = before[&r.serial].clone();
             (b, None, 0, r.received_at)
         });
-        entry.2 += 1;
+        entry.2 = entry.2.saturating_add(1);
         entry.3 = entry.3.max(r.received_at);
         identity_shared(r, &known, &mut writes);
         let b = &mut entry.0;
@@ -1154,7 +1158,7 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             )
             .await?;
         let o = &w.opened;
-        n += tx
+        let opened = tx
             .execute(
                 &open,
                 &[
@@ -1165,6 +1169,7 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
                 ],
             )
             .await?;
+        n = n.saturating_add(opened);
         Ok(n)
     };
     let drive_events = async {

@@ -3,6 +3,10 @@
 //! membership, versions, alerts), without HTTP, admission or the writer queue, so a caller can
 //! put many days of many appliances in one transaction and keep several transactions in flight.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use chrono::{DateTime, Utc};
 use phonehome_schema::Report;
 

@@ -1,6 +1,10 @@
 //! The maintenance timestamp for `/metrics` (the fleet-wide counts are `dashboard::FleetCounts`),
 //! and the periodic `appliance_silent` evaluation, which cannot wait for a report.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::time::Duration;
 
 use super::{Storage, StorageError, session_unlock, try_session_lock};

@@ -3,6 +3,10 @@
 //! their time series, membership and versions too. Runs under the migration lock; resumable,
 //! because a report moved twice is a duplicate and stored once.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 use phonehome_schema::Report;
@@ -71,7 +75,7 @@ pub(super) async fn convert(storage: &Storage, client: &Object) -> Result<(), St
         client
             .execute("DELETE FROM reports_legacy WHERE id = ANY($1)", &[&ids])
             .await?;
-        moved += ids.len() as u64;
+        moved = moved.saturating_add(ids.len() as u64);
     }
     client.batch_execute("DROP TABLE reports_legacy").await?;
     tracing::info!(reports = moved, "moved reports into the history model");

@@ -1,6 +1,10 @@
 //! The Alertmanager notifier's queries: which alerts are due to be sent, and recording that
 //! Alertmanager took them, under an advisory lock so that one replica sends per round.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

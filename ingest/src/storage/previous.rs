@@ -3,6 +3,10 @@
 //! with the appliance's current state, so the write path reads history only for an appliance
 //! whose kept state is missing or stale.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -71,7 +75,9 @@ impl Previous {
                  ORDER BY collected_at",
             )
             .await?;
-        let since = earliest - trend_window(config);
+        let since = earliest
+            .checked_sub_signed(trend_window(config))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let filling = config.filesystem_filling.enabled;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &at];
         let (drive_rows, nic_rows, fs_rows) = tokio::try_join!(
@@ -211,7 +217,12 @@ impl Previous {
                 let origin = points[0].0;
                 let xy: Vec<(f64, f64)> = points
                     .iter()
-                    .map(|(t, used)| ((*t - origin).num_seconds() as f64 / 86_400.0, *used as f64))
+                    .map(|(t, used)| {
+                        (
+                            t.signed_duration_since(origin).num_seconds() as f64 / 86_400.0,
+                            *used as f64,
+                        )
+                    })
                     .collect();
                 if let Some(days) = rules::days_to_full(&xy, f.bytes_total as f64) {
                     if days <= config.filesystem_filling.days {
@@ -268,7 +279,7 @@ impl Previous {
                 .or_default();
             // As far back as the history path looks, no further: an appliance back after
             // months away starts a new trend.
-            points.retain(|(t, _)| r.at - *t <= window);
+            points.retain(|(t, _)| r.at.signed_duration_since(*t) <= window);
             // A second report of the same moment (a re-sent report under a new id) replaces
             // the point rather than weighting it twice.
             if points.last().is_some_and(|(t, _)| *t == r.at) {
@@ -402,7 +413,8 @@ fn trend_points(config: &AlertsConfig) -> usize {
 /// How far back a fill trend's points may reach: two days per point, room for gaps in a daily
 /// collector's reports.
 fn trend_window(config: &AlertsConfig) -> chrono::Duration {
-    chrono::Duration::days(i64::from(config.filesystem_filling.reports) * 2)
+    chrono::Duration::try_days(i64::from(config.filesystem_filling.reports).saturating_mul(2))
+        .unwrap_or(chrono::Duration::MAX)
 }
 
 /// What the rules judged by change need from an appliance's newest report, kept in

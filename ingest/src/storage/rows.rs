@@ -2,6 +2,10 @@
 //! before the report joins a write batch, so the writer only moves rows and both cores share the
 //! compression work.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use chrono::{DateTime, Utc};
 use phonehome_schema::{Report, SmartDevice};
 use uuid::Uuid;
@@ -281,12 +285,16 @@ pub fn prepare(
             tx_dropped: c("tx_dropped"),
         });
     }
-    let collection_errors = report.identity.errors.len()
-        + report.system.errors.len()
-        + report.smart.errors.len()
-        + report.filesystems.errors.len()
-        + report.nics.errors.len()
-        + report.app.errors.len();
+    let collection_errors = [
+        report.identity.errors.len(),
+        report.system.errors.len(),
+        report.smart.errors.len(),
+        report.filesystems.errors.len(),
+        report.nics.errors.len(),
+        report.app.errors.len(),
+    ]
+    .into_iter()
+    .fold(0usize, usize::saturating_add);
     let os = report.system.os.as_ref().and_then(|o| {
         o.pretty_name
             .clone()
@@ -323,7 +331,10 @@ pub fn prepare(
     // A clock running ahead shows in a report collected after it arrived; one running behind
     // cannot be told from a report that waited in a spool, unless the collector dated its
     // request (`note_sent_at`).
-    let ahead = (report.collected_at - received_at).num_seconds();
+    let ahead = report
+        .collected_at
+        .signed_duration_since(received_at)
+        .num_seconds();
     let mut prepared = PreparedReport {
         serial: report.identity.serial.as_str().to_owned(),
         report_id: report.report_id,
@@ -354,7 +365,9 @@ impl PreparedReport {
     /// arrived is the appliance's clock skew, whether the report is fresh or from a spool.
     pub fn note_sent_at(&mut self, sent_at: DateTime<Utc>, alerts: &AlertsConfig) {
         // The request took some time to arrive; a Date has whole seconds.
-        let skew = (sent_at - self.received_at).num_seconds();
+        let skew = sent_at
+            .signed_duration_since(self.received_at)
+            .num_seconds();
         self.clock_skew_seconds = Some(skew);
         self.judge_clock(alerts);
     }

@@ -7,6 +7,10 @@
 //! batch and not the writer: its reports are retried one by one, and only the one that panics
 //! again is refused. [`WriteHealth`] keeps what `/readyz` and `/metrics` say about writing.
 
+// Numbers from reports meet arithmetic here: every sum, difference and product must say
+// what happens at the edge (checked, saturating), never panic or wrap.
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +35,7 @@ impl std::fmt::Debug for Writer {
         f.debug_struct("Writer")
             .field(
                 "queued",
-                &(self.queue.max_capacity() - self.queue.capacity()),
+                &self.queue.max_capacity().saturating_sub(self.queue.capacity()),
             )
             .finish()
     }
