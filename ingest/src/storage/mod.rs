@@ -1,7 +1,6 @@
 //! Everything the ingest keeps in PostgreSQL: the connection pool, migrations, and the queries.
 //! Rows become domain types here and nowhere else; handlers never see SQL.
 
-
 mod alerts;
 mod batch;
 mod bulk;

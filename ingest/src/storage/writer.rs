@@ -35,7 +35,10 @@ impl std::fmt::Debug for Writer {
         f.debug_struct("Writer")
             .field(
                 "queued",
-                &self.queue.max_capacity().saturating_sub(self.queue.capacity()),
+                &self
+                    .queue
+                    .max_capacity()
+                    .saturating_sub(self.queue.capacity()),
             )
             .finish()
     }
