@@ -51,6 +51,16 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Connections the report listener holds open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Reports one appliance (one certificate serial) may have in flight at once; more get 429
+    /// with Retry-After, so one appliance cannot take its neighbours' slots.
+    pub max_in_flight_per_appliance: usize,
+    /// Connections the operations listener holds open at once; more wait in the kernel's
+    /// backlog.
+    pub ops_max_connections: usize,
+    /// Host names (with or without a port) the operations listener answers for, beside
+    /// `localhost`, IP addresses and the host of `[alertmanager] dashboard_url`: a request for
+    /// any other name (a DNS-rebinding page in an operator's browser) gets 421.
+    pub ops_allowed_hosts: Vec<String>,
     /// How long a request that finds every in-flight slot taken waits for one before its 503.
     pub admission_wait_ms: u64,
     /// How old the dashboard's and `/metrics`' fleet-wide counts may be (they scan every
@@ -208,6 +218,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
 /// (docs/benchmarks.md, outage drain). 512 slots of a connection lasting 300 ms over a slow WAN
 /// still admit 1,700 connections/s, 140 times a million-appliance fleet's daily average.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2 * DEFAULT_MAX_IN_FLIGHT;
+/// A collector sends one report at a time; two leave room for a retry racing its original.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE: usize = 2;
+/// Operators' browsers and a Prometheus or two: far fewer than the report listener's.
+pub const DEFAULT_OPS_MAX_CONNECTIONS: usize = 256;
 /// A handshaken connection is worth a short wait: refusing it wastes the handshake and brings
 /// the client back for another (docs/benchmarks.md, outage drain).
 pub const DEFAULT_ADMISSION_WAIT_MS: u64 = 1000;
@@ -233,6 +247,9 @@ impl Default for Config {
             db_pool_size: 16,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight_per_appliance: DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE,
+            ops_max_connections: DEFAULT_OPS_MAX_CONNECTIONS,
+            ops_allowed_hosts: Vec::new(),
             admission_wait_ms: DEFAULT_ADMISSION_WAIT_MS,
             dashboard_counts_max_age_secs: crate::dashboard::DEFAULT_COUNTS_MAX_AGE.as_secs(),
             db_writers: 4,
@@ -258,6 +275,9 @@ struct FileConfig {
     db_pool_size: Option<usize>,
     max_in_flight: Option<usize>,
     max_connections: Option<usize>,
+    max_in_flight_per_appliance: Option<usize>,
+    ops_max_connections: Option<usize>,
+    ops_allowed_hosts: Option<Vec<String>>,
     admission_wait_ms: Option<u64>,
     dashboard_counts_max_age_secs: Option<u64>,
     db_writers: Option<usize>,
@@ -290,6 +310,31 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Host names the operations listener answers for beside localhost and IP addresses:
+    /// `ops_allowed_hosts`, and the host of `[alertmanager] dashboard_url`, which operators use.
+    pub fn ops_hosts(&self) -> Vec<String> {
+        let mut hosts = self.ops_allowed_hosts.clone();
+        if let Some(url) = &self.alertmanager.dashboard_url {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = match host.rsplit_once(':') {
+                Some((h, port)) if !h.contains(']') || h.ends_with(']') => {
+                    if port.bytes().all(|b| b.is_ascii_digit()) {
+                        h
+                    } else {
+                        host
+                    }
+                }
+                _ => host,
+            };
+            if !host.is_empty() {
+                hosts.push(host.trim_matches(['[', ']']).to_ascii_lowercase());
+            }
+        }
+        hosts
+    }
+
     /// The storage layer's part of the configuration.
     pub fn storage_settings(&self) -> crate::storage::StorageSettings {
         crate::storage::StorageSettings {
@@ -367,6 +412,15 @@ impl Config {
         if let Some(v) = f.max_connections {
             self.max_connections = v;
         }
+        if let Some(v) = f.max_in_flight_per_appliance {
+            self.max_in_flight_per_appliance = v;
+        }
+        if let Some(v) = f.ops_max_connections {
+            self.ops_max_connections = v;
+        }
+        if let Some(v) = f.ops_allowed_hosts {
+            self.ops_allowed_hosts = v;
+        }
         if let Some(v) = f.admission_wait_ms {
             self.admission_wait_ms = v;
         }
@@ -434,6 +488,20 @@ impl Config {
         if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT") {
             self.max_in_flight = parsed("PHONEHOME_MAX_IN_FLIGHT", v)?;
         }
+        if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE") {
+            self.max_in_flight_per_appliance = parsed("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_OPS_MAX_CONNECTIONS") {
+            self.ops_max_connections = parsed("PHONEHOME_OPS_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_OPS_ALLOWED_HOSTS") {
+            // Comma-separated; empty leaves only the defaults.
+            self.ops_allowed_hosts = v
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect();
+        }
         if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
             self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
         }
@@ -474,6 +542,11 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.max_in_flight_per_appliance == 0 || self.ops_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_in_flight_per_appliance and ops_max_connections must be at least 1".into(),
             ));
         }
         if self.max_in_flight == 0 {

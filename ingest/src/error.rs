@@ -29,6 +29,9 @@ pub enum ApiError {
     Unavailable(#[source] StorageError),
     #[error("the ingest is at capacity, retry later")]
     Saturated,
+    /// This appliance already has `max_in_flight_per_appliance` reports in flight: its share.
+    #[error("this appliance already has {0} reports in flight; retry later")]
+    OverShare(usize),
     #[error("internal error")]
     Internal(#[source] StorageError),
     /// A query parameter (or path segment) of the operations API the server cannot use; the
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::Timeout => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Saturated => "saturated",
+            ApiError::OverShare(_) => "over_share",
             ApiError::Internal(_) => "internal",
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::NotFound(_) => "not_found",
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::OverShare(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Saturated => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,6 +121,7 @@ impl IntoResponse for ApiError {
             ApiError::Internal(e) => tracing::error!(error = %e, "request failed"),
             // Under overload one line per refusal would add to the load; the counter tells.
             ApiError::Saturated => tracing::debug!("request refused: at capacity"),
+            ApiError::OverShare(_) => tracing::debug!("request refused: appliance over its share"),
             other => tracing::info!(
                 status = status.as_u16(),
                 code = other.code(),
@@ -133,7 +139,7 @@ impl IntoResponse for ApiError {
             field,
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after()));

@@ -53,6 +53,12 @@ pub struct AppState {
     /// Supervised background work (silence check, notifier, maintenance), for `/metrics` and
     /// `/readyz`.
     pub tasks: tasks::Tasks,
+    /// Reports in flight per appliance (`max_in_flight_per_appliance`).
+    pub per_appliance: Arc<reports::PerAppliance>,
+    /// Open connections on the operations listener (`ops_max_connections`).
+    pub ops_connections: Arc<tokio::sync::Semaphore>,
+    /// Host names the operations listener answers for, beside localhost and IP addresses.
+    pub ops_hosts: Arc<Vec<String>>,
 }
 
 impl AppState {
@@ -73,7 +79,28 @@ impl AppState {
             connections: Arc::new(tokio::sync::Semaphore::new(config::DEFAULT_MAX_CONNECTIONS)),
             admission_wait: std::time::Duration::from_millis(config::DEFAULT_ADMISSION_WAIT_MS),
             tasks: tasks::Tasks::default(),
+            per_appliance: Arc::new(reports::PerAppliance::new(
+                config::DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE,
+            )),
+            ops_connections: Arc::new(tokio::sync::Semaphore::new(
+                config::DEFAULT_OPS_MAX_CONNECTIONS,
+            )),
+            ops_hosts: Arc::default(),
         }
+    }
+
+    /// Sets the operations listener's connection cap (at least 1) and the host names it
+    /// answers for beside localhost and IP addresses.
+    pub fn with_ops_limits(mut self, connections: usize, hosts: Vec<String>) -> Self {
+        self.ops_connections = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
+        self.ops_hosts = Arc::new(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect());
+        self
+    }
+
+    /// Sets how many reports one appliance may have in flight at once (at least 1).
+    pub fn with_max_in_flight_per_appliance(mut self, n: usize) -> Self {
+        self.per_appliance = Arc::new(reports::PerAppliance::new(n));
+        self
     }
 
     /// The supervisor the process's background tasks run under.
@@ -123,6 +150,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The operations API and the dashboard, as mounted on the plain-HTTP listener.
 pub fn ops_router(state: AppState) -> Router {
+    let hosts = state.ops_hosts.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -130,6 +158,66 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(api::router(state.clone()))
         .merge(phonehome_dashboard::router(state.dashboard))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            host_check(hosts.clone(), req, next)
+        }))
+}
+
+/// Answers only requests for a host this listener is known by: `localhost`, an IP address, or
+/// a configured name. A web page on another site that rebinds its own name to this address
+/// (DNS rebinding) sends its own name, and gets 421 instead of the API.
+async fn host_check(
+    hosts: Arc<Vec<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.to_owned());
+    match host {
+        // HTTP/1.0 without Host: not a browser.
+        None => next.run(req).await,
+        Some(h) if host_allowed(&h, &hosts) => next.run(req).await,
+        Some(h) => {
+            tracing::info!(host = %h.escape_debug(), "operations request for a foreign host name refused");
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this operations listener does not answer for host {:?}; add the name to \
+                     ops_allowed_hosts if operators reach it by that name\n",
+                    h.escape_debug().to_string()
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Whether `host` (a Host header: name or address, with or without a port) is one the
+/// operations listener answers for.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    // [v6]:port, [v6], v4:port, name:port, name.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((addr, _)) => addr.to_owned(),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.to_owned(),
+            _ => host.clone(),
+        }
+    };
+    let name = name.trim_end_matches('.');
+    name == "localhost"
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || allowed.iter().any(|a| {
+            let a = a.trim_end_matches('.');
+            a == name || a == host
+        })
 }
 
 /// Every answer of the report API is JSON, a wrong path included.
@@ -224,4 +312,34 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn the_operations_listener_knows_its_own_names_only() {
+        let allowed = vec!["ops.example".to_owned()];
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "LOCALHOST:8080",
+            "10.1.2.3",
+            "ops.example:8080",
+            "OPS.example.",
+        ] {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "ops.example.evil",
+            "[::1",
+            "",
+        ] {
+            assert!(!host_allowed(refused, &allowed), "{refused}");
+        }
+    }
 }

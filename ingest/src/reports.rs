@@ -41,6 +41,26 @@ pub async fn post_report(
     // and refusing it would waste that handshake and bring the client back for another. Past
     // the wait, a saturated ingest answers 503 and costs the client one round trip. The wait is
     // bounded, and so are the waiters (`max_connections`).
+    // One appliance's share comes before the fleet's: a certificate holding many slow posts
+    // open is refused (429) without taking a slot its neighbours need.
+    let serial = peer
+        .as_ref()
+        .and_then(|Extension(p)| p.0.as_ref().ok())
+        .map(|id| id.serial.to_string());
+    let _share = match serial {
+        Some(serial) => match state.per_appliance.enter(serial) {
+            Some(share) => Some(share),
+            None => {
+                state
+                    .metrics
+                    .reports
+                    .with_label_values(&["over_share"])
+                    .inc();
+                return Err(ApiError::OverShare(state.per_appliance.limit()));
+            }
+        },
+        None => None,
+    };
     // A zero wait still takes a free slot: the timeout polls the acquire once first.
     let permit = tokio::time::timeout(
         state.admission_wait,
@@ -504,6 +524,63 @@ mod tests {
                 assert!(message.contains("printable ASCII"), "{message}");
             }
             other => panic!("expected a contract violation, got {other:?}"),
+        }
+    }
+}
+
+/// Reports in flight per appliance (by certificate serial), bounded by
+/// `max_in_flight_per_appliance`: a collector sends one report at a time, so a handful is
+/// generous, and more is an appliance taking its neighbours' share.
+#[derive(Debug)]
+pub struct PerAppliance {
+    limit: usize,
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl PerAppliance {
+    pub fn new(limit: usize) -> Self {
+        PerAppliance {
+            limit: limit.max(1),
+            in_flight: std::sync::Mutex::default(),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A place for one more of `serial`'s reports, or `None` when it has its share; the place
+    /// is given back when the returned guard is dropped, however the request ends.
+    pub fn enter(self: &std::sync::Arc<Self>, serial: String) -> Option<ShareGuard> {
+        let mut map = self.in_flight.lock().ok()?;
+        let n = map.entry(serial.clone()).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n = n.saturating_add(1);
+        Some(ShareGuard {
+            owner: self.clone(),
+            serial,
+        })
+    }
+}
+
+/// One report's place in its appliance's share.
+#[derive(Debug)]
+pub struct ShareGuard {
+    owner: std::sync::Arc<PerAppliance>,
+    serial: String,
+}
+
+impl Drop for ShareGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.owner.in_flight.lock() {
+            if let Some(n) = map.get_mut(&self.serial) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.serial);
+                }
+            }
         }
     }
 }

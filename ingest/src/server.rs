@@ -175,14 +175,64 @@ async fn drain(graceful: GracefulShutdown) {
     }
 }
 
-/// Serves the operations endpoints (`/healthz`, `/metrics`, the dashboard) over plain HTTP.
+/// An operations connection is closed after this long, whatever it does: browsers and
+/// Prometheus reconnect, and a client trickling a request or idling cannot hold a slot.
+const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Serves the operations endpoints (`/healthz`, `/metrics`, the dashboard) over plain HTTP,
+/// at most `ops_max_connections` at once (more wait in the kernel's backlog), each with a
+/// header deadline and a bounded lifetime.
 pub async fn serve_ops(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app: Router = ops_router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app: Router = ops_router(state.clone());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = state.ops_connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "operations listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                app.clone().oneshot(req)
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            match tokio::time::timeout(OPS_CONNECTION_LIFETIME, watcher.watch(conn)).await {
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "operations connection ended with an error")
+                }
+                Err(_) => tracing::debug!(%peer, "operations connection closed at its lifetime"),
+                Ok(Ok(())) => {}
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {}
+    }
+    Ok(())
 }
