@@ -81,6 +81,41 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a uniquely named database and applies every migration to it.
     pub async fn new() -> Self {
+        Self::create(None).await
+    }
+
+    /// [`TestDb::new`], with the database's files in `tablespace` (tests that fill a disk).
+    pub async fn new_in_tablespace(tablespace: &str) -> Self {
+        Self::create(Some(tablespace)).await
+    }
+
+    /// Creates a tablespace at `dir` (which the server's user must own) through the admin
+    /// connection.
+    pub async fn create_tablespace(name: &str, dir: &std::path::Path) {
+        let (client, conn) = tokio_postgres::connect(admin_url(), NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test PostgreSQL: {e}"));
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "CREATE TABLESPACE {name} LOCATION '{}'",
+                dir.display()
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("create tablespace {name} at {}: {e:?}", dir.display()));
+    }
+
+    /// Drops tablespace `name` (after the databases in it).
+    pub async fn drop_tablespace(name: &str) {
+        if let Ok((client, conn)) = tokio_postgres::connect(admin_url(), NoTls).await {
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!("DROP TABLESPACE IF EXISTS {name}"))
+                .await;
+        }
+    }
+
+    async fn create(tablespace: Option<&str>) -> Self {
         let admin = admin_url().to_owned();
         let name = format!("phonehome_test_{}", uuid::Uuid::new_v4().simple());
         let (client, conn) = tokio_postgres::connect(&admin, NoTls)
@@ -88,7 +123,10 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("connect to the test PostgreSQL at {admin}: {e}"));
         tokio::spawn(conn);
         client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&match tablespace {
+                Some(t) => format!("CREATE DATABASE {name} TABLESPACE {t}"),
+                None => format!("CREATE DATABASE {name}"),
+            })
             .await
             .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
         let url = with_database(&admin, &name);
