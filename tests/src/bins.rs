@@ -178,6 +178,12 @@ impl IngestProcess {
             .map(|v| v.trim().parse().expect("metric value"))
     }
 
+    /// `kill -9`: no drain, no goodbye, as a crash or the OOM killer would.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

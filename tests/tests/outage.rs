@@ -108,3 +108,113 @@ async fn seven_runs_during_an_outage_are_delivered_in_order_once_each() {
         .get(0);
     assert_eq!(stored, 9);
 }
+
+/// `kill -9` of the ingest while collectors deliver (issue 13, fault campaign): runs that found
+/// it dead, and reports whose answer the kill swallowed after the commit, wait in the spools;
+/// after a restart the next runs deliver them, and every report any run made is stored exactly
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_under_load_loses_nothing_and_stores_nothing_twice() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let appliances: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            let serial = format!("SN-KILL-{i}");
+            let id = pki.appliance(&serial);
+            let dir = pki.dir().join(&serial);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let config = dir.join("collector.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "serial = {serial:?}\nca_cert = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n\
+                     timeout_seconds = 5\n\n[smart]\nscan = false\n\n[spool]\ndir = {:?}\n\
+                     retry_budget_seconds = 1\n",
+                    pki.ca_cert(),
+                    id.cert,
+                    id.key,
+                    dir.join("spool")
+                ),
+            )
+            .expect("config");
+            (serial, config.to_string_lossy().into_owned())
+        })
+        .collect();
+    // Every appliance runs `rounds` times in parallel with the others; the returned codes are
+    // 0 (delivered) or 75 (kept for later).
+    let run_all = |url: String, rounds: usize| {
+        let appliances = appliances.clone();
+        std::thread::spawn(move || {
+            let threads: Vec<_> = appliances
+                .into_iter()
+                .map(|(serial, config)| {
+                    let url = url.clone();
+                    std::thread::spawn(move || {
+                        (0..rounds)
+                            .map(|_| {
+                                let run = collector(
+                                    &["run", "--config", &config],
+                                    &[("PHONEHOME_COLLECTOR_SERVER", &url)],
+                                );
+                                assert!(
+                                    matches!(run.code, Some(0) | Some(75)),
+                                    "{serial}: {:?} {}",
+                                    run.code,
+                                    run.stderr
+                                );
+                                run.code
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("collector thread"))
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let mut ingest = IngestProcess::start(&db, &pki).await;
+    let load = run_all(ingest.report_url(), 12);
+    // Mid-load (the first reports are in), the ingest dies without a word.
+    for _ in 0..500 {
+        if db.count("reports").await >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    ingest.kill_hard();
+    let codes = tokio::task::spawn_blocking(move || load.join().expect("load"))
+        .await
+        .expect("join");
+    let kept: usize = codes.iter().flatten().filter(|c| **c == Some(75)).count();
+    assert!(kept > 0, "the kill landed after every run: {codes:?}");
+
+    // Back up; each appliance's next run delivers what it kept.
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let after = run_all(ingest.report_url(), 1);
+    let codes2 = tokio::task::spawn_blocking(move || after.join().expect("runs"))
+        .await
+        .expect("join");
+    assert!(
+        codes2.iter().flatten().all(|c| *c == Some(0)),
+        "{codes2:?}\n{}",
+        ingest.log()
+    );
+
+    // Thirteen runs per appliance, thirteen reports each, once each.
+    let client = db.client().await;
+    for (serial, _) in &appliances {
+        let row = client
+            .query_one(
+                "SELECT count(*), count(DISTINCT r.report_id) FROM reports r
+                 JOIN appliances a ON a.id = r.appliance_id WHERE a.serial = $1",
+                &[serial],
+            )
+            .await
+            .expect("count");
+        let (n, distinct): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!((n, distinct), (13, 13), "{serial}: {codes:?} then {codes2:?}");
+    }
+}
