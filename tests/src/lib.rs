@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod pg;
 pub mod pki;
+pub mod proxy;
 
 pub use pg::{TestDb, report_copies};
 

@@ -215,6 +215,10 @@ async fn a_kill_9_under_load_loses_nothing_and_stores_nothing_twice() {
             .await
             .expect("count");
         let (n, distinct): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!((n, distinct), (13, 13), "{serial}: {codes:?} then {codes2:?}");
+        assert_eq!(
+            (n, distinct),
+            (13, 13),
+            "{serial}: {codes:?} then {codes2:?}"
+        );
     }
 }
