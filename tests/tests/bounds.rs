@@ -164,3 +164,50 @@ async fn one_report_opens_at_most_the_appliance_s_share_of_alerts_the_rest_folde
         .collect();
     assert_eq!(scalar(&db, &firing("filesystem_full")).await, 0, "{left:?}");
 }
+
+/// Issue 13, finding 1, through the endpoint: NIC counters at or above 2^63, rising between
+/// reports, once overflowed a sum in a batch writer (a debug build's writer panicked and was
+/// never restarted; after four such reports every appliance got 503). Now each is stored, the
+/// alert fires with a saturated total, and other appliances are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn nic_counters_at_the_top_of_the_range_are_stored_and_hurt_no_one() {
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest = IngestProcess::start(&db, &pki).await;
+    let serial = "SN-HUGE-NIC";
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance(serial)));
+    let with_counters = |value: u64, hours_ago: i64| {
+        let mut r = example_report(serial);
+        r.collected_at = chrono::Utc::now() - chrono::Duration::hours(hours_ago);
+        for name in ["rx_errors", "tx_errors", "rx_dropped", "tx_dropped"] {
+            r.nics.nics[0].counters.insert(name.to_owned(), value);
+        }
+        r
+    };
+    let (status, body) = post(&client, &ingest, &with_counters(0, 6)).await;
+    assert_eq!(status, 202, "{body}");
+    for (i, value) in [1u64 << 63, u64::MAX, u64::MAX - 1, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = post(&client, &ingest, &with_counters(value, 5 - i as i64)).await;
+        assert_eq!(status, 202, "report {i} with counters {value}: {body}");
+    }
+    let other = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-NEXT-DOOR")));
+    let (status, body) = post(&other, &ingest, &example_report("SN-NEXT-DOOR")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM alerts WHERE rule = 'nic_errors' AND state = 'firing'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        ingest.metric("phonehome_batch_panics_total").await,
+        Some(0.0),
+        "{}",
+        ingest.log()
+    );
+}
