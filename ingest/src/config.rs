@@ -61,6 +61,18 @@ pub struct Config {
     /// `localhost`, IP addresses and the host of `[alertmanager] dashboard_url`: a request for
     /// any other name (a DNS-rebinding page in an operator's browser) gets 421.
     pub ops_allowed_hosts: Vec<String>,
+    // Issue 13 (listener bounds): how long a body and an operations request may take.
+    /// Seconds a report's whole body may take once its headers are in (408 after): room for a
+    /// 1 MiB report on a slow link, while a stalled post gives its slot back.
+    pub body_timeout_secs: u64,
+    /// Slowest body accepted after the first [`BODY_RATE_GRACE`]: a post that falls below this
+    /// average (bytes per second) gets 408 before `body_timeout_secs`. 0 switches it off.
+    pub min_body_bytes_per_sec: u64,
+    /// Seconds the operations listener waits for a request's headers, which is also how long
+    /// it keeps an idle keep-alive connection.
+    pub ops_header_timeout_secs: u64,
+    /// Seconds after which an operations connection is closed, whatever it is doing.
+    pub ops_connection_lifetime_secs: u64,
     /// How long a request that finds every in-flight slot taken waits for one before its 503.
     pub admission_wait_ms: u64,
     /// How old the dashboard's and `/metrics`' fleet-wide counts may be (they scan every
@@ -222,6 +234,23 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 2 * DEFAULT_MAX_IN_FLIGHT;
 pub const DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE: usize = 2;
 /// Operators' browsers and a Prometheus or two: far fewer than the report listener's.
 pub const DEFAULT_OPS_MAX_CONNECTIONS: usize = 256;
+/// A 1 MiB report (before compression; collectors send it compressed) at 20 KiB/s, about a
+/// 160 kbit/s link. The collector's own request timeout is 30 s by default: raise both
+/// together for links slower than that.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 60;
+/// 1 KiB/s after [`BODY_RATE_GRACE`]: an honest link is far faster, and a post that sends
+/// nothing (a dead link, or a client holding its slot) is let go after the grace, not after
+/// `body_timeout_secs`.
+pub const DEFAULT_MIN_BODY_BYTES_PER_SEC: u64 = 1024;
+/// How long a body may take to start flowing before `min_body_bytes_per_sec` applies: a
+/// retransmission or two on a lossy link.
+pub const BODY_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest body deadline accepted: a slot held longer is a slot its neighbours miss.
+pub const MAX_BODY_TIMEOUT_SECS: u64 = 600;
+/// Browsers and Prometheus send their headers at once; anything slower is not an operator.
+pub const DEFAULT_OPS_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Longer than any page or scrape takes; browsers and Prometheus reconnect.
+pub const DEFAULT_OPS_CONNECTION_LIFETIME_SECS: u64 = 120;
 /// A handshaken connection is worth a short wait: refusing it wastes the handshake and brings
 /// the client back for another (docs/benchmarks.md, outage drain).
 pub const DEFAULT_ADMISSION_WAIT_MS: u64 = 1000;
@@ -250,6 +279,10 @@ impl Default for Config {
             max_in_flight_per_appliance: DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE,
             ops_max_connections: DEFAULT_OPS_MAX_CONNECTIONS,
             ops_allowed_hosts: Vec::new(),
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
+            ops_header_timeout_secs: DEFAULT_OPS_HEADER_TIMEOUT_SECS,
+            ops_connection_lifetime_secs: DEFAULT_OPS_CONNECTION_LIFETIME_SECS,
             admission_wait_ms: DEFAULT_ADMISSION_WAIT_MS,
             dashboard_counts_max_age_secs: crate::dashboard::DEFAULT_COUNTS_MAX_AGE.as_secs(),
             db_writers: 4,
@@ -278,6 +311,10 @@ struct FileConfig {
     max_in_flight_per_appliance: Option<usize>,
     ops_max_connections: Option<usize>,
     ops_allowed_hosts: Option<Vec<String>>,
+    body_timeout_secs: Option<u64>,
+    min_body_bytes_per_sec: Option<u64>,
+    ops_header_timeout_secs: Option<u64>,
+    ops_connection_lifetime_secs: Option<u64>,
     admission_wait_ms: Option<u64>,
     dashboard_counts_max_age_secs: Option<u64>,
     db_writers: Option<usize>,
@@ -421,6 +458,18 @@ impl Config {
         if let Some(v) = f.ops_allowed_hosts {
             self.ops_allowed_hosts = v;
         }
+        if let Some(v) = f.body_timeout_secs {
+            self.body_timeout_secs = v;
+        }
+        if let Some(v) = f.min_body_bytes_per_sec {
+            self.min_body_bytes_per_sec = v;
+        }
+        if let Some(v) = f.ops_header_timeout_secs {
+            self.ops_header_timeout_secs = v;
+        }
+        if let Some(v) = f.ops_connection_lifetime_secs {
+            self.ops_connection_lifetime_secs = v;
+        }
         if let Some(v) = f.admission_wait_ms {
             self.admission_wait_ms = v;
         }
@@ -502,6 +551,19 @@ impl Config {
                 .filter(|h| !h.is_empty())
                 .collect();
         }
+        if let Some(v) = env("PHONEHOME_BODY_TIMEOUT_SECS") {
+            self.body_timeout_secs = parsed("PHONEHOME_BODY_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_MIN_BODY_BYTES_PER_SEC") {
+            self.min_body_bytes_per_sec = parsed("PHONEHOME_MIN_BODY_BYTES_PER_SEC", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_OPS_HEADER_TIMEOUT_SECS") {
+            self.ops_header_timeout_secs = parsed("PHONEHOME_OPS_HEADER_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_OPS_CONNECTION_LIFETIME_SECS") {
+            self.ops_connection_lifetime_secs =
+                parsed("PHONEHOME_OPS_CONNECTION_LIFETIME_SECS", v)?;
+        }
         if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
             self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
         }
@@ -553,6 +615,22 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_in_flight must be at least 1".into(),
             ));
+        }
+        if !(1..=MAX_BODY_TIMEOUT_SECS).contains(&self.body_timeout_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "body_timeout_secs = {} must be between 1 and {MAX_BODY_TIMEOUT_SECS} (a post \
+                 holds an in-flight slot while its body arrives)",
+                self.body_timeout_secs
+            )));
+        }
+        if self.ops_header_timeout_secs == 0
+            || self.ops_connection_lifetime_secs < self.ops_header_timeout_secs
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ops_header_timeout_secs = {} must be at least 1, and \
+                 ops_connection_lifetime_secs = {} at least as long",
+                self.ops_header_timeout_secs, self.ops_connection_lifetime_secs
+            )));
         }
         if self.admission_wait_ms > MAX_ADMISSION_WAIT_MS {
             return Err(ConfigError::Invalid(format!(
@@ -803,6 +881,71 @@ mod tests {
         assert!(e.contains("PHONEHOME_ADMISSION_WAIT_MS"), "{e}");
         let defaults = Config::load_with_env(None, |_| None).expect("loads");
         assert_eq!(defaults.admission_wait_ms, DEFAULT_ADMISSION_WAIT_MS);
+    }
+
+    #[test]
+    fn listener_bounds_come_from_file_or_environment_and_are_checked() {
+        // The example spells out the defaults.
+        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        let bounds = |c: &Config| {
+            (
+                c.max_in_flight_per_appliance,
+                c.ops_max_connections,
+                c.body_timeout_secs,
+                c.min_body_bytes_per_sec,
+                c.ops_header_timeout_secs,
+                c.ops_connection_lifetime_secs,
+            )
+        };
+        let defaults = Config::default();
+        assert_eq!(bounds(&c), bounds(&defaults));
+        assert_eq!(
+            bounds(&defaults),
+            (2, 256, 60, 1024, 10, 120),
+            "README and the example say these"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "body_timeout_secs = 90\nmin_body_bytes_per_sec = 0\nops_header_timeout_secs = 5\n\
+             ops_connection_lifetime_secs = 30\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&p), |k| {
+            (k == "PHONEHOME_OPS_HEADER_TIMEOUT_SECS").then(|| "2".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                c.body_timeout_secs,
+                c.min_body_bytes_per_sec,
+                c.ops_header_timeout_secs,
+                c.ops_connection_lifetime_secs
+            ),
+            (90, 0, 2, 30)
+        );
+
+        let refused = |name: &'static str, value: &'static str| {
+            Config::load_with_env(None, move |k| (k == name).then(|| value.to_owned()))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused("PHONEHOME_BODY_TIMEOUT_SECS", "0");
+        assert!(e.contains("body_timeout_secs"), "{e}");
+        let e = refused("PHONEHOME_BODY_TIMEOUT_SECS", "601");
+        assert!(e.contains("body_timeout_secs") && e.contains("600"), "{e}");
+        let e = refused("PHONEHOME_MIN_BODY_BYTES_PER_SEC", "fast");
+        assert!(e.contains("PHONEHOME_MIN_BODY_BYTES_PER_SEC"), "{e}");
+        let e = refused("PHONEHOME_OPS_HEADER_TIMEOUT_SECS", "0");
+        assert!(e.contains("ops_header_timeout_secs"), "{e}");
+        let e = refused("PHONEHOME_OPS_CONNECTION_LIFETIME_SECS", "5");
+        assert!(e.contains("ops_connection_lifetime_secs"), "{e}");
+        let e = refused("PHONEHOME_OPS_MAX_CONNECTIONS", "0");
+        assert!(e.contains("ops_max_connections"), "{e}");
+        let e = refused("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE", "0");
+        assert!(e.contains("max_in_flight_per_appliance"), "{e}");
     }
 
     #[test]

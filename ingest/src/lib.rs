@@ -11,6 +11,7 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
+pub mod fdlimit;
 pub mod metrics;
 pub mod pgcluster;
 pub mod pki;
@@ -59,6 +60,10 @@ pub struct AppState {
     pub ops_connections: Arc<tokio::sync::Semaphore>,
     /// Host names the operations listener answers for, beside localhost and IP addresses.
     pub ops_hosts: Arc<Vec<String>>,
+    /// How a report's body must arrive (`body_timeout_secs`, `min_body_bytes_per_sec`).
+    pub body_pace: reports::BodyPace,
+    /// The operations listener's header deadline and connection lifetime.
+    pub ops_timeouts: server::OpsTimeouts,
 }
 
 impl AppState {
@@ -86,6 +91,8 @@ impl AppState {
                 config::DEFAULT_OPS_MAX_CONNECTIONS,
             )),
             ops_hosts: Arc::default(),
+            body_pace: reports::BodyPace::default(),
+            ops_timeouts: server::OpsTimeouts::default(),
         }
     }
 
@@ -94,6 +101,24 @@ impl AppState {
     pub fn with_ops_limits(mut self, connections: usize, hosts: Vec<String>) -> Self {
         self.ops_connections = Arc::new(tokio::sync::Semaphore::new(connections.max(1)));
         self.ops_hosts = Arc::new(hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect());
+        self
+    }
+
+    /// Sets how a report's body must arrive: within `whole` seconds, and after the grace at
+    /// `min_rate` bytes per second or faster (0: no rate).
+    pub fn with_body_pace(mut self, whole: std::time::Duration, min_rate: u64) -> Self {
+        self.body_pace = reports::BodyPace {
+            whole,
+            min_rate,
+            grace: config::BODY_RATE_GRACE,
+        };
+        self
+    }
+
+    /// Sets the operations listener's header deadline (also its keep-alive idle limit) and
+    /// connection lifetime.
+    pub fn with_ops_timeouts(mut self, timeouts: server::OpsTimeouts) -> Self {
+        self.ops_timeouts = timeouts;
         self
     }
 
@@ -151,6 +176,11 @@ pub fn router(state: AppState) -> Router {
 /// The operations API and the dashboard, as mounted on the plain-HTTP listener.
 pub fn ops_router(state: AppState) -> Router {
     let hosts = state.ops_hosts.clone();
+    let refused = state
+        .metrics
+        .listeners
+        .ops_refused
+        .with_label_values(&["host"]);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -159,7 +189,7 @@ pub fn ops_router(state: AppState) -> Router {
         .merge(api::router(state.clone()))
         .merge(phonehome_dashboard::router(state.dashboard))
         .layer(axum::middleware::from_fn(move |req, next| {
-            host_check(hosts.clone(), req, next)
+            host_check(hosts.clone(), refused.clone(), req, next)
         }))
 }
 
@@ -168,6 +198,7 @@ pub fn ops_router(state: AppState) -> Router {
 /// (DNS rebinding) sends its own name, and gets 421 instead of the API.
 async fn host_check(
     hosts: Arc<Vec<String>>,
+    refused: prometheus::IntCounter,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -181,13 +212,16 @@ async fn host_check(
         None => next.run(req).await,
         Some(h) if host_allowed(&h, &hosts) => next.run(req).await,
         Some(h) => {
-            tracing::info!(host = %h.escape_debug(), "operations request for a foreign host name refused");
+            // A rebinding page can send these in a loop: the counter tells, the log line is
+            // for debugging. The name is shortened: the answer stays short whatever was sent.
+            refused.inc();
+            let shown: String = h.chars().take(100).collect();
+            tracing::debug!(host = %shown.escape_debug(), "operations request for a foreign host name refused");
             (
                 StatusCode::MISDIRECTED_REQUEST,
                 format!(
-                    "this operations listener does not answer for host {:?}; add the name to \
-                     ops_allowed_hosts if operators reach it by that name\n",
-                    h.escape_debug().to_string()
+                    "this operations listener does not answer for host {shown:?}; add the name \
+                     to ops_allowed_hosts if operators reach it by that name\n"
                 ),
             )
                 .into_response()

@@ -161,7 +161,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
-    check_open_files(&config);
+    phonehome_ingest::fdlimit::check(&config);
     let tls = tls::server_config(&config.tls).context("load TLS files")?;
     let storage = Storage::connect_with(config.database_url.expose(), config.storage_settings())?;
     storage
@@ -223,6 +223,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_max_connections(config.max_connections)
         .with_max_in_flight_per_appliance(config.max_in_flight_per_appliance)
         .with_ops_limits(config.ops_max_connections, config.ops_hosts())
+        .with_ops_timeouts(phonehome_ingest::server::OpsTimeouts {
+            header: std::time::Duration::from_secs(config.ops_header_timeout_secs),
+            lifetime: std::time::Duration::from_secs(config.ops_connection_lifetime_secs),
+        })
+        .with_body_pace(
+            std::time::Duration::from_secs(config.body_timeout_secs),
+            config.min_body_bytes_per_sec,
+        )
         .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms))
         .with_counts_max_age(std::time::Duration::from_secs(
             config.dashboard_counts_max_age_secs,
@@ -237,36 +245,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Warns when the process may open fewer files than its listeners and pool can hold: past the
-/// limit, accept fails and report intake stops while the operations listener's connections
-/// linger (issue 13). systemd's default soft limit is 1,024.
-fn check_open_files(config: &Config) {
-    let needed = config
-        .max_connections
-        .saturating_add(config.ops_max_connections)
-        .saturating_add(config.db_pool_size)
-        .saturating_add(64);
-    let soft = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse::<usize>().ok())
-        });
-    match soft {
-        Some(soft) if soft < needed => tracing::warn!(
-            limit = soft,
-            needed,
-            "the open-file limit is below what max_connections + ops_max_connections + \
-             db_pool_size need; raise it (systemd: LimitNOFILE={needed} or more)"
-        ),
-        Some(soft) => tracing::debug!(limit = soft, needed, "open-file limit is enough"),
-        None => tracing::debug!("cannot read the open-file limit"),
-    }
 }
 
 /// hostname:pid, which tells replicas apart in maintenance_runs and logs.

@@ -50,6 +50,80 @@ pub struct Metrics {
     /// Supervised background tasks: restarts after a panic, and whether each runs now.
     pub task_restarts: IntCounterVec,
     pub task_up: IntGaugeVec,
+    /// What the two listeners refuse or close, and how full they are.
+    pub listeners: ListenerMetrics,
+}
+
+/// The listeners' bounds at work (issue 13, findings 2 and 4). A report refused for its pace
+/// or its appliance's share is counted in `phonehome_reports_total` (`timeout`, `over_share`).
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    /// Open connections, by listener (`reports`, `ops`).
+    pub open: IntGaugeVec,
+    /// Connections left waiting in the kernel's backlog because every slot was taken, by
+    /// listener: a count of the times the accept loop found itself at its cap.
+    pub at_capacity: IntCounterVec,
+    /// Operations requests refused, by reason (`host`: a Host it does not answer for).
+    pub ops_refused: IntCounterVec,
+    /// Operations connections closed by the server, by reason (`header_timeout`: no complete
+    /// request headers in time, idle keep-alive included; `lifetime`).
+    pub ops_closed: IntCounterVec,
+}
+
+impl ListenerMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "phonehome_connections_open",
+                "Connections open now, by listener (reports, ops).",
+            ),
+            &["listener"],
+        )?;
+        let at_capacity = IntCounterVec::new(
+            Opts::new(
+                "phonehome_listener_at_capacity_total",
+                "Times a listener had every connection slot taken (max_connections, \
+                 ops_max_connections), so new connections waited in the kernel's backlog.",
+            ),
+            &["listener"],
+        )?;
+        let ops_refused = IntCounterVec::new(
+            Opts::new(
+                "phonehome_ops_requests_refused_total",
+                "Requests the operations listener refused, by reason (host: 421 for a Host \
+                 it does not answer for).",
+            ),
+            &["reason"],
+        )?;
+        let ops_closed = IntCounterVec::new(
+            Opts::new(
+                "phonehome_ops_connections_closed_total",
+                "Operations connections the server closed, by reason (header_timeout: no \
+                 complete request headers in ops_header_timeout_secs, idle ones included; \
+                 lifetime: open for ops_connection_lifetime_secs).",
+            ),
+            &["reason"],
+        )?;
+        // Every label value is known: the series exist from the start, at 0.
+        for listener in ["reports", "ops"] {
+            open.with_label_values(&[listener]).set(0);
+            at_capacity.with_label_values(&[listener]).reset();
+        }
+        ops_refused.with_label_values(&["host"]).reset();
+        for reason in ["header_timeout", "lifetime"] {
+            ops_closed.with_label_values(&[reason]).reset();
+        }
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(at_capacity.clone()))?;
+        registry.register(Box::new(ops_refused.clone()))?;
+        registry.register(Box::new(ops_closed.clone()))?;
+        Ok(ListenerMetrics {
+            open,
+            at_capacity,
+            ops_refused,
+            ops_closed,
+        })
+    }
 }
 
 impl Metrics {
@@ -199,6 +273,7 @@ impl Metrics {
             registry.register(c).expect("metric names are distinct");
         }
         crate::alertmanager::register(&registry).expect("metric names are distinct");
+        let listeners = ListenerMetrics::new(&registry).expect("metric names are distinct");
         Metrics {
             registry,
             reports,
@@ -221,6 +296,7 @@ impl Metrics {
             writes_failing,
             task_restarts,
             task_up,
+            listeners,
         }
     }
 

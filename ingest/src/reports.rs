@@ -27,8 +27,45 @@ use crate::tls::{ApplianceIdentity, IdentityError};
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Result<ApplianceIdentity, IdentityError>);
 
-/// How long a client may take to send its body once the headers are in.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How a report's body must arrive once its headers are in: the whole of it within `whole`,
+/// and after `grace` at an average of at least `min_rate` bytes per second. A post that breaks
+/// either gets 408 and gives its in-flight slot back (issue 13, finding 2: slow posts held
+/// every slot for 30 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    pub whole: Duration,
+    /// Bytes per second; 0 switches the rate off.
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        BodyPace {
+            whole: Duration::from_secs(crate::config::DEFAULT_BODY_TIMEOUT_SECS),
+            min_rate: crate::config::DEFAULT_MIN_BODY_BYTES_PER_SEC,
+            grace: crate::config::BODY_RATE_GRACE,
+        }
+    }
+}
+
+impl BodyPace {
+    /// How long after the start `received` bytes keep a body within its pace: the next byte
+    /// must come by then.
+    fn allowed(&self, received: usize) -> Duration {
+        if self.min_rate == 0 {
+            return self.whole;
+        }
+        let millis = u64::try_from(received)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(1000)
+            .checked_div(self.min_rate)
+            .unwrap_or(u64::MAX);
+        self.grace
+            .saturating_add(Duration::from_millis(millis))
+            .min(self.whole)
+    }
+}
 
 pub async fn post_report(
     State(state): State<AppState>,
@@ -145,7 +182,7 @@ async fn store(
     // operator types by hand) sends application/x-www-form-urlencoded.
     let encoding = Encoding::from_headers(headers)?;
     let limit = state.max_body_bytes;
-    let raw = read_limited(body, limit).await?;
+    let raw = read_limited(body, limit, state.body_pace).await?;
     state.metrics.report_bytes.inc_by(raw.len() as u64);
     let json = encoding.decode(&raw, limit)?;
 
@@ -371,17 +408,46 @@ fn field_name(path: &str, message: &str) -> String {
     }
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// The body, at most `limit` bytes, arriving at `pace`.
+async fn read_limited<B>(body: B, limit: usize, pace: BodyPace) -> Result<Vec<u8>, ApiError>
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let start = tokio::time::Instant::now();
     let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(ApiError::Timeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::TooLarge { limit, after: "" })
+    tokio::pin!(limited);
+    let mut raw = Vec::new();
+    loop {
+        // The deadline moves with every frame: each byte buys 1/min_rate s more, up to the
+        // whole-body deadline. A client that sends nothing is let go at the grace.
+        let deadline = start
+            .checked_add(pace.allowed(raw.len()))
+            .unwrap_or_else(|| start.checked_add(pace.whole).unwrap_or(start));
+        let frame = match tokio::time::timeout_at(deadline, limited.as_mut().frame()).await {
+            Err(_) => {
+                tracing::debug!(
+                    received = raw.len(),
+                    after_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "report body too slow"
+                );
+                return Err(ApiError::Timeout);
+            }
+            Ok(None) => return Ok(raw),
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(ApiError::TooLarge { limit, after: "" });
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::BadEncoding(format!(
+                    "reading the body failed: {e}"
+                )));
+            }
+        };
+        // Trailers carry nothing a report needs.
+        if let Ok(data) = frame.into_data() {
+            raw.extend_from_slice(&data);
         }
-        Ok(Err(e)) => Err(ApiError::BadEncoding(format!(
-            "reading the body failed: {e}"
-        ))),
     }
 }
 
@@ -443,6 +509,86 @@ impl Encoding {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A body fed by the test, chunk by chunk, as a slow client would send it.
+    struct Fed(tokio::sync::mpsc::Receiver<&'static [u8]>);
+
+    impl axum::body::HttpBody for Fed {
+        type Data = axum::body::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|chunk| {
+                chunk.map(|c| Ok(hyper::body::Frame::data(axum::body::Bytes::from_static(c))))
+            })
+        }
+    }
+
+    /// Feeds `chunks` one every `every`, then ends the body; what `read_limited` made of it,
+    /// and how long it took.
+    async fn paced(
+        pace: BodyPace,
+        chunks: usize,
+        every: Duration,
+    ) -> (Result<Vec<u8>, ApiError>, Duration) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..chunks {
+                tokio::time::sleep(every).await;
+                if tx.send(&b"0123456789"[..]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let result = read_limited(Fed(rx), 1 << 20, pace).await;
+        (result, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_body_must_arrive_whole_in_time_and_keep_its_pace() {
+        let pace = BodyPace {
+            whole: Duration::from_millis(1500),
+            min_rate: 100, // 10 bytes buy 100 ms
+            grace: Duration::from_millis(300),
+        };
+        // Steady and quick enough: all of it.
+        let (body, _) = paced(pace, 5, Duration::from_millis(50)).await;
+        assert_eq!(body.expect("in pace").len(), 50);
+        // Nothing after the headers (the sender lives on, sending nothing: a stalled client):
+        // let go at the grace, not at the whole deadline.
+        let (tx, rx) = tokio::sync::mpsc::channel::<&'static [u8]>(1);
+        let started = Instant::now();
+        let stalled = read_limited(Fed(rx), 1 << 20, pace).await;
+        drop(tx);
+        assert!(matches!(stalled, Err(ApiError::Timeout)), "{stalled:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "a stalled body held on past its grace: {:?}",
+            started.elapsed()
+        );
+        // Trickling below the rate: 10 bytes every 250 ms is 40 bytes/s, under 100.
+        let (body, took) = paced(pace, 20, Duration::from_millis(250)).await;
+        assert!(matches!(body, Err(ApiError::Timeout)), "{body:?}");
+        assert!(took < Duration::from_millis(1400), "{took:?}");
+        // Within the rate but past the whole deadline: 10 bytes every 90 ms for 2.7 s.
+        let (body, took) = paced(pace, 30, Duration::from_millis(90)).await;
+        assert!(matches!(body, Err(ApiError::Timeout)), "{body:?}");
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_millis(2000),
+            "{took:?}"
+        );
+        // No rate: only the whole deadline.
+        let slow = BodyPace {
+            min_rate: 0,
+            ..pace
+        };
+        let (body, _) = paced(slow, 4, Duration::from_millis(250)).await;
+        assert_eq!(body.expect("no rate, in time").len(), 40);
+    }
 
     #[test]
     fn a_gzip_bomb_stops_at_the_limit() {
@@ -552,7 +698,12 @@ impl PerAppliance {
     /// A place for one more of `serial`'s reports, or `None` when it has its share; the place
     /// is given back when the returned guard is dropped, however the request ends.
     pub fn enter(self: &std::sync::Arc<Self>, serial: String) -> Option<ShareGuard> {
-        let mut map = self.in_flight.lock().ok()?;
+        // A poisoned lock (a panic elsewhere while holding it) still holds valid counts: the
+        // map is only ever changed by whole increments and decrements.
+        let mut map = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = map.entry(serial.clone()).or_insert(0);
         if *n >= self.limit {
             return None;
@@ -574,12 +725,15 @@ pub struct ShareGuard {
 
 impl Drop for ShareGuard {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.owner.in_flight.lock() {
-            if let Some(n) = map.get_mut(&self.serial) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    map.remove(&self.serial);
-                }
+        let mut map = self
+            .owner
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.serial) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.serial);
             }
         }
     }

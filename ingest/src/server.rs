@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -22,7 +22,8 @@ use crate::{AppState, ops_router, router};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent its request headers by then is dropped.
+/// A client that has not sent its request headers by then is dropped (report listener; the
+/// operations listener's is [`OpsTimeouts::header`]).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for accepted requests to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +62,41 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// A connection slot of `slots`, or `None` once `shutdown` completes (or the slots are
+/// closed). Finding none free is counted in `at_capacity`: the listener then accepts nothing
+/// until a connection ends, and new ones wait in the kernel's backlog, costing no descriptor.
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    at_capacity: &prometheus::IntCounter,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => return Some(permit),
+        Err(TryAcquireError::Closed) => return None,
+        Err(TryAcquireError::NoPermits) => at_capacity.inc(),
+    }
+    tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok(),
+        () = shutdown => None,
+    }
+}
+
+/// One open connection in `phonehome_connections_open`, for as long as it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Connections the kernel queues for the report listener beyond `max_connections` (capped by
 /// `net.core.somaxconn`, 4,096 on current kernels). A fleet calling at once waits here at no
 /// cost to us; past it, the kernel drops connection attempts and clients retry them.
@@ -89,16 +125,15 @@ pub async fn serve_reports(
     let acceptor = TlsAcceptor::from(tls);
     let app = router(state.clone());
     let graceful = GracefulShutdown::new();
+    let listeners = &state.metrics.listeners;
+    let at_capacity = listeners.at_capacity.with_label_values(&["reports"]);
+    let open = listeners.open.with_label_values(&["reports"]);
     tokio::pin!(shutdown);
     loop {
         // A slot first, then accept: at capacity, new connections wait in the kernel's bounded
         // backlog instead of costing us a task, a TLS session and memory each.
-        let permit = tokio::select! {
-            permit = state.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        let Some(permit) = take_slot(&state.connections, &at_capacity, &mut shutdown).await else {
+            break;
         };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -116,8 +151,10 @@ pub async fn serve_reports(
         let app = app.clone();
         let metrics = state.metrics.clone();
         let watcher = graceful.watcher();
+        let open = OpenConnection::new(open.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -175,9 +212,29 @@ async fn drain(graceful: GracefulShutdown) {
     }
 }
 
-/// An operations connection is closed after this long, whatever it does: browsers and
-/// Prometheus reconnect, and a client trickling a request or idling cannot hold a slot.
-const OPS_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// The operations listener's deadlines (issue 13, finding 4: half-sent requests held
+/// descriptors forever). Its routes read no request body, so these bound everything a client
+/// can hold: the headers, the wait between keep-alive requests, and the connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpsTimeouts {
+    /// Request headers must be complete this long after the connection (or the previous
+    /// response) is ready for them: hyper's header timer runs while a keep-alive connection
+    /// idles, so this is the idle limit too (`ops_header_timeout_secs`).
+    pub header: Duration,
+    /// A connection is closed after this long, whatever it does: browsers and Prometheus
+    /// reconnect, and a client trickling a request cannot hold a slot
+    /// (`ops_connection_lifetime_secs`).
+    pub lifetime: Duration,
+}
+
+impl Default for OpsTimeouts {
+    fn default() -> Self {
+        OpsTimeouts {
+            header: Duration::from_secs(crate::config::DEFAULT_OPS_HEADER_TIMEOUT_SECS),
+            lifetime: Duration::from_secs(crate::config::DEFAULT_OPS_CONNECTION_LIFETIME_SECS),
+        }
+    }
+}
 
 /// Serves the operations endpoints (`/healthz`, `/metrics`, the dashboard) over plain HTTP,
 /// at most `ops_max_connections` at once (more wait in the kernel's backlog), each with a
@@ -189,14 +246,15 @@ pub async fn serve_ops(
 ) -> std::io::Result<()> {
     let app: Router = ops_router(state.clone());
     let graceful = GracefulShutdown::new();
+    let timeouts = state.ops_timeouts;
+    let listeners = &state.metrics.listeners;
+    let at_capacity = listeners.at_capacity.with_label_values(&["ops"]);
+    let open = listeners.open.with_label_values(&["ops"]);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = state.ops_connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        let Some(permit) = take_slot(&state.ops_connections, &at_capacity, &mut shutdown).await
+        else {
+            break;
         };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -211,20 +269,30 @@ pub async fn serve_ops(
         };
         let app = app.clone();
         let watcher = graceful.watcher();
+        let closed = listeners.ops_closed.clone();
+        let open = OpenConnection::new(open.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = open;
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 app.clone().oneshot(req)
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(timeouts.header)
                 .serve_connection(TokioIo::new(tcp), service);
-            match tokio::time::timeout(OPS_CONNECTION_LIFETIME, watcher.watch(conn)).await {
+            match tokio::time::timeout(timeouts.lifetime, watcher.watch(conn)).await {
+                Ok(Err(e)) if e.is_timeout() => {
+                    closed.with_label_values(&["header_timeout"]).inc();
+                    tracing::debug!(%peer, "operations connection sent no request in time");
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "operations connection ended with an error")
                 }
-                Err(_) => tracing::debug!(%peer, "operations connection closed at its lifetime"),
+                Err(_) => {
+                    closed.with_label_values(&["lifetime"]).inc();
+                    tracing::debug!(%peer, "operations connection closed at its lifetime");
+                }
                 Ok(Ok(())) => {}
             }
         });

@@ -163,6 +163,16 @@ impl TlsClient {
 }
 
 impl PartialPost {
+    /// Sends `more` of the body now, keeping the request open; an error once the server has
+    /// closed the connection.
+    pub async fn send(&mut self, more: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(more)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stream.flush().await.map_err(|e| e.to_string())
+    }
+
     /// Sends the rest of the body and reads the response.
     pub async fn finish(mut self, rest: &[u8]) -> Result<Response, String> {
         self.stream

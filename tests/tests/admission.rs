@@ -15,7 +15,17 @@ fn body(serial: &str) -> Vec<u8> {
 async fn at_capacity_reports_get_503_with_retry_after_and_nothing_queues() {
     let db = TestDb::new().await;
     let pki = TestPki::new();
-    let ingest = IngestProcess::start_with(&db, &pki, &[("PHONEHOME_MAX_IN_FLIGHT", "1")]).await;
+    // The slow post below is held on purpose for several seconds: no minimum body rate, so
+    // only admission is under test here (abuse.rs tests the body's pace).
+    let ingest = IngestProcess::start_with(
+        &db,
+        &pki,
+        &[
+            ("PHONEHOME_MAX_IN_FLIGHT", "1"),
+            ("PHONEHOME_MIN_BODY_BYTES_PER_SEC", "0"),
+        ],
+    )
+    .await;
     let a = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-SLOW")));
     let b = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance("SN-FAST")));
 
