@@ -1,9 +1,10 @@
 //! Keeping a report under the size the ingest accepts (1 MiB after decompression by default):
 //! a report the ingest refuses with 413 would be set aside every day and the appliance would go
 //! dark. What does not fit is left out, largest and least essential first, and the report says
-//! what was left out and why.
+//! what was left out and why. The same for the contract's bounds on lists and names
+//! (`MAX_ITEMS`, `MAX_NAME_CHARS`): a report past them would be refused with 422 every day.
 
-use phonehome_schema::{CollectionError, ErrorKind, Report};
+use phonehome_schema::{CollectionError, ErrorKind, MAX_ITEMS, MAX_NAME_CHARS, Report};
 
 /// Default bound: under the ingest's default 1 MiB limit, with room for its JSON framing.
 pub const DEFAULT_MAX_REPORT_BYTES: usize = 1_000_000;
@@ -26,8 +27,9 @@ fn note(errors: &mut Vec<CollectionError>, what: &str, limit: usize) {
 /// full output, kept for failing disks), then ATA attribute tables, then the longest of the
 /// device, filesystem and NIC lists, halving it each time. Returns whether anything was cut.
 pub fn fit(report: &mut Report, limit: usize) -> bool {
+    let bounded = bound(report);
     if size(report) <= limit {
-        return false;
+        return bounded;
     }
     for device in &mut report.smart.devices {
         if device.evidence.take().is_some() {
@@ -101,6 +103,101 @@ pub fn fit(report: &mut Report, limit: usize) -> bool {
     true
 }
 
+fn bound_note(errors: &mut Vec<CollectionError>, what: String, why: &str) {
+    errors.push(CollectionError {
+        item: what,
+        kind: ErrorKind::Failed,
+        message: format!("left out: {why}"),
+    });
+}
+
+/// Cuts `s` to the contract's name length.
+fn shorten(s: &mut String) -> bool {
+    match s.char_indices().nth(MAX_NAME_CHARS) {
+        Some((at, _)) => {
+            s.truncate(at);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Keeps `report` within the contract's bounds: at most [`MAX_ITEMS`] devices, filesystems, NICs
+/// and app checks (the rest named as left out), names cut to [`MAX_NAME_CHARS`] characters.
+/// Returns whether anything was cut.
+fn bound(report: &mut Report) -> bool {
+    let why = format!("the report contract accepts at most {MAX_ITEMS} of them");
+    let mut cut = false;
+    let over = |n: usize| n.saturating_sub(MAX_ITEMS);
+    let n = over(report.filesystems.filesystems.len());
+    if n > 0 {
+        report.filesystems.filesystems.truncate(MAX_ITEMS);
+        bound_note(
+            &mut report.filesystems.errors,
+            format!("{n} filesystems"),
+            &why,
+        );
+        cut = true;
+    }
+    let n = over(report.nics.nics.len());
+    if n > 0 {
+        report.nics.nics.truncate(MAX_ITEMS);
+        bound_note(
+            &mut report.nics.errors,
+            format!("{n} network interfaces"),
+            &why,
+        );
+        cut = true;
+    }
+    let n = over(report.smart.devices.len());
+    if n > 0 {
+        report.smart.devices.truncate(MAX_ITEMS);
+        bound_note(&mut report.smart.errors, format!("{n} disks"), &why);
+        cut = true;
+    }
+    let n = over(report.app.checks.len());
+    if n > 0 {
+        report.app.checks.truncate(MAX_ITEMS);
+        bound_note(&mut report.app.errors, format!("{n} app checks"), &why);
+        cut = true;
+    }
+    let mut names: Vec<&mut String> = vec![&mut report.collector.version];
+    names.extend(report.identity.hostname.as_mut());
+    names.extend(report.system.kernel.as_mut());
+    if let Some(os) = report.system.os.as_mut() {
+        names.extend(os.id.as_mut());
+        names.extend(os.version_id.as_mut());
+        names.extend(os.pretty_name.as_mut());
+    }
+    names.extend(report.app.version.as_mut());
+    for d in &mut report.smart.devices {
+        names.push(&mut d.name);
+        names.extend(d.model.as_mut());
+        names.extend(d.serial.as_mut());
+        names.extend(d.wwn.as_mut());
+        names.extend(d.firmware.as_mut());
+        names.extend(d.protocol.as_mut());
+    }
+    for f in &mut report.filesystems.filesystems {
+        names.push(&mut f.mount_point);
+        names.push(&mut f.device);
+        names.push(&mut f.fs_type);
+    }
+    for nic in &mut report.nics.nics {
+        names.push(&mut nic.name);
+    }
+    let shortened = names.into_iter().map(shorten).filter(|c| *c).count();
+    if shortened > 0 {
+        report.identity.errors.push(CollectionError {
+            item: format!("{shortened} names"),
+            kind: ErrorKind::Failed,
+            message: format!("cut to the report contract's {MAX_NAME_CHARS} characters"),
+        });
+        cut = true;
+    }
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,17 +238,18 @@ mod tests {
             evidence: Some(serde_json::json!({"blob": "x".repeat(400_000)})),
             ..SmartDevice::default()
         });
-        r.filesystems.filesystems = (0..20_000).map(filesystem).collect();
+        // Within the contract's bounds, over the size limit.
+        r.filesystems.filesystems = (0..500).map(filesystem).collect();
         r.nics.nics = (0..50)
             .map(|i| Nic {
                 name: format!("veth{i}"),
                 ..Nic::default()
             })
             .collect();
-        assert!(size(&r) > 5_000_000);
+        assert!(size(&r) > 400_000);
 
-        assert!(fit(&mut r, 1_000_000));
-        assert!(size(&r) <= 1_000_000, "{}", size(&r));
+        assert!(fit(&mut r, 60_000));
+        assert!(size(&r) <= 60_000, "{}", size(&r));
         assert!(r.smart.devices.iter().all(|d| d.evidence.is_none()));
         assert!(
             r.smart
@@ -168,5 +266,32 @@ mod tests {
         assert_eq!(r.nics.nics.len(), 50, "the short NIC list is untouched");
         // Still a valid report.
         assert_eq!(r.check(r.collected_at), Ok(()));
+    }
+
+    #[test]
+    fn lists_and_names_past_the_contract_s_bounds_are_cut_and_said() {
+        let mut r = example();
+        r.nics.nics = (0..600)
+            .map(|i| Nic {
+                name: format!("veth{i}"),
+                ..Nic::default()
+            })
+            .collect();
+        r.app.version = Some("é".repeat(MAX_NAME_CHARS + 5));
+        assert!(r.check(r.collected_at).is_err());
+        assert!(fit(&mut r, DEFAULT_MAX_REPORT_BYTES));
+        assert_eq!(r.check(r.collected_at), Ok(()), "the ingest will take it");
+        assert_eq!(r.nics.nics.len(), MAX_ITEMS);
+        assert!(
+            r.nics
+                .errors
+                .iter()
+                .any(|e| e.item == "88 network interfaces")
+        );
+        assert_eq!(
+            r.app.version.as_deref().map(|v| v.chars().count()),
+            Some(MAX_NAME_CHARS)
+        );
+        assert!(r.identity.errors.iter().any(|e| e.item == "1 names"));
     }
 }
