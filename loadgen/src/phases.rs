@@ -95,6 +95,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 v as usize
             }),
         wait_ms: cli.admission_wait_ms,
+        // The outage drain sends each appliance's spool in order, as the collector does, so it
+        // keeps the shipped default; the throughput phases may put several of one simulated
+        // appliance's days in flight at once (see `Admission::per_appliance`).
+        per_appliance: if cli.outage {
+            phonehome_ingest::config::DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE
+        } else {
+            phonehome_ingest::config::DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE
+                .max(usize::try_from(cli.concurrency()).unwrap_or(usize::MAX))
+        },
     };
     let (target, local) = match (&cli.target, &pki.server) {
         (Some(url), _) => (setup::external_target(url).await?, None),
@@ -124,7 +133,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         "fresh TCP + TLS handshake per report"
     };
     let where_ = match &local {
-        Some(_) => format!("in-process ingest on {}", target.addr),
+        Some(l) => format!(
+            "in-process ingest on {} (max_in_flight_per_appliance {})",
+            target.addr, l.gauge.admission.per_appliance
+        ),
         None => format!("ingest at {}", target.addr),
     };
     println!(

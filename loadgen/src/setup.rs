@@ -383,6 +383,11 @@ pub struct Admission {
     pub max_connections: usize,
     /// How long a request waits for an in-flight slot before its 503.
     pub wait_ms: u64,
+    /// Reports one appliance may have in flight. A real appliance sends its spool one report
+    /// at a time; the load generator hands any simulated appliance's next day to whichever
+    /// sender is free, so with fewer appliances than senders one appliance can have several
+    /// reports in flight, which the ingest's default of 2 would refuse with 429.
+    pub per_appliance: usize,
 }
 
 /// How loaded the in-process ingest is, read from its own admission semaphores.
@@ -453,6 +458,7 @@ impl LocalIngest {
         let state = AppState::new(storage, DEFAULT_MAX_BODY_BYTES)
             .with_max_in_flight(admission.max_in_flight)
             .with_max_connections(admission.max_connections)
+            .with_max_in_flight_per_appliance(admission.per_appliance)
             .with_admission_wait(std::time::Duration::from_millis(admission.wait_ms));
         let (in_flight, connections) = (state.admission.clone(), state.connections.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
