@@ -97,6 +97,8 @@ pub fn collect_report(
             version: COLLECTOR_VERSION.to_owned(),
             // Set by the spool when the report is written there (`run`); `collect` drops nothing.
             dropped_reports: 0,
+            // Set by `run`, which holds the certificate; `collect` has none.
+            certificate: None,
         },
         identity,
         system: system::collect(root),

@@ -4,6 +4,7 @@
 //! This crate is serde-only on purpose: it must build for the smallest appliance and never pull a
 //! network or database stack into the collector.
 
+pub mod enrol;
 pub mod migrations;
 mod serial;
 
@@ -75,6 +76,23 @@ pub struct CollectorInfo {
     /// the number of reports lost. Absent from older collectors, which means 0.
     #[serde(default)]
     pub dropped_reports: u64,
+    /// The appliance's client certificate as the collector sees it, and how its last renewal
+    /// went. Absent from older collectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateState>,
+}
+
+/// The collector's view of its own certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CertificateState {
+    /// The certificate's last day of validity.
+    pub not_after: DateTime<Utc>,
+    /// When the collector last replaced its key and certificate by renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<DateTime<Utc>>,
+    /// Why the last renewal attempt failed, when it did; cleared by a successful one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_error: Option<String>,
 }
 
 /// Who the appliance is. The serial must equal the one in the client certificate.
@@ -742,6 +760,13 @@ impl Report {
                 os.and_then(|o| o.pretty_name.as_deref()),
             ),
             ("app.version", self.app.version.as_deref()),
+            (
+                "collector.certificate.renewal_error",
+                self.collector
+                    .certificate
+                    .as_ref()
+                    .and_then(|c| c.renewal_error.as_deref()),
+            ),
         ] {
             if let Some(n) = too_long(v) {
                 return refuse(field.into(), n);

@@ -52,6 +52,11 @@ pub const ALL: &[Migration] = &[
         name: "search",
         sql: include_str!("../migrations/0008_search.sql"),
     },
+    Migration {
+        version: 9,
+        name: "identity",
+        sql: include_str!("../migrations/0009_identity.sql"),
+    },
 ];
 
 #[cfg(test)]
