@@ -7,11 +7,13 @@
 pub mod alertmanager;
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod fdlimit;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pgcluster;
 pub mod pki;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub body_pace: reports::BodyPace,
     /// The operations listener's header deadline and connection lifetime.
     pub ops_timeouts: server::OpsTimeouts,
+    /// Who may read and write through the operations listener (API tokens).
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -72,7 +76,11 @@ impl AppState {
         metrics
             .max_in_flight
             .set(i64::try_from(config::DEFAULT_MAX_IN_FLIGHT).unwrap_or(i64::MAX));
+        // Reads need a token unless the configuration opens them (`ops_reads_require_token`).
+        let auth = auth::Auth::new(storage.clone(), false, metrics.registry())
+            .expect("metric names are distinct");
         AppState {
+            auth: Arc::new(auth),
             dashboard: dashboard::DashboardSource::new(
                 storage.clone(),
                 dashboard::DEFAULT_COUNTS_MAX_AGE,
@@ -112,6 +120,14 @@ impl AppState {
             min_rate,
             grace: config::BODY_RATE_GRACE,
         };
+        self
+    }
+
+    /// Opens reads (pages, read API, `/metrics`) to requests without a token, for an
+    /// operations listener behind an authenticating proxy or on a trusted network; writes
+    /// still need an admin token.
+    pub fn with_open_reads(mut self, open: bool) -> Self {
+        self.auth = Arc::new(self.auth.with_reads_open(open));
         self
     }
 
@@ -188,6 +204,12 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state.clone())
         .merge(api::router(state.clone()))
         .merge(phonehome_dashboard::router(state.dashboard))
+        // Inside the Host check: a request for a foreign name is refused before anything
+        // looks at its credentials.
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::gate,
+        ))
         .layer(axum::middleware::from_fn(move |req, next| {
             host_check(hosts.clone(), refused.clone(), req, next)
         }))

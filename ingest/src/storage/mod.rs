@@ -1,6 +1,7 @@
 //! Everything the ingest keeps in PostgreSQL: the connection pool, migrations, and the queries.
 //! Rows become domain types here and nowhere else; handlers never see SQL.
 
+pub mod admin;
 mod alerts;
 mod batch;
 mod bulk;
