@@ -12,11 +12,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
+use axum::{Extension, body::Bytes};
 
 use phonehome_dashboard::query::quoted;
 
 use crate::AppState;
+use crate::auth::Actor;
 use crate::error::ApiError;
+use crate::lifecycle::{Change, State as LifecycleState};
 use crate::storage::{FailureKind, StorageError};
 
 /// The API's routes, to be merged into the operations router.
@@ -27,6 +30,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/appliances/{serial}/reports/{report_id}",
             get(report),
         )
+        .route(
+            "/api/v1/appliances/{serial}/lifecycle",
+            get(lifecycle).put(set_lifecycle),
+        )
+        .route("/api/v1/audit", get(audit))
         // A client of a JSON API gets JSON, a wrong path included.
         .route("/api/v1/{*rest}", get(no_route))
         .with_state(state)
@@ -75,6 +83,105 @@ async fn report(
             quoted(&serial)
         ))),
     }
+}
+
+/// Largest lifecycle request body: a state, a date and a bounded note.
+const MAX_LIFECYCLE_BODY: usize = 16 * 1024;
+
+/// `GET .../lifecycle`: the stored state (`active` when none is).
+async fn lifecycle(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(serial) = path.map_err(bad_path)?;
+    let serial = parse_serial(&serial)?;
+    let stored = state
+        .storage
+        .lifecycle(serial.as_str())
+        .await
+        .map_err(storage_error)?;
+    let now = chrono::Utc::now();
+    Ok(Json(serde_json::json!({
+        "serial": serial.as_str(),
+        "state": stored.as_ref().map_or(LifecycleState::Active, |l| l.state),
+        "effective_state": stored.as_ref().map_or(LifecycleState::Active, |l| l.effective(now)),
+        "until": stored.as_ref().and_then(|l| l.until),
+        "note": stored.as_ref().map(|l| l.note.as_str()).unwrap_or(""),
+        "changed_at": stored.as_ref().map(|l| l.changed_at),
+        "changed_by": stored.as_ref().map(|l| l.changed_by.as_str()),
+    }))
+    .into_response())
+}
+
+/// `PUT .../lifecycle` (admin): `{state, until?, note?}`; the change, its effects on alerts
+/// and revocation, and the audit row commit together.
+async fn set_lifecycle(
+    State(state): State<AppState>,
+    actor: Option<Extension<Actor>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // The gate lets no write through without an admin token; should it ever, refuse.
+    let Some(Extension(actor)) = actor else {
+        return Err(ApiError::Forbidden("writes need an admin token".into()));
+    };
+    let Path(serial) = path.map_err(bad_path)?;
+    let serial = parse_serial(&serial)?;
+    if body.len() > MAX_LIFECYCLE_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_LIFECYCLE_BODY,
+            after: "",
+        });
+    }
+    let change: Change = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::MalformedJson(format!(
+            "expected {{\"state\": \"active\"|\"expected_offline\"|\"retired\",              \"until\"?: RFC 3339 time, \"note\"?: text}}: {e}"
+        ))
+    })?;
+    change
+        .check(chrono::Utc::now())
+        .map_err(|message| ApiError::BadParameter {
+            parameter: "body".into(),
+            message,
+        })?;
+    let done = state
+        .storage
+        .set_lifecycle(serial.as_str(), &change, &actor.audit_name())
+        .await
+        .map_err(storage_error)?;
+    Ok(Json(serde_json::json!({
+        "serial": serial.as_str(),
+        "state": change.state,
+        "previous_state": done.previous,
+        "until": change.until,
+        "resolved_alerts": done.resolved_alerts,
+        "serial_revoked": change.state == LifecycleState::Retired,
+        "audit_id": done.audit_id,
+    }))
+    .into_response())
+}
+
+/// `GET /api/v1/audit?target=&before=`: the audit log, newest first.
+async fn audit(State(state): State<AppState>, query: QueryPairs) -> Result<Response, ApiError> {
+    let p = Params::new(query, &["target", "before"])?;
+    let target = p.0.get("target").map(str::to_owned);
+    let before = p.0.number::<i64>("before", 1, i64::MAX).map_err(bad_parameter)?;
+    let rows = state
+        .storage
+        .audit_log(target.as_deref(), before, crate::storage::admin::AUDIT_PAGE)
+        .await
+        .map_err(storage_error)?;
+    let next = (rows.len() == usize::try_from(crate::storage::admin::AUDIT_PAGE).unwrap_or(0))
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "items": rows, "next_before": next })).into_response())
+}
+
+fn parse_serial(serial: &str) -> Result<phonehome_schema::Serial, ApiError> {
+    phonehome_schema::Serial::parse(serial).map_err(|e| ApiError::BadParameter {
+        parameter: "serial".into(),
+        message: e.to_string(),
+    })
 }
 
 async fn no_route(uri: axum::http::Uri) -> ApiError {

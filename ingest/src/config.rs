@@ -61,6 +61,10 @@ pub struct Config {
     /// `localhost`, IP addresses and the host of `[alertmanager] dashboard_url`: a request for
     /// any other name (a DNS-rebinding page in an operator's browser) gets 421.
     pub ops_allowed_hosts: Vec<String>,
+    /// Whether reads on the operations listener (dashboard pages, the read API, `/metrics`)
+    /// need an API token. Off only behind an authenticating proxy or on a trusted network;
+    /// writes always need an admin token, `/healthz` and `/readyz` never need one.
+    pub ops_reads_require_token: bool,
     // Issue 13 (listener bounds): how long a body and an operations request may take.
     /// Seconds a report's whole body may take once its headers are in (408 after): room for a
     /// 1 MiB report on a slow link, while a stalled post gives its slot back.
@@ -279,6 +283,7 @@ impl Default for Config {
             max_in_flight_per_appliance: DEFAULT_MAX_IN_FLIGHT_PER_APPLIANCE,
             ops_max_connections: DEFAULT_OPS_MAX_CONNECTIONS,
             ops_allowed_hosts: Vec::new(),
+            ops_reads_require_token: true,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
             min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
             ops_header_timeout_secs: DEFAULT_OPS_HEADER_TIMEOUT_SECS,
@@ -311,6 +316,7 @@ struct FileConfig {
     max_in_flight_per_appliance: Option<usize>,
     ops_max_connections: Option<usize>,
     ops_allowed_hosts: Option<Vec<String>>,
+    ops_reads_require_token: Option<bool>,
     body_timeout_secs: Option<u64>,
     min_body_bytes_per_sec: Option<u64>,
     ops_header_timeout_secs: Option<u64>,
@@ -458,6 +464,9 @@ impl Config {
         if let Some(v) = f.ops_allowed_hosts {
             self.ops_allowed_hosts = v;
         }
+        if let Some(v) = f.ops_reads_require_token {
+            self.ops_reads_require_token = v;
+        }
         if let Some(v) = f.body_timeout_secs {
             self.body_timeout_secs = v;
         }
@@ -550,6 +559,9 @@ impl Config {
                 .map(|h| h.trim().to_owned())
                 .filter(|h| !h.is_empty())
                 .collect();
+        }
+        if let Some(v) = env("PHONEHOME_OPS_READS_REQUIRE_TOKEN") {
+            self.ops_reads_require_token = parsed("PHONEHOME_OPS_READS_REQUIRE_TOKEN", v)?;
         }
         if let Some(v) = env("PHONEHOME_BODY_TIMEOUT_SECS") {
             self.body_timeout_secs = parsed("PHONEHOME_BODY_TIMEOUT_SECS", v)?;
@@ -858,6 +870,25 @@ mod tests {
             (defaults.max_in_flight, defaults.max_connections),
             (DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS)
         );
+    }
+
+    #[test]
+    fn reads_need_a_token_unless_switched_off() {
+        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        assert!(defaults.ops_reads_require_token);
+        let example = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        assert!(example.ops_reads_require_token);
+        let open = Config::load_with_env(None, |k| {
+            (k == "PHONEHOME_OPS_READS_REQUIRE_TOKEN").then(|| "false".to_owned())
+        })
+        .expect("loads");
+        assert!(!open.ops_reads_require_token);
+        let e = Config::load_with_env(None, |k| {
+            (k == "PHONEHOME_OPS_READS_REQUIRE_TOKEN").then(|| "no".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("PHONEHOME_OPS_READS_REQUIRE_TOKEN"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use phonehome_ingest::config::Config;
 use phonehome_ingest::storage::Storage;
-use phonehome_ingest::{AppState, demo, pki, telemetry, tls};
+use phonehome_ingest::{AppState, auth, demo, lifecycle, pki, telemetry, tls};
 use phonehome_schema::Serial;
 
 /// phonehome ingest: receives appliance health reports over mutual TLS, stores them in
@@ -45,6 +45,21 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Manage the operations listener's API tokens (stored as SHA-256 digests; the secret is
+    /// printed once, at creation).
+    Token {
+        #[arg(long, short, env = "PHONEHOME_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Operator actions on one appliance.
+    Appliance {
+        #[arg(long, short, env = "PHONEHOME_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ApplianceCommand,
+    },
     /// Bring the whole system up on this machine: private PostgreSQL (or DATABASE_URL), a
     /// throwaway CA, the ingest, and one collector run; then wait for Ctrl-C.
     Demo {
@@ -63,6 +78,44 @@ enum Command {
         /// show (through phonehome-loadgen fill, next to this program); 0 for none.
         #[arg(long, default_value_t = 300, value_name = "N")]
         simulated: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (only this once).
+    Create {
+        /// A name for who or what uses it (letters, digits, '.', '_', '-'); never reused.
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["read", "admin"])]
+        role: String,
+    },
+    /// List the tokens: name, role, created, last used, revoked.
+    List,
+    /// Revoke a token; every replica refuses it within seconds.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApplianceCommand {
+    /// Set an appliance's lifecycle: active, expected-offline (no silence alert until
+    /// --until), or retired (alerts resolved, certificates revoked, history kept).
+    SetState {
+        #[arg(long)]
+        serial: String,
+        #[arg(long, value_parser = ["active", "expected-offline", "expected_offline", "retired"])]
+        state: String,
+        /// expected-offline only: a date (2027-01-31, UTC) or an RFC 3339 time; without it,
+        /// until further notice.
+        #[arg(long)]
+        until: Option<String>,
+        /// Why, for the audit log and the appliance's page.
+        #[arg(long)]
+        note: Option<String>,
     },
 }
 
@@ -136,6 +189,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
         }),
+        Command::Token { config, command } => {
+            runtime()?.block_on(token(Config::load(config.as_deref())?, command))
+        }
+        Command::Appliance { config, command } => {
+            runtime()?.block_on(appliance(Config::load(config.as_deref())?, command))
+        }
         Command::Demo {
             dir,
             report_listen,
@@ -223,6 +282,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_max_connections(config.max_connections)
         .with_max_in_flight_per_appliance(config.max_in_flight_per_appliance)
         .with_ops_limits(config.ops_max_connections, config.ops_hosts())
+        .with_open_reads(!config.ops_reads_require_token)
         .with_ops_timeouts(phonehome_ingest::server::OpsTimeouts {
             header: std::time::Duration::from_secs(config.ops_header_timeout_secs),
             lifetime: std::time::Duration::from_secs(config.ops_connection_lifetime_secs),
@@ -270,6 +330,109 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutdown requested; finishing accepted reports");
+}
+
+/// How the audit log names whoever runs a command on the operations host.
+fn cli_actor() -> String {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("uid{}", rustix::process::getuid().as_raw()));
+    format!("cli:{user}")
+}
+
+/// The database for an operator's command, schema brought up to date first (the command may
+/// run before any `serve` did).
+async fn admin_storage(config: &Config) -> anyhow::Result<Storage> {
+    let storage = Storage::connect(config.database_url.expose(), 1)?;
+    storage
+        .migrate()
+        .await
+        .context("apply migrations (is PostgreSQL up and the database created?)")?;
+    Ok(storage)
+}
+
+async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
+    let storage = admin_storage(&config).await?;
+    let actor = cli_actor();
+    match command {
+        TokenCommand::Create { name, role } => {
+            auth::check_name(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: {e}"))?;
+            let role = auth::Role::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("--role must be read or admin"))?;
+            let token = auth::generate()?;
+            storage
+                .create_api_token(&name, role, &token.sha256, &actor)
+                .await?;
+            eprintln!(
+                "created {} token {name:?}; its secret follows, shown only this once:",
+                role.as_str()
+            );
+            println!("{}", token.secret);
+        }
+        TokenCommand::List => {
+            println!("{:<24} {:<6} {:<20} {:<20} REVOKED", "NAME", "ROLE", "CREATED", "LAST USED");
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+            };
+            for t in storage.api_tokens().await? {
+                println!(
+                    "{:<24} {:<6} {:<20} {:<20} {}",
+                    t.name,
+                    t.role.as_str(),
+                    when(Some(t.created_at)),
+                    when(t.last_used_at),
+                    when(t.revoked_at),
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            storage.revoke_api_token(&name, &actor).await?;
+            println!(
+                "revoked token {name:?}; replicas refuse it within {} s",
+                auth::CACHE_TTL.as_secs()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn appliance(config: Config, command: ApplianceCommand) -> anyhow::Result<()> {
+    match command {
+        ApplianceCommand::SetState {
+            serial,
+            state,
+            until,
+            note,
+        } => {
+            let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
+            let state = lifecycle::State::parse(&state)
+                .ok_or_else(|| anyhow::anyhow!("--state {state:?} is not a lifecycle state"))?;
+            let until = until
+                .map(|u| lifecycle::parse_until(&u).map_err(|e| anyhow::anyhow!("--until: {e}")))
+                .transpose()?;
+            let change = lifecycle::Change { state, until, note };
+            change
+                .check(chrono::Utc::now())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let storage = admin_storage(&config).await?;
+            let done = storage
+                .set_lifecycle(serial.as_str(), &change, &cli_actor())
+                .await?;
+            println!(
+                "{serial}: {} -> {}; {} alert(s) resolved{}",
+                done.previous.as_str(),
+                state.as_str(),
+                done.resolved_alerts,
+                if state == lifecycle::State::Retired {
+                    "; its certificates are revoked"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 fn ca(command: CaCommand) -> anyhow::Result<()> {

@@ -7,6 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use phonehome_ingest::auth::Role;
+use phonehome_ingest::storage::Storage;
+use phonehome_ingest::storage::admin::AdminError;
+
 use crate::TestDb;
 use crate::client;
 use crate::pki::TestPki;
@@ -80,6 +84,9 @@ pub struct IngestProcess {
     child: Child,
     pub report_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// A `read` token the harness created before the start; [`client::get`] to `ops_addr`
+    /// sends it.
+    pub read_token: String,
     log: PathBuf,
     _logdir: tempfile::TempDir,
 }
@@ -99,6 +106,7 @@ impl IngestProcess {
     /// own PostgreSQL (one it may crash, say) instead of a [`TestDb`] on the shared server.
     pub async fn start_with_url(database_url: &str, pki: &TestPki, env: &[(&str, &str)]) -> Self {
         let tls = pki.server_tls();
+        let read_token = create_token(database_url, "harness-read", Role::Read).await;
         let report_addr = free_addr();
         let ops_addr = free_addr();
         let logdir = tempfile::tempdir().expect("temp dir");
@@ -124,9 +132,11 @@ impl IngestProcess {
             child,
             report_addr,
             ops_addr,
+            read_token,
             log,
             _logdir: logdir,
         };
+        client::set_ops_token(ops_addr, Some(&p.read_token));
         p.wait_healthy().await;
         p
     }
@@ -204,8 +214,34 @@ impl IngestProcess {
     }
 }
 
+/// Creates an API token in the database at `url` as `phonehome-ingest token create` does
+/// (migrations first: the ingest may not have started yet), and returns its secret. A name
+/// taken already gets a numbered one.
+pub async fn create_token(url: &str, name: &str, role: Role) -> String {
+    let storage = Storage::connect(url, 1).expect("database URL");
+    storage.migrate().await.expect("migrations apply");
+    let token = phonehome_ingest::auth::generate().expect("token");
+    let mut n = 0u32;
+    loop {
+        let candidate = if n == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}-{n}")
+        };
+        match storage
+            .create_api_token(&candidate, role, &token.sha256, "harness")
+            .await
+        {
+            Ok(()) => return token.secret,
+            Err(AdminError::NameTaken(_)) => n += 1,
+            Err(e) => panic!("create API token {candidate}: {e}"),
+        }
+    }
+}
+
 impl Drop for IngestProcess {
     fn drop(&mut self) {
+        client::set_ops_token(self.ops_addr, None);
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

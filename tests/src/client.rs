@@ -189,12 +189,50 @@ impl PartialPost {
     }
 }
 
-/// A plain-HTTP GET, for the operations listener.
+/// API tokens the harness made for operations listeners it started, by address: every
+/// [`get`] to such a listener carries its read token, as an operator's browser or Prometheus
+/// would, so tests of the pages and metrics run with reads requiring a token (the default).
+fn ops_tokens() -> &'static std::sync::Mutex<std::collections::HashMap<SocketAddr, String>> {
+    static TOKENS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<SocketAddr, String>>,
+    > = std::sync::OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// Makes [`get`] to `addr` send `token` as a Bearer token (`None`: nothing).
+pub fn set_ops_token(addr: SocketAddr, token: Option<&str>) {
+    let mut tokens = ops_tokens().lock().expect("token map");
+    match token {
+        Some(t) => tokens.insert(addr, t.to_owned()),
+        None => tokens.remove(&addr),
+    };
+}
+
+/// A plain-HTTP GET, for the operations listener; with the harness's read token when it
+/// started the listener (see [`set_ops_token`]).
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, String> {
+    let token = ops_tokens().lock().expect("token map").get(&addr).cloned();
+    match token {
+        Some(t) => {
+            let auth = format!("Bearer {t}");
+            request(addr, "GET", path, &[("Authorization", &auth)], b"").await
+        }
+        None => request(addr, "GET", path, &[], b"").await,
+    }
+}
+
+/// Any plain-HTTP request, with exactly the headers given (no token is added).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    exchange(tcp, "GET", path, &[], b"").await
+    exchange(tcp, method, path, headers, body).await
 }
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(

@@ -26,7 +26,9 @@ impl Storage {
             .get(0))
     }
 
-    /// Opens an `appliance_silent` alert for every appliance quiet for longer than `hours`
+    /// Opens an `appliance_silent` alert for every appliance quiet for longer than `hours`,
+    /// except those whose lifecycle exempts them (expected offline until a date ahead,
+    /// retired: `lifecycle::Lifecycle::silence_exempt`)
     /// (one per appliance: the partial unique index on firing fingerprints makes a second
     /// evaluation write nothing). A report resolves it, in the report's own batch. Returns how
     /// many were opened; `None` when another replica holds the check.
@@ -35,6 +37,15 @@ impl Storage {
         if !try_session_lock(&client, SILENCE_LOCK).await? {
             return Ok(None);
         }
+        // Judged in Rust by the lifecycle's own rules; the table holds what operators set by
+        // hand, small next to the fleet.
+        let exempt = match self.lifecycles().await {
+            Ok(rows) => crate::lifecycle::silence_exempt_serials(&rows, chrono::Utc::now()),
+            Err(e) => {
+                session_unlock(&client, SILENCE_LOCK).await?;
+                return Err(e);
+            }
+        };
         let result = client
             .execute(
                 // The alert's trigger sets the appliance's health, so the quiet appliances are
@@ -44,6 +55,7 @@ impl Storage {
                      SELECT a.id, a.serial, s.last_report_at FROM appliance_seen s
                      JOIN appliances a ON a.id = s.appliance_id
                      WHERE s.last_report_at < now() - make_interval(hours => $1::int)
+                       AND a.serial <> ALL($2::text[])
                        AND NOT EXISTS (
                            SELECT 1 FROM alerts al
                            WHERE al.appliance_id = a.id AND al.state = 'firing'
@@ -62,7 +74,7 @@ impl Storage {
                         now()
                  FROM quiet a
                  ON CONFLICT (fingerprint) WHERE state = 'firing' DO NOTHING",
-                &[&i32::try_from(hours).unwrap_or(i32::MAX)],
+                &[&i32::try_from(hours).unwrap_or(i32::MAX), &exempt],
             )
             .await;
         session_unlock(&client, SILENCE_LOCK).await?;
