@@ -26,7 +26,7 @@ use serde_json::json;
 pub use model::*;
 pub use query::{
     AlertCursor, AlertQuery, AlertState, ApplianceCursor, ApplianceQuery, ApplianceSort,
-    BadParameter, DriveQuery, encode,
+    AuditQuery, BadParameter, DriveQuery, encode,
 };
 
 /// Where the dashboard reads the fleet from. Lists are pages in the query's order; fleet-wide
@@ -65,6 +65,12 @@ pub trait FleetSource: Clone + Send + Sync + 'static {
     /// Versions in use now, and `days` of adoption.
     fn versions(&self, days: u32) -> impl Future<Output = Result<Versions, Self::Error>> + Send;
 
+    /// A page of the audit log, newest first (`Page::next` is the `before` of the next page).
+    fn audit(
+        &self,
+        q: &AuditQuery,
+    ) -> impl Future<Output = Result<Page<AuditRow>, Self::Error>> + Send;
+
     /// One appliance with `days` of history; `None` when the serial never reported.
     fn appliance(
         &self,
@@ -95,6 +101,7 @@ pub fn router<S: FleetSource>(source: S) -> Router {
         .route("/drives", get(drives_page::<S>))
         .route("/drives/{key}", get(drive_page::<S>))
         .route("/versions", get(versions_page::<S>))
+        .route("/audit", get(audit_page::<S>))
         .route("/assets/style.css", get(stylesheet))
         .route("/assets/icon.svg", get(icon))
         .route("/favicon.ico", get(icon))
@@ -467,6 +474,18 @@ async fn versions_page<S: FleetSource>(State(source): State<S>, query: QueryPair
 
 async fn versions_json<S: FleetSource>(State(source): State<S>, query: QueryPairs) -> Response {
     json_or(async { to_json(&version_data(&source, query).await?) }.await)
+}
+
+async fn audit_page<S: FleetSource>(State(source): State<S>, query: QueryPairs) -> Response {
+    let data = async {
+        let q = AuditQuery::parse(pairs(query)?)?;
+        let page = source
+            .audit(&q)
+            .await
+            .map_err(|e| unavailable("the audit log", e))?;
+        Ok::<_, Failure>(pages::audit(&q, &page))
+    };
+    html_or(data.await)
 }
 
 async fn openapi_json() -> Response {

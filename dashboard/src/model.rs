@@ -103,6 +103,11 @@ pub struct Summary {
     /// No report for longer than `silent_hours`.
     pub silent: i64,
     pub silent_hours: u32,
+    /// Appliances expected offline (maintenance, shipped, shelved) until a date ahead; they
+    /// are not counted silent.
+    pub expected_offline: i64,
+    /// Retired appliances (RMA, decommissioned): no alerts, history kept.
+    pub retired: i64,
     /// Firing alerts by severity, worst first; every severity appears.
     pub alerts_by_severity: Vec<(Severity, i64)>,
     pub alerts_by_rule: Vec<RuleCount>,
@@ -144,6 +149,8 @@ pub struct ApplianceRow {
     pub hostname: Option<String>,
     pub last_report_at: DateTime<Utc>,
     pub silent: bool,
+    /// The lifecycle state in force: `active`, `expected_offline` or `retired`.
+    pub lifecycle: String,
     pub health: Health,
     pub firing_alerts: i64,
     pub failing_drives: i32,
@@ -317,6 +324,10 @@ pub struct ApplianceView {
     pub nics: Vec<NicView>,
     /// Version changes, drive and identity events, newest first.
     pub events: Vec<EventView>,
+    /// The lifecycle an operator set (`None`: active, never changed).
+    pub lifecycle_detail: Option<LifecycleView>,
+    /// What operators changed about this appliance, newest first.
+    pub audit: Vec<AuditRow>,
     pub days: u32,
     pub history: ApplianceHistory,
 }
@@ -392,4 +403,27 @@ pub struct ApplianceHistory {
     pub filesystems: Vec<(String, Vec<Pair>)>,
     /// (NIC, [(time, errors, drops)]) as counters; the page charts their rises.
     pub nics: Vec<(String, Vec<Pair>)>,
+}
+
+/// An appliance's lifecycle as an operator set it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleView {
+    /// As stored: `expected_offline` or `retired`.
+    pub state: String,
+    pub until: Option<DateTime<Utc>>,
+    pub note: String,
+    pub changed_at: DateTime<Utc>,
+    pub changed_by: String,
+}
+
+/// One operator action from the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `token:NAME` for the API, `cli:USER` for the command line.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: serde_json::Value,
 }

@@ -7,7 +7,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use crate::chart::{self, Chart, Series};
 use crate::format::{ago, bytes, count, percent, short, stamp};
 use crate::model::*;
-use crate::query::{self, AlertQuery, AlertState, ApplianceQuery, ApplianceSort, DriveQuery, href};
+use crate::query::{
+    self, AlertQuery, AlertState, ApplianceQuery, ApplianceSort, AuditQuery, DriveQuery, href,
+};
 use crate::{appliance_path, drive_path};
 
 const STYLE: &str = include_str!("style.css");
@@ -24,6 +26,7 @@ enum Nav {
     Alerts,
     Drives,
     Versions,
+    Audit,
     None,
 }
 
@@ -51,6 +54,7 @@ fn layout(title: &str, nav: Nav, body: Markup) -> String {
                         (link("/alerts", "Alerts", Nav::Alerts))
                         (link("/drives", "Drives", Nav::Drives))
                         (link("/versions", "Versions", Nav::Versions))
+                        (link("/audit", "Audit log", Nav::Audit))
                     }
                     form.search action="/appliances" method="get" role="search" {
                         input type="search" name="q" placeholder="serial or hostname"
@@ -217,7 +221,12 @@ pub fn summary(s: &Summary, silent: &[ApplianceRow]) -> String {
                 (tile("count-silent", &format!("silent > {} h", s.silent_hours), s.silent,
                     href("/appliances", &[("silent", Some("true".into())), ("sort", Some("oldest".into()))]),
                     if s.silent > 0 { "warning" } else { "" }))
+                (tile("count-expected-offline", "expected offline", s.expected_offline,
+                    href("/appliances", &[("state", Some("expected_offline".into()))]), ""))
+                (tile("count-retired", "retired", s.retired,
+                    href("/appliances", &[("state", Some("retired".into()))]), ""))
             }
+            p.muted { a href="/audit" { "Audit log: who changed what →" } }
         }
         section #alert-counts aria-label="firing alerts" {
             h2 { "Firing alerts" }
@@ -340,6 +349,7 @@ pub fn appliances(q: &ApplianceQuery, page: &Page<ApplianceRow>, rules: &[&str])
             label { "OS " input type="text" name="os" value=[q.os.as_deref()]; }
             label { "Drive model " input type="text" name="drive_model" value=[q.drive_model.as_deref()]; }
             label { "Below minimum app " (select("below_minimum", &["true"], q.below_minimum.then_some("true"))) }
+            label { "Lifecycle " (select("state", &query::LIFECYCLE_STATES, q.state.as_deref())) }
             label { "Sort "
                 select name="sort" id="f-sort" {
                     @for s in ApplianceSort::ALL {
@@ -367,6 +377,9 @@ pub fn appliances(q: &ApplianceQuery, page: &Page<ApplianceRow>, rules: &[&str])
                         td {
                             (time(a.last_report_at, now))
                             @if a.silent { " " span.badge.warning.silent { "silent" } }
+                            @if a.lifecycle != "active" {
+                                " " span.badge.lifecycle data-lifecycle=(a.lifecycle) { (lifecycle_label(&a.lifecycle)) }
+                            }
                         }
                         td.num {
                             @if a.firing_alerts > 0 {
@@ -384,6 +397,61 @@ pub fn appliances(q: &ApplianceQuery, page: &Page<ApplianceRow>, rules: &[&str])
         (next_link("/appliances", q.pairs(), page.next.as_deref()))
     };
     layout("Appliances", Nav::Appliances, body)
+}
+
+fn lifecycle_label(state: &str) -> &str {
+    match state {
+        "expected_offline" => "expected offline",
+        other => other,
+    }
+}
+
+fn audit_table(rows: &[AuditRow], now: DateTime<Utc>) -> Markup {
+    table(
+        "audit",
+        &["When", "Who", "Action", "Target", "Detail"],
+        html! {
+            @for e in rows {
+                tr.audit {
+                    td { (time(e.at, now)) }
+                    td.actor { (short(&e.actor, 80)) }
+                    td { (short(&e.action, 48)) }
+                    td.serial { (short(&e.target, 80)) }
+                    // Compact JSON, escaped like any text; notes are bounded when written.
+                    td.detail { code { (short(&e.detail.to_string(), 400)) } }
+                }
+            }
+        },
+    )
+}
+
+/// `/audit`: every operator action, newest first, optionally about one target.
+pub fn audit(q: &AuditQuery, page: &Page<AuditRow>) -> String {
+    let now = Utc::now();
+    let pairs = vec![("target", q.target.clone())];
+    let body = html! {
+        h1 { "Audit log" }
+        form.filters action="/audit" method="get" {
+            label { "Target (serial, token:NAME) " input type="search" name="target" value=[q.target.as_deref()]; }
+            button type="submit" { "Apply" }
+            @if q.target.is_some() { " " a href="/audit" { "Clear" } }
+        }
+        @if page.items.is_empty() {
+            p #empty.muted { "No operator action is recorded" @if q.target.is_some() { " for this target" } "." }
+        } @else {
+            (audit_table(&page.items, now))
+        }
+        nav.pager aria-label="pages" {
+            a href=(href("/audit", &pairs)) { "Newest" }
+            @if let Some(n) = &page.next {
+                @let with: Vec<_> = pairs.iter().cloned().chain([("before", Some(n.clone()))]).collect();
+                " · " a #next rel="next" href=(href("/audit", &with)) { "Older →" }
+            } @else {
+                " · " span.muted { "end of the log" }
+            }
+        }
+    };
+    layout("Audit log", Nav::Audit, body)
 }
 
 /// `/alerts`: firing alerts by severity, then age; resolved history.
@@ -673,6 +741,15 @@ pub fn appliance(a: &ApplianceView) -> String {
         h1.serial { (r.serial) }
         p #health { (health_badge(r.health))
             @if r.silent { " " strong.critical #silent { "silent: overdue" } }
+            " " span.badge.lifecycle #lifecycle data-lifecycle=(r.lifecycle) { (lifecycle_label(&r.lifecycle)) }
+        }
+        @if let Some(l) = &a.lifecycle_detail {
+            p #lifecycle-detail {
+                "Set to " strong { (lifecycle_label(&l.state)) }
+                @if let Some(until) = l.until { " until " (stamp(until)) }
+                " by " (l.changed_by) " " (time(l.changed_at, now))
+                @if !l.note.is_empty() { ": " (short(&l.note, 200)) }
+            }
         }
         div.scroll { table #state { tbody {
             tr { th { "Hostname" } td { (opt(r.hostname.as_deref())) } }
@@ -691,6 +768,13 @@ pub fn appliance(a: &ApplianceView) -> String {
             p #alerts.muted { "No alerts." }
         } @else {
             (table("alerts", &["Severity", "Rule", "Subject", "State", "Since", "Resolved", "Summary"], alert_rows(&a.alerts, now, false)))
+        }
+        h2 { "Operator actions" }
+        @if a.audit.is_empty() {
+            p #audit.muted { "No operator has changed this appliance." }
+        } @else {
+            (audit_table(&a.audit, now))
+            p { a href=(href("/audit", &[("target", Some(r.serial.clone()))])) { "All of this appliance's audit rows →" } }
         }
         h2 { "History" }
         (periods(&path, a.days))

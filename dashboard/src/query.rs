@@ -299,18 +299,22 @@ pub struct ApplianceQuery {
     pub status: Option<String>,
     /// Only appliances whose app version is below the configured minimum.
     pub below_minimum: bool,
+    /// Only appliances in this lifecycle state (`active`, `expected_offline`, `retired`).
+    pub state: Option<String>,
     pub sort: ApplianceSort,
     pub after: Option<ApplianceCursor>,
     pub limit: i64,
 }
 
+pub const LIFECYCLE_STATES: [&str; 3] = ["active", "expected_offline", "retired"];
 pub const APP_STATUSES: [&str; 4] = ["healthy", "degraded", "unhealthy", "unknown"];
 const HEALTHS: [&str; 4] = ["ok", "info", "warning", "critical"];
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 impl ApplianceQuery {
-    pub const PARAMS: [&str; 12] = [
+    pub const PARAMS: [&str; 13] = [
         "q",
+        "state",
         "health",
         "silent",
         "rule",
@@ -349,6 +353,11 @@ impl ApplianceQuery {
             below_minimum: p
                 .one_of("below_minimum", parse_bool, &["true", "false"])?
                 .unwrap_or(false),
+            state: p.one_of(
+                "state",
+                |v| LIFECYCLE_STATES.contains(&v).then(|| v.to_owned()),
+                &LIFECYCLE_STATES,
+            )?,
             sort,
             after: p.cursor(|v| ApplianceCursor::parse(sort, v))?,
             limit: p.limit()?,
@@ -370,6 +379,7 @@ impl ApplianceQuery {
                 "below_minimum",
                 self.below_minimum.then(|| "true".to_owned()),
             ),
+            ("state", self.state.clone()),
             (
                 "sort",
                 (self.sort != ApplianceSort::Serial).then(|| self.sort.as_str().to_owned()),
@@ -392,6 +402,7 @@ impl ApplianceQuery {
             || self.drive_model.is_some()
             || self.status.is_some()
             || self.below_minimum
+            || self.state.is_some()
     }
 }
 
@@ -672,5 +683,25 @@ mod tests {
         );
         assert!(q.filtered());
         assert!(!ApplianceQuery::parse(vec![], &RULES).unwrap().filtered());
+    }
+}
+
+/// Which audit rows: about one target (a serial, `token:NAME`), from where (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub target: Option<String>,
+    /// Rows older than this id.
+    pub before: Option<i64>,
+}
+
+impl AuditQuery {
+    pub const PARAMS: [&str; 2] = ["target", "before"];
+
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<Self, BadParameter> {
+        let p = Params::new(pairs, &Self::PARAMS)?;
+        Ok(AuditQuery {
+            target: p.text("target"),
+            before: p.number("before", 1, i64::MAX)?,
+        })
     }
 }

@@ -165,7 +165,9 @@ async fn set_lifecycle(
 async fn audit(State(state): State<AppState>, query: QueryPairs) -> Result<Response, ApiError> {
     let p = Params::new(query, &["target", "before"])?;
     let target = p.0.get("target").map(str::to_owned);
-    let before = p.0.number::<i64>("before", 1, i64::MAX).map_err(bad_parameter)?;
+    let before =
+        p.0.number::<i64>("before", 1, i64::MAX)
+            .map_err(bad_parameter)?;
     let rows = state
         .storage
         .audit_log(target.as_deref(), before, crate::storage::admin::AUDIT_PAGE)

@@ -222,6 +222,8 @@ impl FleetSource for DashboardSource {
             by_health,
             silent: counts.silent,
             silent_hours: self.storage.settings().alerts.appliance_silent.hours,
+            expected_offline: counts.expected_offline,
+            retired: counts.retired,
             alerts_by_severity,
             alerts_by_rule,
             failing_drives: counts.failing_drives,
@@ -250,9 +252,33 @@ impl FleetSource for DashboardSource {
         } else {
             None
         };
+        let lifecycles = self.storage.lifecycles().await?;
         self.storage
-            .dashboard_appliances(q, self.silent_before(), below.as_deref())
+            .dashboard_appliances(q, self.silent_before(), below.as_deref(), &lifecycles)
             .await
+    }
+
+    async fn audit(&self, q: &d::AuditQuery) -> Result<Page<d::AuditRow>, StorageError> {
+        // A target PostgreSQL could not hold (a NUL) matches nothing.
+        if q.target.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let limit = crate::storage::admin::AUDIT_PAGE;
+        let rows = self
+            .storage
+            .audit_log(q.target.as_deref(), q.before, limit.saturating_add(1))
+            .await?;
+        let mut items: Vec<d::AuditRow> = rows.into_iter().map(audit_row).collect();
+        let next = if items.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            items.truncate(usize::try_from(limit).unwrap_or(0));
+            items.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
     }
 
     async fn alerts(&self, q: &AlertQuery) -> Result<Page<d::AlertRow>, StorageError> {
@@ -314,10 +340,43 @@ impl FleetSource for DashboardSource {
         if phonehome_schema::Serial::parse(serial).is_err() {
             return Ok(None);
         }
-        Ok(self
-            .storage
-            .appliance_detail(serial, days)
-            .await?
-            .map(crate::storage::read::ApplianceDetail::into_view))
+        let Some(detail) = self.storage.appliance_detail(serial, days).await? else {
+            return Ok(None);
+        };
+        let mut view = detail.into_view();
+        let (lifecycle, audit) = tokio::try_join!(
+            self.storage.lifecycle(serial),
+            self.storage
+                .audit_log(Some(serial), None, APPLIANCE_AUDIT_ROWS),
+        )?;
+        if let Some(l) = lifecycle {
+            let state = l.effective(Utc::now());
+            view.row.lifecycle = state.as_str().to_owned();
+            // Nobody waits for an appliance expected offline or retired.
+            view.row.silent &= state == crate::lifecycle::State::Active;
+            view.lifecycle_detail = Some(d::LifecycleView {
+                state: l.state.as_str().to_owned(),
+                until: l.until,
+                note: l.note,
+                changed_at: l.changed_at,
+                changed_by: l.changed_by,
+            });
+        }
+        view.audit = audit.into_iter().map(audit_row).collect();
+        Ok(Some(view))
+    }
+}
+
+/// Audit rows on an appliance's page; the rest are on `/audit?target=`.
+const APPLIANCE_AUDIT_ROWS: i64 = 20;
+
+fn audit_row(e: crate::storage::admin::AuditEntry) -> d::AuditRow {
+    d::AuditRow {
+        id: e.id,
+        at: e.at,
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        detail: e.detail,
     }
 }

@@ -53,10 +53,7 @@ impl Lifecycle {
     /// The state in force at `now`: an `expected_offline` whose date has passed is active
     /// again, without anybody having to remember to switch it back.
     pub fn effective(&self, now: DateTime<Utc>) -> State {
-        match (self.state, self.until) {
-            (State::ExpectedOffline, Some(until)) if until <= now => State::Active,
-            (state, _) => state,
-        }
+        effective_state(self.state, self.until, now)
     }
 
     /// Whether the `appliance_silent` rule leaves this appliance alone at `now`.
@@ -68,6 +65,22 @@ impl Lifecycle {
     pub fn alerts_allowed(&self, now: DateTime<Utc>) -> bool {
         self.effective(now) != State::Retired
     }
+}
+
+/// [`Lifecycle::effective`] for a state and date read on their own (lists).
+pub fn effective_state(state: State, until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> State {
+    match (state, until) {
+        (State::ExpectedOffline, Some(until)) if until <= now => State::Active,
+        (state, _) => state,
+    }
+}
+
+/// Serials by the state in force at `now` (active ones are those in neither list).
+pub fn serials_in(rows: &[Lifecycle], state: State, now: DateTime<Utc>) -> Vec<String> {
+    rows.iter()
+        .filter(|l| l.effective(now) == state)
+        .map(|l| l.serial.clone())
+        .collect()
 }
 
 /// The serials the silence check must skip at `now`, from every stored lifecycle.

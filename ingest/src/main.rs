@@ -371,7 +371,10 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
             println!("{}", token.secret);
         }
         TokenCommand::List => {
-            println!("{:<24} {:<6} {:<20} {:<20} REVOKED", "NAME", "ROLE", "CREATED", "LAST USED");
+            println!(
+                "{:<24} {:<6} {:<20} {:<20} REVOKED",
+                "NAME", "ROLE", "CREATED", "LAST USED"
+            );
             let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
                 t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
             };

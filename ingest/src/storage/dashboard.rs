@@ -16,6 +16,9 @@ use tokio_postgres::types::ToSql;
 
 use super::read::{DRIVE_READING, DriveReading, drive_point};
 use super::{Storage, StorageError};
+use crate::lifecycle::{
+    Lifecycle, State as LifecycleState, effective_state, serials_in, silence_exempt_serials,
+};
 
 /// A statement built from optional filters, with its parameters numbered as they are added.
 #[derive(Default)]
@@ -83,15 +86,26 @@ fn page<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page
 
 const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, s.last_report_at, a.health,
     (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing'),
-    a.failing_drive_count, a.app_status, a.app_version, a.os_pretty_name, a.report_count";
+    a.failing_drive_count, a.app_status, a.app_version, a.os_pretty_name, a.report_count,
+    l.state, l.until";
 
-fn appliance_row(r: &Row, silent_before: DateTime<Utc>) -> d::ApplianceRow {
+/// The lifecycle beside each listed appliance (a primary-key lookup per row of the page).
+const APPLIANCE_LIFECYCLE: &str = "LEFT JOIN appliance_lifecycle l ON l.serial = a.serial";
+
+fn appliance_row(r: &Row, silent_before: DateTime<Utc>, now: DateTime<Utc>) -> d::ApplianceRow {
     let last_report_at: DateTime<Utc> = r.get(2);
+    let state = r
+        .get::<_, Option<&str>>(10)
+        .and_then(LifecycleState::parse)
+        .unwrap_or(LifecycleState::Active);
+    let lifecycle = effective_state(state, r.get(11), now);
     d::ApplianceRow {
         serial: r.get(0),
         hostname: r.get(1),
         last_report_at,
-        silent: last_report_at < silent_before,
+        // An appliance expected offline or retired is not silent: nobody is waiting for it.
+        silent: last_report_at < silent_before && lifecycle == LifecycleState::Active,
+        lifecycle: lifecycle.as_str().to_owned(),
         health: Health::from_rank(r.get(3)),
         firing_alerts: r.get(4),
         failing_drives: r.get(5),
@@ -173,6 +187,9 @@ pub struct FleetCounts {
     pub appliances: i64,
     pub by_health: Vec<(Health, i64)>,
     pub silent: i64,
+    /// Appliances expected offline now (date ahead), and retired.
+    pub expected_offline: i64,
+    pub retired: i64,
     pub by_status: Vec<(String, i64)>,
     /// Per component (`app`, `os`, `kernel`, `collector`): (version, appliances, with alerts),
     /// most used first.
@@ -196,8 +213,26 @@ impl Storage {
         q: &ApplianceQuery,
         silent_before: DateTime<Utc>,
         below_minimum: Option<&[String]>,
+        lifecycles: &[Lifecycle],
     ) -> Result<Page<d::ApplianceRow>, StorageError> {
+        let now = Utc::now();
         let mut sql = Sql::default();
+        if let Some(state) = q.state.as_deref().and_then(LifecycleState::parse) {
+            // Judged in Rust by the lifecycle rules; the set is what operators set by hand.
+            if state == LifecycleState::Active {
+                let p = sql.bind(
+                    lifecycles
+                        .iter()
+                        .filter(|l| l.effective(now) != LifecycleState::Active)
+                        .map(|l| l.serial.clone())
+                        .collect::<Vec<_>>(),
+                );
+                sql.and(format!("a.serial <> ALL({p})"));
+            } else {
+                let p = sql.bind(serials_in(lifecycles, state, now));
+                sql.and(format!("a.serial = ANY({p})"));
+            }
+        }
         if let Some(text) = &q.q {
             let p = sql.bind(prefix_pattern(text));
             // On the narrow appliance_seen rows (migration 8): a prefix whose matches sit far
@@ -213,10 +248,12 @@ impl Storage {
         }
         if let Some(silent) = q.silent {
             let p = sql.bind(silent_before);
-            sql.and(format!(
-                "s.last_report_at {} {p}",
-                if silent { "<" } else { ">=" }
-            ));
+            let e = sql.bind(silence_exempt_serials(lifecycles, now));
+            sql.and(if silent {
+                format!("(s.last_report_at < {p} AND a.serial <> ALL({e}))")
+            } else {
+                format!("(s.last_report_at >= {p} OR a.serial = ANY({e}))")
+            });
         }
         if let Some(versions) = below_minimum {
             let p = sql.bind(versions.to_vec());
@@ -284,6 +321,7 @@ impl Storage {
         let text = format!(
             "SELECT {APPLIANCE_COLUMNS} FROM appliances a
              JOIN appliance_seen s ON s.appliance_id = a.id
+             {APPLIANCE_LIFECYCLE}
              WHERE {} ORDER BY {order} LIMIT {limit}",
             sql.filter()
         );
@@ -291,7 +329,7 @@ impl Storage {
         let rows = client.query(&text, &sql.params()).await?;
         let items: Vec<d::ApplianceRow> = rows
             .iter()
-            .map(|r| appliance_row(r, silent_before))
+            .map(|r| appliance_row(r, silent_before, now))
             .collect();
         let sort = q.sort;
         Ok(page(items, q.limit, |a| {
@@ -576,8 +614,11 @@ impl Storage {
         &self,
         silent_before: DateTime<Utc>,
     ) -> Result<FleetCounts, StorageError> {
+        let now = Utc::now();
+        let lifecycles = self.lifecycles().await?;
+        let exempt = silence_exempt_serials(&lifecycles, now);
         let client = self.pool().get().await?;
-        let appliance_params: [&(dyn ToSql + Sync); 2] = [&silent_before, &VERSION_CHARS];
+        let appliance_params: [&(dyn ToSql + Sync); 3] = [&silent_before, &VERSION_CHARS, &exempt];
         let (groups, alerts) = tokio::try_join!(
             client.query(
                 "SELECT GROUPING(app_version, os, kernel, collector, health, silent, app_status),
@@ -587,7 +628,8 @@ impl Storage {
                               left(coalesce(os_pretty_name, ''), $2) AS os,
                               left(coalesce(kernel, ''), $2) AS kernel,
                               left(collector_version, $2) AS collector,
-                              health, last_report_at < $1 AS silent,
+                              health,
+                              last_report_at < $1 AND serial <> ALL($3::text[]) AS silent,
                               left(app_status, $2) AS app_status
                        FROM appliances) a
                  GROUP BY GROUPING SETS ((app_version), (os), (kernel), (collector), (health),
@@ -604,6 +646,13 @@ impl Storage {
         )?;
         let mut counts = FleetCounts {
             at: Utc::now(),
+            // Set by hand, so counted whether or not the appliance ever reported.
+            expected_offline: i64::try_from(
+                serials_in(&lifecycles, LifecycleState::ExpectedOffline, now).len(),
+            )
+            .unwrap_or(i64::MAX),
+            retired: i64::try_from(serials_in(&lifecycles, LifecycleState::Retired, now).len())
+                .unwrap_or(i64::MAX),
             ..FleetCounts::default()
         };
         let mut versions: HashMap<&'static str, Vec<VersionUse>> = HashMap::new();

@@ -699,6 +699,8 @@ impl ApplianceDetail {
                 hostname: s.hostname,
                 last_report_at: s.last_report_at,
                 silent: s.silent,
+                // The dashboard source sets the lifecycle (and its effect on `silent`).
+                lifecycle: "active".to_owned(),
                 health: s.health,
                 firing_alerts: s.firing_alerts,
                 failing_drives: s.failing_drive_count,
@@ -710,6 +712,8 @@ impl ApplianceDetail {
             kernel: s.kernel,
             collector_version: s.collector_version,
             collection_errors: s.collection_errors,
+            lifecycle_detail: None,
+            audit: Vec::new(),
             alerts,
             drives: self.drives.into_iter().map(drive_view).collect(),
             filesystems: self
