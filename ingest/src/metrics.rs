@@ -35,6 +35,8 @@ pub struct Metrics {
     pub appliances_by_status: IntGaugeVec,
     pub appliances_by_app_version: IntGaugeVec,
     pub appliances_silent: IntGauge,
+    /// Appliances by lifecycle state an operator set (expected_offline, retired).
+    pub appliances_by_lifecycle: IntGaugeVec,
     pub disks_failing: IntGauge,
     pub alerts_firing: IntGaugeVec,
     /// Appliances by their worst firing severity. Nothing here is per appliance: a fleet of
@@ -195,6 +197,11 @@ impl Metrics {
             "phonehome_appliances_silent",
             "Appliances with no report for longer than the appliance_silent threshold.",
         );
+        let appliances_by_lifecycle = gauge_vec(
+            "phonehome_appliances_by_lifecycle",
+            "Appliances an operator set expected_offline (date ahead) or retired.",
+            &["state"],
+        );
         let disks_failing = gauge(
             "phonehome_disks_failing",
             "Drives named by a firing disk_failing alert (the ingest's verdict).",
@@ -258,6 +265,7 @@ impl Metrics {
             Box::new(appliances_by_status.clone()),
             Box::new(appliances_by_app_version.clone()),
             Box::new(appliances_silent.clone()),
+            Box::new(appliances_by_lifecycle.clone()),
             Box::new(disks_failing.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(appliances_by_health.clone()),
@@ -287,6 +295,7 @@ impl Metrics {
             appliances_by_status,
             appliances_by_app_version,
             appliances_silent,
+            appliances_by_lifecycle,
             disks_failing,
             alerts_firing,
             appliances_by_health,
@@ -326,6 +335,12 @@ impl Metrics {
     pub fn set_fleet(&self, c: &FleetCounts, maintenance_last_success: Option<f64>) {
         self.appliances.set(c.appliances);
         self.appliances_silent.set(c.silent);
+        self.appliances_by_lifecycle
+            .with_label_values(&["expected_offline"])
+            .set(c.expected_offline);
+        self.appliances_by_lifecycle
+            .with_label_values(&["retired"])
+            .set(c.retired);
         self.disks_failing.set(c.failing_drives);
         self.appliances_by_status.reset();
         for status in ["healthy", "degraded", "unhealthy", "unknown"] {

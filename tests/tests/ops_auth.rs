@@ -369,7 +369,13 @@ async fn lifecycle_quiets_silence_until_its_date_and_retirement_resolves_and_rev
             "{s}"
         );
     }
-    let ingest = IngestProcess::start(&db, &pki).await;
+    // Fresh fleet counts for every view: the test checks them right after each change.
+    let ingest = IngestProcess::start_with(
+        &db,
+        &pki,
+        &[("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS", "0")],
+    )
+    .await;
     let admin = format!(
         "Bearer {}",
         create_token(db.url(), "ops-carol", Role::Admin).await
@@ -482,6 +488,26 @@ async fn lifecycle_quiets_silence_until_its_date_and_retirement_resolves_and_rev
         .expect("audit page");
     assert_eq!(audit.status, 200);
     assert!(audit.body.contains("cli:alice") && !audit.body.contains("token:ops-carol"));
+
+    // Counted on the summary (each count links to its list) and in /metrics.
+    let summary = get(ingest.ops_addr, "/api/v1/summary")
+        .await
+        .expect("summary");
+    assert_eq!(summary.json()["expected_offline"], 1, "{}", summary.body);
+    assert_eq!(summary.json()["retired"], 1);
+    let page = get(ingest.ops_addr, "/").await.expect("summary page");
+    assert!(
+        page.body.contains("href=\"/appliances?state=retired\""),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("href=\"/audit\""));
+    assert_eq!(
+        ingest
+            .metric("phonehome_appliances_by_lifecycle{state=\"retired\"}")
+            .await,
+        Some(1.0)
+    );
 
     // The date passes: back to normal, silence fires again.
     db.client()
