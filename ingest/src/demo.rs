@@ -141,7 +141,21 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let ops_listener = bind(opts.ops_listen, "--ops-listen").await?;
     let report_addr = report_listener.local_addr()?;
     let ops_addr = ops_listener.local_addr()?;
-    let state = AppState::new(storage, crate::config::DEFAULT_MAX_BODY_BYTES);
+    // Reads need a token as in production: the demo makes an admin token and prints it, so
+    // the dashboard opens with it (any user name, the token as password) and the API's writes
+    // can be tried. Named by the time: a kept --dir gets a new one each run.
+    let token = crate::auth::generate()?;
+    let token_name = format!("demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
+    storage
+        .create_api_token(
+            &token_name,
+            crate::auth::Role::Admin,
+            &token.sha256,
+            "cli:demo",
+        )
+        .await
+        .context("create the demo's API token")?;
+    let state = AppState::new(storage.clone(), crate::config::DEFAULT_MAX_BODY_BYTES);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(crate::serve(
         report_listener,
@@ -193,7 +207,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!();
     println!("phonehome is up.");
     println!("  dashboard:  {dashboard}");
-    println!("  metrics:    {dashboard}metrics");
+    println!("  token:      {}", token.secret);
+    println!(
+        "              (admin token {token_name:?}: the dashboard asks for it, any user name, \
+         the token as password; scripts send Authorization: Bearer <token>)"
+    );
+    println!("  metrics:    {dashboard}metrics (with the token)");
     println!(
         "  post again: {} run --config {}",
         collector.display(),

@@ -51,12 +51,16 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
 
     let mut seen = Vec::new();
     let mut dashboard = None;
+    let mut token = None;
     let mut workdir = None;
     while !seen.last().is_some_and(|l: &String| l.contains("Ctrl-C")) {
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(line) => {
                 if let Some(url) = line.trim().strip_prefix("dashboard:") {
                     dashboard = Some(url.trim().to_owned());
+                }
+                if let Some(t) = line.trim().strip_prefix("token:") {
+                    token = Some(t.trim().to_owned());
                 }
                 if let Some(dir) = line.strip_prefix("==> working directory ") {
                     workdir = Some(std::path::PathBuf::from(dir.trim()));
@@ -95,6 +99,12 @@ async fn demo_brings_the_system_up_and_the_dashboard_lists_this_machine() {
         .trim_end_matches('/')
         .parse()
         .unwrap_or_else(|e| panic!("dashboard URL {url:?}: {e}"));
+    // Reads need a token, as in production: the demo printed one, which opens the dashboard.
+    let page = client::get(addr, "/").await.expect("GET dashboard");
+    assert_eq!(page.status, 401, "no token, no dashboard");
+    let token = token.expect("the demo prints a token");
+    assert!(token.starts_with("phk_"), "{token}");
+    client::set_ops_token(addr, Some(&token));
     let page = client::get(addr, "/").await.expect("GET dashboard");
     assert_eq!(page.status, 200);
     assert!(page.body.contains("id=\"count-total\""), "{}", page.body);

@@ -222,9 +222,10 @@ struct PrometheusServer {
 }
 
 impl PrometheusServer {
-    /// Scrapes `target`'s /metrics every second as job "phonehome" and evaluates the shipped
-    /// rules every second.
-    fn start(target: SocketAddr) -> Self {
+    /// Scrapes `target`'s /metrics every second as job "phonehome" with the API token `token`
+    /// (as an operator configures it: `authorization: credentials:`), and evaluates the
+    /// shipped rules every second.
+    fn start(target: SocketAddr, token: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules = ops_dir().join("phonehome-rules.yml");
         let config = dir.path().join("prometheus.yml");
@@ -233,7 +234,7 @@ impl PrometheusServer {
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {rules:?}\n\
-                 scrape_configs:\n  - job_name: phonehome\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                 scrape_configs:\n  - job_name: phonehome\n    authorization:\n      credentials: {token:?}\n    static_configs:\n      - targets: [\"{target}\"]\n"
             ),
         )
         .expect("write prometheus.yml");
@@ -352,7 +353,7 @@ async fn a_real_prometheus_scrapes_the_ingest_and_evaluates_the_rules() {
         .expect("an answer to the retry");
     assert_eq!(retry.status, 200, "{}", retry.body);
 
-    let mut prom = PrometheusServer::start(ingest.ops_addr);
+    let mut prom = PrometheusServer::start(ingest.ops_addr, &ingest.read_token);
 
     // Prometheus scrapes the operations listener and sees what the ingest counted.
     let expected = [
