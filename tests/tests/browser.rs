@@ -71,6 +71,12 @@ async fn serials(browser: &Browser, table: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_walks_from_the_summary_to_a_failing_drives_chart() {
+    // The walk's future is large (every page's state): on the heap, not the test thread's
+    // stack, which it overflowed in debug builds once the sign-in step was added.
+    Box::pin(walk_from_the_summary_to_a_failing_drives_chart()).await;
+}
+
+async fn walk_from_the_summary_to_a_failing_drives_chart() {
     let db = TestDb::new().await;
     let storage = Storage::connect(db.url(), 4).expect("storage");
     let fleet = seed(&db, &storage, "SN-WALK", 6).await;
@@ -89,6 +95,15 @@ async fn an_operator_walks_from_the_summary_to_a_failing_drives_chart() {
     .await;
     let origin = format!("http://{}/", ingest.ops_addr);
     let browser = Browser::start().await;
+    // Reads need a token (the default): the operator signs in once with HTTP Basic, the token
+    // as password, and the browser sends it with every page after.
+    browser
+        .goto(&format!(
+            "http://operator:{}@{}/",
+            ingest.read_token, ingest.ops_addr
+        ))
+        .await
+        .expect("sign in");
 
     // The summary: the silent appliance is there without a click.
     browser.goto(&origin).await.expect("open the summary");
