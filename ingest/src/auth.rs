@@ -72,13 +72,19 @@ impl std::fmt::Debug for NewToken {
 
 /// Makes a token from 32 bytes of the operating system's random generator.
 pub fn generate() -> anyhow::Result<NewToken> {
+    generate_with_prefix(TOKEN_PREFIX)
+}
+
+/// A secret of 32 random bytes after `prefix`, which says what kind of secret it is when one
+/// turns up in a log or a paste.
+pub fn generate_with_prefix(prefix: &str) -> anyhow::Result<NewToken> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("the operating system's random generator failed"))?;
     let secret = format!(
-        "{TOKEN_PREFIX}{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     );
     let sha256 = digest(&secret);

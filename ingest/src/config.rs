@@ -99,6 +99,136 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// Where alerts are posted; the notifier is off while `url` is unset.
     pub alertmanager: AlertmanagerConfig,
+    /// `[pki]`: enrolment, renewal and revocation.
+    pub pki: PkiConfig,
+}
+
+/// `[pki]`: how the ingest issues and revokes appliance certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiConfig {
+    /// The CA directory (`phonehome-ingest ca init --dir`) whose issuing CA signs enrolments
+    /// and renewals; the root's key need not be there. Unset: enrolment and renewal answer 503.
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of the appliance certificates the ingest issues.
+    pub appliance_cert_days: i64,
+    /// How long after its certificate expired an appliance may still renew with it.
+    pub renew_grace_days: i64,
+    /// How often each replica reloads the revocation list: the longest a revoked certificate
+    /// can still deliver after `ca revoke` commits.
+    pub revocation_refresh_secs: u64,
+    /// How long a published CRL says it is good for.
+    pub crl_valid_hours: i64,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            ca_dir: None,
+            appliance_cert_days: phonehome_pki::DEFAULT_APPLIANCE_DAYS,
+            renew_grace_days: crate::certs::DEFAULT_RENEW_GRACE_DAYS,
+            revocation_refresh_secs: crate::revocation::DEFAULT_REFRESH_SECS,
+            crl_valid_hours: crate::certs::DEFAULT_CRL_VALID_HOURS,
+        }
+    }
+}
+
+/// The file form of `[pki]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePki {
+    ca_dir: Option<PathBuf>,
+    appliance_cert_days: Option<i64>,
+    renew_grace_days: Option<i64>,
+    revocation_refresh_secs: Option<u64>,
+    crl_valid_hours: Option<i64>,
+}
+
+impl PkiConfig {
+    fn apply_file(&mut self, f: FilePki, base: &Path) {
+        if let Some(v) = f.ca_dir {
+            self.ca_dir = Some(base.join(v));
+        }
+        if let Some(v) = f.appliance_cert_days {
+            self.appliance_cert_days = v;
+        }
+        if let Some(v) = f.renew_grace_days {
+            self.renew_grace_days = v;
+        }
+        if let Some(v) = f.revocation_refresh_secs {
+            self.revocation_refresh_secs = v;
+        }
+        if let Some(v) = f.crl_valid_hours {
+            self.crl_valid_hours = v;
+        }
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(name: &'static str, v: String) -> Result<T, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env {
+                name,
+                message: e.to_string(),
+                value: v,
+            })
+        }
+        if let Some(v) = env("PHONEHOME_CA_DIR") {
+            self.ca_dir = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
+        }
+        if let Some(v) = env("PHONEHOME_APPLIANCE_CERT_DAYS") {
+            self.appliance_cert_days = num("PHONEHOME_APPLIANCE_CERT_DAYS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_RENEW_GRACE_DAYS") {
+            self.renew_grace_days = num("PHONEHOME_RENEW_GRACE_DAYS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_REVOCATION_REFRESH_SECS") {
+            self.revocation_refresh_secs = num("PHONEHOME_REVOCATION_REFRESH_SECS", v)?;
+        }
+        if let Some(v) = env("PHONEHOME_CRL_VALID_HOURS") {
+            self.crl_valid_hours = num("PHONEHOME_CRL_VALID_HOURS", v)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=3650).contains(&self.appliance_cert_days) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.appliance_cert_days = {} must be between 1 and 3650",
+                self.appliance_cert_days
+            )));
+        }
+        if !(0..=3650).contains(&self.renew_grace_days) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.renew_grace_days = {} must be between 0 and 3650",
+                self.renew_grace_days
+            )));
+        }
+        if !(1..=3600).contains(&self.revocation_refresh_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.revocation_refresh_secs = {} must be between 1 and 3600",
+                self.revocation_refresh_secs
+            )));
+        }
+        if !(1..=24 * 365).contains(&self.crl_valid_hours) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.crl_valid_hours = {} must be between 1 and 8760",
+                self.crl_valid_hours
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the handlers need, with the ingest's trust bundle to hand to collectors.
+    pub fn issuing(&self, ca_bundle: &Path) -> crate::certs::IssuingSettings {
+        crate::certs::IssuingSettings {
+            ca_dir: self.ca_dir.clone(),
+            ca_bundle: Some(ca_bundle.to_path_buf()),
+            appliance_days: self.appliance_cert_days,
+            renew_grace_days: self.renew_grace_days,
+            crl_valid_hours: self.crl_valid_hours,
+        }
+    }
 }
 
 /// `[alertmanager]`: the Alertmanager the ingest posts its alerts to.
@@ -297,6 +427,7 @@ impl Default for Config {
             replica_name: None,
             alerts: crate::alerts::AlertsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),
+            pki: PkiConfig::default(),
         }
     }
 }
@@ -330,6 +461,7 @@ struct FileConfig {
     replica_name: Option<String>,
     alerts: Option<crate::alerts::AlertsConfig>,
     alertmanager: Option<FileAlertmanager>,
+    pki: Option<FilePki>,
 }
 
 /// Why the configuration could not be loaded.
@@ -506,6 +638,9 @@ impl Config {
         if let Some(v) = f.alertmanager {
             self.alertmanager.apply_file(v);
         }
+        if let Some(v) = f.pki {
+            self.pki.apply_file(v, base);
+        }
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -603,6 +738,7 @@ impl Config {
             self.replica_name = Some(v);
         }
         self.alertmanager.apply_env(&env)?;
+        self.pki.apply_env(&env)?;
         Ok(())
     }
 
@@ -720,6 +856,7 @@ impl Config {
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid(format!("database_url is not usable: {e}")))?;
         self.alertmanager.validate()?;
+        self.pki.validate()?;
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use crate::config::TlsConfig;
 use crate::pgcluster::PrivateCluster;
 use crate::storage::{self, Storage};
-use crate::{AppState, pki, tls};
+use phonehome_pki::{self as pki, ca};
+
+use crate::{AppState, tls};
 
 /// What the demo needs to know; every field has a default on the command line.
 #[derive(Debug, Clone)]
@@ -110,8 +112,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     ));
 
     let pki_dir = dir.join("pki");
-    pki::init_ca(&pki_dir, "phonehome demo CA", 30)?;
-    let server = pki::issue_server(
+    ca::init_ca(&pki_dir, "phonehome demo CA", 30, 30)?;
+    let server = ca::issue_server(
         &pki_dir,
         &["localhost".into(), "127.0.0.1".into()],
         "server",
@@ -129,14 +131,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         report.identity.serial_source,
         report.identity.hostname.as_deref().unwrap_or("?")
     ));
-    let appliance = pki::issue_appliance(&pki_dir, &pki_dir, &serial, 30, pki::KeyType::default())?;
+    let appliance = ca::issue_appliance(&pki_dir, &pki_dir, &serial, 30, pki::KeyType::default())?;
 
     let tls_files = TlsConfig {
-        ca_cert: pki_dir.join(pki::CA_CERT_FILE),
+        ca_cert: pki_dir.join(ca::CA_CERT_FILE),
         server_cert: server.cert.clone(),
         server_key: server.key.clone(),
     };
-    let tls = tls::server_config(&tls_files)?;
+    let tls = tls::ServerTls::load(&tls_files, tls::DEFAULT_RENEW_GRACE)?;
     let report_listener = bind(opts.report_listen, "--report-listen").await?;
     let ops_listener = bind(opts.ops_listen, "--ops-listen").await?;
     let report_addr = report_listener.local_addr()?;
@@ -155,7 +157,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         )
         .await
         .context("create the demo's API token")?;
-    let state = AppState::new(storage.clone(), crate::config::DEFAULT_MAX_BODY_BYTES);
+    let state = AppState::new(storage.clone(), crate::config::DEFAULT_MAX_BODY_BYTES).with_issuing(
+        crate::certs::IssuingSettings {
+            ca_dir: Some(pki_dir.clone()),
+            ca_bundle: Some(tls_files.ca_cert.clone()),
+            ..crate::certs::IssuingSettings::default()
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_task = tokio::spawn(crate::serve(
         report_listener,

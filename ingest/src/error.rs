@@ -41,6 +41,9 @@ pub enum ApiError {
     /// The operations API has nothing at this address (an unknown serial, a report not kept).
     #[error("{0}")]
     NotFound(String),
+    /// This ingest is not set up for what was asked (no issuing CA for enrolment).
+    #[error("{0}")]
+    NotConfigured(String),
 }
 
 #[derive(Serialize)]
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::BadParameter { .. } => "bad_parameter",
             ApiError::NotFound(_) => "not_found",
+            ApiError::NotConfigured(_) => "not_configured",
         }
     }
 
@@ -83,7 +87,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::OverShare(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Saturated => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Saturated | ApiError::NotConfigured(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

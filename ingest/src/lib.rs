@@ -8,6 +8,7 @@ pub mod alertmanager;
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
@@ -16,8 +17,8 @@ pub mod fdlimit;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pgcluster;
-pub mod pki;
 pub mod reports;
+pub mod revocation;
 pub mod server;
 pub mod storage;
 pub mod tasks;
@@ -68,6 +69,10 @@ pub struct AppState {
     pub ops_timeouts: server::OpsTimeouts,
     /// Who may read and write through the operations listener (API tokens).
     pub auth: Arc<auth::Auth>,
+    /// The revocation list every mutual-TLS request is checked against.
+    pub revocations: revocation::Revocations,
+    /// How enrolment and renewal issue certificates.
+    pub issuing: Arc<certs::IssuingSettings>,
 }
 
 impl AppState {
@@ -101,6 +106,8 @@ impl AppState {
             ops_hosts: Arc::default(),
             body_pace: reports::BodyPace::default(),
             ops_timeouts: server::OpsTimeouts::default(),
+            revocations: revocation::Revocations::default(),
+            issuing: Arc::default(),
         }
     }
 
@@ -135,6 +142,18 @@ impl AppState {
     /// connection lifetime.
     pub fn with_ops_timeouts(mut self, timeouts: server::OpsTimeouts) -> Self {
         self.ops_timeouts = timeouts;
+        self
+    }
+
+    /// Sets how the ingest issues certificates (enrolment, renewal, CRL).
+    pub fn with_issuing(mut self, issuing: certs::IssuingSettings) -> Self {
+        self.issuing = Arc::new(issuing);
+        self
+    }
+
+    /// Sets how often the revocation list is reloaded.
+    pub fn with_revocation_refresh(mut self, refresh: std::time::Duration) -> Self {
+        self.revocations = revocation::Revocations::new(refresh);
         self
     }
 
@@ -179,12 +198,30 @@ impl AppState {
     }
 }
 
-/// The report API, as mounted on the mutual-TLS listener.
+/// The report API, as mounted on the mutual-TLS listener. Every request passes the revocation
+/// and expiry gate ([`certs::gate`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/reports", post(reports::post_report))
+        .route("/v1/renew", post(certs::renew))
+        .route("/v1/crl", get(certs::crl))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            certs::gate,
+        ))
         // The real limit is enforced while reading the body, after decompression.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// What a connection that offered the enrolment ALPN (and so presented no certificate) may
+/// reach: enrolment and the CRL, nothing else.
+pub fn enrol_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/enroll", post(certs::enroll))
+        .route("/v1/crl", get(certs::crl))
+        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -317,6 +354,20 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             ),
         );
     }
+    // Without a current revocation list a revoked certificate could deliver: this replica
+    // stays out of the balancer until the list loads again.
+    if state.revocations.stale() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            match state.revocations.age() {
+                Some(age) => format!(
+                    "the revocation list could not be reloaded for {} s\n",
+                    age.as_secs()
+                ),
+                None => "the revocation list has not been loaded yet\n".to_owned(),
+            },
+        );
+    }
     // A background task that is down is said, but does not take intake away: reports are
     // still stored, and the supervisor restarts it.
     let down: Vec<String> = state
@@ -361,6 +412,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state
         .metrics
         .set_health(&state.storage.write_health(), &state.tasks.records());
+    state
+        .metrics
+        .identity
+        .revocations_age
+        .set(state.revocations.age().map_or(-1.0, |a| a.as_secs_f64()));
     (
         [(
             header::CONTENT_TYPE,

@@ -9,11 +9,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod ca_cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use phonehome_ingest::config::Config;
 use phonehome_ingest::storage::Storage;
-use phonehome_ingest::{AppState, auth, demo, lifecycle, pki, telemetry, tls};
+use phonehome_ingest::{AppState, auth, demo, lifecycle, telemetry, tls};
 use phonehome_schema::Serial;
 
 /// phonehome ingest: receives appliance health reports over mutual TLS, stores them in
@@ -40,10 +42,14 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Manage the fleet's certificate authority and certificates.
+    /// The fleet's certificate authority: certificates, enrolment tokens, revocation, CRL.
     Ca {
+        /// The ingest's configuration, for the commands that use its database
+        /// (issue-token, revoke, crl); PHONEHOME_DATABASE_URL works too.
+        #[arg(long, short, env = "PHONEHOME_CONFIG", global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
-        command: CaCommand,
+        command: ca_cli::CaCommand,
     },
     /// Manage the operations listener's API tokens (stored as SHA-256 digests; the secret is
     /// printed once, at creation).
@@ -119,53 +125,6 @@ enum ApplianceCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum CaCommand {
-    /// Create a new CA (ca.crt, ca.key) in --dir. Refuses to overwrite an existing one.
-    Init {
-        /// Directory for the CA files.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The CA's common name.
-        #[arg(long, default_value = "phonehome fleet CA")]
-        name: String,
-        #[arg(long, default_value_t = 3650)]
-        days: i64,
-    },
-    /// Issue the ingest's TLS server certificate (server.crt, server.key in --dir).
-    IssueServer {
-        /// Directory holding the CA; the certificate is written there too.
-        #[arg(long)]
-        dir: PathBuf,
-        /// DNS name or IP address appliances use to reach the ingest; repeat for several.
-        #[arg(long = "name", required = true)]
-        names: Vec<String>,
-        /// File name stem of the certificate and key.
-        #[arg(long, default_value = "server")]
-        stem: String,
-        #[arg(long, default_value_t = 825)]
-        days: i64,
-    },
-    /// Issue an appliance's client certificate; its serial goes in the subject CN and a URI SAN.
-    IssueAppliance {
-        /// Directory holding the CA.
-        #[arg(long)]
-        dir: PathBuf,
-        /// The appliance's serial number, exactly as its collector reports it.
-        #[arg(long)]
-        serial: String,
-        /// Where to write appliance-SERIAL.crt and .key (default: --dir).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[arg(long, default_value_t = 3650)]
-        days: i64,
-        /// The appliance key's type: ed25519 (cheapest handshakes), or p256 for keys that a
-        /// TPM or HSM must hold.
-        #[arg(long, value_enum, default_value_t)]
-        key_type: pki::KeyType,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
@@ -180,7 +139,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Ca { command } => ca(command),
+        Command::Ca { config, command } => ca_cli::run(config, command),
         Command::Serve { config } => runtime()?.block_on(serve(Config::load(config.as_deref())?)),
         Command::Migrate { config } => runtime()?.block_on(async {
             let config = Config::load(config.as_deref())?;
@@ -221,7 +180,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(?config, "starting");
     phonehome_ingest::fdlimit::check(&config);
-    let tls = tls::server_config(&config.tls).context("load TLS files")?;
+    let tls = tls::ServerTls::load(
+        &config.tls,
+        std::time::Duration::from_secs(
+            u64::try_from(config.pki.renew_grace_days.saturating_mul(86_400)).unwrap_or(0),
+        ),
+    )
+    .context("load TLS files")?;
+    if let Some(dir) = &config.pki.ca_dir {
+        phonehome_pki::ca::Authority::load(dir)
+            .with_context(|| format!("pki.ca_dir {}: the issuing CA", dir.display()))?;
+    }
     let storage = Storage::connect_with(config.database_url.expose(), config.storage_settings())?;
     storage
         .migrate()
@@ -294,6 +263,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_admission_wait(std::time::Duration::from_millis(config.admission_wait_ms))
         .with_counts_max_age(std::time::Duration::from_secs(
             config.dashboard_counts_max_age_secs,
+        ))
+        .with_issuing(config.pki.issuing(&config.tls.ca_cert))
+        .with_revocation_refresh(std::time::Duration::from_secs(
+            config.pki.revocation_refresh_secs,
         ));
     phonehome_ingest::serve(reports, ops, tls, state, shutdown_signal()).await?;
     maintenance.abort();
@@ -432,49 +405,6 @@ async fn appliance(config: Config, command: ApplianceCommand) -> anyhow::Result<
                 } else {
                     ""
                 }
-            );
-        }
-    }
-    Ok(())
-}
-
-fn ca(command: CaCommand) -> anyhow::Result<()> {
-    match command {
-        CaCommand::Init { dir, name, days } => {
-            let f = pki::init_ca(&dir, &name, days)?;
-            println!(
-                "wrote {} and {} (mode 0600)",
-                f.cert.display(),
-                f.key.display()
-            );
-        }
-        CaCommand::IssueServer {
-            dir,
-            names,
-            stem,
-            days,
-        } => {
-            let f = pki::issue_server(&dir, &names, &stem, days)?;
-            println!(
-                "wrote {} and {} (mode 0600)",
-                f.cert.display(),
-                f.key.display()
-            );
-        }
-        CaCommand::IssueAppliance {
-            dir,
-            serial,
-            out,
-            days,
-            key_type,
-        } => {
-            let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
-            let out = out.unwrap_or_else(|| dir.clone());
-            let f = pki::issue_appliance(&dir, &out, &serial, days, key_type)?;
-            println!(
-                "wrote {} and {} (mode 0600)",
-                f.cert.display(),
-                f.key.display()
             );
         }
     }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub task_up: IntGaugeVec,
     /// What the two listeners refuse or close, and how full they are.
     pub listeners: ListenerMetrics,
+    /// Enrolments, renewals, revocation refusals and TLS reloads.
+    pub identity: IdentityMetrics,
 }
 
 /// The listeners' bounds at work (issue 13, findings 2 and 4). A report refused for its pace
@@ -282,6 +284,7 @@ impl Metrics {
         }
         crate::alertmanager::register(&registry).expect("metric names are distinct");
         let listeners = ListenerMetrics::new(&registry).expect("metric names are distinct");
+        let identity = IdentityMetrics::new(&registry).expect("metric names are distinct");
         Metrics {
             registry,
             reports,
@@ -306,6 +309,7 @@ impl Metrics {
             task_restarts,
             task_up,
             listeners,
+            identity,
         }
     }
 
@@ -412,5 +416,101 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The fleet identity's counters: what enrolment and renewal answered, what the revocation list
+/// refused, and whether the report listener's certificates reloaded.
+#[derive(Debug, Clone)]
+pub struct IdentityMetrics {
+    /// `POST /v1/enroll` by outcome (`issued` or the refusal's reason).
+    pub enrolments: IntCounterVec,
+    /// `POST /v1/renew` by outcome.
+    pub renewals: IntCounterVec,
+    /// Requests refused by the revocation list, by reason.
+    pub revocation_refusals: IntCounterVec,
+    /// Requests with an expired certificate anywhere but `/v1/renew`.
+    pub expired_refusals: prometheus::IntCounter,
+    /// Seconds since the revocation list was loaded (set at scrape time; -1 before the first).
+    pub revocations_age: Gauge,
+    /// Reloads of the report listener's certificate and trusted CAs, by outcome.
+    pub tls_reloads: IntCounterVec,
+}
+
+impl IdentityMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let enrolments = IntCounterVec::new(
+            Opts::new(
+                "phonehome_enrolments_total",
+                "Enrolments (POST /v1/enroll) by outcome: issued, or why the token or request was refused.",
+            ),
+            &["outcome"],
+        )?;
+        let renewals = IntCounterVec::new(
+            Opts::new(
+                "phonehome_renewals_total",
+                "Certificate renewals (POST /v1/renew) by outcome: issued, or why refused.",
+            ),
+            &["outcome"],
+        )?;
+        let revocation_refusals = IntCounterVec::new(
+            Opts::new(
+                "phonehome_revocation_refusals_total",
+                "Requests on the report listener refused because the certificate or its serial is revoked (or the list is not loaded yet).",
+            ),
+            &["reason"],
+        )?;
+        let expired_refusals = prometheus::IntCounter::new(
+            "phonehome_expired_certificate_refusals_total",
+            "Requests with an expired certificate (within renew_grace_days) refused because they were not a renewal.",
+        )?;
+        let revocations_age = Gauge::new(
+            "phonehome_revocation_list_age_seconds",
+            "Seconds since this replica loaded the revocation list (-1: never).",
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "phonehome_tls_reloads_total",
+                "Reloads of the report listener's server certificate and trusted CAs (SIGHUP or the files changed), by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in [
+            "issued",
+            "unknown_token",
+            "token_used",
+            "token_expired",
+            "other_serial",
+            "retired",
+            "revoked",
+            "bad_request",
+            "error",
+        ] {
+            enrolments.with_label_values(&[outcome]).reset();
+        }
+        for outcome in ["issued", "revoked", "retired", "bad_request", "error"] {
+            renewals.with_label_values(&[outcome]).reset();
+        }
+        for reason in ["certificate_revoked", "serial_revoked", "not_loaded"] {
+            revocation_refusals.with_label_values(&[reason]).reset();
+        }
+        for outcome in ["ok", "error"] {
+            tls_reloads.with_label_values(&[outcome]).reset();
+        }
+        revocations_age.set(-1.0);
+        registry.register(Box::new(enrolments.clone()))?;
+        registry.register(Box::new(renewals.clone()))?;
+        registry.register(Box::new(revocation_refusals.clone()))?;
+        registry.register(Box::new(expired_refusals.clone()))?;
+        registry.register(Box::new(revocations_age.clone()))?;
+        registry.register(Box::new(tls_reloads.clone()))?;
+        Ok(IdentityMetrics {
+            enrolments,
+            renewals,
+            revocation_refusals,
+            expired_refusals,
+            revocations_age,
+            tls_reloads,
+        })
     }
 }

@@ -10,15 +10,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use phonehome_schema::enrol::ENROL_ALPN;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::reports::PeerIdentity;
-use crate::tls::{IdentityError, appliance_identity};
-use crate::{AppState, ops_router, router};
+use crate::tls::{IdentityError, ServerTls, appliance_identity};
+use crate::{AppState, enrol_router, ops_router, router};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,15 +28,37 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for accepted requests to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the report listener's certificate files are looked at for a change.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs both listeners until `shutdown` completes, then lets accepted requests finish.
+/// Runs both listeners until `shutdown` completes, then lets accepted requests finish. Also
+/// runs, supervised, what the report listener relies on: the revocation list's reloads and the
+/// reload of its certificates on SIGHUP or a change on disk.
 pub async fn serve(
     reports: TcpListener,
     ops: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The list is loaded before the first connection is accepted: until then every
+    // certificate would be refused with 503.
+    if let Err(e) = state.revocations.reload(&state.storage).await {
+        tracing::warn!(error = %e, "cannot load the revocation list yet; reports wait for it (503)");
+    }
+    let revocations = {
+        let (list, storage) = (state.revocations.clone(), state.storage.clone());
+        state
+            .tasks
+            .spawn("revocations", move || list.clone().watch(storage.clone()))
+    };
+    let reloads = {
+        let (tls, metrics) = (tls.clone(), state.metrics.clone());
+        state.tasks.spawn("tls_reload", move || {
+            watch_tls(tls.clone(), metrics.clone())
+        })
+    };
+    let _stop_background = AbortOnDrop(vec![revocations, reloads]);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -55,6 +78,67 @@ pub async fn serve(
     };
     let (a, b) = tokio::join!(reports, ops);
     a.and(b)
+}
+
+/// Aborts the listener's background tasks when `serve` returns, however it returns.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Reloads the report listener's certificate, key and trusted CAs on SIGHUP and whenever the
+/// files change; a reload that fails keeps the running configuration and says why.
+async fn watch_tls(tls: ServerTls, metrics: Arc<crate::metrics::Metrics>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(TLS_WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing: Option<String> = None;
+    loop {
+        let why = tokio::select! {
+            _ = tick.tick() => {
+                if !tls.changed_on_disk() {
+                    continue;
+                }
+                "the files changed"
+            }
+            Some(()) = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "SIGHUP",
+        };
+        match tls.reload() {
+            Ok(()) => {
+                metrics
+                    .identity
+                    .tls_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                failing = None;
+                tracing::info!(reason = why, cert = %tls.files().server_cert.display(), "report listener certificates reloaded; new connections use them");
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                // A file being copied in place fails every tick until it is whole: once is
+                // enough in the log, the counter counts each.
+                metrics
+                    .identity
+                    .tls_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                if failing.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(reason = why, error = %msg, "cannot reload the report listener's certificates; still using the previous ones");
+                }
+                failing = Some(msg);
+            }
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -115,15 +199,16 @@ pub fn listen_reports(addr: std::net::SocketAddr) -> std::io::Result<TcpListener
     socket.listen(REPORT_BACKLOG)
 }
 
-/// Serves `POST /v1/reports` over mutual TLS on `listener`.
+/// Serves the report API over mutual TLS on `listener`, and enrolment to connections that offer
+/// [`ENROL_ALPN`] (and so may present no certificate).
 pub async fn serve_reports(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ServerTls,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
     let app = router(state.clone());
+    let enrol_app = enrol_router(state.clone());
     let graceful = GracefulShutdown::new();
     let listeners = &state.metrics.listeners;
     let at_capacity = listeners.at_capacity.with_label_values(&["reports"]);
@@ -147,15 +232,32 @@ pub async fn serve_reports(
             },
             () = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let tls = tls.current();
+        let (app, enrol_app) = (app.clone(), enrol_app.clone());
         let metrics = state.metrics.clone();
         let watcher = graceful.watcher();
         let open = OpenConnection::new(open.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            // The ClientHello says which configuration applies: a collector enrolling offers the
+            // enrolment ALPN and has no certificate yet; everyone else must present one.
+            let handshake = async {
+                let start =
+                    LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+                let enrolling = start
+                    .client_hello()
+                    .alpn()
+                    .is_some_and(|mut protocols| protocols.any(|p| p == ENROL_ALPN));
+                let config = if enrolling {
+                    tls.enrol.clone()
+                } else {
+                    tls.main.clone()
+                };
+                start.into_stream(config).await.map(|s| (s, enrolling))
+            };
+            let (stream, enrolling) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await
+            {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     metrics.handshake_failures.inc();
@@ -185,6 +287,7 @@ pub async fn serve_reports(
                 .unwrap_or_default();
             let span = tracing::info_span!("conn", %peer, serial);
             let peer_identity = PeerIdentity(identity);
+            let app = if enrolling { enrol_app } else { app };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer_identity.clone());
                 app.clone().oneshot(req)

@@ -1,19 +1,25 @@
-//! TLS for the report listener: the server configuration (client certificate required, verified
-//! against the fleet CA) and reading an appliance's identity out of its certificate.
+//! TLS for the report listener: the server configurations (mutual TLS for reports and renewal,
+//! server-only TLS for enrolment), reloaded without a restart, and reading an appliance's
+//! identity out of its certificate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use phonehome_schema::Serial;
+use phonehome_schema::enrol::ENROL_ALPN;
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DistinguishedName};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::TlsConfig;
-use crate::pki::serial_from_uri;
+use phonehome_pki::serial_from_uri;
 
 /// Why the TLS server configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,33 +63,221 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError
     Ok(certs)
 }
 
-/// The report listener's TLS configuration: TLS 1.2 and 1.3 only, a client certificate chaining
-/// to the fleet CA is required (no certificate, or another CA's, fails the handshake).
-pub fn server_config(files: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    let mut roots = RootCertStore::empty();
-    for ca in read_certs(&files.ca_cert)? {
-        roots.add(ca)?;
+/// `renew_grace_days`' default as a duration.
+pub const DEFAULT_RENEW_GRACE: Duration =
+    Duration::from_secs(crate::certs::DEFAULT_RENEW_GRACE_DAYS.unsigned_abs() * 86_400);
+
+/// The report listener's TLS, reloadable: the configurations new connections get, rebuilt
+/// from the files on SIGHUP or when they change on disk ([`ServerTls::reload`]). A connection
+/// keeps the configuration it started with, so a rotation fails no handshake in flight.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    files: TlsConfig,
+    renew_grace: Duration,
+    current: Arc<RwLock<Arc<Loaded>>>,
+}
+
+/// One generation of the report listener's TLS.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Mutual TLS: an appliance certificate chaining to a trusted CA is required.
+    pub main: Arc<rustls::ServerConfig>,
+    /// For connections that offer [`ENROL_ALPN`]: no client certificate; they reach only the
+    /// enrolment endpoints.
+    pub enrol: Arc<rustls::ServerConfig>,
+    /// The trusted CA certificates (PEM), as enrolment and renewal hand them to collectors.
+    pub ca_bundle_pem: String,
+    stamp: Vec<Option<FileStamp>>,
+}
+
+/// What tells a file was replaced or rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(files: &TlsConfig) -> Vec<Option<FileStamp>> {
+    use std::os::unix::fs::MetadataExt;
+    [&files.ca_cert, &files.server_cert, &files.server_key]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p).ok().map(|m| FileStamp {
+                modified: m.modified().ok(),
+                len: m.len(),
+                inode: m.ino(),
+            })
+        })
+        .collect()
+}
+
+impl ServerTls {
+    /// Loads the files; a client certificate that expired up to `renew_grace` ago still
+    /// completes the handshake, for `POST /v1/renew` only (the report API refuses it).
+    pub fn load(files: &TlsConfig, renew_grace: Duration) -> Result<Self, TlsSetupError> {
+        let loaded = build(files, renew_grace)?;
+        Ok(ServerTls {
+            files: files.clone(),
+            renew_grace,
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+        })
     }
-    let verifier =
+
+    /// The configuration for a connection starting now.
+    pub fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether any of the files changed since they were loaded.
+    pub fn changed_on_disk(&self) -> bool {
+        stamp(&self.files) != self.current().stamp
+    }
+
+    /// Rebuilds from the files. On error the running configuration stays, so a half-copied
+    /// certificate never takes the listener down; the caller logs and counts it.
+    pub fn reload(&self) -> Result<(), TlsSetupError> {
+        let loaded = Arc::new(build(&self.files, self.renew_grace)?);
+        match self.current.write() {
+            Ok(mut g) => *g = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        Ok(())
+    }
+
+    /// The files this configuration comes from.
+    pub fn files(&self) -> &TlsConfig {
+        &self.files
+    }
+}
+
+fn build(files: &TlsConfig, renew_grace: Duration) -> Result<Loaded, TlsSetupError> {
+    // Stamped before reading: a file replaced while it is read is read again next time.
+    let stamp = stamp(files);
+    let mut roots = RootCertStore::empty();
+    let ca_certs = read_certs(&files.ca_cert)?;
+    for ca in &ca_certs {
+        roots.add(ca.clone())?;
+    }
+    let ca_bundle_pem =
+        std::fs::read_to_string(&files.ca_cert).map_err(|e| TlsSetupError::Pem {
+            path: files.ca_cert.clone(),
+            message: e.to_string(),
+        })?;
+    let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier = Arc::new(GraceVerifier {
+        inner: webpki,
+        grace: renew_grace,
+    });
     let chain = read_certs(&files.server_cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.server_key).map_err(|e| TlsSetupError::Pem {
         path: files.server_key.clone(),
         message: e.to_string(),
     })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    let base = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mut main = base
+        .clone()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Our order, not the client's (rustls clients put AES-256 first).
-    config.ignore_client_order = true;
-    // An appliance connects once a day and a collector run keeps its one connection alive, so
-    // a resumable session would never be used: no tickets (two encrypted messages per
-    // handshake by default) and no session cache to fill and evict.
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(config))
+        .with_single_cert(chain.clone(), key.clone_key())?;
+    main.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut enrol = base.with_no_client_auth().with_single_cert(chain, key)?;
+    enrol.alpn_protocols = vec![ENROL_ALPN.to_vec()];
+    for config in [&mut main, &mut enrol] {
+        // Our order, not the client's (rustls clients put AES-256 first).
+        config.ignore_client_order = true;
+        // An appliance connects once a day and a collector run keeps its one connection alive,
+        // so a resumable session would never be used: no tickets (two encrypted messages per
+        // handshake by default) and no session cache to fill and evict. Without resumption
+        // every connection presents its certificate, and every request is checked against
+        // the revocation list (`revocation.rs`).
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
+    Ok(Loaded {
+        main: Arc::new(main),
+        enrol: Arc::new(enrol),
+        ca_bundle_pem,
+        stamp,
+    })
+}
+
+/// The report listener's client certificate check: the chain must verify against the trusted
+/// CAs, as webpki checks it, except that a certificate that expired no longer than `grace` ago
+/// is verified as of its last valid second. An appliance that sat on a shelf past its
+/// certificate's end may then renew it; the report API refuses expired certificates itself.
+#[derive(Debug)]
+struct GraceVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    grace: Duration,
+}
+
+impl ClientCertVerifier for GraceVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            )) => {
+                let expired = rustls::Error::InvalidCertificate(CertificateError::Expired);
+                let not_after = X509Certificate::from_der(end_entity)
+                    .map_err(|_| expired.clone())?
+                    .1
+                    .validity()
+                    .not_after
+                    .timestamp();
+                let not_after = u64::try_from(not_after).map_err(|_| expired.clone())?;
+                let now_secs = now.as_secs();
+                // Only the appliance's own certificate may be past its end, within the grace.
+                if now_secs <= not_after
+                    || now_secs.saturating_sub(not_after) > self.grace.as_secs()
+                {
+                    return Err(expired);
+                }
+                let then = UnixTime::since_unix_epoch(Duration::from_secs(not_after));
+                self.inner
+                    .verify_client_cert(end_entity, intermediates, then)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The appliance a verified client certificate speaks for.
@@ -92,6 +286,9 @@ pub struct ApplianceIdentity {
     pub serial: Serial,
     /// SHA-256 of the certificate's DER encoding: which certificate delivered a report.
     pub cert_sha256: [u8; 32],
+    pub not_before: chrono::DateTime<chrono::Utc>,
+    /// Past it, the certificate may only renew (`POST /v1/renew`, within `renew_grace_days`).
+    pub not_after: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a certificate that passed chain verification still names no appliance.
@@ -154,16 +351,21 @@ pub fn appliance_identity(der: &[u8]) -> Result<ApplianceIdentity, IdentityError
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let mut cert_sha256 = [0u8; 32];
     cert_sha256.copy_from_slice(digest.as_ref());
+    let time = |t: x509_parser::time::ASN1Time| {
+        chrono::DateTime::from_timestamp(t.timestamp(), 0).ok_or(IdentityError::Unparsable)
+    };
     Ok(ApplianceIdentity {
         serial,
         cert_sha256,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki;
+    use phonehome_pki::{self as pki, ca};
 
     fn der_of(path: &Path) -> Vec<u8> {
         read_certs(path).unwrap().remove(0).to_vec()
@@ -172,15 +374,21 @@ mod tests {
     #[test]
     fn appliance_certificates_name_their_serial_and_server_certificates_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        pki::init_ca(dir.path(), "test", 10).unwrap();
+        ca::init_ca(dir.path(), "test", 10, 10).unwrap();
         let serial = Serial::parse("VMware-56 4d/9e").unwrap();
         let app =
-            pki::issue_appliance(dir.path(), dir.path(), &serial, 10, pki::KeyType::P256).unwrap();
+            ca::issue_appliance(dir.path(), dir.path(), &serial, 10, pki::KeyType::P256).unwrap();
         let id = appliance_identity(&der_of(&app.cert)).unwrap();
         assert_eq!(id.serial, serial);
         assert_ne!(id.cert_sha256, [0; 32]);
+        let days = (id.not_after - id.not_before).num_hours();
+        assert_eq!(
+            days,
+            10 * 24 + 1,
+            "valid for the days asked, backdated an hour"
+        );
 
-        let srv = pki::issue_server(dir.path(), &["localhost".into()], "server", 10).unwrap();
+        let srv = ca::issue_server(dir.path(), &["localhost".into()], "server", 10).unwrap();
         assert_eq!(
             appliance_identity(&der_of(&srv.cert)),
             Err(IdentityError::NoSerialSan)
@@ -196,7 +404,9 @@ mod tests {
             server_cert: dir.path().join("s.crt"),
             server_key: dir.path().join("s.key"),
         };
-        let err = server_config(&files).unwrap_err().to_string();
+        let err = ServerTls::load(&files, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope.crt"), "{err}");
     }
 }

@@ -8,17 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::{Datelike, Utc};
+use chrono::Utc;
 use phonehome_ingest::config::{DEFAULT_MAX_BODY_BYTES, TlsConfig};
 use phonehome_ingest::storage::Storage;
 use phonehome_ingest::tls::{ApplianceIdentity, appliance_identity};
-use phonehome_ingest::{AppState, pki, tls};
+use phonehome_ingest::{AppState, tls};
+use phonehome_pki::ca::{self, Authority};
 use phonehome_schema::Serial;
-use rcgen::string::Ia5String;
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,8 +123,9 @@ pub fn build_pki(
         Some(ca) => (ca.to_path_buf(), None),
         None => {
             let ca = dir.join("ca");
-            pki::init_ca(&ca, "phonehome loadgen CA", CERT_DAYS).context("create the test CA")?;
-            let srv = pki::issue_server(
+            ca::init_ca(&ca, "phonehome loadgen CA", CERT_DAYS, CERT_DAYS)
+                .context("create the test CA")?;
+            let srv = ca::issue_server(
                 &ca,
                 &["127.0.0.1".into(), "localhost".into()],
                 "server",
@@ -136,14 +133,14 @@ pub fn build_pki(
             )
             .context("issue the ingest's server certificate")?;
             let server = TlsConfig {
-                ca_cert: ca.join(pki::CA_CERT_FILE),
+                ca_cert: ca.join(ca::CA_CERT_FILE),
                 server_cert: srv.cert,
                 server_key: srv.key,
             };
             (ca, Some(server))
         }
     };
-    let ca_cert = ca_dir.join(pki::CA_CERT_FILE);
+    let ca_cert = ca_dir.join(ca::CA_CERT_FILE);
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&ca_cert)
         .with_context(|| format!("read {}", ca_cert.display()))?
@@ -155,8 +152,9 @@ pub fn build_pki(
     }
     let roots = Arc::new(roots);
     let provider = phonehome_ingest::tls::provider();
-    let issuer = load_issuer(&ca_dir)?;
-    let profile = Profile::new(CERT_DAYS);
+    let issuer = Authority::load(&ca_dir)
+        .with_context(|| format!("{}: the CA to issue with", ca_dir.display()))?;
+    let profile = Profile::new(CERT_DAYS, &issuer)?;
 
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
@@ -216,72 +214,54 @@ pub fn build_pki(
     })
 }
 
-/// The fleet CA's certificate and key, for signing.
-fn load_issuer(ca_dir: &Path) -> anyhow::Result<Issuer<'static, KeyPair>> {
-    let cert_path = ca_dir.join(pki::CA_CERT_FILE);
-    let key_path = ca_dir.join(pki::CA_KEY_FILE);
-    let cert_pem = std::fs::read_to_string(&cert_path)
-        .with_context(|| format!("read {}", cert_path.display()))?;
-    let key_pem = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("read {}", key_path.display()))?;
-    let key = KeyPair::from_pem(&key_pem)
-        .with_context(|| format!("{}: not a usable private key", key_path.display()))?;
-    Issuer::from_ca_cert_pem(&cert_pem, key)
-        .with_context(|| format!("{}: not a usable CA certificate", cert_path.display()))
-}
-
-/// What every appliance certificate shares, as `pki::issue_appliance` makes them: the
-/// organisation, client authentication only, and the validity period (from a day before now).
+/// What every appliance certificate shares, as `ca::issue_appliance` makes them
+/// ([`ca::appliance_params`]), the moment of issue, and the issuing CA to send after it.
 struct Profile {
-    base: CertificateParams,
+    now: chrono::DateTime<Utc>,
+    days: i64,
+    intermediate: Option<CertificateDer<'static>>,
 }
 
 impl Profile {
-    fn new(days: i64) -> Self {
-        let date = |t: chrono::DateTime<Utc>| {
-            rcgen::date_time_ymd(t.year(), t.month() as u8, t.day() as u8)
-        };
-        let mut base = CertificateParams::default();
-        base.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        base.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        base.not_before = date(Utc::now() - chrono::Duration::days(1));
-        base.not_after = date(Utc::now() + chrono::Duration::days(days.max(1)));
-        Profile { base }
+    fn new(days: i64, issuer: &Authority) -> anyhow::Result<Self> {
+        Ok(Profile {
+            now: Utc::now(),
+            days,
+            intermediate: issuer
+                .intermediate_der()
+                .context("read the issuing CA")?
+                .map(CertificateDer::from),
+        })
     }
 
     /// A new key pair and a certificate for `serial` signed by `issuer`, as the appliance's TLS
     /// client.
     fn issue(
         &self,
-        issuer: &Issuer<'_, KeyPair>,
+        issuer: &Authority,
         serial: Serial,
         roots: &Arc<rustls::RootCertStore>,
         provider: &Arc<rustls::crypto::CryptoProvider>,
     ) -> anyhow::Result<Appliance> {
         let (cert, key) = self.certificate(issuer, &serial)?;
-        client_for(serial, vec![cert], key, roots, provider)
+        let mut chain = vec![cert];
+        chain.extend(self.intermediate.clone());
+        client_for(serial, chain, key, roots, provider)
     }
 
     /// A new key pair and a certificate for `serial` signed by `issuer`.
     fn certificate(
         &self,
-        issuer: &Issuer<'_, KeyPair>,
+        issuer: &Authority,
         serial: &Serial,
     ) -> anyhow::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
-        let mut params = self.base.clone();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "phonehome fleet");
-        dn.push(DnType::CommonName, serial.as_str());
-        params.distinguished_name = dn;
-        let uri = pki::serial_uri(serial);
-        let uri = Ia5String::try_from(uri.as_str())
-            .with_context(|| format!("{uri:?} is not a valid URI SAN"))?;
-        params.subject_alt_names.push(SanType::URI(uri));
-        let key = pki::KeyType::default()
+        let params = ca::appliance_params(serial, self.now, self.days)
+            .context("the certificate's profile")?;
+        let key = phonehome_pki::KeyType::default()
             .generate()
             .context("generate a key")?;
         let cert = params
-            .signed_by(&key, issuer)
+            .signed_by(&key, issuer.issuer())
             .context("sign the certificate")?;
         let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
         Ok((cert.der().clone(), key))
@@ -430,7 +410,8 @@ impl LocalIngest {
         pool_size: usize,
         admission: Admission,
     ) -> anyhow::Result<Self> {
-        let tls = tls::server_config(files).context("load the ingest's TLS files")?;
+        let tls = tls::ServerTls::load(files, tls::DEFAULT_RENEW_GRACE)
+            .context("load the ingest's TLS files")?;
         let storage = Storage::connect(database_url, pool_size)?;
         storage
             .load_dictionaries()
@@ -510,21 +491,31 @@ mod tests {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        pki::init_ca(&ca, "test CA", 2).unwrap();
+        ca::init_ca(&ca, "test CA", 2, 2).unwrap();
         let serial = Serial::parse("SN 42/x").unwrap();
-        let files =
-            pki::issue_appliance(&ca, dir.path(), &serial, CERT_DAYS, pki::KeyType::default())
-                .unwrap();
+        let files = ca::issue_appliance(
+            &ca,
+            dir.path(),
+            &serial,
+            CERT_DAYS,
+            phonehome_pki::KeyType::default(),
+        )
+        .unwrap();
         let from_pki = CertificateDer::from_pem_file(&files.cert).unwrap();
-        let (in_memory, _) = Profile::new(CERT_DAYS)
-            .certificate(&load_issuer(&ca).unwrap(), &serial)
+        let issuer = Authority::load(&ca).unwrap();
+        let (in_memory, _) = Profile::new(CERT_DAYS, &issuer)
+            .unwrap()
+            .certificate(&issuer, &serial)
             .unwrap();
 
         let (_, a) = X509Certificate::from_der(&from_pki).unwrap();
         let (_, b) = X509Certificate::from_der(&in_memory).unwrap();
         assert_eq!(a.subject().to_string(), b.subject().to_string());
         assert_eq!(a.issuer().to_string(), b.issuer().to_string());
-        assert_eq!(a.validity(), b.validity());
+        // Issued a moment apart: the same validity to within the test's own run time.
+        let secs = |t: x509_parser::time::ASN1Time| t.timestamp();
+        assert!((secs(a.validity().not_before) - secs(b.validity().not_before)).abs() <= 5);
+        assert!((secs(a.validity().not_after) - secs(b.validity().not_after)).abs() <= 5);
         assert_eq!(a.signature_algorithm, b.signature_algorithm);
         assert_eq!(a.public_key().algorithm, b.public_key().algorithm);
         assert_ne!(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use phonehome_ingest::config::TlsConfig;
-use phonehome_ingest::pki;
+use phonehome_pki::{self as pki, ca};
 use phonehome_schema::Serial;
 
 /// A certificate and its key on disk.
@@ -23,8 +23,8 @@ pub struct TestPki {
 impl TestPki {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        pki::init_ca(&dir.path().join("fleet"), "test fleet CA", 10).expect("init CA");
-        pki::issue_server(
+        ca::init_ca(&dir.path().join("fleet"), "test fleet CA", 10, 10).expect("init CA");
+        ca::issue_server(
             &dir.path().join("fleet"),
             &["localhost".into(), "127.0.0.1".into()],
             "server",
@@ -39,13 +39,13 @@ impl TestPki {
     }
 
     pub fn ca_cert(&self) -> PathBuf {
-        self.dir.path().join("fleet").join(pki::CA_CERT_FILE)
+        self.dir.path().join("fleet").join(ca::CA_CERT_FILE)
     }
 
     pub fn server_tls(&self) -> TlsConfig {
         let fleet = self.dir.path().join("fleet");
         TlsConfig {
-            ca_cert: fleet.join(pki::CA_CERT_FILE),
+            ca_cert: fleet.join(ca::CA_CERT_FILE),
             server_cert: fleet.join("server.crt"),
             server_key: fleet.join("server.key"),
         }
@@ -59,7 +59,7 @@ impl TestPki {
     /// A client certificate for `serial` from the fleet CA, for a `key_type` key.
     pub fn appliance_with(&self, serial: &str, key_type: pki::KeyType) -> CertPair {
         let serial = Serial::parse(serial).expect("test serial is valid");
-        let f = pki::issue_appliance(
+        let f = ca::issue_appliance(
             &self.dir.path().join("fleet"),
             &self.dir.path().join("appliances"),
             &serial,
@@ -76,11 +76,11 @@ impl TestPki {
     /// A client certificate for `serial` from a CA the ingest does not trust.
     pub fn foreign_appliance(&self, serial: &str) -> CertPair {
         let foreign = self.dir.path().join("foreign");
-        if !foreign.join(pki::CA_CERT_FILE).exists() {
-            pki::init_ca(&foreign, "someone else's CA", 10).expect("init foreign CA");
+        if !foreign.join(ca::CA_CERT_FILE).exists() {
+            ca::init_ca(&foreign, "someone else's CA", 10, 10).expect("init foreign CA");
         }
         let serial = Serial::parse(serial).expect("test serial is valid");
-        let f = pki::issue_appliance(&foreign, &foreign, &serial, 10, pki::KeyType::default())
+        let f = ca::issue_appliance(&foreign, &foreign, &serial, 10, pki::KeyType::default())
             .expect("issue foreign certificate");
         CertPair {
             cert: f.cert,

@@ -109,6 +109,8 @@ async fn a_fleet_over_two_weeks_fires_and_resolves_exactly_the_right_alerts() {
                 let identity = ApplianceIdentity {
                     serial: serial.parse().expect("serial"),
                     cert_sha256: [1; 32],
+                    not_before: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                    not_after: chrono::DateTime::<chrono::Utc>::MAX_UTC,
                 };
                 storage
                     .insert_report(&r, &identity, &body)
@@ -348,6 +350,8 @@ async fn a_fleet_over_two_weeks_fires_and_resolves_exactly_the_right_alerts() {
             &ApplianceIdentity {
                 serial: "SN-SILENT".parse().expect("serial"),
                 cert_sha256: [1; 32],
+                not_before: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                not_after: chrono::DateTime::<chrono::Utc>::MAX_UTC,
             },
             &body,
         )

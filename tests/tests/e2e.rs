@@ -330,8 +330,8 @@ async fn an_appliance_whose_key_is_p256_is_accepted_beside_ed25519_ones() {
     let pki = TestPki::new();
     let ingest = IngestProcess::start(&db, &pki).await;
     for (serial, key_type) in [
-        ("SN-P256", phonehome_ingest::pki::KeyType::P256),
-        ("SN-ED25519", phonehome_ingest::pki::KeyType::Ed25519),
+        ("SN-P256", phonehome_pki::KeyType::P256),
+        ("SN-ED25519", phonehome_pki::KeyType::Ed25519),
     ] {
         let client = TlsClient::new(&pki.ca_cert(), Some(&pki.appliance_with(serial, key_type)));
         let r = client

@@ -329,6 +329,8 @@ async fn each_report_names_the_certificate_that_delivered_it() {
         let id = ApplianceIdentity {
             serial: "SN-CERT".parse().expect("serial"),
             cert_sha256: [cert; 32],
+            not_before: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            not_after: chrono::DateTime::<chrono::Utc>::MAX_UTC,
         };
         (r, id)
     };

@@ -92,7 +92,7 @@ fn role(s: &str) -> Role {
 }
 
 /// Inserts one audit row inside `tx`, so the change and its record commit together.
-async fn audit(
+pub(crate) async fn audit(
     tx: &deadpool_postgres::Transaction<'_>,
     actor: &str,
     action: &str,

@@ -8,6 +8,7 @@ mod bulk;
 pub mod dashboard;
 pub mod evidence;
 pub mod fleet;
+pub mod identity;
 mod legacy;
 pub mod maintenance;
 pub mod notify;
