@@ -89,6 +89,20 @@ impl TlsClient {
             .map_err(|e| format!("handshake: {e}"))?;
         exchange(tls, "POST", path, headers, body).await
     }
+
+    /// GETs `path` over mutual TLS.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Response, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        exchange(tls, "GET", path, &[], &[]).await
+    }
 }
 
 /// A POST whose body is sent in two parts, so a test can hold a request open on the server.
