@@ -397,6 +397,67 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_certificate_passes_the_handshake_only_within_the_renewal_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        // The CA predates every certificate it signed, as it does in the field.
+        let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+        ca::init_ca_at(dir.path(), "test", 3650, 3650, long_ago).unwrap();
+        let authority = ca::Authority::load(dir.path()).unwrap();
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(&dir.path().join(ca::CA_CERT_FILE)).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let verifier = GraceVerifier {
+            inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap(),
+            grace: Duration::from_secs(30 * 86_400),
+        };
+        let intermediate = CertificateDer::from(authority.intermediate_der().unwrap().unwrap());
+        let serial = Serial::parse("SN-SHELF").unwrap();
+        // Issued `issued_days_ago`, valid for 30 days.
+        let cert = |issued_days_ago: i64| {
+            let now = chrono::Utc::now() - chrono::Duration::days(issued_days_ago);
+            let key = pki::KeyType::Ed25519.generate().unwrap();
+            let params = ca::appliance_params(&serial, now, 30).unwrap();
+            params
+                .signed_by(&key, authority.issuer())
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let now = UnixTime::now();
+        let verify = |c: &CertificateDer<'_>| {
+            verifier.verify_client_cert(c, std::slice::from_ref(&intermediate), now)
+        };
+        assert!(verify(&cert(1)).is_ok(), "valid");
+        let r = verify(&cert(40));
+        assert!(
+            r.is_ok(),
+            "expired 10 days ago: within the 30-day grace, it may renew: {r:?}"
+        );
+        assert!(
+            matches!(
+                verify(&cert(70)),
+                Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
+            ),
+            "expired 40 days ago: past the grace"
+        );
+        // A certificate from another CA stays refused whatever its dates.
+        let other = tempfile::tempdir().unwrap();
+        ca::init_ca(other.path(), "other", 10, 10).unwrap();
+        let foreign = ca::issue_appliance(
+            other.path(),
+            other.path(),
+            &serial,
+            10,
+            pki::KeyType::Ed25519,
+        )
+        .unwrap();
+        assert!(verify(&read_certs(&foreign.cert).unwrap()[0]).is_err());
+    }
+
+    #[test]
     fn server_config_names_the_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let files = TlsConfig {

@@ -64,6 +64,17 @@ pub fn init_ca(
     root_days: i64,
     issuing_days: i64,
 ) -> Result<CaFiles, PkiError> {
+    init_ca_at(dir, common_name, root_days, issuing_days, Utc::now())
+}
+
+/// [`init_ca`] as if run at `now`: tests need a CA older than the certificates they age.
+pub fn init_ca_at(
+    dir: &Path,
+    common_name: &str,
+    root_days: i64,
+    issuing_days: i64,
+    now: DateTime<Utc>,
+) -> Result<CaFiles, PkiError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let root = IssuedFiles {
         cert: dir.join(CA_CERT_FILE),
@@ -84,7 +95,6 @@ pub fn init_ca(
             return Err(PkiError::Exists(p.clone()));
         }
     }
-    let now = Utc::now();
     let root_key = KeyType::Ed25519.generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(&format!("{common_name} root"));
