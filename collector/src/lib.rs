@@ -11,6 +11,7 @@ pub mod app;
 pub mod command;
 pub mod config;
 pub mod deliver;
+pub mod enrol;
 pub mod exit;
 pub mod filesystems;
 pub mod fit;

@@ -70,6 +70,24 @@ enum Command {
     /// Collect this machine's report, save it in the spool, and deliver every spooled report
     /// to the ingest over mutual TLS, oldest first; prints one line on standard error saying
     /// what happened.
+    /// Enrol this appliance with a one-time token from `phonehome-ingest ca issue-token`: make
+    /// its key here (client_key, mode 0600; it never leaves the machine), send a certificate
+    /// request to the ingest (`server`, trusting `ca_cert`), and store the certificate
+    /// (client_cert) and the CA bundle the ingest hands out (ca_cert). Exit 0 enrolled, 78
+    /// refused or misconfigured (a used, expired or wrong token needs a new one), 75 the
+    /// ingest could not be reached (try again).
+    Enroll {
+        /// The collector's configuration file (server, ca_cert, client_cert, client_key, and
+        /// serial if the machine's own must not be used).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The enrolment token (or PHONEHOME_ENROL_TOKEN, which keeps it out of `ps`).
+        #[arg(long, env = "PHONEHOME_ENROL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Root of the machine's filesystem, where the serial is read.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
     #[command(after_help = EXIT_CODES)]
     Run {
         /// Configuration file (TOML): server, ca_cert, client_cert, client_key, optional serial,
@@ -101,6 +119,11 @@ fn main() -> ExitCode {
             root,
             splay,
         } => run(config, root, splay, cli.smartctl),
+        Command::Enroll {
+            config,
+            token,
+            root,
+        } => enroll(&config, &token, root),
     };
     phonehome_collector::footprint::report_if_asked();
     ExitCode::from(code)
@@ -168,6 +191,54 @@ fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) ->
         outcome.summary()
     );
     outcome.exit_code()
+}
+
+fn enroll(config: &Path, token: &str, root: PathBuf) -> u8 {
+    use phonehome_collector::enrol::{EnrolError, Enrolment};
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    let settings = match config.delivery() {
+        Ok(s) => s,
+        Err(e) => return config_error(&e),
+    };
+    let serial = match phonehome_collector::identity::collect(
+        &MachineRoot::new(root),
+        config.serial.as_ref(),
+    ) {
+        Ok(identity) => identity.serial,
+        Err(e) => {
+            eprintln!("phonehome-collector: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let enrolment = Enrolment {
+        server: settings.server,
+        ca_cert: settings.ca_cert,
+        client_cert: settings.client_cert,
+        client_key: settings.client_key,
+        serial: serial.clone(),
+        timeout: settings.timeout,
+    };
+    match phonehome_collector::enrol::enroll(&enrolment, token) {
+        Ok(done) => {
+            eprintln!(
+                "phonehome-collector: enrolled as {serial}; certificate in {}, valid until {}",
+                enrolment.client_cert.display(),
+                done.not_after.to_rfc3339()
+            );
+            exit::OK
+        }
+        Err(e @ EnrolError::Transient(_)) => {
+            eprintln!("phonehome-collector: enrolment not done, try again: {e}");
+            exit::TEMPFAIL
+        }
+        Err(e) => {
+            eprintln!("phonehome-collector: enrolment refused: {e}");
+            exit::CONFIG
+        }
+    }
 }
 
 fn load_for_delivery(path: &Path) -> Result<(Config, Client), ConfigError> {

@@ -1,6 +1,6 @@
 //! What can go wrong in the PKI, one enum for every operation.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Errors of the PKI operations.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum PkiError {
 }
 
 #[cfg(feature = "ca")]
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
         path: path.to_path_buf(),
         source,

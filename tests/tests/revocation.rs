@@ -199,3 +199,132 @@ async fn an_enrolment_token_is_shown_once_and_stored_only_as_its_digest() {
     );
     assert!(!ok && err.contains("unit"), "a bad --ttl is refused: {err}");
 }
+
+/// A collector config for `serial` whose key and certificate go in `dir` (not there yet).
+fn collector_config(
+    dir: &std::path::Path,
+    ingest: &IngestProcess,
+    ca: &std::path::Path,
+    serial: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("collector.toml");
+    std::fs::copy(ca, dir.join("ca.crt")).expect("copy the CA");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server = {:?}\nca_cert = \"ca.crt\"\nclient_cert = \"appliance.crt\"\nclient_key = \"appliance.key\"\nserial = {serial:?}\ntimeout_seconds = 10\n",
+            ingest.report_url(),
+        ),
+    )
+    .expect("write the config");
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_appliance_enrols_with_a_token_once_and_reports_with_its_own_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ca_dir = pki.dir().join("fleet");
+    let ca_dir_text = ca_dir.display().to_string();
+    let ingest =
+        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_CA_DIR", ca_dir_text.as_str())]).await;
+    let (ok, out, err) = cli(
+        &db,
+        &["ca", "issue-token", "--serial", "SN-ENROL", "--ttl", "1h"],
+    );
+    assert!(ok, "{out}{err}");
+    let token = out.trim().to_owned();
+
+    let appliance = tempfile::tempdir().expect("dir");
+    let cfg = collector_config(appliance.path(), &ingest, &pki.ca_cert(), "SN-ENROL");
+    let cfg_text = cfg.display().to_string();
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg_text],
+        &[("PHONEHOME_ENROL_TOKEN", token.as_str())],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("enrolled as SN-ENROL"),
+        "{}",
+        run.stderr
+    );
+    let key = appliance.path().join("appliance.key");
+    let mode = std::fs::metadata(&key)
+        .expect("key written")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the key is the appliance's alone");
+
+    // The enrolled pair delivers a report.
+    let pair = phonehome_tests::pki::CertPair {
+        cert: appliance.path().join("appliance.crt"),
+        key,
+    };
+    let client = TlsClient::new(&pki.ca_cert(), Some(&pair));
+    let r = client
+        .post(
+            ingest.report_addr,
+            "/v1/reports",
+            &[JSON],
+            &body("SN-ENROL"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let issued: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM issued_certificates WHERE serial = 'SN-ENROL' AND via = 'enrol'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(issued, 1);
+
+    // The same token again, from another appliance: refused, nothing written or issued.
+    let again = tempfile::tempdir().expect("dir");
+    let cfg2 = collector_config(again.path(), &ingest, &pki.ca_cert(), "SN-ENROL");
+    let cfg2_text = cfg2.display().to_string();
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg2_text],
+        &[("PHONEHOME_ENROL_TOKEN", token.as_str())],
+    );
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(run.stderr.contains("already used"), "{}", run.stderr);
+    assert!(!again.path().join("appliance.crt").exists());
+    // A token for another serial, and one that was never issued: refused as well.
+    let (ok, out, _) = cli(&db, &["ca", "issue-token", "--serial", "SN-OTHER"]);
+    assert!(ok);
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg2_text],
+        &[("PHONEHOME_ENROL_TOKEN", out.trim())],
+    );
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(run.stderr.contains("another serial"), "{}", run.stderr);
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg2_text],
+        &[("PHONEHOME_ENROL_TOKEN", "phe_made_up")],
+    );
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown enrolment token"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        ingest
+            .metric("phonehome_enrolments_total{outcome=\"token_used\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        ingest
+            .metric("phonehome_enrolments_total{outcome=\"issued\"}")
+            .await,
+        Some(1.0)
+    );
+}
