@@ -263,14 +263,7 @@ async fn write_crl(
 /// A SHA-256 fingerprint in hex, with or without colons.
 fn parse_fingerprint(s: &str) -> anyhow::Result<[u8; 32]> {
     let hex: String = s.chars().filter(|c| *c != ':').collect();
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i.saturating_add(2))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>();
-    bytes
+    pki::from_hex(&hex)
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| {
             anyhow::anyhow!("--certificate {s:?} is not a SHA-256 fingerprint (64 hex digits)")

@@ -34,8 +34,6 @@ pub struct IssuingSettings {
     pub ca_bundle: Option<PathBuf>,
     /// Lifetime of an appliance certificate (`appliance_cert_days`).
     pub appliance_days: i64,
-    /// How long after expiry a certificate may still renew (`renew_grace_days`).
-    pub renew_grace_days: i64,
     /// How long the CRL says it is good for (`crl_valid_hours`).
     pub crl_valid_hours: i64,
 }
@@ -50,7 +48,6 @@ impl Default for IssuingSettings {
             ca_dir: None,
             ca_bundle: None,
             appliance_days: phonehome_pki::DEFAULT_APPLIANCE_DAYS,
-            renew_grace_days: DEFAULT_RENEW_GRACE_DAYS,
             crl_valid_hours: DEFAULT_CRL_VALID_HOURS,
         }
     }
@@ -117,14 +114,42 @@ pub async fn gate(
     Ok(next.run(req).await)
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+/// The request's JSON, within [`MAX_REQUEST_BYTES`], and its CSR within [`MAX_CSR_BYTES`].
+async fn read_request<T: serde::de::DeserializeOwned>(
+    body: Body,
+    csr_pem: impl Fn(&T) -> &str,
+) -> Result<T, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, MAX_REQUEST_BYTES)
         .await
         .map_err(|_| ApiError::TooLarge {
             limit: MAX_REQUEST_BYTES,
             after: "",
         })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))
+    let req: T =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    if csr_pem(&req).len() > MAX_CSR_BYTES {
+        return Err(ApiError::TooLarge {
+            limit: MAX_CSR_BYTES,
+            after: " (csr_pem)",
+        });
+    }
+    Ok(req)
+}
+
+/// Signs `csr_pem` for `serial` with the issuing CA: what enrolment and renewal run inside
+/// their transactions.
+fn signer<'a>(
+    authority: &'a Authority,
+    csr_pem: &'a str,
+    serial: &'a phonehome_schema::Serial,
+    days: i64,
+) -> impl FnOnce() -> Result<(Issued, [u8; 32]), String> + 'a {
+    move || {
+        authority
+            .sign_csr(csr_pem, serial, days, Utc::now())
+            .map(|i| (i, authority.info().sha256))
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn answer(issued: &Issued, bundle: String) -> Json<IssuedCertificate> {
@@ -146,34 +171,22 @@ pub async fn enroll(State(state): State<AppState>, body: Body) -> Result<Respons
             .with_label_values(&[outcome])
             .inc()
     };
-    let req: EnrolRequest = match read_json(body).await {
+    let req = match read_request(body, |r: &EnrolRequest| &r.csr_pem).await {
         Ok(r) => r,
         Err(e) => {
             counted("bad_request");
             return Err(e);
         }
     };
-    if req.csr_pem.len() > MAX_CSR_BYTES {
-        counted("bad_request");
-        return Err(ApiError::TooLarge {
-            limit: MAX_CSR_BYTES,
-            after: " (csr_pem)",
-        });
-    }
     let settings = state.issuing.clone();
     let authority = settings.authority()?;
-    let issuer_sha = authority.info().sha256;
-    let days = settings.appliance_days;
-    let serial = req.serial.clone();
-    let result = state
-        .storage
-        .enrol(&req.token, &req.serial, || {
-            authority
-                .sign_csr(&req.csr_pem, &serial, days, Utc::now())
-                .map(|i| (i, issuer_sha))
-                .map_err(|e| e.to_string())
-        })
-        .await;
+    let sign = signer(
+        &authority,
+        &req.csr_pem,
+        &req.serial,
+        settings.appliance_days,
+    );
+    let result = state.storage.enrol(&req.token, &req.serial, sign).await;
     match result {
         Ok(issued) => {
             counted("issued");
@@ -217,33 +230,22 @@ pub async fn renew(
             return Err(ApiError::Forbidden("no client certificate".into()));
         }
     };
-    let req: RenewRequest = match read_json(body).await {
+    let req = match read_request(body, |r: &RenewRequest| &r.csr_pem).await {
         Ok(r) => r,
         Err(e) => {
             counted("bad_request");
             return Err(e);
         }
     };
-    if req.csr_pem.len() > MAX_CSR_BYTES {
-        counted("bad_request");
-        return Err(ApiError::TooLarge {
-            limit: MAX_CSR_BYTES,
-            after: " (csr_pem)",
-        });
-    }
     let settings = state.issuing.clone();
     let authority = settings.authority()?;
-    let issuer_sha = authority.info().sha256;
-    let days = settings.appliance_days;
-    let result = state
-        .storage
-        .renew(&id, || {
-            authority
-                .sign_csr(&req.csr_pem, &id.serial, days, Utc::now())
-                .map(|i| (i, issuer_sha))
-                .map_err(|e| e.to_string())
-        })
-        .await;
+    let sign = signer(
+        &authority,
+        &req.csr_pem,
+        &id.serial,
+        settings.appliance_days,
+    );
+    let result = state.storage.renew(&id, sign).await;
     match result {
         Ok(issued) => {
             counted("issued");

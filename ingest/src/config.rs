@@ -225,7 +225,6 @@ impl PkiConfig {
             ca_dir: self.ca_dir.clone(),
             ca_bundle: Some(ca_bundle.to_path_buf()),
             appliance_days: self.appliance_cert_days,
-            renew_grace_days: self.renew_grace_days,
             crl_valid_hours: self.crl_valid_hours,
         }
     }

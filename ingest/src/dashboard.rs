@@ -271,7 +271,7 @@ impl FleetSource for DashboardSource {
             .storage
             .audit_log(q.target.as_deref(), q.before, limit.saturating_add(1))
             .await?;
-        let mut items: Vec<d::AuditRow> = rows.into_iter().map(audit_row).collect();
+        let mut items = rows;
         let next = if items.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
             items.truncate(usize::try_from(limit).unwrap_or(0));
             items.last().map(|r| r.id.to_string())
@@ -362,21 +362,10 @@ impl FleetSource for DashboardSource {
                 changed_by: l.changed_by,
             });
         }
-        view.audit = audit.into_iter().map(audit_row).collect();
+        view.audit = audit;
         Ok(Some(view))
     }
 }
 
 /// Audit rows on an appliance's page; the rest are on `/audit?target=`.
 const APPLIANCE_AUDIT_ROWS: i64 = 20;
-
-fn audit_row(e: crate::storage::admin::AuditEntry) -> d::AuditRow {
-    d::AuditRow {
-        id: e.id,
-        at: e.at,
-        actor: e.actor,
-        action: e.action,
-        target: e.target,
-        detail: e.detail,
-    }
-}

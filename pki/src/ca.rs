@@ -267,7 +267,9 @@ impl Authority {
             .iter()
             .map(|(hex, at)| {
                 Ok(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&from_hex(hex)?),
+                    serial_number: SerialNumber::from_slice(&crate::from_hex(hex).ok_or_else(
+                        || PkiError::BadCertificate(format!("serial number {hex:?} is not hex")),
+                    )?),
                     revocation_time: offset(*at)?,
                     reason_code: None,
                     invalidity_date: None,
@@ -397,25 +399,6 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-fn from_hex(hex: &str) -> Result<Vec<u8>, PkiError> {
-    let padded = if hex.len() % 2 == 1 {
-        format!("0{hex}")
-    } else {
-        hex.to_owned()
-    };
-    (0..padded.len())
-        .step_by(2)
-        .map(|i| {
-            padded
-                .get(i..i.saturating_add(2))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    PkiError::BadCertificate(format!("serial number {hex:?} is not hex"))
-                })
-        })
-        .collect()
 }
 
 fn dn(common_name: &str) -> DistinguishedName {

@@ -44,6 +44,24 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bytes of a hex text (upper or lower case; an odd length reads as a leading 0);
+/// `None` if it is not hex.
+pub fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    let padded = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex.to_owned()
+    };
+    (0..padded.len())
+        .step_by(2)
+        .map(|i| {
+            padded
+                .get(i..i.saturating_add(2))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
+}
+
 /// Every certificate in a PEM text, in order.
 pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -78,30 +78,28 @@ impl TlsClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, String> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
-        let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        exchange(tls, "POST", path, headers, body).await
+        exchange(self.connect(addr).await?, "POST", path, headers, body).await
     }
 
     /// GETs `path` over mutual TLS.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Response, String> {
+        exchange(self.connect(addr).await?, "GET", path, &[], &[]).await
+    }
+
+    /// A fresh TCP connection and TLS handshake to `addr` as 127.0.0.1.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-        let tls = connector
+        connector
             .connect(name, tcp)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        exchange(tls, "GET", path, &[], &[]).await
+            .map_err(|e| format!("handshake: {e}"))
     }
 }
 
@@ -125,15 +123,7 @@ impl TlsClient {
         body: &[u8],
         sent: usize,
     ) -> Result<PartialPost, String> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
-        let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
-        let mut stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let mut stream = self.connect(addr).await?;
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",

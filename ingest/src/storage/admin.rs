@@ -31,17 +31,6 @@ pub struct TokenMatch {
     pub revoked: bool,
 }
 
-/// One row of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub detail: serde_json::Value,
-}
-
 /// Why an operator's write was not done.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -372,7 +361,7 @@ impl Storage {
         target: Option<&str>,
         before: Option<i64>,
         limit: i64,
-    ) -> Result<Vec<AuditEntry>, StorageError> {
+    ) -> Result<Vec<phonehome_dashboard::model::AuditRow>, StorageError> {
         let client = self.pool().get().await?;
         let rows = client
             .query(
@@ -385,7 +374,7 @@ impl Storage {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| AuditEntry {
+            .map(|r| phonehome_dashboard::model::AuditRow {
                 id: r.get(0),
                 at: r.get(1),
                 actor: r.get(2),

@@ -90,11 +90,9 @@ pub struct Revoked {
     pub revoked_at: DateTime<Utc>,
 }
 
-/// SHA-256 of an enrolment token's secret: all the database keeps of it.
-pub fn token_digest(secret: &str) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, secret.trim().as_bytes())
-        .as_ref()
-        .to_vec()
+/// SHA-256 of an enrolment token's secret (as for API tokens): all the database keeps of it.
+fn token_digest(secret: &str) -> [u8; 32] {
+    crate::auth::digest(secret.trim())
 }
 
 impl Storage {
@@ -136,7 +134,7 @@ impl Storage {
             "INSERT INTO enrolment_tokens (token_sha256, serial, created_at, expires_at, created_by)
              VALUES ($1, $2, $3, $4, $5)",
             &[
-                &token_digest(secret),
+                &token_digest(secret).as_slice(),
                 &serial.as_str(),
                 &now,
                 &expires_at,
@@ -173,7 +171,7 @@ impl Storage {
             .query_opt(
                 "SELECT serial, created_at, expires_at, used_at FROM enrolment_tokens
                  WHERE token_sha256 = $1 FOR UPDATE",
-                &[&token_digest(secret)],
+                &[&token_digest(secret).as_slice()],
             )
             .await
             .map_err(StorageError::from)?
@@ -212,7 +210,11 @@ impl Storage {
         tx.execute(
             "UPDATE enrolment_tokens SET used_at = $2, used_cert_sha256 = $3
              WHERE token_sha256 = $1",
-            &[&token_digest(secret), &now, &issued.info.sha256.as_slice()],
+            &[
+                &token_digest(secret).as_slice(),
+                &now,
+                &issued.info.sha256.as_slice(),
+            ],
         )
         .await
         .map_err(StorageError::from)?;
