@@ -95,6 +95,38 @@ impl Client {
         }
     }
 
+    /// `POST {server}/v1/renew` with a request for a new key, over the mutual TLS of this
+    /// client's (current, possibly expired within the ingest's grace) pair.
+    pub fn renew_certificate(
+        &self,
+        csr_pem: &str,
+    ) -> Result<phonehome_schema::enrol::IssuedCertificate, String> {
+        let body = serde_json::to_vec(&phonehome_schema::enrol::RenewRequest {
+            csr_pem: csr_pem.to_owned(),
+        })
+        .map_err(|e| e.to_string())?;
+        let url = format!("{}/v1/renew", self.server);
+        let mut response = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .send(&body[..])
+            .map_err(|e| describe(&e, self.timeout))?;
+        let status = response.status().as_u16();
+        let mut answer = Vec::new();
+        response
+            .body_mut()
+            .as_reader()
+            .take(RESPONSE_LIMIT)
+            .read_to_end(&mut answer)
+            .map_err(|e| format!("reading the answer: {e}"))?;
+        if status != 200 {
+            return Err(status_text(status, server_message(&answer).as_deref()));
+        }
+        serde_json::from_slice(&answer).map_err(|e| format!("unreadable answer: {e}"))
+    }
+
     /// Posts an already gzip-compressed JSON report once and says what happened.
     pub fn post(&self, gzipped_json: &[u8]) -> Outcome {
         let response = self

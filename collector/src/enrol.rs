@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,41 +140,14 @@ pub fn enroll(e: &Enrolment, token: &str) -> Result<Enrolled, EnrolError> {
 }
 
 fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), EnrolError> {
-    let tmp = path.with_extension("enrol-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("cannot create", &tmp))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io("cannot set the mode of", &tmp))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot rename to", path))?;
-    sync_dir(path);
-    Ok(())
+    crate::renew::write_atomically(path, text, mode).map_err(EnrolError::Config)
 }
 
 fn replace(path: &Path, text: &str) -> Result<(), EnrolError> {
     if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(());
     }
-    let tmp = path.with_extension("enrol-tmp");
-    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("cannot rename to", path))?;
-    sync_dir(path);
-    Ok(())
-}
-
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    write_new(path, text, 0o644)
 }
 
 /// One POST over TLS that offers the enrolment ALPN and presents no certificate.

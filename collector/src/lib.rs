@@ -19,6 +19,7 @@ pub mod footprint;
 pub mod identity;
 pub mod machine;
 pub mod nics;
+pub mod renew;
 pub mod smart;
 pub mod spool;
 pub mod system;

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use phonehome_collector::config::DeliverySettings;
 use phonehome_collector::deliver::{Client, deliver_unspooled, random_unit, spool_and_deliver};
 use phonehome_collector::spool::Spool;
-use phonehome_collector::{CollectOptions, Config, ConfigError, MachineRoot, collect_report, exit};
+use phonehome_collector::{
+    CollectOptions, Config, ConfigError, MachineRoot, collect_report, exit, renew,
+};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -67,12 +70,10 @@ enum Command {
         #[arg(long)]
         compact: bool,
     },
-    /// Collect this machine's report, save it in the spool, and deliver every spooled report
-    /// to the ingest over mutual TLS, oldest first; prints one line on standard error saying
-    /// what happened.
-    /// Enrol this appliance with a one-time token from `phonehome-ingest ca issue-token`: make
-    /// its key here (client_key, mode 0600; it never leaves the machine), send a certificate
-    /// request to the ingest (`server`, trusting `ca_cert`), and store the certificate
+    /// Enrol this appliance with a one-time token from `phonehome-ingest ca issue-token`.
+    ///
+    /// Makes its key here (client_key, mode 0600; it never leaves the machine), sends a certificate
+    /// request to the ingest (`server`, trusting `ca_cert`), and stores the certificate
     /// (client_cert) and the CA bundle the ingest hands out (ca_cert). Exit 0 enrolled, 78
     /// refused or misconfigured (a used, expired or wrong token needs a new one), 75 the
     /// ingest could not be reached (try again).
@@ -88,6 +89,12 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },
+    /// Collect, spool and deliver this machine's report (the daily job).
+    ///
+    /// Collects this machine's report, saves it in the spool, and delivers every spooled report
+    /// to the ingest over mutual TLS, oldest first; prints one line on standard error saying
+    /// what happened. Renews the certificate first when it is due (past about two thirds
+    /// of its lifetime); a failed renewal is said and does not stop the report.
     #[command(after_help = EXIT_CODES)]
     Run {
         /// Configuration file (TOML): server, ca_cert, client_cert, client_key, optional serial,
@@ -103,6 +110,20 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 0,
               value_parser = clap::value_parser!(u64).range(..=86_400))]
         splay: u64,
+    },
+    /// Renew this appliance's certificate now.
+    ///
+    /// A new key made here, a certificate for it from
+    /// the ingest over mutual TLS), whether or not it is due; `run` renews by itself past about
+    /// two thirds of the lifetime. Exit 0 renewed, 75 the ingest could not be reached or
+    /// refused (the old pair stays), 78 configuration error.
+    Renew {
+        /// The collector's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Root of the machine's filesystem, where the serial is read.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -124,6 +145,7 @@ fn main() -> ExitCode {
             token,
             root,
         } => enroll(&config, &token, root),
+        Command::Renew { config, root } => renew_now(&config, root),
     };
     phonehome_collector::footprint::report_if_asked();
     ExitCode::from(code)
@@ -159,7 +181,7 @@ fn collect(config: Option<PathBuf>, root: PathBuf, compact: bool, smartctl: Opti
 
 fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) -> u8 {
     // Everything a human must fix is checked before anything is collected or sent.
-    let (config, client) = match load_for_delivery(&config) {
+    let (config, settings, mut client, settled) = match load_for_delivery(&config) {
         Ok(loaded) => loaded,
         Err(e) => return config_error(&e),
     };
@@ -177,16 +199,37 @@ fn run(config: PathBuf, root: PathBuf, splay: u64, smartctl: Option<PathBuf>) ->
             wait.as_secs_f64()
         )
     });
-    let report = match gather(Some(&config), root, smartctl) {
+    let mut report = match gather(Some(&config), root, smartctl) {
         Ok(report) => report,
         Err(code) => return code,
     };
+    // Renewal never holds the report back: a failure is said and carried in the report.
+    let files = renew::KeyFiles::of(&settings);
+    let renewal = renew::renew_if_due(
+        &client,
+        &files,
+        &report.identity.serial,
+        chrono::Utc::now(),
+        false,
+    );
+    if let renew::Renewal::Renewed { .. } = renewal {
+        match Client::new(&settings) {
+            Ok(c) => client = c,
+            Err(e) => return config_error(&e),
+        }
+    }
+    report.collector.certificate = renew::state(&files);
     let outcome = match &spool {
         Ok(spool) => spool_and_deliver(&client, spool, report),
         Err(e) => deliver_unspooled(&client, &config.spool, e, &report),
     };
+    let certificate = settled
+        .into_iter()
+        .chain(renewal.summary())
+        .map(|s| format!("{s}; "))
+        .collect::<String>();
     eprintln!(
-        "phonehome-collector: {}{}",
+        "phonehome-collector: {}{certificate}{}",
         splayed.unwrap_or_default(),
         outcome.summary()
     );
@@ -241,10 +284,46 @@ fn enroll(config: &Path, token: &str, root: PathBuf) -> u8 {
     }
 }
 
-fn load_for_delivery(path: &Path) -> Result<(Config, Client), ConfigError> {
+/// The configuration, its delivery settings, a client holding a matching key pair (after
+/// finishing or undoing a renewal a kill interrupted, which the last item says), all checked.
+type Loaded = (Config, DeliverySettings, Client, Option<String>);
+
+fn load_for_delivery(path: &Path) -> Result<Loaded, ConfigError> {
     let config = Config::load(path)?;
-    let client = Client::new(&config.delivery()?)?;
-    Ok((config, client))
+    let settings = config.delivery()?;
+    let settled = renew::settle(&renew::KeyFiles::of(&settings))?;
+    let client = Client::new(&settings)?;
+    Ok((config, settings, client, settled))
+}
+
+fn renew_now(config: &Path, root: PathBuf) -> u8 {
+    let (config, settings, client, settled) = match load_for_delivery(config) {
+        Ok(loaded) => loaded,
+        Err(e) => return config_error(&e),
+    };
+    if let Some(s) = settled {
+        eprintln!("phonehome-collector: {s}");
+    }
+    let serial = match phonehome_collector::identity::collect(
+        &MachineRoot::new(root),
+        config.serial.as_ref(),
+    ) {
+        Ok(identity) => identity.serial,
+        Err(e) => {
+            eprintln!("phonehome-collector: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let files = renew::KeyFiles::of(&settings);
+    let renewal = renew::renew_if_due(&client, &files, &serial, chrono::Utc::now(), true);
+    eprintln!(
+        "phonehome-collector: {}",
+        renewal.summary().unwrap_or_default()
+    );
+    match renewal {
+        renew::Renewal::Renewed { .. } => exit::OK,
+        _ => exit::TEMPFAIL,
+    }
 }
 
 /// Collects this machine's report with the configuration's options and `--smartctl`; a report

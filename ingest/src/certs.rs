@@ -33,7 +33,7 @@ pub struct IssuingSettings {
     /// What collectors are told to trust: the ingest's own `tls.ca_cert`.
     pub ca_bundle: Option<PathBuf>,
     /// Lifetime of an appliance certificate (`appliance_cert_days`).
-    pub appliance_days: i64,
+    pub appliance_lifetime: chrono::Duration,
     /// How long the CRL says it is good for (`crl_valid_hours`).
     pub crl_valid_hours: i64,
 }
@@ -47,7 +47,7 @@ impl Default for IssuingSettings {
         IssuingSettings {
             ca_dir: None,
             ca_bundle: None,
-            appliance_days: phonehome_pki::DEFAULT_APPLIANCE_DAYS,
+            appliance_lifetime: chrono::Duration::days(phonehome_pki::DEFAULT_APPLIANCE_DAYS),
             crl_valid_hours: DEFAULT_CRL_VALID_HOURS,
         }
     }
@@ -142,11 +142,11 @@ fn signer<'a>(
     authority: &'a Authority,
     csr_pem: &'a str,
     serial: &'a phonehome_schema::Serial,
-    days: i64,
+    lifetime: chrono::Duration,
 ) -> impl FnOnce() -> Result<(Issued, [u8; 32]), String> + 'a {
     move || {
         authority
-            .sign_csr(csr_pem, serial, days, Utc::now())
+            .sign_csr(csr_pem, serial, lifetime, Utc::now())
             .map(|i| (i, authority.info().sha256))
             .map_err(|e| e.to_string())
     }
@@ -184,7 +184,7 @@ pub async fn enroll(State(state): State<AppState>, body: Body) -> Result<Respons
         &authority,
         &req.csr_pem,
         &req.serial,
-        settings.appliance_days,
+        settings.appliance_lifetime,
     );
     let result = state.storage.enrol(&req.token, &req.serial, sign).await;
     match result {
@@ -243,7 +243,7 @@ pub async fn renew(
         &authority,
         &req.csr_pem,
         &id.serial,
-        settings.appliance_days,
+        settings.appliance_lifetime,
     );
     let result = state.storage.renew(&id, sign).await;
     match result {

@@ -111,6 +111,9 @@ pub struct PkiConfig {
     pub ca_dir: Option<PathBuf>,
     /// Lifetime of the appliance certificates the ingest issues.
     pub appliance_cert_days: i64,
+    /// A lifetime in seconds that wins over `appliance_cert_days`: for a lab or a test that
+    /// watches certificates renew and expire.
+    pub appliance_cert_seconds: Option<i64>,
     /// How long after its certificate expired an appliance may still renew with it.
     pub renew_grace_days: i64,
     /// How often each replica reloads the revocation list: the longest a revoked certificate
@@ -125,6 +128,7 @@ impl Default for PkiConfig {
         PkiConfig {
             ca_dir: None,
             appliance_cert_days: phonehome_pki::DEFAULT_APPLIANCE_DAYS,
+            appliance_cert_seconds: None,
             renew_grace_days: crate::certs::DEFAULT_RENEW_GRACE_DAYS,
             revocation_refresh_secs: crate::revocation::DEFAULT_REFRESH_SECS,
             crl_valid_hours: crate::certs::DEFAULT_CRL_VALID_HOURS,
@@ -138,6 +142,7 @@ impl Default for PkiConfig {
 struct FilePki {
     ca_dir: Option<PathBuf>,
     appliance_cert_days: Option<i64>,
+    appliance_cert_seconds: Option<i64>,
     renew_grace_days: Option<i64>,
     revocation_refresh_secs: Option<u64>,
     crl_valid_hours: Option<i64>,
@@ -150,6 +155,9 @@ impl PkiConfig {
         }
         if let Some(v) = f.appliance_cert_days {
             self.appliance_cert_days = v;
+        }
+        if let Some(v) = f.appliance_cert_seconds {
+            self.appliance_cert_seconds = Some(v);
         }
         if let Some(v) = f.renew_grace_days {
             self.renew_grace_days = v;
@@ -179,6 +187,9 @@ impl PkiConfig {
         if let Some(v) = env("PHONEHOME_APPLIANCE_CERT_DAYS") {
             self.appliance_cert_days = num("PHONEHOME_APPLIANCE_CERT_DAYS", v)?;
         }
+        if let Some(v) = env("PHONEHOME_APPLIANCE_CERT_SECONDS") {
+            self.appliance_cert_seconds = Some(num("PHONEHOME_APPLIANCE_CERT_SECONDS", v)?);
+        }
         if let Some(v) = env("PHONEHOME_RENEW_GRACE_DAYS") {
             self.renew_grace_days = num("PHONEHOME_RENEW_GRACE_DAYS", v)?;
         }
@@ -197,6 +208,13 @@ impl PkiConfig {
                 "pki.appliance_cert_days = {} must be between 1 and 3650",
                 self.appliance_cert_days
             )));
+        }
+        if let Some(s) = self.appliance_cert_seconds {
+            if !(1..=3650 * 86_400).contains(&s) {
+                return Err(ConfigError::Invalid(format!(
+                    "pki.appliance_cert_seconds = {s} must be between 1 and 315360000"
+                )));
+            }
         }
         if !(0..=3650).contains(&self.renew_grace_days) {
             return Err(ConfigError::Invalid(format!(
@@ -224,7 +242,10 @@ impl PkiConfig {
         crate::certs::IssuingSettings {
             ca_dir: self.ca_dir.clone(),
             ca_bundle: Some(ca_bundle.to_path_buf()),
-            appliance_days: self.appliance_cert_days,
+            appliance_lifetime: match self.appliance_cert_seconds {
+                Some(s) => chrono::Duration::seconds(s),
+                None => chrono::Duration::days(self.appliance_cert_days),
+            },
             crl_valid_hours: self.crl_valid_hours,
         }
     }

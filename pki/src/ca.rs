@@ -224,14 +224,14 @@ impl Authority {
         }
     }
 
-    /// Signs a certificate for `serial` valid for `days` from `now` (backdated by
+    /// Signs a certificate for `serial` valid for `lifetime` from `now` (backdated by
     /// [`BACKDATE`]) for the public key of `csr_pem`. The request's signature must verify and
     /// its key be Ed25519 or P-256; whatever names it asks for are ignored.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
         serial: &Serial,
-        days: i64,
+        lifetime: Duration,
         now: DateTime<Utc>,
     ) -> Result<Issued, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
@@ -243,7 +243,7 @@ impl Authority {
             ));
         }
         let request = CertificateSigningRequestParams {
-            params: appliance_params(serial, now, days)?,
+            params: appliance_params_for(serial, now, lifetime)?,
             public_key: csr.public_key,
         };
         let cert = request.signed_by(&self.issuer)?;
@@ -368,6 +368,16 @@ pub fn appliance_params(
     now: DateTime<Utc>,
     days: i64,
 ) -> Result<CertificateParams, PkiError> {
+    appliance_params_for(serial, now, Duration::days(days.clamp(1, 36_500)))
+}
+
+/// [`appliance_params`] with a lifetime finer than a day (a lab or a test that watches a
+/// certificate age).
+pub fn appliance_params_for(
+    serial: &Serial,
+    now: DateTime<Utc>,
+    lifetime: Duration,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(serial.as_str());
     let uri = serial_uri(serial);
@@ -382,7 +392,9 @@ pub fn appliance_params(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial()?);
-    set_validity(&mut params, now, days)?;
+    params.not_before = offset(now - BACKDATE)?;
+    let lifetime = lifetime.clamp(Duration::seconds(1), Duration::days(36_500));
+    params.not_after = offset(now + lifetime)?;
     Ok(params)
 }
 
@@ -506,7 +518,9 @@ mod tests {
         let csr = csr_pem(&Serial::parse("SN-OTHER").unwrap(), &key).unwrap();
         let now = Utc::now();
         let serial = Serial::parse("SN-1").unwrap();
-        let issued = ca.sign_csr(&csr, &serial, 365, now).unwrap();
+        let issued = ca
+            .sign_csr(&csr, &serial, Duration::days(365), now)
+            .unwrap();
         assert_eq!(issued.info.subject_cn.as_deref(), Some("SN-1"));
         assert_eq!(
             issued.info.not_before.timestamp(),
@@ -523,16 +537,16 @@ mod tests {
 
         let p256 = KeyType::P256.generate().unwrap();
         let csr = csr_pem(&serial, &p256).unwrap();
-        assert!(ca.sign_csr(&csr, &serial, 1, now).is_ok());
+        assert!(ca.sign_csr(&csr, &serial, Duration::days(1), now).is_ok());
 
         // A request whose signature does not verify is refused.
         let tampered = csr.replace("MI", "MJ");
         assert!(matches!(
-            ca.sign_csr(&tampered, &serial, 1, now),
+            ca.sign_csr(&tampered, &serial, Duration::days(1), now),
             Err(PkiError::BadRequest(_))
         ));
         assert!(matches!(
-            ca.sign_csr("junk", &serial, 1, now),
+            ca.sign_csr("junk", &serial, Duration::days(1), now),
             Err(PkiError::BadRequest(_))
         ));
 

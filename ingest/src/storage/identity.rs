@@ -55,6 +55,10 @@ pub enum RenewError {
     Revoked,
     #[error("appliance {0} is retired")]
     Retired(String),
+    /// An expired certificate that was renewed before: only the newest may come back late, so
+    /// a copied old key dies with its certificate.
+    #[error("this certificate expired and was already renewed; use the newer one")]
+    Superseded,
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -67,6 +71,7 @@ impl RenewError {
         match self {
             RenewError::Revoked => "revoked",
             RenewError::Retired(_) => "retired",
+            RenewError::Superseded => "superseded",
             RenewError::Refused(_) => "bad_request",
             RenewError::Storage(_) => "error",
         }
@@ -251,6 +256,22 @@ impl Storage {
             || by_serial.is_some_and(|at| id.not_before + phonehome_pki::BACKDATE <= at)
         {
             return Err(RenewError::Revoked);
+        }
+        // While it is valid a renewed certificate may renew again (the collector may have died
+        // before it stored the answer); once expired, only one never renewed may.
+        if id.not_after < now {
+            let renewed: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM issued_certificates
+                                    WHERE serial = $1 AND renewed_from = $2)",
+                    &[&serial, &id.cert_sha256.as_slice()],
+                )
+                .await
+                .map_err(StorageError::from)?
+                .get(0);
+            if renewed {
+                return Err(RenewError::Superseded);
+            }
         }
         let (issued, issuer_sha256) = sign().map_err(RenewError::Refused)?;
         record_issued(
