@@ -56,7 +56,7 @@ pub struct Finding {
 }
 
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 15] = [
+pub const RULES: [&str; 16] = [
     "disk_failing",
     "disk_degrading",
     "disk_wearout",
@@ -71,6 +71,7 @@ pub const RULES: [&str; 15] = [
     "identity_conflict",
     "collector_degraded",
     "clock_skew",
+    "certificate_expiring",
     "alerts_folded",
 ];
 
@@ -98,6 +99,7 @@ pub struct AlertsConfig {
     pub identity_conflict: Hold,
     pub collector_degraded: Switch,
     pub clock_skew: ClockSkew,
+    pub certificate_expiring: CertificateExpiring,
     /// See [`DEFAULT_MAX_OPEN_PER_APPLIANCE`].
     pub max_open_per_appliance: u32,
 }
@@ -128,6 +130,7 @@ impl Default for AlertsConfig {
             },
             collector_degraded: Switch::default(),
             clock_skew: ClockSkew::default(),
+            certificate_expiring: CertificateExpiring::default(),
             max_open_per_appliance: DEFAULT_MAX_OPEN_PER_APPLIANCE,
         }
     }
@@ -181,6 +184,71 @@ pub fn clock_skew(config: &AlertsConfig, skew_seconds: Option<i64>) -> Option<Fi
             "the appliance's clock is {amount} {direction} of the ingest's; its reports are \
              ordered by when they arrived"
         ),
+    })
+}
+
+/// `certificate_expiring`: the certificate the appliance reported with ends in fewer than
+/// `days` (warning) or `critical_days` (critical; expired and still inside the renewal grace
+/// too). A collector renews at about two thirds of the lifetime, so on a year's certificate
+/// this fires only when renewals have failed for months; the summary carries the collector's
+/// last renewal error.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertificateExpiring {
+    pub enabled: bool,
+    pub days: u32,
+    pub critical_days: u32,
+}
+
+impl Default for CertificateExpiring {
+    fn default() -> Self {
+        CertificateExpiring {
+            enabled: true,
+            days: 30,
+            critical_days: 7,
+        }
+    }
+}
+
+/// The `certificate_expiring` finding for a certificate ending at `not_after`, seen at `now`,
+/// with the collector's last renewal error if it reported one.
+pub fn certificate_expiring(
+    config: &AlertsConfig,
+    not_after: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+    renewal_error: Option<&str>,
+) -> Option<Finding> {
+    let rule = &config.certificate_expiring;
+    let left = not_after.signed_duration_since(now);
+    if !rule.enabled || left >= chrono::Duration::days(i64::from(rule.days)) {
+        return None;
+    }
+    let severity = if left < chrono::Duration::days(i64::from(rule.critical_days)) {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    let when = not_after.format("%Y-%m-%d %H:%M UTC");
+    let (value, state) = if left <= chrono::Duration::zero() {
+        (format!("expired {when}"), format!("expired on {when}"))
+    } else {
+        let days = left.num_days();
+        (
+            format!("{days} d left"),
+            format!("expires on {when}, in {days} days"),
+        )
+    };
+    let why = match renewal_error {
+        Some(e) => format!("; the collector's last renewal failed: {e}"),
+        None => "; the collector has not renewed it (is it older than renewal, or not running?)"
+            .to_owned(),
+    };
+    Some(Finding {
+        rule: "certificate_expiring",
+        subject: String::new(),
+        severity,
+        value,
+        summary: format!("the appliance's certificate {state}{why}"),
     })
 }
 
@@ -411,6 +479,7 @@ impl AlertsConfig {
             "identity_conflict" => self.identity_conflict.enabled,
             "collector_degraded" => self.collector_degraded.enabled,
             "clock_skew" => self.clock_skew.enabled,
+            "certificate_expiring" => self.certificate_expiring.enabled,
             // The brake on one appliance's alerts cannot be switched off.
             "alerts_folded" => true,
             _ => false,
@@ -851,6 +920,37 @@ mod tests {
         ] {
             assert_eq!(version_less(a, b), less, "{a} < {b}");
         }
+    }
+
+    #[test]
+    fn certificate_expiring_warns_then_goes_critical_and_names_the_renewal_error() {
+        use chrono::{Duration, TimeZone, Utc};
+        let config = AlertsConfig::default();
+        let now = Utc.with_ymd_and_hms(2027, 3, 1, 12, 0, 0).unwrap();
+        let at = |days: i64| now + Duration::days(days);
+        assert_eq!(certificate_expiring(&config, at(31), now, None), None);
+        let warn = certificate_expiring(&config, at(20), now, Some("HTTP 503")).unwrap();
+        assert_eq!(warn.severity, Severity::Warning);
+        assert_eq!(warn.value, "20 d left");
+        assert!(
+            warn.summary.contains("renewal failed: HTTP 503"),
+            "{}",
+            warn.summary
+        );
+        let crit = certificate_expiring(&config, at(3), now, None).unwrap();
+        assert_eq!(crit.severity, Severity::Critical);
+        assert!(crit.summary.contains("has not renewed"), "{}", crit.summary);
+        let gone = certificate_expiring(&config, at(-2), now, None).unwrap();
+        assert_eq!(gone.severity, Severity::Critical);
+        assert_eq!(gone.value, "expired 2027-02-27 12:00 UTC");
+        let off = AlertsConfig {
+            certificate_expiring: CertificateExpiring {
+                enabled: false,
+                ..CertificateExpiring::default()
+            },
+            ..AlertsConfig::default()
+        };
+        assert_eq!(certificate_expiring(&off, at(-2), now, None), None);
     }
 
     #[test]

@@ -131,7 +131,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         report.identity.serial_source,
         report.identity.hostname.as_deref().unwrap_or("?")
     ));
-    let appliance = ca::issue_appliance(&pki_dir, &pki_dir, &serial, 30, pki::KeyType::default())?;
+    let appliance = ca::issue_appliance(
+        &pki_dir,
+        &pki_dir,
+        &serial,
+        pki::DEFAULT_APPLIANCE_DAYS,
+        pki::KeyType::default(),
+    )?;
 
     let tls_files = TlsConfig {
         ca_cert: pki_dir.join(ca::CA_CERT_FILE),

@@ -23,8 +23,10 @@ use tokio_rustls::client::TlsStream;
 
 use crate::fleet::Fleet;
 
-/// Certificates live two days: long enough for any run, useless if the directory leaks.
-const CERT_DAYS: i64 = 2;
+/// Certificates (and the throwaway CA) live 60 days: longer than `certificate_expiring`'s
+/// default 30, so a simulated fleet does not raise an alert per appliance; the CA is made
+/// fresh for each run and trusted nowhere else.
+const CERT_DAYS: i64 = 60;
 
 /// One simulated appliance: its serial and the TLS configuration that presents its certificate.
 #[derive(Debug)]

@@ -63,7 +63,7 @@ impl TestPki {
             &self.dir.path().join("fleet"),
             &self.dir.path().join("appliances"),
             &serial,
-            10,
+            phonehome_pki::DEFAULT_APPLIANCE_DAYS,
             key_type,
         )
         .expect("issue appliance certificate");

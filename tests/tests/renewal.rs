@@ -184,6 +184,20 @@ async fn an_appliance_renews_past_two_thirds_and_its_old_key_dies_with_its_certi
     assert_eq!(sha, first);
     assert!(state["not_after"].is_string(), "{state}");
     assert!(state.get("renewed_at").is_none(), "{state}");
+    // A 20-second certificate is far inside `certificate_expiring`'s 7 critical days.
+    let alert = db
+        .client()
+        .await
+        .query_one(
+            "SELECT severity, summary FROM alerts
+             WHERE rule = 'certificate_expiring' AND state = 'firing'",
+            &[],
+        )
+        .await
+        .expect("a certificate_expiring alert fires");
+    assert_eq!(alert.get::<_, String>(0), "critical");
+    let summary: String = alert.get(1);
+    assert!(summary.contains("has not renewed"), "{summary}");
     a.keep_old_pair();
 
     // Past 2/3 + the largest jitter (0.73 of 20 s): the run renews, then reports with the new

@@ -297,6 +297,15 @@ impl Storage {
         if let Some(sent_at) = sent_at {
             prepared.note_sent_at(sent_at, &self.settings.alerts);
         }
+        prepared.note_certificate(
+            identity.not_after,
+            report
+                .collector
+                .certificate
+                .as_ref()
+                .and_then(|c| c.renewal_error.as_deref()),
+            &self.settings.alerts,
+        );
         let writer = self.writer.get_or_init(|| {
             Writer::start(
                 self.core.clone(),

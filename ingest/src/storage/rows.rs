@@ -372,6 +372,23 @@ impl PreparedReport {
         self.judge_clock(alerts);
     }
 
+    /// The certificate the report arrived with ends at `not_after`: judged against
+    /// `certificate_expiring`, with the renewal error the collector reported.
+    pub fn note_certificate(
+        &mut self,
+        not_after: DateTime<Utc>,
+        renewal_error: Option<&str>,
+        alerts: &AlertsConfig,
+    ) {
+        self.findings.retain(|f| f.rule != "certificate_expiring");
+        self.findings.extend(crate::alerts::certificate_expiring(
+            alerts,
+            not_after,
+            self.received_at,
+            renewal_error,
+        ));
+    }
+
     fn judge_clock(&mut self, alerts: &AlertsConfig) {
         self.findings.retain(|f| f.rule != "clock_skew");
         self.findings
