@@ -16,6 +16,17 @@ pub fn ago(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// How far ahead a deadline is: `in 212 d`, `in 5 h`, or `passed 3 d ago`.
+pub fn until(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (then - now).num_seconds();
+    match secs {
+        i64::MIN..=0 => format!("passed {}", ago(then, now)),
+        1..3600 => format!("in {} min", secs / 60),
+        3600..86400 => format!("in {} h", secs / 3600),
+        _ => format!("in {} d", secs / 86400),
+    }
+}
+
 /// `2026-12-06 04:23 UTC`.
 pub fn stamp(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()

@@ -326,6 +326,8 @@ pub struct ApplianceView {
     pub events: Vec<EventView>,
     /// The lifecycle an operator set (`None`: active, never changed).
     pub lifecycle_detail: Option<LifecycleView>,
+    /// The certificate the newest report came with.
+    pub certificate: Option<CertificateView>,
     /// What operators changed about this appliance, newest first.
     pub audit: Vec<AuditRow>,
     pub days: u32,
@@ -414,6 +416,33 @@ pub struct LifecycleView {
     pub note: String,
     pub changed_at: DateTime<Utc>,
     pub changed_by: String,
+}
+
+/// The certificate an appliance's newest report came with.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateView {
+    /// SHA-256 of the certificate, hex: what `ca revoke --certificate` takes.
+    pub sha256: String,
+    /// `None` for a certificate first seen before the ingest kept certificate ends.
+    pub not_after: Option<DateTime<Utc>>,
+    /// `enrol` or `renew` when the ingest issued it; `None` when it was issued offline
+    /// (`ca issue-appliance`).
+    pub issued_via: Option<String>,
+    /// The certificate's serial number (hex, as a CRL lists it) when the ingest issued it.
+    pub cert_serial: Option<String>,
+    /// SHA-256 of the issuing CA's certificate, hex, when the ingest issued it.
+    pub issuer_sha256: Option<String>,
+    /// When the appliance last renewed (any of its certificates).
+    pub last_renewal: Option<DateTime<Utc>>,
+    pub revoked: Option<RevokedView>,
+}
+
+/// When, by whom and why a certificate was revoked.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokedView {
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub reason: String,
 }
 
 /// One operator action from the audit log.

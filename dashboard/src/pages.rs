@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::chart::{self, Chart, Series};
-use crate::format::{ago, bytes, count, percent, short, stamp};
+use crate::format::{self, ago, bytes, count, percent, short, stamp};
 use crate::model::*;
 use crate::query::{
     self, AlertQuery, AlertState, ApplianceQuery, ApplianceSort, AuditQuery, DriveQuery, href,
@@ -84,6 +84,41 @@ pub fn error_page(title: &str, message: &str) -> String {
 
 fn time(at: DateTime<Utc>, now: DateTime<Utc>) -> Markup {
     html! { time datetime=(at.to_rfc3339()) title=(stamp(at)) { (ago(at, now)) } }
+}
+
+/// The certificate the newest report came with: when it ends, how it was issued, revoked?
+fn certificate(c: &CertificateView, now: DateTime<Utc>) -> Markup {
+    let soon = c.not_after.is_some_and(|t| t - now < Duration::days(30));
+    html! {
+        @if let Some(r) = &c.revoked {
+            strong.critical #revoked { "revoked" } " " (time(r.at, now)) " by " (r.by)
+            @if !r.reason.is_empty() { ": " (short(&r.reason, 200)) }
+            " · "
+        }
+        @match c.not_after {
+            Some(t) => {
+                "ends " span class=(if soon { "warning" } else { "" }) #not-after {
+                    (stamp(t)) " (" (format::until(t, now)) ")"
+                }
+            }
+            None => { "end not recorded (first seen before the ingest kept it)" }
+        }
+        " · "
+        @match c.issued_via.as_deref() {
+            Some("enrol") => { "issued at enrolment" }
+            Some("renew") => { "issued by renewal" }
+            _ => { "issued offline" }
+        }
+        @if let Some(s) = &c.cert_serial { " · serial " code { (s) } }
+        @if let Some(i) = &c.issuer_sha256 { " · issuer " code title=(i) { (i.get(..16).unwrap_or(i)) "…" } }
+        " · last renewal "
+        @match c.last_renewal {
+            Some(t) => { (time(t, now)) }
+            None => { "never" }
+        }
+        br;
+        small.muted { "SHA-256 " code #cert-sha { (c.sha256) } }
+    }
 }
 
 fn health_badge(h: Health) -> Markup {
@@ -761,6 +796,9 @@ pub fn appliance(a: &ApplianceView) -> String {
                     " · " span.warning { (a.collection_errors) " collection error" @if a.collection_errors != 1 { "s" } " in the last report" }
                 } } }
             tr { th { "Reports" } td { (count(r.report_count)) } }
+            @if let Some(c) = &a.certificate {
+                tr #certificate { th { "Certificate" } td { (certificate(c, now)) } }
+            }
             tr { th { "JSON" } td { a href={ "/api/v1" (path) "?days=" (a.days) } { "this appliance's state and history" } } }
         } } }
         h2 { "Alerts" }

@@ -344,11 +344,13 @@ impl FleetSource for DashboardSource {
             return Ok(None);
         };
         let mut view = detail.into_view();
-        let (lifecycle, audit) = tokio::try_join!(
+        let (lifecycle, audit, certificate) = tokio::try_join!(
             self.storage.lifecycle(serial),
             self.storage
                 .audit_log(Some(serial), None, APPLIANCE_AUDIT_ROWS),
+            self.storage.appliance_certificate(serial),
         )?;
+        view.certificate = certificate;
         if let Some(l) = lifecycle {
             let state = l.effective(Utc::now());
             view.row.lifecycle = state.as_str().to_owned();

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub appliances_silent: IntGauge,
     /// Appliances by lifecycle state an operator set (expected_offline, retired).
     pub appliances_by_lifecycle: IntGaugeVec,
+    pub appliance_certificates: IntGaugeVec,
     pub disks_failing: IntGauge,
     pub alerts_firing: IntGaugeVec,
     /// Appliances by their worst firing severity. Nothing here is per appliance: a fleet of
@@ -204,6 +205,13 @@ impl Metrics {
             "Appliances an operator set expected_offline (date ahead) or retired.",
             &["state"],
         );
+        let appliance_certificates = gauge_vec(
+            "phonehome_appliance_certificates",
+            "Appliances by when the certificate of their newest report ends: expired, within 7d, \
+             30d, 90d, 365d (each not within the one before), later, or unknown (seen before the \
+             ingest kept certificate ends).",
+            &["expires_within"],
+        );
         let disks_failing = gauge(
             "phonehome_disks_failing",
             "Drives named by a firing disk_failing alert (the ingest's verdict).",
@@ -268,6 +276,7 @@ impl Metrics {
             Box::new(appliances_by_app_version.clone()),
             Box::new(appliances_silent.clone()),
             Box::new(appliances_by_lifecycle.clone()),
+            Box::new(appliance_certificates.clone()),
             Box::new(disks_failing.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(appliances_by_health.clone()),
@@ -299,6 +308,7 @@ impl Metrics {
             appliances_by_app_version,
             appliances_silent,
             appliances_by_lifecycle,
+            appliance_certificates,
             disks_failing,
             alerts_firing,
             appliances_by_health,
@@ -345,6 +355,11 @@ impl Metrics {
         self.appliances_by_lifecycle
             .with_label_values(&["retired"])
             .set(c.retired);
+        for (bucket, n) in &c.certificates {
+            self.appliance_certificates
+                .with_label_values(&[bucket])
+                .set(*n);
+        }
         self.disks_failing.set(c.failing_drives);
         self.appliances_by_status.reset();
         for status in ["healthy", "degraded", "unhealthy", "unknown"] {

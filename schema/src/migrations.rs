@@ -57,6 +57,11 @@ pub const ALL: &[Migration] = &[
         name: "identity",
         sql: include_str!("../migrations/0009_identity.sql"),
     },
+    Migration {
+        version: 10,
+        name: "certificate_expiry",
+        sql: include_str!("../migrations/0010_certificate_expiry.sql"),
+    },
 ];
 
 #[cfg(test)]

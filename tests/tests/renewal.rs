@@ -228,6 +228,24 @@ async fn an_appliance_renews_past_two_thirds_and_its_old_key_dies_with_its_certi
         .expect("the renewal is recorded")
         .get(0);
     assert_eq!(renewed_from, first);
+    // The appliance page says which certificate and how it came; /metrics counts it as ending
+    // within 7 days.
+    let page = phonehome_tests::client::get(ingest.ops_addr, "/appliances/SN-RENEW")
+        .await
+        .expect("appliance page");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("issued by renewal") && page.body.contains(&second),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("id=\"revoked\""), "{}", page.body);
+    assert_eq!(
+        ingest
+            .metric("phonehome_appliance_certificates{expires_within=\"7d\"}")
+            .await,
+        Some(1.0)
+    );
 
     // Once the old certificate has expired its key is worth nothing: no report, no renewal.
     sleep_until(enrolled_at + Duration::from_secs(22));

@@ -130,6 +130,13 @@ async fn a_revoked_serial_is_refused_within_the_refresh_interval_and_others_are_
             "stolen from the rack".into()
         )
     );
+    // The appliance page says so, with who and why.
+    let page = phonehome_tests::client::get(ingest.ops_addr, "/appliances/SN-STOLEN")
+        .await
+        .expect("appliance page");
+    assert!(page.body.contains("id=\"revoked\""), "{}", page.body);
+    assert!(page.body.contains("stolen from the rack"), "{}", page.body);
+    assert!(page.body.contains("issued offline"), "{}", page.body);
 
     // The CRL is served too, signed by the issuing CA: openssl verifies it.
     let crl = stolen

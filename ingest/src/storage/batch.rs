@@ -448,8 +448,8 @@ async fn certificate_ids<'a>(
     before: &HashMap<String, Before>,
 ) -> Result<HashMap<&'a [u8], i32>, StorageError> {
     let mut ids: HashMap<&'a [u8], i32> = HashMap::new();
-    // (digest, appliance, first seen) of certificates not known yet.
-    let mut new: BTreeMap<&'a [u8], (i32, DateTime<Utc>)> = BTreeMap::new();
+    // (digest, appliance, first seen, end) of certificates not known yet.
+    let mut new: BTreeMap<&'a [u8], (i32, DateTime<Utc>, Option<DateTime<Utc>>)> = BTreeMap::new();
     for &i in unique {
         let r = batch[i];
         let b = &before[&r.serial];
@@ -458,8 +458,11 @@ async fn certificate_ids<'a>(
                 ids.insert(r.cert_sha256.as_slice(), *id);
             }
             _ => {
-                new.entry(r.cert_sha256.as_slice())
-                    .or_insert((b.id, r.received_at));
+                new.entry(r.cert_sha256.as_slice()).or_insert((
+                    b.id,
+                    r.received_at,
+                    r.cert_not_after,
+                ));
             }
         }
     }
@@ -470,9 +473,10 @@ async fn certificate_ids<'a>(
     let shas: Vec<&[u8]> = new.keys().copied().collect();
     let insert = tx
         .prepare_cached(
-            "INSERT INTO certificates (sha256, appliance_id, first_seen_at)
-             SELECT * FROM unnest($1::bytea[], $2::int[], $3::timestamptz[])
-             ON CONFLICT (sha256) DO NOTHING",
+            "INSERT INTO certificates (sha256, appliance_id, first_seen_at, not_after)
+             SELECT * FROM unnest($1::bytea[], $2::int[], $3::timestamptz[], $4::timestamptz[])
+             ON CONFLICT (sha256) DO UPDATE SET not_after = EXCLUDED.not_after
+             WHERE certificates.not_after IS NULL",
         )
         .await?;
     tx.execute(
@@ -481,6 +485,7 @@ async fn certificate_ids<'a>(
             &shas,
             &new.values().map(|v| v.0).collect::<Vec<_>>(),
             &new.values().map(|v| v.1).collect::<Vec<_>>(),
+            &new.values().map(|v| v.2).collect::<Vec<_>>(),
         ],
     )
     .await?;

@@ -198,7 +198,16 @@ pub struct FleetCounts {
     pub alerts: Vec<(String, Severity, i64, i64)>,
     /// Drives named by a firing `disk_failing` alert, by the collector-independent verdict.
     pub failing_drives: i64,
+    /// Appliances by how soon the certificate of their latest report ends (see
+    /// [`CERTIFICATE_BUCKETS`]).
+    pub certificates: Vec<(&'static str, i64)>,
 }
+
+/// The days-to-expiry buckets of `phonehome_appliance_certificates`, each "ends within" the
+/// named time and not within the one before; `unknown` for certificates seen before the
+/// ingest kept their end.
+pub const CERTIFICATE_BUCKETS: [&str; 7] =
+    ["expired", "7d", "30d", "90d", "365d", "later", "unknown"];
 
 /// Longest version string kept in the counts: enough for any real version, and a hostile
 /// one cannot make a page or a metric label large.
@@ -619,7 +628,8 @@ impl Storage {
         let exempt = silence_exempt_serials(&lifecycles, now);
         let client = self.pool().get().await?;
         let appliance_params: [&(dyn ToSql + Sync); 3] = [&silent_before, &VERSION_CHARS, &exempt];
-        let (groups, alerts) = tokio::try_join!(
+        let now_param: [&(dyn ToSql + Sync); 1] = [&now];
+        let (groups, alerts, certificates) = tokio::try_join!(
             client.query(
                 "SELECT GROUPING(app_version, os, kernel, collector, health, silent, app_status),
                         app_version, os, kernel, collector, health, silent, app_status,
@@ -642,6 +652,19 @@ impl Storage {
                 "SELECT rule, severity, count(*), count(DISTINCT (appliance_id, subject))
                  FROM alerts WHERE state = 'firing' GROUP BY 1, 2 ORDER BY 1, 2",
                 &[],
+            ),
+            client.query(
+                "SELECT CASE WHEN c.not_after IS NULL THEN 'unknown'
+                             WHEN c.not_after <= $1 THEN 'expired'
+                             WHEN c.not_after <= $1 + interval '7 days' THEN '7d'
+                             WHEN c.not_after <= $1 + interval '30 days' THEN '30d'
+                             WHEN c.not_after <= $1 + interval '90 days' THEN '90d'
+                             WHEN c.not_after <= $1 + interval '365 days' THEN '365d'
+                             ELSE 'later' END,
+                        count(*)
+                 FROM appliances a JOIN certificates c ON c.id = a.last_cert_id
+                 GROUP BY 1",
+                &now_param,
             ),
         )?;
         let mut counts = FleetCounts {
@@ -698,6 +721,13 @@ impl Storage {
             counts
                 .alerts
                 .push((rule, severity(r.get::<_, &str>(1)), n, subjects));
+        }
+        for bucket in CERTIFICATE_BUCKETS {
+            let n = certificates
+                .iter()
+                .find(|r| r.get::<_, &str>(0) == bucket)
+                .map_or(0, |r| r.get::<_, i64>(1));
+            counts.certificates.push((bucket, n));
         }
         Ok(counts)
     }

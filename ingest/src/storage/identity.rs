@@ -432,3 +432,53 @@ async fn record_issued(
     .await?;
     Ok(())
 }
+
+impl Storage {
+    /// The certificate `serial`'s newest report came with, what the ingest knows of its issue,
+    /// the appliance's last renewal, and whether the certificate is revoked.
+    pub async fn appliance_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<phonehome_dashboard::model::CertificateView>, StorageError> {
+        use phonehome_dashboard::model::{CertificateView, RevokedView};
+        let client = self.pool().get().await?;
+        let row = client
+            .query_opt(
+                "SELECT encode(c.sha256, 'hex'), c.not_after, i.via, i.cert_serial,
+                        encode(i.issuer_sha256, 'hex'),
+                        (SELECT max(issued_at) FROM issued_certificates
+                         WHERE serial = $1 AND via = 'renew'),
+                        r.revoked_at, r.revoked_by, r.reason,
+                        s.revoked_at, s.revoked_by, s.reason
+                 FROM appliances a JOIN certificates c ON c.id = a.last_cert_id
+                 LEFT JOIN issued_certificates i ON i.sha256 = c.sha256
+                 LEFT JOIN revoked_certificates r ON r.sha256 = c.sha256
+                 -- A serial's revocation covers the certificates it had then, not a later
+                 -- enrolment of the refurbished appliance.
+                 LEFT JOIN revoked_serials s ON s.serial = a.serial
+                      AND s.revoked_at >= coalesce(i.issued_at, c.first_seen_at)
+                 WHERE a.serial = $1",
+                &[&serial],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let by_certificate = r
+                .get::<_, Option<DateTime<Utc>>>(6)
+                .map(|at| (at, r.get(7), r.get(8)));
+            let by_serial = r
+                .get::<_, Option<DateTime<Utc>>>(9)
+                .map(|at| (at, r.get(10), r.get(11)));
+            CertificateView {
+                sha256: r.get(0),
+                not_after: r.get(1),
+                issued_via: r.get(2),
+                cert_serial: r.get(3),
+                issuer_sha256: r.get(4),
+                last_renewal: r.get(5),
+                revoked: by_certificate
+                    .or(by_serial)
+                    .map(|(at, by, reason)| RevokedView { at, by, reason }),
+            }
+        }))
+    }
+}

@@ -713,6 +713,7 @@ impl ApplianceDetail {
             collector_version: s.collector_version,
             collection_errors: s.collection_errors,
             lifecycle_detail: None,
+            certificate: None,
             audit: Vec::new(),
             alerts,
             drives: self.drives.into_iter().map(drive_view).collect(),

@@ -30,6 +30,8 @@ pub struct PreparedReport {
     /// `collected_at` later than its arrival. `None` when nothing tells.
     pub clock_skew_seconds: Option<i64>,
     pub cert_sha256: Vec<u8>,
+    /// When that certificate ends (set by `note_certificate`).
+    pub cert_not_after: Option<DateTime<Utc>>,
     /// zstd-compressed JSON exactly as received.
     pub body: Vec<u8>,
     /// The dictionary `body` was compressed with, if any.
@@ -343,6 +345,7 @@ pub fn prepare(
         at: report.collected_at.min(received_at),
         clock_skew_seconds: (ahead > 0).then_some(ahead),
         cert_sha256: cert_sha256.to_vec(),
+        cert_not_after: None,
         body: body.0,
         body_dictionary: body.1,
         state,
@@ -380,6 +383,7 @@ impl PreparedReport {
         renewal_error: Option<&str>,
         alerts: &AlertsConfig,
     ) {
+        self.cert_not_after = Some(not_after);
         self.findings.retain(|f| f.rule != "certificate_expiring");
         self.findings.extend(crate::alerts::certificate_expiring(
             alerts,
