@@ -438,6 +438,9 @@ async fn lock_appliances(
     }
 }
 
+/// (appliance, first seen, end) of a certificate seen for the first time.
+type NewCertificate = (i32, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// `certificates.id` of every certificate that delivered a report of the batch. An appliance
 /// presents the same certificate report after report, and the locked row names its id, so in
 /// steady state this asks PostgreSQL nothing.
@@ -448,8 +451,8 @@ async fn certificate_ids<'a>(
     before: &HashMap<String, Before>,
 ) -> Result<HashMap<&'a [u8], i32>, StorageError> {
     let mut ids: HashMap<&'a [u8], i32> = HashMap::new();
-    // (digest, appliance, first seen, end) of certificates not known yet.
-    let mut new: BTreeMap<&'a [u8], (i32, DateTime<Utc>, Option<DateTime<Utc>>)> = BTreeMap::new();
+    // Certificates not known yet, by digest.
+    let mut new: BTreeMap<&'a [u8], NewCertificate> = BTreeMap::new();
     for &i in unique {
         let r = batch[i];
         let b = &before[&r.serial];
