@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/appliances/{serial}/lifecycle",
             get(lifecycle).put(set_lifecycle),
         )
+        .route("/api/v1/revocations", axum::routing::post(revoke))
         .route("/api/v1/audit", get(audit))
         // A client of a JSON API gets JSON, a wrong path included.
         .route("/api/v1/{*rest}", get(no_route))
@@ -157,6 +158,83 @@ async fn set_lifecycle(
         "resolved_alerts": done.resolved_alerts,
         "serial_revoked": change.state == LifecycleState::Retired,
         "audit_id": done.audit_id,
+    }))
+    .into_response())
+}
+
+/// What `POST /api/v1/revocations` takes: one of `serial` and `certificate`, and why.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    serial: Option<String>,
+    /// SHA-256 fingerprint, hex (colons allowed).
+    certificate: Option<String>,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Longest `reason` kept in the audit log and the CRL's table.
+const MAX_REASON_CHARS: usize = 1000;
+
+/// `POST /api/v1/revocations` (admin): what `phonehome-ingest ca revoke` does, through the API.
+/// Every replica refuses the certificate within `revocation_refresh_secs`; `GET /v1/crl` lists
+/// it at once.
+async fn revoke(
+    State(state): State<AppState>,
+    actor: Option<Extension<Actor>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use crate::storage::identity::RevokeTarget;
+    let Some(Extension(actor)) = actor else {
+        return Err(ApiError::Forbidden("writes need an admin token".into()));
+    };
+    if body.len() > MAX_LIFECYCLE_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_LIFECYCLE_BODY,
+            after: "",
+        });
+    }
+    let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::MalformedJson(format!(
+            "expected {{\"serial\": text | \"certificate\": SHA-256 hex, \"reason\"?: text}}: {e}"
+        ))
+    })?;
+    let bad = |parameter: &str, message: String| ApiError::BadParameter {
+        parameter: parameter.into(),
+        message,
+    };
+    if req.reason.chars().count() > MAX_REASON_CHARS {
+        return Err(bad(
+            "reason",
+            format!("at most {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    let target = match (req.serial, req.certificate) {
+        (Some(s), None) => RevokeTarget::Serial(parse_serial(&s)?),
+        (None, Some(fp)) => {
+            RevokeTarget::Certificate(phonehome_pki::parse_fingerprint(&fp).ok_or_else(|| {
+                bad(
+                    "certificate",
+                    "not a SHA-256 fingerprint (64 hex digits)".into(),
+                )
+            })?)
+        }
+        _ => {
+            return Err(bad(
+                "body",
+                "give exactly one of \"serial\" and \"certificate\"".into(),
+            ));
+        }
+    };
+    let done = state
+        .storage
+        .revoke(&target, &actor.audit_name(), &req.reason)
+        .await
+        .map_err(storage_error)?;
+    Ok(Json(serde_json::json!({
+        "revoked_at": done.revoked_at,
+        "known_certificates": done.known_certificates,
+        "refused_within_seconds": state.revocations.refresh.as_secs_f64().ceil(),
     }))
     .into_response())
 }

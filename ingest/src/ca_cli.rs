@@ -262,12 +262,9 @@ async fn write_crl(
 
 /// A SHA-256 fingerprint in hex, with or without colons.
 fn parse_fingerprint(s: &str) -> anyhow::Result<[u8; 32]> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    pki::from_hex(&hex)
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
-            anyhow::anyhow!("--certificate {s:?} is not a SHA-256 fingerprint (64 hex digits)")
-        })
+    pki::parse_fingerprint(s).ok_or_else(|| {
+        anyhow::anyhow!("--certificate {s:?} is not a SHA-256 fingerprint (64 hex digits)")
+    })
 }
 
 #[cfg(test)]

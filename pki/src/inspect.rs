@@ -44,6 +44,16 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A SHA-256 fingerprint in hex, with or without the colons `openssl x509 -fingerprint`
+/// prints; `None` if it is not 32 bytes of hex.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    from_hex(&hex).and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
 /// The bytes of a hex text (upper or lower case; an odd length reads as a leading 0);
 /// `None` if it is not hex.
 pub fn from_hex(hex: &str) -> Option<Vec<u8>> {

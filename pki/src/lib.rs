@@ -12,7 +12,9 @@ mod request;
 pub mod ca;
 
 pub use error::PkiError;
-pub use inspect::{CertInfo, certificates_from_pem, from_hex, hex, inspect_der, key_matches};
+pub use inspect::{
+    CertInfo, certificates_from_pem, from_hex, hex, inspect_der, key_matches, parse_fingerprint,
+};
 pub use keys::KeyType;
 pub use names::{SERIAL_URI_PREFIX, serial_from_uri, serial_uri};
 pub use request::csr_pem;

@@ -335,3 +335,116 @@ async fn an_appliance_enrols_with_a_token_once_and_reports_with_its_own_key() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_through_the_api_needs_an_admin_token_is_audited_and_takes_effect() {
+    use phonehome_ingest::auth::Role;
+    use phonehome_tests::client::request;
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let ingest =
+        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_REVOCATION_REFRESH_SECS", "1")]).await;
+    let pair = pki.appliance("SN-API");
+    let appliance = TlsClient::new(&pki.ca_cert(), Some(&pair));
+    let r = appliance
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &body("SN-API"))
+        .await
+        .expect("response");
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    let revoke = |auth: Option<String>, body: &'static str| {
+        let ops = ingest.ops_addr;
+        async move {
+            let mut headers = vec![("Content-Type", "application/json".to_owned())];
+            if let Some(a) = auth {
+                headers.push(("Authorization", a));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            request(
+                ops,
+                "POST",
+                "/api/v1/revocations",
+                &headers,
+                body.as_bytes(),
+            )
+            .await
+            .expect("POST /api/v1/revocations")
+        }
+    };
+    let nothing_changed = || async {
+        let c = db.client().await;
+        let revoked: i64 = c
+            .query_one("SELECT count(*) FROM revoked_serials", &[])
+            .await
+            .expect("count")
+            .get(0);
+        let audited: i64 = c
+            .query_one(
+                "SELECT count(*) FROM audit_log WHERE action = 'revoke'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        (revoked, audited) == (0, 0)
+    };
+    let by_serial = r#"{"serial": "SN-API", "reason": "returned (RMA 4711)"}"#;
+    let r = revoke(None, by_serial).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = revoke(Some(format!("Bearer {}", ingest.read_token)), by_serial).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(nothing_changed().await, "refused writes change nothing");
+
+    let admin = format!(
+        "Bearer {}",
+        phonehome_tests::bins::create_token(db.url(), "ops-dave", Role::Admin).await
+    );
+    let r = revoke(
+        Some(admin.clone()),
+        r#"{"serial": "SN-API", "certificate": "00"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "both targets at once: {}", r.body);
+    let r = revoke(Some(admin.clone()), r#"{"certificate": "12:34"}"#).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("certificate"), "{}", r.body);
+    assert!(nothing_changed().await, "bad requests change nothing");
+
+    let r = revoke(Some(admin), by_serial).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(answer["known_certificates"], 1, "{answer}");
+    assert_eq!(answer["refused_within_seconds"], 1.0, "{answer}");
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT actor, target, detail->>'reason' FROM audit_log WHERE action = 'revoke'",
+            &[],
+        )
+        .await
+        .expect("one audit row");
+    assert_eq!(
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2)
+        ),
+        (
+            "token:ops-dave".to_owned(),
+            "SN-API".to_owned(),
+            "returned (RMA 4711)".to_owned()
+        )
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = appliance
+        .post(ingest.report_addr, "/v1/reports", &[JSON], &body("SN-API"))
+        .await
+        .expect("response");
+    assert_eq!(
+        r.status, 403,
+        "refused within the advertised delay: {}",
+        r.body
+    );
+}
