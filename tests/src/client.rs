@@ -81,6 +81,17 @@ impl TlsClient {
         exchange(self.connect(addr).await?, "POST", path, headers, body).await
     }
 
+    /// The DER of the certificate the server presents on a fresh handshake.
+    pub async fn server_certificate(&self, addr: SocketAddr) -> Result<Vec<u8>, String> {
+        let tls = self.connect(addr).await?;
+        tls.get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or_else(|| "the server presented no certificate".to_owned())
+    }
+
     /// GETs `path` over mutual TLS.
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Response, String> {
         exchange(self.connect(addr).await?, "GET", path, &[], &[]).await
