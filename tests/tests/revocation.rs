@@ -448,3 +448,106 @@ async fn revocation_through_the_api_needs_an_admin_token_is_audited_and_takes_ef
         r.body
     );
 }
+
+/// Two replicas on one database, both taking reports from the appliance being revoked and from
+/// another one, fresh connections back to back: after the revocation commits plus the refresh
+/// interval, neither stores anything from the revoked appliance, and the other one carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_under_load_reaches_both_replicas_within_the_refresh_interval() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = TestDb::new().await;
+    let pki = TestPki::new();
+    let env = [("PHONEHOME_REVOCATION_REFRESH_SECS", "1")];
+    let replicas = [
+        IngestProcess::start_with(&db, &pki, &env).await,
+        IngestProcess::start_with(&db, &pki, &env).await,
+    ];
+    let stop = Arc::new(AtomicBool::new(false));
+    // (serial, replica, HTTP status) of every answer.
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<(String, usize, u16)>::new()));
+    let mut senders = Vec::new();
+    for serial in ["SN-VICTIM", "SN-BYSTANDER"] {
+        let pair = pki.appliance(serial);
+        for (n, replica) in replicas.iter().enumerate() {
+            let client = TlsClient::new(&pki.ca_cert(), Some(&pair));
+            let (stop, answers, addr) = (stop.clone(), answers.clone(), replica.report_addr);
+            senders.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let status = client
+                        .post(addr, "/v1/reports", &[JSON], &body(serial))
+                        .await
+                        .map_or(0, |r| r.status);
+                    answers
+                        .lock()
+                        .expect("lock")
+                        .push((serial.to_owned(), n, status));
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "ca",
+            "revoke",
+            "--serial",
+            "SN-VICTIM",
+            "--reason",
+            "stolen",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let revoked_at = answers.lock().expect("lock").len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.expect("sender");
+    }
+
+    // Stored after the commit plus the advertised second (and a quarter second for a request
+    // that passed the check just before the reload): nothing.
+    let late: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM reports r JOIN appliances a ON a.id = r.appliance_id
+             WHERE a.serial = 'SN-VICTIM' AND r.received_at >
+                   (SELECT revoked_at FROM revoked_serials WHERE serial = 'SN-VICTIM')
+                   + interval '1.25 seconds'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        late, 0,
+        "reports stored from the revoked appliance after the delay"
+    );
+    let answers = answers.lock().expect("lock").clone();
+    for n in 0..2 {
+        let after = |serial: &str, status: u16| {
+            answers[revoked_at..]
+                .iter()
+                .filter(|a| a.0 == serial && a.1 == n && a.2 == status)
+                .count()
+        };
+        assert!(
+            after("SN-VICTIM", 403) > 0,
+            "replica {n} refuses the revoked appliance"
+        );
+        assert!(
+            after("SN-BYSTANDER", 202) > 0,
+            "replica {n} still takes the others"
+        );
+        let bystander_failed = answers
+            .iter()
+            .filter(|a| a.0 == "SN-BYSTANDER" && a.1 == n && a.2 != 202)
+            .count();
+        assert_eq!(
+            bystander_failed, 0,
+            "replica {n}: the bystander never failed"
+        );
+    }
+}
