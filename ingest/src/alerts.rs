@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use phonehome_schema::{AppStatus, Report, SmartDevice};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,7 +82,7 @@ pub const DEFAULT_MAX_OPEN_PER_APPLIANCE: u32 = 50;
 
 /// `[alerts]` in the ingest's configuration: every rule can be switched off and its thresholds
 /// set; the defaults are what a fleet of storage appliances wants on day one.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
     pub disk_failing: Switch,
@@ -139,7 +139,7 @@ impl Default for AlertsConfig {
 /// `clock_skew`: the appliance's clock is off from the ingest's by more than `minutes`. Its
 /// reports are still ordered by when they arrived, so the skew harms nothing here; but its
 /// logs, certificates and schedules are wrong, and someone should set up its time sync.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClockSkew {
     pub enabled: bool,
@@ -192,7 +192,7 @@ pub fn clock_skew(config: &AlertsConfig, skew_seconds: Option<i64>) -> Option<Fi
 /// too). A collector renews at about two thirds of the lifetime, so on a year's certificate
 /// this fires only when renewals have failed for months; the summary carries the collector's
 /// last renewal error.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CertificateExpiring {
     pub enabled: bool,
@@ -252,7 +252,7 @@ pub fn certificate_expiring(
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Switch {
     pub enabled: bool,
@@ -264,7 +264,7 @@ impl Default for Switch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quiet {
     pub enabled: bool,
@@ -281,7 +281,7 @@ impl Default for Quiet {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Hold {
     pub enabled: bool,
@@ -298,7 +298,7 @@ impl Default for Hold {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Wearout {
     pub enabled: bool,
@@ -319,7 +319,7 @@ impl Default for Wearout {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Temperature {
     pub enabled: bool,
@@ -336,7 +336,7 @@ impl Default for Temperature {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// Percent of bytes or inodes used at or above which the rule warns.
@@ -354,7 +354,7 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesystemFull {
     pub enabled: bool,
@@ -374,7 +374,7 @@ impl Default for FilesystemFull {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesystemFilling {
     pub enabled: bool,
@@ -394,7 +394,7 @@ impl Default for FilesystemFilling {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NicErrors {
     pub enabled: bool,
@@ -413,7 +413,7 @@ impl Default for NicErrors {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppOutdated {
     /// On by default like every rule; it fires only once `minimum_version` is set.
@@ -431,7 +431,7 @@ impl Default for AppOutdated {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Silent {
     pub enabled: bool,

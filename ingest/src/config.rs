@@ -1,13 +1,18 @@
-//! Ingest configuration: defaults, then a TOML file, then `PHONEHOME_*` environment variables.
+//! Ingest configuration: defaults, then a TOML file, then `PHONEHOME_*` environment variables,
+//! layered by `figment`. Each key is declared once, as a field of a settings struct (with its
+//! default in that struct's `Default`); the file's form is the struct's, and the environment
+//! variable of `[section] key` is `PHONEHOME_SECTION_KEY`, found by walking the defaults.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Serialize};
 
 /// A value that must never reach a log: `Debug` prints `[redacted]`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -27,7 +32,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Paths of the PEM files the report listener needs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The fleet CA: appliance certificates must chain to it.
@@ -37,7 +42,8 @@ pub struct TlsConfig {
 }
 
 /// Everything `phonehome-ingest serve` needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// libpq-style URL or key=value string; it may carry a password, hence `Secret`.
     pub database_url: Secret,
@@ -104,7 +110,8 @@ pub struct Config {
 }
 
 /// `[pki]`: how the ingest issues and revokes appliance certificates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PkiConfig {
     /// The CA directory (`phonehome-ingest ca init --dir`) whose issuing CA signs enrolments
     /// and renewals; the root's key need not be there. Unset: enrolment and renewal answer 503.
@@ -136,72 +143,7 @@ impl Default for PkiConfig {
     }
 }
 
-/// The file form of `[pki]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FilePki {
-    ca_dir: Option<PathBuf>,
-    appliance_cert_days: Option<i64>,
-    appliance_cert_seconds: Option<i64>,
-    renew_grace_days: Option<i64>,
-    revocation_refresh_secs: Option<u64>,
-    crl_valid_hours: Option<i64>,
-}
-
 impl PkiConfig {
-    fn apply_file(&mut self, f: FilePki, base: &Path) {
-        if let Some(v) = f.ca_dir {
-            self.ca_dir = Some(base.join(v));
-        }
-        if let Some(v) = f.appliance_cert_days {
-            self.appliance_cert_days = v;
-        }
-        if let Some(v) = f.appliance_cert_seconds {
-            self.appliance_cert_seconds = Some(v);
-        }
-        if let Some(v) = f.renew_grace_days {
-            self.renew_grace_days = v;
-        }
-        if let Some(v) = f.revocation_refresh_secs {
-            self.revocation_refresh_secs = v;
-        }
-        if let Some(v) = f.crl_valid_hours {
-            self.crl_valid_hours = v;
-        }
-    }
-
-    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(name: &'static str, v: String) -> Result<T, ConfigError>
-        where
-            T::Err: fmt::Display,
-        {
-            v.parse().map_err(|e: T::Err| ConfigError::Env {
-                name,
-                message: e.to_string(),
-                value: v,
-            })
-        }
-        if let Some(v) = env("PHONEHOME_CA_DIR") {
-            self.ca_dir = Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty());
-        }
-        if let Some(v) = env("PHONEHOME_APPLIANCE_CERT_DAYS") {
-            self.appliance_cert_days = num("PHONEHOME_APPLIANCE_CERT_DAYS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_APPLIANCE_CERT_SECONDS") {
-            self.appliance_cert_seconds = Some(num("PHONEHOME_APPLIANCE_CERT_SECONDS", v)?);
-        }
-        if let Some(v) = env("PHONEHOME_RENEW_GRACE_DAYS") {
-            self.renew_grace_days = num("PHONEHOME_RENEW_GRACE_DAYS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_REVOCATION_REFRESH_SECS") {
-            self.revocation_refresh_secs = num("PHONEHOME_REVOCATION_REFRESH_SECS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_CRL_VALID_HOURS") {
-            self.crl_valid_hours = num("PHONEHOME_CRL_VALID_HOURS", v)?;
-        }
-        Ok(())
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=3650).contains(&self.appliance_cert_days) {
             return Err(ConfigError::Invalid(format!(
@@ -252,7 +194,8 @@ impl PkiConfig {
 }
 
 /// `[alertmanager]`: the Alertmanager the ingest posts its alerts to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertmanagerConfig {
     /// Base URL, `http://host:port` (with Alertmanager's route prefix, if it has one). Plain
     /// HTTP only: Alertmanager belongs on the private network, like the operations listener.
@@ -285,61 +228,7 @@ impl Default for AlertmanagerConfig {
     }
 }
 
-/// The file form of `[alertmanager]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileAlertmanager {
-    url: Option<String>,
-    resend_seconds: Option<u64>,
-    dashboard_url: Option<String>,
-    max_new_per_minute: Option<u32>,
-}
-
 impl AlertmanagerConfig {
-    fn apply_file(&mut self, f: FileAlertmanager) {
-        if let Some(v) = f.url {
-            self.url = Some(v);
-        }
-        if let Some(v) = f.resend_seconds {
-            self.resend_seconds = v;
-        }
-        if let Some(v) = f.dashboard_url {
-            self.dashboard_url = Some(v);
-        }
-        if let Some(v) = f.max_new_per_minute {
-            self.max_new_per_minute = v;
-        }
-    }
-
-    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = env("PHONEHOME_ALERTMANAGER_URL") {
-            // Empty switches off a notifier the file configured.
-            self.url = Some(v).filter(|v| !v.is_empty());
-        }
-        if let Some(v) = env("PHONEHOME_ALERTMANAGER_RESEND_SECONDS") {
-            self.resend_seconds =
-                v.parse()
-                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                        name: "PHONEHOME_ALERTMANAGER_RESEND_SECONDS",
-                        message: e.to_string(),
-                        value: v,
-                    })?;
-        }
-        if let Some(v) = env("PHONEHOME_DASHBOARD_URL") {
-            self.dashboard_url = Some(v).filter(|v| !v.is_empty());
-        }
-        if let Some(v) = env("PHONEHOME_ALERTMANAGER_MAX_NEW_PER_MINUTE") {
-            self.max_new_per_minute =
-                v.parse()
-                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                        name: "PHONEHOME_ALERTMANAGER_MAX_NEW_PER_MINUTE",
-                        message: e.to_string(),
-                        value: v,
-                    })?;
-        }
-        Ok(())
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_new_per_minute == 0 {
             return Err(ConfigError::Invalid(
@@ -452,38 +341,6 @@ impl Default for Config {
     }
 }
 
-/// The file form: every key optional, unknown keys refused so a typo is not silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_url: Option<Secret>,
-    report_listen: Option<SocketAddr>,
-    ops_listen: Option<SocketAddr>,
-    tls: Option<TlsConfig>,
-    max_body_bytes: Option<usize>,
-    db_pool_size: Option<usize>,
-    max_in_flight: Option<usize>,
-    max_connections: Option<usize>,
-    max_in_flight_per_appliance: Option<usize>,
-    ops_max_connections: Option<usize>,
-    ops_allowed_hosts: Option<Vec<String>>,
-    ops_reads_require_token: Option<bool>,
-    body_timeout_secs: Option<u64>,
-    min_body_bytes_per_sec: Option<u64>,
-    ops_header_timeout_secs: Option<u64>,
-    ops_connection_lifetime_secs: Option<u64>,
-    admission_wait_ms: Option<u64>,
-    dashboard_counts_max_age_secs: Option<u64>,
-    db_writers: Option<usize>,
-    db_batch_max: Option<usize>,
-    retention_days: Option<u32>,
-    maintenance_interval_seconds: Option<u64>,
-    replica_name: Option<String>,
-    alerts: Option<crate::alerts::AlertsConfig>,
-    alertmanager: Option<FileAlertmanager>,
-    pki: Option<FilePki>,
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -494,12 +351,10 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("environment variable {name}={value:?}: {message}")]
-    Env {
-        name: &'static str,
-        value: String,
-        message: String,
-    },
+    /// A value of the wrong type or an unknown key, named by where it came from (the file and
+    /// key, or the environment variable).
+    #[error("{0}")]
+    Layer(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -544,222 +399,60 @@ impl Config {
 
     /// Loads defaults, then `path` (if given), then the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, |name| std::env::var(name).ok())
+        Self::load_with_env(path, std::env::vars())
     }
 
     /// As [`Config::load`], with the environment supplied by the caller (tests use this).
     pub fn load_with_env(
         path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut config = Config::default();
-        let mut connections_given = env("PHONEHOME_MAX_CONNECTIONS").is_some();
+        let defaults = figment::providers::Serialized::defaults(Config::default());
+        let default_dict = defaults
+            .data()
+            .map_err(|e| ConfigError::Invalid(format!("the defaults: {e}")))?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
+        let mut figment = Figment::from(defaults);
+        let mut connections_given = false;
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-            let base = path.parent().unwrap_or(Path::new("."));
-            connections_given |= file.max_connections.is_some();
-            config.apply_file(file, base);
+            let file = TomlFile::read(path)?;
+            connections_given |= file.table.contains_key("max_connections");
+            figment = figment.merge(file);
         }
-        config.apply_env(env)?;
+        let env = EnvVars::new(vars, &default_dict);
+        connections_given |= env.dict.contains_key("max_connections");
+        let figment = figment.merge(env);
+        // Lossy: a variable is text, and `PHONEHOME_MAX_IN_FLIGHT=512` means the number.
+        let mut config: Config = figment
+            .extract_lossy()
+            .map_err(|e| ConfigError::Layer(describe(&e)))?;
+        // Relative paths in a config file mean "next to the config file", not "wherever the
+        // service happened to be started"; from the environment they are the process's.
+        for (key, path) in [
+            ("tls.ca_cert", Some(&mut config.tls.ca_cert)),
+            ("tls.server_cert", Some(&mut config.tls.server_cert)),
+            ("tls.server_key", Some(&mut config.tls.server_key)),
+            ("pki.ca_dir", config.pki.ca_dir.as_mut()),
+        ] {
+            if let (Some(path), Some(Source::File(file))) = (
+                path,
+                figment.find_metadata(key).and_then(|m| m.source.as_ref()),
+            ) {
+                *path = file.parent().unwrap_or(Path::new(".")).join(&*path);
+            }
+        }
+        // An empty value switches off what a layer below set.
+        config.alertmanager.url = config.alertmanager.url.filter(|v| !v.is_empty());
+        config.alertmanager.dashboard_url =
+            config.alertmanager.dashboard_url.filter(|v| !v.is_empty());
+        config.pki.ca_dir = config.pki.ca_dir.filter(|p| !p.as_os_str().is_empty());
         if !connections_given {
             // Follows max_in_flight unless set: see DEFAULT_MAX_CONNECTIONS.
             config.max_connections = config.max_in_flight.saturating_mul(2);
         }
         config.validate()?;
         Ok(config)
-    }
-
-    fn apply_file(&mut self, f: FileConfig, base: &Path) {
-        if let Some(v) = f.database_url {
-            self.database_url = v;
-        }
-        if let Some(v) = f.report_listen {
-            self.report_listen = v;
-        }
-        if let Some(v) = f.ops_listen {
-            self.ops_listen = v;
-        }
-        if let Some(t) = f.tls {
-            // Relative paths in a config file mean "next to the config file", not "wherever the
-            // service happened to be started".
-            self.tls = TlsConfig {
-                ca_cert: base.join(t.ca_cert),
-                server_cert: base.join(t.server_cert),
-                server_key: base.join(t.server_key),
-            };
-        }
-        if let Some(v) = f.max_body_bytes {
-            self.max_body_bytes = v;
-        }
-        if let Some(v) = f.db_pool_size {
-            self.db_pool_size = v;
-        }
-        if let Some(v) = f.max_in_flight {
-            self.max_in_flight = v;
-        }
-        if let Some(v) = f.max_connections {
-            self.max_connections = v;
-        }
-        if let Some(v) = f.max_in_flight_per_appliance {
-            self.max_in_flight_per_appliance = v;
-        }
-        if let Some(v) = f.ops_max_connections {
-            self.ops_max_connections = v;
-        }
-        if let Some(v) = f.ops_allowed_hosts {
-            self.ops_allowed_hosts = v;
-        }
-        if let Some(v) = f.ops_reads_require_token {
-            self.ops_reads_require_token = v;
-        }
-        if let Some(v) = f.body_timeout_secs {
-            self.body_timeout_secs = v;
-        }
-        if let Some(v) = f.min_body_bytes_per_sec {
-            self.min_body_bytes_per_sec = v;
-        }
-        if let Some(v) = f.ops_header_timeout_secs {
-            self.ops_header_timeout_secs = v;
-        }
-        if let Some(v) = f.ops_connection_lifetime_secs {
-            self.ops_connection_lifetime_secs = v;
-        }
-        if let Some(v) = f.admission_wait_ms {
-            self.admission_wait_ms = v;
-        }
-        if let Some(v) = f.dashboard_counts_max_age_secs {
-            self.dashboard_counts_max_age_secs = v;
-        }
-        if let Some(v) = f.db_writers {
-            self.db_writers = v;
-        }
-        if let Some(v) = f.db_batch_max {
-            self.db_batch_max = v;
-        }
-        if let Some(v) = f.retention_days {
-            self.retention_days = v;
-        }
-        if let Some(v) = f.maintenance_interval_seconds {
-            self.maintenance_interval_seconds = v;
-        }
-        if let Some(v) = f.replica_name {
-            self.replica_name = Some(v);
-        }
-        if let Some(v) = f.alerts {
-            self.alerts = v;
-        }
-        if let Some(v) = f.alertmanager {
-            self.alertmanager.apply_file(v);
-        }
-        if let Some(v) = f.pki {
-            self.pki.apply_file(v, base);
-        }
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(name: &'static str, value: String) -> Result<T, ConfigError>
-        where
-            T::Err: fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                name,
-                message: e.to_string(),
-                value,
-            })
-        }
-        if let Some(v) = env("PHONEHOME_DATABASE_URL") {
-            self.database_url = Secret::new(v);
-        }
-        if let Some(v) = env("PHONEHOME_REPORT_LISTEN") {
-            self.report_listen = parsed("PHONEHOME_REPORT_LISTEN", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_OPS_LISTEN") {
-            self.ops_listen = parsed("PHONEHOME_OPS_LISTEN", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_TLS_CA_CERT") {
-            self.tls.ca_cert = PathBuf::from(v);
-        }
-        if let Some(v) = env("PHONEHOME_TLS_SERVER_CERT") {
-            self.tls.server_cert = PathBuf::from(v);
-        }
-        if let Some(v) = env("PHONEHOME_TLS_SERVER_KEY") {
-            self.tls.server_key = PathBuf::from(v);
-        }
-        if let Some(v) = env("PHONEHOME_MAX_BODY_BYTES") {
-            self.max_body_bytes = parsed("PHONEHOME_MAX_BODY_BYTES", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_DB_POOL_SIZE") {
-            self.db_pool_size = parsed("PHONEHOME_DB_POOL_SIZE", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT") {
-            self.max_in_flight = parsed("PHONEHOME_MAX_IN_FLIGHT", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE") {
-            self.max_in_flight_per_appliance = parsed("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_OPS_MAX_CONNECTIONS") {
-            self.ops_max_connections = parsed("PHONEHOME_OPS_MAX_CONNECTIONS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_OPS_ALLOWED_HOSTS") {
-            // Comma-separated; empty leaves only the defaults.
-            self.ops_allowed_hosts = v
-                .split(',')
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .collect();
-        }
-        if let Some(v) = env("PHONEHOME_OPS_READS_REQUIRE_TOKEN") {
-            self.ops_reads_require_token = parsed("PHONEHOME_OPS_READS_REQUIRE_TOKEN", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_BODY_TIMEOUT_SECS") {
-            self.body_timeout_secs = parsed("PHONEHOME_BODY_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_MIN_BODY_BYTES_PER_SEC") {
-            self.min_body_bytes_per_sec = parsed("PHONEHOME_MIN_BODY_BYTES_PER_SEC", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_OPS_HEADER_TIMEOUT_SECS") {
-            self.ops_header_timeout_secs = parsed("PHONEHOME_OPS_HEADER_TIMEOUT_SECS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_OPS_CONNECTION_LIFETIME_SECS") {
-            self.ops_connection_lifetime_secs =
-                parsed("PHONEHOME_OPS_CONNECTION_LIFETIME_SECS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_MAX_CONNECTIONS") {
-            self.max_connections = parsed("PHONEHOME_MAX_CONNECTIONS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_ADMISSION_WAIT_MS") {
-            self.admission_wait_ms = parsed("PHONEHOME_ADMISSION_WAIT_MS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS") {
-            self.dashboard_counts_max_age_secs =
-                parsed("PHONEHOME_DASHBOARD_COUNTS_MAX_AGE_SECS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_DB_WRITERS") {
-            self.db_writers = parsed("PHONEHOME_DB_WRITERS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_DB_BATCH_MAX") {
-            self.db_batch_max = parsed("PHONEHOME_DB_BATCH_MAX", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_RETENTION_DAYS") {
-            self.retention_days = parsed("PHONEHOME_RETENTION_DAYS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_MAINTENANCE_INTERVAL_SECONDS") {
-            self.maintenance_interval_seconds =
-                parsed("PHONEHOME_MAINTENANCE_INTERVAL_SECONDS", v)?;
-        }
-        if let Some(v) = env("PHONEHOME_REPLICA_NAME") {
-            self.replica_name = Some(v);
-        }
-        self.alertmanager.apply_env(&env)?;
-        self.pki.apply_env(&env)?;
-        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -881,9 +574,170 @@ impl Config {
     }
 }
 
+/// The TOML file as a figment layer: parsed by the workspace's `toml`, named by its path so
+/// errors and relative paths know where a value came from.
+struct TomlFile {
+    path: PathBuf,
+    table: toml::Table,
+}
+
+impl TomlFile {
+    fn read(path: &Path) -> Result<TomlFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(TomlFile {
+            path: path.to_path_buf(),
+            table,
+        })
+    }
+}
+
+impl Provider for TomlFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("config file", self.path.as_path())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        figment::providers::Serialized::defaults(&self.table).data()
+    }
+}
+
+/// The `PHONEHOME_*` environment variables that name a configuration key, as a figment layer.
+/// `PHONEHOME_OPS_LISTEN` is `ops_listen`, `PHONEHOME_TLS_CA_CERT` is `[tls] ca_cert`,
+/// `PHONEHOME_ALERTS_CLOCK_SKEW_MINUTES` is `[alerts.clock_skew] minutes`: the name is matched
+/// against the keys of the defaults, longest first. Other `PHONEHOME_*` variables (the log
+/// filter, a collector's) are not configuration and are left alone.
+struct EnvVars {
+    dict: Dict,
+}
+
+/// The prefix of every configuration variable.
+const ENV_PREFIX: &str = "PHONEHOME_";
+
+impl EnvVars {
+    fn new(vars: impl IntoIterator<Item = (String, String)>, defaults: &Dict) -> EnvVars {
+        let mut dict = Dict::new();
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((path, default)) = key_path(&rest.to_ascii_lowercase(), defaults) else {
+                continue;
+            };
+            insert(&mut dict, &path, typed(&value, default));
+        }
+        EnvVars { dict }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable")
+            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.join("_").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The key path `name` (lower case, `_`-joined) stands for in `dict`, and the default there.
+fn key_path<'a>(name: &str, dict: &'a Dict) -> Option<(Vec<String>, &'a Value)> {
+    let mut keys: Vec<&String> = dict.keys().collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for key in keys {
+        let value = &dict[key];
+        if name == key.as_str() {
+            return Some((vec![key.clone()], value));
+        }
+        let Some(rest) = name
+            .strip_prefix(key.as_str())
+            .and_then(|r| r.strip_prefix('_'))
+        else {
+            continue;
+        };
+        if let Value::Dict(_, inner) = value {
+            if let Some((mut path, v)) = key_path(rest, inner) {
+                path.insert(0, key.clone());
+                return Some((path, v));
+            }
+        }
+    }
+    None
+}
+
+/// The variable's text: a list from commas where the key is a list, else text, which the
+/// lossy extraction reads as the key's type (`512`, `true`/`yes`/`on`/`1`); a value that does
+/// not read gets an error naming the variable.
+fn typed(text: &str, default: &Value) -> Value {
+    match default {
+        Value::Array(..) => Value::from(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::from(s.to_owned()))
+                .collect::<Vec<_>>(),
+        ),
+        // Typed here too: a flattened struct (`[alerts.filesystem_full]`'s thresholds) is
+        // buffered by serde, past the lossy reading.
+        Value::Num(..) => {
+            let t = text.trim();
+            if let Ok(n) = t.parse::<u64>() {
+                Value::from(n)
+            } else if let Ok(n) = t.parse::<i64>() {
+                Value::from(n)
+            } else if let Ok(n) = t.parse::<f64>() {
+                Value::from(n)
+            } else {
+                Value::from(text.to_owned())
+            }
+        }
+        _ => Value::from(text.to_owned()),
+    }
+}
+
+fn insert(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// A figment error as one line per problem, each naming its file and key or its variable.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
 
     fn example() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ingest.example.toml")
@@ -891,7 +745,7 @@ mod tests {
 
     #[test]
     fn example_config_loads_and_resolves_paths_next_to_it() {
-        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        let c = Config::load_with_env(Some(&example()), env(&[])).expect("example loads");
         assert_eq!(c.report_listen, "0.0.0.0:8443".parse().unwrap());
         assert_eq!(c.ops_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.max_body_bytes, 1024 * 1024);
@@ -902,11 +756,14 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_and_bad_values_are_named() {
-        let c = Config::load_with_env(Some(&example()), |k| match k {
-            "PHONEHOME_OPS_LISTEN" => Some("127.0.0.1:9999".into()),
-            "PHONEHOME_DATABASE_URL" => Some("postgres://u:hunter2@db/x".into()),
-            _ => None,
-        })
+        let c = Config::load_with_env(
+            Some(&example()),
+            env(&[
+                ("PHONEHOME_OPS_LISTEN", "127.0.0.1:9999"),
+                ("PHONEHOME_DATABASE_URL", "postgres://u:hunter2@db/x"),
+                ("PHONEHOME_LOG", "debug"),
+            ]),
+        )
         .unwrap();
         assert_eq!(c.ops_listen.port(), 9999);
         let debug = format!("{c:?}");
@@ -915,10 +772,9 @@ mod tests {
             "secret leaked into Debug: {debug}"
         );
 
-        let err = Config::load_with_env(None, |k| {
-            (k == "PHONEHOME_REPORT_LISTEN").then(|| "not-an-address".into())
-        })
-        .unwrap_err();
+        let err =
+            Config::load_with_env(None, env(&[("PHONEHOME_REPORT_LISTEN", "not-an-address")]))
+                .unwrap_err();
         assert!(err.to_string().contains("PHONEHOME_REPORT_LISTEN"), "{err}");
     }
 
@@ -931,16 +787,16 @@ mod tests {
             "[alerts.filesystem_full]\nwarn_percent = 97.0\ncritical_percent = 95.0\n",
         )
         .unwrap();
-        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
         assert!(err.to_string().contains("alerts.filesystem_full"), "{err}");
         std::fs::write(&p, "[alerts.disk_explodes]\nenabled = true\n").unwrap();
-        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
         assert!(err.to_string().contains("disk_explodes"), "{err}");
     }
 
     #[test]
     fn alertmanager_is_off_by_default_and_configured_by_file_or_environment() {
-        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        let c = Config::load_with_env(Some(&example()), env(&[])).expect("example loads");
         assert_eq!(
             c.alertmanager.url, None,
             "the example must not post anywhere"
@@ -955,7 +811,7 @@ mod tests {
              dashboard_url = \"http://ops.example:8080\"\n",
         )
         .unwrap();
-        let c = Config::load_with_env(Some(&p), |_| None).unwrap();
+        let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
         assert_eq!(
             c.alertmanager,
             AlertmanagerConfig {
@@ -966,12 +822,14 @@ mod tests {
             }
         );
 
-        let c = Config::load_with_env(Some(&p), |k| match k {
-            "PHONEHOME_ALERTMANAGER_URL" => Some("http://127.0.0.1:1/am".into()),
-            "PHONEHOME_ALERTMANAGER_RESEND_SECONDS" => Some("5".into()),
-            "PHONEHOME_DASHBOARD_URL" => Some(String::new()),
-            _ => None,
-        })
+        let c = Config::load_with_env(
+            Some(&p),
+            env(&[
+                ("PHONEHOME_ALERTMANAGER_URL", "http://127.0.0.1:1/am"),
+                ("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "5"),
+                ("PHONEHOME_ALERTMANAGER_DASHBOARD_URL", ""),
+            ]),
+        )
         .unwrap();
         assert_eq!(c.alertmanager.url.as_deref(), Some("http://127.0.0.1:1/am"));
         assert_eq!(c.alertmanager.resend_seconds, 5);
@@ -981,7 +839,7 @@ mod tests {
     #[test]
     fn bad_alertmanager_settings_are_refused_by_name() {
         let refused = |name: &'static str, value: &'static str| {
-            Config::load_with_env(None, move |k| (k == name).then(|| value.to_owned()))
+            Config::load_with_env(None, env(&[(name, value)]))
                 .unwrap_err()
                 .to_string()
         };
@@ -995,34 +853,34 @@ mod tests {
         assert!(e.contains("resend_seconds"), "{e}");
         let e = refused("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "soon");
         assert!(e.contains("PHONEHOME_ALERTMANAGER_RESEND_SECONDS"), "{e}");
-        let e = refused("PHONEHOME_DASHBOARD_URL", "ops.example");
+        let e = refused("PHONEHOME_ALERTMANAGER_DASHBOARD_URL", "ops.example");
         assert!(e.contains("dashboard_url"), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[alertmanager]\nresend = 5\n").unwrap();
-        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
         assert!(err.to_string().contains("resend"), "{err}");
     }
 
     #[test]
     fn max_connections_follows_max_in_flight_unless_set() {
-        let only_in_flight = Config::load_with_env(None, |k| {
-            (k == "PHONEHOME_MAX_IN_FLIGHT").then(|| "512".to_owned())
-        })
-        .expect("loads");
+        let only_in_flight =
+            Config::load_with_env(None, env(&[("PHONEHOME_MAX_IN_FLIGHT", "512")])).expect("loads");
         assert_eq!(
             (only_in_flight.max_in_flight, only_in_flight.max_connections),
             (512, 1024)
         );
-        let both = Config::load_with_env(None, |k| match k {
-            "PHONEHOME_MAX_IN_FLIGHT" => Some("512".into()),
-            "PHONEHOME_MAX_CONNECTIONS" => Some("2048".into()),
-            _ => None,
-        })
+        let both = Config::load_with_env(
+            None,
+            env(&[
+                ("PHONEHOME_MAX_IN_FLIGHT", "512"),
+                ("PHONEHOME_MAX_CONNECTIONS", "2048"),
+            ]),
+        )
         .expect("loads");
         assert_eq!((both.max_in_flight, both.max_connections), (512, 2048));
-        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        let defaults = Config::load_with_env(None, env(&[])).expect("loads");
         assert_eq!(
             (defaults.max_in_flight, defaults.max_connections),
             (DEFAULT_MAX_IN_FLIGHT, DEFAULT_MAX_CONNECTIONS)
@@ -1031,29 +889,24 @@ mod tests {
 
     #[test]
     fn reads_need_a_token_unless_switched_off() {
-        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        let defaults = Config::load_with_env(None, env(&[])).expect("loads");
         assert!(defaults.ops_reads_require_token);
-        let example = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        let example = Config::load_with_env(Some(&example()), env(&[])).expect("example loads");
         assert!(example.ops_reads_require_token);
-        let open = Config::load_with_env(None, |k| {
-            (k == "PHONEHOME_OPS_READS_REQUIRE_TOKEN").then(|| "false".to_owned())
-        })
-        .expect("loads");
+        let open =
+            Config::load_with_env(None, env(&[("PHONEHOME_OPS_READS_REQUIRE_TOKEN", "false")]))
+                .expect("loads");
         assert!(!open.ops_reads_require_token);
-        let e = Config::load_with_env(None, |k| {
-            (k == "PHONEHOME_OPS_READS_REQUIRE_TOKEN").then(|| "no".to_owned())
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config::load_with_env(None, env(&[("PHONEHOME_OPS_READS_REQUIRE_TOKEN", "maybe")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PHONEHOME_OPS_READS_REQUIRE_TOKEN"), "{e}");
     }
 
     #[test]
     fn the_admission_wait_is_bounded() {
         let with = |v: &'static str| {
-            Config::load_with_env(None, move |k| {
-                (k == "PHONEHOME_ADMISSION_WAIT_MS").then(|| v.to_owned())
-            })
+            Config::load_with_env(None, env(&[("PHONEHOME_ADMISSION_WAIT_MS", v)]))
         };
         assert_eq!(with("0").expect("0 refuses at once").admission_wait_ms, 0);
         assert_eq!(
@@ -1067,14 +920,14 @@ mod tests {
         );
         let e = with("-1").unwrap_err().to_string();
         assert!(e.contains("PHONEHOME_ADMISSION_WAIT_MS"), "{e}");
-        let defaults = Config::load_with_env(None, |_| None).expect("loads");
+        let defaults = Config::load_with_env(None, env(&[])).expect("loads");
         assert_eq!(defaults.admission_wait_ms, DEFAULT_ADMISSION_WAIT_MS);
     }
 
     #[test]
     fn listener_bounds_come_from_file_or_environment_and_are_checked() {
         // The example spells out the defaults.
-        let c = Config::load_with_env(Some(&example()), |_| None).expect("example loads");
+        let c = Config::load_with_env(Some(&example()), env(&[])).expect("example loads");
         let bounds = |c: &Config| {
             (
                 c.max_in_flight_per_appliance,
@@ -1101,10 +954,8 @@ mod tests {
              ops_connection_lifetime_secs = 30\n",
         )
         .unwrap();
-        let c = Config::load_with_env(Some(&p), |k| {
-            (k == "PHONEHOME_OPS_HEADER_TIMEOUT_SECS").then(|| "2".to_owned())
-        })
-        .unwrap();
+        let c = Config::load_with_env(Some(&p), env(&[("PHONEHOME_OPS_HEADER_TIMEOUT_SECS", "2")]))
+            .unwrap();
         assert_eq!(
             (
                 c.body_timeout_secs,
@@ -1116,7 +967,7 @@ mod tests {
         );
 
         let refused = |name: &'static str, value: &'static str| {
-            Config::load_with_env(None, move |k| (k == name).then(|| value.to_owned()))
+            Config::load_with_env(None, env(&[(name, value)]))
                 .unwrap_err()
                 .to_string()
         };
@@ -1141,7 +992,56 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "max_body_byte = 5\n").unwrap();
-        let err = Config::load_with_env(Some(&p), |_| None).unwrap_err();
+        let err = Config::load_with_env(Some(&p), env(&[])).unwrap_err();
         assert!(err.to_string().contains("max_body_byte"), "{err}");
+    }
+
+    #[test]
+    fn every_key_has_its_variable_and_file_paths_are_relative_to_the_file() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("PHONEHOME_ALERTS_CLOCK_SKEW_MINUTES", "30"),
+                ("PHONEHOME_ALERTS_FILESYSTEM_FULL_WARN_PERCENT", "80"),
+                ("PHONEHOME_PKI_CA_DIR", "/srv/ca"),
+                ("PHONEHOME_PKI_APPLIANCE_CERT_SECONDS", "20"),
+                ("PHONEHOME_OPS_ALLOWED_HOSTS", "ops.example, ops2.example"),
+                ("PHONEHOME_REPLICA_NAME", "5"),
+                ("PHONEHOME_COLLECTOR_SERVER", "not ours"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.alerts.clock_skew.minutes, 30);
+        assert_eq!(c.alerts.filesystem_full.thresholds.warn_percent, 80.0);
+        assert_eq!(c.pki.ca_dir.as_deref(), Some(Path::new("/srv/ca")));
+        assert_eq!(c.pki.appliance_cert_seconds, Some(20));
+        assert_eq!(c.ops_allowed_hosts, ["ops.example", "ops2.example"]);
+        assert_eq!(c.replica_name.as_deref(), Some("5"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[pki]\nca_dir = \"ca\"\n[tls]\nca_cert = \"fleet.crt\"\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+        assert_eq!(c.pki.ca_dir, Some(dir.path().join("ca")));
+        assert_eq!(c.tls.ca_cert, dir.path().join("fleet.crt"));
+        assert_eq!(
+            c.tls.server_cert,
+            Config::default().tls.server_cert,
+            "keys the file does not set keep their defaults"
+        );
+
+        std::fs::write(&p, "[alerts.clock_skew]\nminutes = \"ten\"\n").unwrap();
+        let e = Config::load_with_env(Some(&p), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("minutes") && e.contains("c.toml"), "{e}");
+        let e = Config::load_with_env(None, env(&[("PHONEHOME_ALERTS_CLOCK_SKEW_MINUTES", "ten")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PHONEHOME_ALERTS_CLOCK_SKEW_MINUTES"), "{e}");
     }
 }

@@ -151,7 +151,7 @@ async fn alerts_fire_stay_alive_and_resolve_in_a_real_alertmanager() {
         &[
             ("PHONEHOME_ALERTMANAGER_URL", am_url.as_str()),
             ("PHONEHOME_ALERTMANAGER_RESEND_SECONDS", "1"),
-            ("PHONEHOME_DASHBOARD_URL", DASHBOARD),
+            ("PHONEHOME_ALERTMANAGER_DASHBOARD_URL", DASHBOARD),
         ],
     )
     .await;

@@ -149,9 +149,9 @@ fn sleep_until(t: Instant) {
 
 fn enrolling_ingest_env(ca_dir: &Path, lifetime_secs: &str) -> Vec<(String, String)> {
     vec![
-        ("PHONEHOME_CA_DIR".into(), ca_dir.display().to_string()),
+        ("PHONEHOME_PKI_CA_DIR".into(), ca_dir.display().to_string()),
         (
-            "PHONEHOME_APPLIANCE_CERT_SECONDS".into(),
+            "PHONEHOME_PKI_APPLIANCE_CERT_SECONDS".into(),
             lifetime_secs.into(),
         ),
     ]
@@ -318,8 +318,8 @@ async fn an_expired_certificate_renews_within_the_grace_but_not_revoked_or_past_
         &db,
         &pki,
         &[
-            ("PHONEHOME_CA_DIR".into(), ca_dir.display().to_string()),
-            ("PHONEHOME_RENEW_GRACE_DAYS".into(), "0".into()),
+            ("PHONEHOME_PKI_CA_DIR".into(), ca_dir.display().to_string()),
+            ("PHONEHOME_PKI_RENEW_GRACE_DAYS".into(), "0".into()),
         ],
     )
     .await;

@@ -41,8 +41,8 @@ async fn a_revoked_serial_is_refused_within_the_refresh_interval_and_others_are_
         &db,
         &pki,
         &[
-            ("PHONEHOME_REVOCATION_REFRESH_SECS", "1"),
-            ("PHONEHOME_CA_DIR", ca_dir_text.as_str()),
+            ("PHONEHOME_PKI_REVOCATION_REFRESH_SECS", "1"),
+            ("PHONEHOME_PKI_CA_DIR", ca_dir_text.as_str()),
         ],
     )
     .await;
@@ -235,7 +235,8 @@ async fn an_appliance_enrols_with_a_token_once_and_reports_with_its_own_key() {
     let ca_dir = pki.dir().join("fleet");
     let ca_dir_text = ca_dir.display().to_string();
     let ingest =
-        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_CA_DIR", ca_dir_text.as_str())]).await;
+        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_PKI_CA_DIR", ca_dir_text.as_str())])
+            .await;
     let (ok, out, err) = cli(
         &db,
         &["ca", "issue-token", "--serial", "SN-ENROL", "--ttl", "1h"],
@@ -343,7 +344,8 @@ async fn revocation_through_the_api_needs_an_admin_token_is_audited_and_takes_ef
     let db = TestDb::new().await;
     let pki = TestPki::new();
     let ingest =
-        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_REVOCATION_REFRESH_SECS", "1")]).await;
+        IngestProcess::start_with(&db, &pki, &[("PHONEHOME_PKI_REVOCATION_REFRESH_SECS", "1")])
+            .await;
     let pair = pki.appliance("SN-API");
     let appliance = TlsClient::new(&pki.ca_cert(), Some(&pair));
     let r = appliance
@@ -458,7 +460,7 @@ async fn revocation_under_load_reaches_both_replicas_within_the_refresh_interval
     use std::sync::atomic::{AtomicBool, Ordering};
     let db = TestDb::new().await;
     let pki = TestPki::new();
-    let env = [("PHONEHOME_REVOCATION_REFRESH_SECS", "1")];
+    let env = [("PHONEHOME_PKI_REVOCATION_REFRESH_SECS", "1")];
     let replicas = [
         IngestProcess::start_with(&db, &pki, &env).await,
         IngestProcess::start_with(&db, &pki, &env).await,
