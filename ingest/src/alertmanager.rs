@@ -22,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::config::AlertmanagerConfig;
+use serde::Deserialize;
+
+use crate::config::ConfigError;
 use crate::storage::notify::{Due, NotifierLock, OutgoingAlert};
 use crate::storage::{Storage, StorageError};
 
@@ -537,6 +539,73 @@ pub async fn run(storage: Storage, notifier: Notifier) {
                 ),
             }
         }
+    }
+}
+
+/// `[alertmanager]`: the Alertmanager the ingest posts its alerts to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Base URL, `http://host:port` (with Alertmanager's route prefix, if it has one). Plain
+    /// HTTP only: Alertmanager belongs on the private network, like the operations listener.
+    pub url: Option<String>,
+    /// How often a firing alert is sent again; Alertmanager is told it ends after four of
+    /// these, so it resolves alerts by itself if every ingest stops.
+    pub resend_seconds: u64,
+    /// The operations dashboard as operators reach it (`http://ops.example:8080`), for the
+    /// link in each alert.
+    pub dashboard_url: Option<String>,
+    /// The brake on alert storms: new alerts posted per minute at most (resends and
+    /// resolutions always go). The rest wait, oldest first, for the next minutes.
+    pub max_new_per_minute: u32,
+}
+
+pub const DEFAULT_ALERTMANAGER_RESEND_SECONDS: u64 = 60;
+pub const DEFAULT_ALERTMANAGER_MAX_NEW_PER_MINUTE: u32 = 600;
+/// Alertmanager is told a firing alert ends after four resend intervals; past a day that is
+/// no longer a heartbeat.
+pub const MAX_ALERTMANAGER_RESEND_SECONDS: u64 = 86_400;
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        AlertmanagerConfig {
+            url: None,
+            resend_seconds: DEFAULT_ALERTMANAGER_RESEND_SECONDS,
+            dashboard_url: None,
+            max_new_per_minute: DEFAULT_ALERTMANAGER_MAX_NEW_PER_MINUTE,
+        }
+    }
+}
+
+impl AlertmanagerConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_new_per_minute == 0 {
+            return Err(ConfigError::Invalid(
+                "alertmanager.max_new_per_minute must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_ALERTMANAGER_RESEND_SECONDS).contains(&self.resend_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "alertmanager.resend_seconds = {} must be between 1 and {MAX_ALERTMANAGER_RESEND_SECONDS}",
+                self.resend_seconds
+            )));
+        }
+        if let Some(url) = &self.url {
+            // The value is not echoed: a URL with credentials in it must not reach a log.
+            Endpoint::parse(url)
+                .map_err(|e| ConfigError::Invalid(format!("alertmanager.url: {e}")))?;
+        }
+        if let Some(url) = &self.dashboard_url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.parse::<hyper::Uri>().is_ok_and(|u| u.host().is_some());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "alertmanager.dashboard_url = {url:?} must be an http:// or https:// URL \
+                     with a host"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

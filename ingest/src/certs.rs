@@ -3,7 +3,7 @@
 //! (`POST /v1/renew`), the CRL (`GET /v1/crl`), and the gate every other request passes:
 //! revoked certificates get 403, expired ones may only renew.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -16,7 +16,10 @@ use chrono::Utc;
 use phonehome_pki::ca::{Authority, Issued};
 use phonehome_schema::enrol::{EnrolRequest, IssuedCertificate, MAX_CSR_BYTES, RenewRequest};
 
+use serde::{Deserialize, Serialize};
+
 use crate::AppState;
+use crate::config::ConfigError;
 use crate::error::ApiError;
 use crate::reports::PeerIdentity;
 use crate::storage::identity::{EnrolError, RenewError};
@@ -296,4 +299,88 @@ pub async fn make_crl(
                 "cannot sign the CRL: {e}"
             )))
         })
+}
+
+/// `[pki]`: how the ingest issues and revokes appliance certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkiConfig {
+    /// The CA directory (`phonehome-ingest ca init --dir`) whose issuing CA signs enrolments
+    /// and renewals; the root's key need not be there. Unset: enrolment and renewal answer 503.
+    pub ca_dir: Option<PathBuf>,
+    /// Lifetime of the appliance certificates the ingest issues.
+    pub appliance_cert_days: i64,
+    /// A lifetime in seconds that wins over `appliance_cert_days`: for a lab or a test that
+    /// watches certificates renew and expire.
+    pub appliance_cert_seconds: Option<i64>,
+    /// How long after its certificate expired an appliance may still renew with it.
+    pub renew_grace_days: i64,
+    /// How often each replica reloads the revocation list: the longest a revoked certificate
+    /// can still deliver after `ca revoke` commits.
+    pub revocation_refresh_secs: u64,
+    /// How long a published CRL says it is good for.
+    pub crl_valid_hours: i64,
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        PkiConfig {
+            ca_dir: None,
+            appliance_cert_days: phonehome_pki::DEFAULT_APPLIANCE_DAYS,
+            appliance_cert_seconds: None,
+            renew_grace_days: DEFAULT_RENEW_GRACE_DAYS,
+            revocation_refresh_secs: crate::revocation::DEFAULT_REFRESH_SECS,
+            crl_valid_hours: DEFAULT_CRL_VALID_HOURS,
+        }
+    }
+}
+
+impl PkiConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=3650).contains(&self.appliance_cert_days) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.appliance_cert_days = {} must be between 1 and 3650",
+                self.appliance_cert_days
+            )));
+        }
+        if let Some(s) = self.appliance_cert_seconds {
+            if !(1..=3650 * 86_400).contains(&s) {
+                return Err(ConfigError::Invalid(format!(
+                    "pki.appliance_cert_seconds = {s} must be between 1 and 315360000"
+                )));
+            }
+        }
+        if !(0..=3650).contains(&self.renew_grace_days) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.renew_grace_days = {} must be between 0 and 3650",
+                self.renew_grace_days
+            )));
+        }
+        if !(1..=3600).contains(&self.revocation_refresh_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.revocation_refresh_secs = {} must be between 1 and 3600",
+                self.revocation_refresh_secs
+            )));
+        }
+        if !(1..=24 * 365).contains(&self.crl_valid_hours) {
+            return Err(ConfigError::Invalid(format!(
+                "pki.crl_valid_hours = {} must be between 1 and 8760",
+                self.crl_valid_hours
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the handlers need, with the ingest's trust bundle to hand to collectors.
+    pub fn issuing(&self, ca_bundle: &Path) -> IssuingSettings {
+        IssuingSettings {
+            ca_dir: self.ca_dir.clone(),
+            ca_bundle: Some(ca_bundle.to_path_buf()),
+            appliance_lifetime: match self.appliance_cert_seconds {
+                Some(s) => chrono::Duration::seconds(s),
+                None => chrono::Duration::days(self.appliance_cert_days),
+            },
+            crl_valid_hours: self.crl_valid_hours,
+        }
+    }
 }
