@@ -329,11 +329,65 @@ async fn an_appliance_enrols_with_a_token_once_and_reports_with_its_own_key() {
             .await,
         Some(1.0)
     );
+    // An expired token, and a token for an appliance retired since: refused, counted.
+    let (ok, out, _) = cli(
+        &db,
+        &["ca", "issue-token", "--serial", "SN-ENROL", "--ttl", "1h"],
+    );
+    assert!(ok);
+    db.client()
+        .await
+        .execute(
+            "UPDATE enrolment_tokens SET expires_at = now() - interval '1 minute'
+             WHERE used_at IS NULL",
+            &[],
+        )
+        .await
+        .expect("age the token");
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg2_text],
+        &[("PHONEHOME_ENROL_TOKEN", out.trim())],
+    );
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(run.stderr.contains("expired"), "{}", run.stderr);
+    let (ok, out, _) = cli(&db, &["ca", "issue-token", "--serial", "SN-ENROL"]);
+    assert!(ok);
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "appliance",
+            "set-state",
+            "--serial",
+            "SN-ENROL",
+            "--state",
+            "retired",
+        ],
+    );
+    assert!(ok, "{err}");
+    let run = phonehome_tests::bins::collector(
+        &["enroll", "--config", &cfg2_text],
+        &[("PHONEHOME_ENROL_TOKEN", out.trim())],
+    );
+    assert_eq!(run.code, Some(78), "{}", run.stderr);
+    assert!(run.stderr.contains("retired"), "{}", run.stderr);
+    assert!(!again.path().join("appliance.crt").exists());
+    for outcome in ["token_expired", "retired", "other_serial", "unknown_token"] {
+        assert_eq!(
+            ingest
+                .metric(&format!(
+                    "phonehome_enrolments_total{{outcome=\"{outcome}\"}}"
+                ))
+                .await,
+            Some(1.0),
+            "{outcome}"
+        );
+    }
     assert_eq!(
         ingest
             .metric("phonehome_enrolments_total{outcome=\"issued\"}")
             .await,
-        Some(1.0)
+        Some(1.0),
+        "nothing more was issued"
     );
 }
 
