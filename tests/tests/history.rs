@@ -764,15 +764,18 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         .position(|m| m.name == "row_packing")
         .expect("the row_packing migration");
     let client = schema_as_of(&db, before_packing).await;
-    // The columns this build writes that later migrations add (migration 7 can run twice).
-    let dashboard = ALL
-        .iter()
-        .find(|m| m.name == "dashboard")
-        .expect("the dashboard migration");
-    client
-        .batch_execute(dashboard.sql)
-        .await
-        .expect("the dashboard's columns");
+    // The columns this build writes that later migrations add (migrations 7 and 10 can run
+    // twice).
+    for name in ["dashboard", "certificate_expiry"] {
+        let m = ALL
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("the {name} migration"));
+        client
+            .batch_execute(m.sql)
+            .await
+            .unwrap_or_else(|e| panic!("the {name} migration's columns: {e}"));
+    }
     let storage = Storage::connect(db.url(), 2).expect("storage");
     maintenance::run_once(&storage, "test", std::time::Duration::ZERO)
         .await
