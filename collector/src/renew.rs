@@ -273,7 +273,12 @@ fn renew(renewer: &impl Renewer, files: &KeyFiles, serial: &Serial) -> Renewal {
     let failed = |error: String| Renewal::Failed {
         error: shorten(&error),
     };
-    let key = match phonehome_pki::KeyType::Ed25519.generate() {
+    // The same kind of key as now (P-256 where the appliance chose it), Ed25519 otherwise.
+    let key_type = std::fs::read_to_string(&files.key)
+        .ok()
+        .and_then(|pem| phonehome_pki::KeyType::of_pem(&pem))
+        .unwrap_or_default();
+    let key = match key_type.generate() {
         Ok(k) => k,
         Err(e) => return failed(format!("cannot make a key: {e}")),
     };
@@ -489,6 +494,27 @@ mod tests {
         assert!(st.renewed_at.is_some());
         let mode = std::fs::metadata(&files.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_kind_of_key_the_appliance_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, renewer) = setup(dir.path());
+        let serial = Serial::parse("SN-RENEW").unwrap();
+        let p256 = phonehome_pki::KeyType::P256.generate().unwrap();
+        let issued = renewer
+            .renew(&phonehome_pki::csr_pem(&serial, &p256).unwrap())
+            .unwrap();
+        std::fs::write(&files.key, p256.serialize_pem()).unwrap();
+        std::fs::write(&files.cert, issued.certificate_chain_pem).unwrap();
+        let done = renew_if_due(&renewer, &files, &serial, Utc::now(), true);
+        assert!(matches!(done, Renewal::Renewed { .. }), "{done:?}");
+        pair_is_good(&files);
+        let key = std::fs::read_to_string(&files.key).unwrap();
+        assert_eq!(
+            phonehome_pki::KeyType::of_pem(&key),
+            Some(phonehome_pki::KeyType::P256)
+        );
     }
 
     /// What a kill leaves: key, key.next, certificate, certificate.next, and whether the new

@@ -24,6 +24,15 @@ impl KeyType {
         }
     }
 
+    /// The type of the private key in `pem`, if it is one of ours: a renewal keeps the kind of
+    /// key the appliance chose.
+    pub fn of_pem(pem: &str) -> Option<KeyType> {
+        let key = KeyPair::from_pem(pem).ok()?;
+        [Self::Ed25519, Self::P256]
+            .into_iter()
+            .find(|t| key.algorithm() == t.algorithm())
+    }
+
     /// A new key pair of this type, from the operating system's random source.
     pub fn generate(self) -> Result<KeyPair, rcgen::Error> {
         let key = KeyPair::generate_for(self.algorithm())?;
@@ -86,5 +95,10 @@ mod tests {
             KeyType::P256.generate().unwrap().algorithm(),
             &PKCS_ECDSA_P256_SHA256
         );
+        for t in [KeyType::Ed25519, KeyType::P256] {
+            let pem = t.generate().unwrap().serialize_pem();
+            assert_eq!(KeyType::of_pem(&pem), Some(t));
+        }
+        assert_eq!(KeyType::of_pem("junk"), None);
     }
 }
