@@ -232,6 +232,10 @@ pub struct Placement {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SmartSnapshot {
     pub collected_at: Option<DateTime<Utc>>,
+    /// The ingest's verdict on this report: `ok`, `warning` or `critical`.
+    pub verdict: String,
+    /// Why, worst first: (level, words), the same reasons alerts carry.
+    pub reasons: Vec<(String, String)>,
     pub health_passed: Option<bool>,
     pub temperature_celsius: Option<i64>,
     pub power_on_hours: Option<u64>,

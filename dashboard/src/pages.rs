@@ -121,6 +121,16 @@ fn certificate(c: &CertificateView, now: DateTime<Utc>) -> Markup {
     }
 }
 
+/// The stylesheet's class for a verdict level (`ok` is the healthy colour; information is
+/// muted).
+fn verdict_class(level: &str) -> &'static str {
+    match level {
+        "critical" => "critical",
+        "warning" => "warning",
+        _ => "ok",
+    }
+}
+
 fn health_badge(h: Health) -> Markup {
     html! { span class={ "badge " (h.as_str()) } { (h.as_str()) } }
 }
@@ -998,6 +1008,14 @@ pub fn drive(d: &DriveDetail) -> String {
                 @match s.health_passed { Some(true) => span.ok { "passed" }, Some(false) => span.critical { "FAILED" }, None => span.unknown { "not given" } }
                 @if let Some(t) = s.temperature_celsius { " · " (t) " °C" }
                 @if let Some(h) = s.power_on_hours { " · " (h) " power-on hours" }
+            }
+            p #verdict { "Verdict: " span class={ "badge " (verdict_class(&s.verdict)) } data-verdict=(s.verdict) { (s.verdict) } }
+            @if !s.reasons.is_empty() {
+                ul #reasons {
+                    @for (level, text) in &s.reasons {
+                        li class=(verdict_class(level)) data-level=(level) { (text) }
+                    }
+                }
             }
             @if !s.attributes.is_empty() {
                 (table("attributes", &["ID", "Attribute", "Value", "Worst", "Threshold", "Raw", "Failed"], html! {

@@ -304,8 +304,8 @@ pub struct Wearout {
     pub enabled: bool,
     /// NVMe "percentage used" (endurance consumed) at or above which the drive is worn.
     pub percentage_used: u8,
-    /// NVMe available spare (percent) at or below which the drive is worn; the drive's own
-    /// threshold counts too.
+    /// NVMe available spare (percent) below which the drive is worn, for an earlier warning
+    /// than the drive's own threshold (which always counts). 0: the drive's threshold only.
     pub available_spare_percent: u8,
 }
 
@@ -314,7 +314,7 @@ impl Default for Wearout {
         Wearout {
             enabled: true,
             percentage_used: 90,
-            available_spare_percent: 20,
+            available_spare_percent: 0,
         }
     }
 }
@@ -511,32 +511,18 @@ impl AlertsConfig {
                 }
             }
             if self.disk_wearout.enabled {
-                if let Some(n) = &d.nvme {
-                    let used = n
-                        .percentage_used
-                        .filter(|p| *p >= self.disk_wearout.percentage_used);
-                    let floor = self
-                        .disk_wearout
-                        .available_spare_percent
-                        .max(n.available_spare_threshold_percent.unwrap_or(0));
-                    let spare = n.available_spare_percent.filter(|s| *s <= floor);
-                    if used.is_some() || spare.is_some() {
-                        let mut parts = Vec::new();
-                        if let Some(u) = used {
-                            parts.push(format!("percentage used {u}%"));
-                        }
-                        if let Some(s) = spare {
-                            parts.push(format!("available spare {s}%"));
-                        }
-                        let value = parts.join(", ");
-                        out.push(Finding {
-                            rule: "disk_wearout",
-                            subject: subject.clone(),
-                            severity: Severity::Warning,
-                            summary: format!("{label} is wearing out: {value}"),
-                            value,
-                        });
-                    }
+                let verdict = crate::verdict::drive(d, &self.disk_wearout);
+                if let Some(value) = verdict.summary(
+                    crate::verdict::Concern::WearOut,
+                    crate::verdict::Level::Warning,
+                ) {
+                    out.push(Finding {
+                        rule: "disk_wearout",
+                        subject: subject.clone(),
+                        severity: Severity::Warning,
+                        summary: format!("{label} is wearing out: {value}"),
+                        value,
+                    });
                 }
             }
             if self.disk_temperature.enabled {
@@ -786,31 +772,14 @@ pub fn nic_errors(
     })
 }
 
-/// Why a drive is failing now, if it is: overall health failed, an attribute at or below its
-/// threshold now, NVMe critical warning bits. (An error log with entries is not failure.)
+/// Why a drive is failing now, if it is: the critical reasons of its verdict (overall health
+/// failed, an attribute at or below its threshold now, NVMe read-only or backup failures). An
+/// error log with entries, wear and spare are not failure (see [`crate::verdict`]).
 pub fn failing_now(d: &SmartDevice) -> Option<String> {
-    let mut why = Vec::new();
-    if d.health_passed == Some(false) {
-        why.push("overall health self-assessment failed".to_owned());
-    }
-    for a in &d.attributes {
-        if a.when_failed.as_deref() == Some("now") {
-            why.push(format!("attribute {} {} failing now", a.id, a.name));
-        }
-    }
-    if let Some(n) = &d.nvme {
-        if !n.critical_warnings.is_empty() {
-            let bits: Vec<String> = n
-                .critical_warnings
-                .iter()
-                .map(|w| format!("{w:?}"))
-                .collect();
-            why.push(format!("NVMe critical warning: {}", bits.join(", ")));
-        } else if let Some(bits) = n.critical_warning.filter(|b| *b != 0) {
-            why.push(format!("NVMe critical warning 0x{bits:02x}"));
-        }
-    }
-    (!why.is_empty()).then(|| why.join("; "))
+    crate::verdict::drive(d, &Wearout::default()).summary(
+        crate::verdict::Concern::Failure,
+        crate::verdict::Level::Critical,
+    )
 }
 
 /// "ST2000DM006 Z4ZCX0WD (/dev/sda)", what an operator can find in the rack.

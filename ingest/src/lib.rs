@@ -24,6 +24,7 @@ pub mod storage;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;
+pub mod verdict;
 
 use std::sync::Arc;
 

@@ -453,6 +453,22 @@ async fn the_lists_filter_search_sort_and_page_and_the_url_carries_it() {
     );
     assert!(by_id(&drive, "placements", "</table>").contains(&fleet.critical));
     assert!(by_id(&drive, "health", "</p>").contains("disk_failing"));
+    // The ingest's verdict and its reasons, as the alert has them, on the page and in the API.
+    assert!(
+        by_id(&drive, "verdict", "</p>").contains("data-verdict=\"critical\""),
+        "{drive}"
+    );
+    assert!(
+        by_id(&drive, "reasons", "</ul>").contains("overall health self-assessment failed"),
+        "{drive}"
+    );
+    let api = json(&ingest, &format!("/api/v1{drive_path}")).await;
+    assert_eq!(api["smart"]["verdict"], "critical", "{api}");
+    assert_eq!(
+        api["smart"]["reasons"][0],
+        serde_json::json!(["critical", "overall health self-assessment failed"]),
+        "{api}"
+    );
 
     // Versions: who runs what, and who is below the minimum.
     let versions = html(&ingest, "/versions").await;

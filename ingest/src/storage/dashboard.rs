@@ -615,7 +615,7 @@ impl Storage {
             .devices
             .into_iter()
             .find(|dev| super::rows::drive_key(dev).as_deref() == Some(key))
-            .map(|dev| smart_snapshot(dev, collected_at)))
+            .map(|dev| smart_snapshot(dev, collected_at, &self.settings.alerts.disk_wearout)))
     }
 
     /// The fleet-wide counts (see [`FleetCounts`]); `silent_before` is the silence threshold.
@@ -772,7 +772,14 @@ impl Storage {
 }
 
 /// The drive page's SMART tables from one device of a report.
-fn smart_snapshot(dev: phonehome_schema::SmartDevice, at: DateTime<Utc>) -> d::SmartSnapshot {
+fn smart_snapshot(
+    dev: phonehome_schema::SmartDevice,
+    at: DateTime<Utc>,
+    wear: &crate::alerts::Wearout,
+) -> d::SmartSnapshot {
+    let verdict = crate::verdict::drive(&dev, wear);
+    let mut reasons = verdict.reasons;
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
     let mut nvme = Vec::new();
     if let Some(n) = &dev.nvme {
         let mut field = |name: &str, v: Option<String>| {
@@ -863,6 +870,11 @@ fn smart_snapshot(dev: phonehome_schema::SmartDevice, at: DateTime<Utc>) -> d::S
     });
     d::SmartSnapshot {
         collected_at: Some(at),
+        verdict: verdict.level.as_str().to_owned(),
+        reasons: reasons
+            .into_iter()
+            .map(|r| (r.level.as_str().to_owned(), r.text))
+            .collect(),
         health_passed: dev.health_passed,
         temperature_celsius: dev.temperature_celsius,
         power_on_hours: dev.power_on_hours,
