@@ -332,6 +332,8 @@ pub struct ApplianceView {
     pub lifecycle_detail: Option<LifecycleView>,
     /// The certificate the newest report came with.
     pub certificate: Option<CertificateView>,
+    /// Routing labels an operator set (customer, site, …), by name.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// What operators changed about this appliance, newest first.
     pub audit: Vec<AuditRow>,
     pub days: u32,

@@ -806,6 +806,14 @@ pub fn appliance(a: &ApplianceView) -> String {
                     " · " span.warning { (a.collection_errors) " collection error" @if a.collection_errors != 1 { "s" } " in the last report" }
                 } } }
             tr { th { "Reports" } td { (count(r.report_count)) } }
+            @if !a.labels.is_empty() {
+                tr #labels { th { "Labels" } td {
+                    @for (i, (name, value)) in a.labels.iter().enumerate() {
+                        @if i > 0 { " · " }
+                        a href=(href("/appliances", &[("label", Some(format!("{name}:{value}")))])) { code { (name) "=" (value) } }
+                    }
+                } }
+            }
             @if let Some(c) = &a.certificate {
                 tr #certificate { th { "Certificate" } td { (certificate(c, now)) } }
             }

@@ -301,6 +301,8 @@ pub struct ApplianceQuery {
     pub below_minimum: bool,
     /// Only appliances in this lifecycle state (`active`, `expected_offline`, `retired`).
     pub state: Option<String>,
+    /// Only appliances carrying this routing label: `label=customer:acme`.
+    pub label: Option<(String, String)>,
     pub sort: ApplianceSort,
     pub after: Option<ApplianceCursor>,
     pub limit: i64,
@@ -312,9 +314,10 @@ const HEALTHS: [&str; 4] = ["ok", "info", "warning", "critical"];
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 impl ApplianceQuery {
-    pub const PARAMS: [&str; 13] = [
+    pub const PARAMS: [&str; 14] = [
         "q",
         "state",
+        "label",
         "health",
         "silent",
         "rule",
@@ -358,6 +361,21 @@ impl ApplianceQuery {
                 |v| LIFECYCLE_STATES.contains(&v).then(|| v.to_owned()),
                 &LIFECYCLE_STATES,
             )?,
+            label: match p.text("label") {
+                None => None,
+                Some(v) => Some(
+                    v.split_once(':')
+                        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .ok_or_else(|| BadParameter {
+                            parameter: "label".into(),
+                            message: format!(
+                                "{} is not NAME:VALUE, e.g. customer:acme",
+                                quoted(&v)
+                            ),
+                        })?,
+                ),
+            },
             sort,
             after: p.cursor(|v| ApplianceCursor::parse(sort, v))?,
             limit: p.limit()?,
@@ -368,6 +386,10 @@ impl ApplianceQuery {
     pub fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
         vec![
             ("q", self.q.clone()),
+            (
+                "label",
+                self.label.as_ref().map(|(n, v)| format!("{n}:{v}")),
+            ),
             ("health", self.health.map(|h| h.as_str().to_owned())),
             ("silent", self.silent.map(|s| s.to_string())),
             ("rule", self.rule.clone()),
@@ -403,6 +425,7 @@ impl ApplianceQuery {
             || self.status.is_some()
             || self.below_minimum
             || self.state.is_some()
+            || self.label.is_some()
     }
 }
 

@@ -178,7 +178,7 @@ impl Endpoint {
 /// One alert as Alertmanager's v2 API takes it (`postableAlert`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PostableAlert {
-    pub labels: BTreeMap<&'static str, String>,
+    pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<&'static str, String>,
     #[serde(rename = "startsAt")]
     pub starts_at: DateTime<Utc>,
@@ -204,14 +204,17 @@ pub fn payload(
     alerts
         .iter()
         .map(|a| {
-            let mut labels = BTreeMap::from([
-                ("alertname", a.rule.clone()),
-                ("serial", a.serial.clone()),
-                ("severity", a.severity.clone()),
+            // The operator's routing labels first: the ingest's own names are reserved
+            // (`labels::RESERVED`) and would win anyway.
+            let mut labels = a.labels.clone();
+            labels.extend([
+                ("alertname".to_owned(), a.rule.clone()),
+                ("serial".to_owned(), a.serial.clone()),
+                ("severity".to_owned(), a.severity.clone()),
             ]);
             // Alertmanager treats an empty label as absent; leaving it out says so plainly.
             if !a.subject.is_empty() {
-                labels.insert("subject", a.subject.clone());
+                labels.insert("subject".to_owned(), a.subject.clone());
             }
             let link = dashboard_url.map(|base| appliance_link(base, &a.serial));
             let mut annotations =
@@ -641,6 +644,7 @@ mod tests {
             value: "reallocated 8 → 24 (+16)".into(),
             summary: "sda reallocated 16 more sectors".into(),
             fresh: true,
+            labels: BTreeMap::from([("customer".to_owned(), "Acme".to_owned())]),
         }
     }
 
@@ -659,6 +663,7 @@ mod tests {
             serde_json::json!([{
                 "labels": {
                     "alertname": "disk_degrading",
+                    "customer": "Acme",
                     "serial": "SN 1/2",
                     "severity": "warning",
                     "subject": "wwn:0x5000c500a1b2c3d4",
@@ -690,7 +695,7 @@ mod tests {
         assert_eq!(a["endsAt"], "2026-03-04T09:30:00Z");
         assert_eq!(
             a["labels"],
-            serde_json::json!({"alertname": "disk_degrading", "serial": "SN 1/2", "severity": "warning"})
+            serde_json::json!({"alertname": "disk_degrading", "customer": "Acme", "serial": "SN 1/2", "severity": "warning"})
         );
         assert!(a["annotations"].get("dashboard").is_none(), "{a}");
         assert!(a.get("generatorURL").is_none(), "{a}");

@@ -34,6 +34,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/appliances/{serial}/lifecycle",
             get(lifecycle).put(set_lifecycle),
         )
+        .route(
+            "/api/v1/appliances/{serial}/labels",
+            get(labels).put(set_labels),
+        )
         .route("/api/v1/revocations", axum::routing::post(revoke))
         .route("/api/v1/audit", get(audit))
         // A client of a JSON API gets JSON, a wrong path included.
@@ -160,6 +164,61 @@ async fn set_lifecycle(
         "audit_id": done.audit_id,
     }))
     .into_response())
+}
+
+/// `GET .../labels`: the appliance's routing labels, by name.
+async fn labels(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(serial) = path.map_err(bad_path)?;
+    let serial = parse_serial(&serial)?;
+    let labels = state
+        .storage
+        .labels(serial.as_str())
+        .await
+        .map_err(storage_error)?;
+    Ok(Json(serde_json::json!({ "serial": serial.as_str(), "labels": labels })).into_response())
+}
+
+/// `PUT .../labels` (admin): `{"customer": "acme", "site": null}` sets and removes (null)
+/// labels, leaving the others; the change and its audit row commit together.
+async fn set_labels(
+    State(state): State<AppState>,
+    actor: Option<Extension<Actor>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(Extension(actor)) = actor else {
+        return Err(ApiError::Forbidden("writes need an admin token".into()));
+    };
+    let Path(serial) = path.map_err(bad_path)?;
+    let serial = parse_serial(&serial)?;
+    if body.len() > MAX_LIFECYCLE_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_LIFECYCLE_BODY,
+            after: "",
+        });
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::MalformedJson(format!("expected a JSON object: {e}")))?;
+    let change =
+        crate::labels::LabelChange::from_json(&json).map_err(|message| ApiError::BadParameter {
+            parameter: "body".into(),
+            message,
+        })?;
+    let labels = state
+        .storage
+        .set_labels(serial.as_str(), &change, &actor.audit_name())
+        .await
+        .map_err(|e| match e {
+            crate::storage::admin::LabelError::Refused(message) => ApiError::BadParameter {
+                parameter: "body".into(),
+                message,
+            },
+            crate::storage::admin::LabelError::Storage(e) => storage_error(e),
+        })?;
+    Ok(Json(serde_json::json!({ "serial": serial.as_str(), "labels": labels })).into_response())
 }
 
 /// What `POST /api/v1/revocations` takes: one of `serial` and `certificate`, and why.

@@ -344,13 +344,15 @@ impl FleetSource for DashboardSource {
             return Ok(None);
         };
         let mut view = detail.into_view();
-        let (lifecycle, audit, certificate) = tokio::try_join!(
+        let (lifecycle, audit, certificate, labels) = tokio::try_join!(
             self.storage.lifecycle(serial),
             self.storage
                 .audit_log(Some(serial), None, APPLIANCE_AUDIT_ROWS),
             self.storage.appliance_certificate(serial),
+            self.storage.labels(serial),
         )?;
         view.certificate = certificate;
+        view.labels = labels;
         if let Some(l) = lifecycle {
             let state = l.effective(Utc::now());
             view.row.lifecycle = state.as_str().to_owned();

@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod fdlimit;
+pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pgcluster;

@@ -123,6 +123,17 @@ enum ApplianceCommand {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Show or change an appliance's routing labels (customer, site, tier, …), which go with
+    /// every Alertmanager alert of the appliance and filter the fleet pages. Without NAME=VALUE
+    /// words, prints them.
+    Label {
+        #[arg(long)]
+        serial: String,
+        /// NAME=VALUE sets a label, NAME= removes it; names are lower-case letters, digits and
+        /// _ (at most 16 labels, values up to 128 characters).
+        #[arg(value_name = "NAME=VALUE")]
+        changes: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -406,6 +417,25 @@ async fn appliance(config: Config, command: ApplianceCommand) -> anyhow::Result<
                     ""
                 }
             );
+        }
+        ApplianceCommand::Label { serial, changes } => {
+            let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
+            let storage = admin_storage(&config).await?;
+            let labels = if changes.is_empty() {
+                storage.labels(serial.as_str()).await?
+            } else {
+                let change = phonehome_ingest::labels::LabelChange::from_args(&changes)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                storage
+                    .set_labels(serial.as_str(), &change, &cli_actor())
+                    .await?
+            };
+            if labels.is_empty() {
+                println!("{serial}: no labels");
+            }
+            for (name, value) in labels {
+                println!("{name}={value}");
+            }
         }
     }
     Ok(())

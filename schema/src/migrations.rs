@@ -62,6 +62,11 @@ pub const ALL: &[Migration] = &[
         name: "certificate_expiry",
         sql: include_str!("../migrations/0010_certificate_expiry.sql"),
     },
+    Migration {
+        version: 11,
+        name: "labels",
+        sql: include_str!("../migrations/0011_labels.sql"),
+    },
 ];
 
 #[cfg(test)]

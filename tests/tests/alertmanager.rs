@@ -155,6 +155,28 @@ async fn alerts_fire_stay_alive_and_resolve_in_a_real_alertmanager() {
         ],
     )
     .await;
+    // Routing labels set on the operations host go with every alert of the appliance.
+    let out = std::process::Command::new(phonehome_tests::bins::bin("phonehome-ingest"))
+        .args([
+            "appliance",
+            "label",
+            "--serial",
+            SERIAL,
+            "customer=Acme GmbH",
+            "site=fra1",
+        ])
+        .env("PHONEHOME_DATABASE_URL", db.url())
+        .output()
+        .expect("run phonehome-ingest appliance label");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "customer=Acme GmbH\nsite=fra1\n"
+    );
     let (disk, silent) = insert_firing_alerts(&db).await;
 
     eventually(
@@ -196,8 +218,10 @@ async fn alerts_fire_stay_alive_and_resolve_in_a_real_alertmanager() {
         disk_am["labels"],
         json!({
             "alertname": "disk_degrading",
+            "customer": "Acme GmbH",
             "serial": SERIAL,
             "severity": "warning",
+            "site": "fra1",
             "subject": DRIVE,
         })
     );
@@ -225,7 +249,8 @@ async fn alerts_fire_stay_alive_and_resolve_in_a_real_alertmanager() {
     );
     assert_eq!(
         silent_am["labels"],
-        json!({"alertname": "appliance_silent", "serial": SERIAL, "severity": "critical"}),
+        json!({"alertname": "appliance_silent", "customer": "Acme GmbH", "serial": SERIAL,
+               "severity": "critical", "site": "fra1"}),
         "an empty subject is left out"
     );
     assert_eq!(silent_am["annotations"]["dashboard"], LINK);

@@ -385,3 +385,84 @@ impl Storage {
             .collect())
     }
 }
+
+/// Why labels could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    /// The change is not allowed (too many labels); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<tokio_postgres::Error> for LabelError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LabelError::Storage(e.into())
+    }
+}
+
+impl Storage {
+    /// `serial`'s labels, by name.
+    pub async fn labels(
+        &self,
+        serial: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, StorageError> {
+        let client = self.pool().get().await?;
+        Ok(client
+            .query(
+                "SELECT name, value FROM appliance_labels WHERE serial = $1",
+                &[&serial],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    /// Applies `change` to `serial`'s labels on behalf of `actor`, with its audit row, in one
+    /// transaction; returns the labels after.
+    pub async fn set_labels(
+        &self,
+        serial: &str,
+        change: &crate::labels::LabelChange,
+        actor: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, LabelError> {
+        let mut client = self.pool().get().await.map_err(StorageError::from)?;
+        let tx = client.transaction().await?;
+        // Two operators labelling one appliance at once queue here, so the bound holds. A
+        // transaction lock: nothing outlives the transaction (a transaction pooler is safe).
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('phonehome.labels'), hashtext($1))",
+            &[&serial],
+        )
+        .await?;
+        let current: std::collections::BTreeMap<String, String> = tx
+            .query(
+                "SELECT name, value FROM appliance_labels WHERE serial = $1",
+                &[&serial],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let next = change.apply(&current).map_err(LabelError::Refused)?;
+        tx.execute("DELETE FROM appliance_labels WHERE serial = $1", &[&serial])
+            .await?;
+        let (names, values): (Vec<&str>, Vec<&str>) =
+            next.iter().map(|(n, v)| (n.as_str(), v.as_str())).unzip();
+        tx.execute(
+            "INSERT INTO appliance_labels (serial, name, value)
+             SELECT $1, * FROM unnest($2::text[], $3::text[])",
+            &[&serial, &names, &values],
+        )
+        .await?;
+        let detail = serde_json::json!({
+            "before": current,
+            "after": next,
+        });
+        audit(&tx, actor, "set_labels", serial, &detail).await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+}

@@ -286,6 +286,13 @@ impl Storage {
             let p = sql.bind(v.clone());
             sql.and(format!("a.app_status = {p}"));
         }
+        if let Some((name, value)) = &q.label {
+            let n = sql.bind(name.clone());
+            let v = sql.bind(value.clone());
+            sql.and(format!(
+                "a.serial IN (SELECT serial FROM appliance_labels WHERE name = {n} AND value = {v})"
+            ));
+        }
         if let Some(model) = &q.drive_model {
             let p = sql.bind(model.clone());
             sql.and(format!(

@@ -44,6 +44,8 @@ pub struct OutgoingAlert {
     pub summary: String,
     /// Never sent, or changed since it was: news rather than a heartbeat.
     pub fresh: bool,
+    /// The appliance's routing labels (customer, site, …), by name.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The notifier lock, and the session holding it, for one round. Dropped without
@@ -94,7 +96,9 @@ impl NotifierLock {
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT a.id, a.xmin::text::bigint, a.rule, ap.serial, a.subject, a.severity,
-                        a.started_at, a.resolved_at, a.value, a.summary, a.notified_at IS NULL
+                        a.started_at, a.resolved_at, a.value, a.summary, a.notified_at IS NULL,
+                        coalesce((SELECT jsonb_object_agg(l.name, l.value) FROM appliance_labels l
+                                  WHERE l.serial = ap.serial), '{{}}'::jsonb)
                  FROM alerts a JOIN appliances ap ON ap.id = a.appliance_id
                  WHERE a.id > $1 AND {condition}
                  ORDER BY a.id LIMIT $2"
@@ -123,6 +127,8 @@ impl NotifierLock {
                 value: r.get(8),
                 summary: r.get(9),
                 fresh: r.get(10),
+                labels: serde_json::from_value(r.get::<_, serde_json::Value>(11))
+                    .unwrap_or_default(),
             })
             .collect())
     }

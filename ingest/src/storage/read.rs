@@ -714,6 +714,7 @@ impl ApplianceDetail {
             collection_errors: s.collection_errors,
             lifecycle_detail: None,
             certificate: None,
+            labels: std::collections::BTreeMap::new(),
             audit: Vec::new(),
             alerts,
             drives: self.drives.into_iter().map(drive_view).collect(),
