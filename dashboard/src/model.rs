@@ -334,6 +334,10 @@ pub struct ApplianceView {
     pub certificate: Option<CertificateView>,
     /// Routing labels an operator set (customer, site, …), by name.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Conditions an operator acknowledged, quiet until they get worse.
+    pub acks: Vec<AckView>,
+    /// Mutes in force.
+    pub mutes: Vec<MuteView>,
     /// What operators changed about this appliance, newest first.
     pub audit: Vec<AuditRow>,
     pub days: u32,
@@ -449,6 +453,30 @@ pub struct RevokedView {
     pub at: DateTime<Utc>,
     pub by: String,
     pub reason: String,
+}
+
+/// An acknowledged condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckView {
+    pub rule: String,
+    pub subject: String,
+    pub severity: String,
+    /// The value acknowledged; the alert comes back when the condition is worse than this.
+    pub value: String,
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub note: String,
+}
+
+/// A mute in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct MuteView {
+    pub id: i64,
+    /// `None`: every rule.
+    pub rule: Option<String>,
+    pub until: DateTime<Utc>,
+    pub by: String,
+    pub note: String,
 }
 
 /// One operator action from the audit log.

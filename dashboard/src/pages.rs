@@ -820,6 +820,23 @@ pub fn appliance(a: &ApplianceView) -> String {
             tr { th { "JSON" } td { a href={ "/api/v1" (path) "?days=" (a.days) } { "this appliance's state and history" } } }
         } } }
         h2 { "Alerts" }
+        @for m in &a.mutes {
+            p.muted.mute #mute { "Muted: "
+                @match &m.rule { Some(r) => { code { (r) } }, None => { "every rule" } }
+                " until " (stamp(m.until)) " by " (m.by)
+                @if !m.note.is_empty() { ": " (short(&m.note, 200)) }
+            }
+        }
+        @if !a.acks.is_empty() {
+            div.scroll { table #acks {
+                caption { "Acknowledged (quiet until worse)" }
+                thead { tr { th { "Rule" } th { "Subject" } th { "As acknowledged" } th { "By" } th { "When" } th { "Note" } } }
+                tbody { @for k in &a.acks {
+                    tr { td { (k.rule) } td { (k.subject) } td { span class=(verdict_class(&k.severity)) { (k.severity) } " " (short(&k.value, 200)) }
+                         td { (k.by) } td { (time(k.at, now)) } td { (short(&k.note, 200)) } }
+                } }
+            } }
+        }
         @if a.alerts.is_empty() {
             p #alerts.muted { "No alerts." }
         } @else {

@@ -871,9 +871,99 @@ pub fn days_to_full(points: &[(f64, f64)], total: f64) -> Option<f64> {
     Some(((total - fitted_now) / slope).max(0.0))
 }
 
+/// What an operator acknowledged of an alert: enough to tell whether a later finding of the
+/// same rule and subject is the same condition or a worse one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub severity: String,
+    pub value: String,
+}
+
+/// Whether `f` is worse than what was acknowledged: a higher severity; for rules judged by
+/// change (`QuietFor`), any finding at all, since each one is a new rise; otherwise a reason
+/// that was not there (reasons compared without their numbers, so a filesystem growing from
+/// 91 % to 92 % or a wear level ticking up is the same condition).
+pub fn worse_than_acked(config: &AlertsConfig, acked: &Acked, f: &Finding) -> bool {
+    let rank = |s: &str| match s {
+        "critical" => 3,
+        "warning" => 2,
+        _ => 1,
+    };
+    if rank(f.severity.as_str()) > rank(&acked.severity) {
+        return true;
+    }
+    if matches!(config.lifecycle(f.rule), Lifecycle::QuietFor(_)) {
+        return true;
+    }
+    let shape = |v: &str| -> std::collections::BTreeSet<String> {
+        v.split("; ")
+            .map(|part| {
+                part.chars()
+                    .filter(|c| !c.is_ascii_digit() && *c != '.' && *c != ',')
+                    .collect::<String>()
+            })
+            .collect()
+    };
+    let before = shape(&acked.value);
+    shape(&f.value).iter().any(|r| !before.contains(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_acknowledged_condition_is_quiet_until_it_gets_worse() {
+        let config = AlertsConfig::default();
+        let finding = |rule, severity, value: &str| Finding {
+            rule,
+            subject: "wwn:1".into(),
+            severity,
+            value: value.into(),
+            summary: String::new(),
+        };
+        let acked = Acked {
+            severity: "warning".into(),
+            value: "91 % of rated endurance used (warns at 90 %)".into(),
+        };
+        let same = finding(
+            "disk_wearout",
+            Severity::Warning,
+            "93 % of rated endurance used (warns at 90 %)",
+        );
+        assert!(
+            !worse_than_acked(&config, &acked, &same),
+            "a number ticking"
+        );
+        let more = finding(
+            "disk_wearout",
+            Severity::Warning,
+            "93 % of rated endurance used (warns at 90 %); available spare 5 % is below the drive's threshold 10 %",
+        );
+        assert!(worse_than_acked(&config, &acked, &more), "a new reason");
+        let critical = finding("filesystem_full", Severity::Critical, "96 % used");
+        let acked_fs = Acked {
+            severity: "warning".into(),
+            value: "90 % used".into(),
+        };
+        assert!(
+            worse_than_acked(&config, &acked_fs, &critical),
+            "higher severity"
+        );
+        let rise = finding(
+            "disk_degrading",
+            Severity::Warning,
+            "reallocated 24 → 24 (+0)",
+        );
+        let acked_rise = Acked {
+            severity: "warning".into(),
+            value: "reallocated 8 → 24 (+16)".into(),
+        };
+        assert!(
+            worse_than_acked(&config, &acked_rise, &rise),
+            "a change-judged rule fires only on a new rise"
+        );
+    }
 
     const EXAMPLE: &str = include_str!("../../schema/examples/report.json");
 

@@ -39,6 +39,11 @@ pub fn router(state: AppState) -> Router {
             get(labels).put(set_labels),
         )
         .route("/api/v1/revocations", axum::routing::post(revoke))
+        .route("/api/v1/alerts/{id}/ack", axum::routing::post(acknowledge))
+        .route(
+            "/api/v1/appliances/{serial}/mutes",
+            axum::routing::post(mute),
+        )
         .route("/api/v1/audit", get(audit))
         // A client of a JSON API gets JSON, a wrong path included.
         .route("/api/v1/{*rest}", get(no_route))
@@ -219,6 +224,153 @@ async fn set_labels(
             crate::storage::admin::LabelError::Storage(e) => storage_error(e),
         })?;
     Ok(Json(serde_json::json!({ "serial": serial.as_str(), "labels": labels })).into_response())
+}
+
+/// Longest note on an acknowledgement or a mute.
+const MAX_NOTE_CHARS: usize = 1000;
+
+fn note_of(v: &serde_json::Value) -> Result<String, ApiError> {
+    let note = match v.get("note") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(ApiError::BadParameter {
+                parameter: "note".into(),
+                message: "must be text".into(),
+            });
+        }
+    };
+    if note.chars().count() > MAX_NOTE_CHARS {
+        return Err(ApiError::BadParameter {
+            parameter: "note".into(),
+            message: format!("at most {MAX_NOTE_CHARS} characters"),
+        });
+    }
+    Ok(note)
+}
+
+fn small_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    if body.len() > MAX_LIFECYCLE_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_LIFECYCLE_BODY,
+            after: "",
+        });
+    }
+    if body.is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("expected a JSON object: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::MalformedJson("expected a JSON object".into()));
+    }
+    Ok(v)
+}
+
+/// `POST /api/v1/alerts/{id}/ack` (admin), `{"note"?: text}`: the firing alert resolves and
+/// its condition stays quiet until it gets worse (a higher severity, a new reason, another
+/// rise).
+async fn acknowledge(
+    State(state): State<AppState>,
+    actor: Option<Extension<Actor>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use crate::storage::admin::AckError;
+    let Some(Extension(actor)) = actor else {
+        return Err(ApiError::Forbidden("writes need an admin token".into()));
+    };
+    let Path(id) = path.map_err(bad_path)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::BadParameter {
+        parameter: "id".into(),
+        message: "an alert id is a number".into(),
+    })?;
+    let note = note_of(&small_json(&body)?)?;
+    let done = state
+        .storage
+        .acknowledge(id, &actor.audit_name(), &note)
+        .await
+        .map_err(|e| match e {
+            AckError::NoAlert(_) => ApiError::NotFound(e.to_string()),
+            AckError::NotFiring(..) => ApiError::BadParameter {
+                parameter: "id".into(),
+                message: e.to_string(),
+            },
+            AckError::Storage(s) => storage_error(s),
+        })?;
+    Ok(Json(serde_json::json!({
+        "alert": id, "serial": done.serial, "rule": done.rule, "subject": done.subject,
+        "state": "resolved", "audit_id": done.audit_id,
+    }))
+    .into_response())
+}
+
+/// `POST /api/v1/appliances/{serial}/mutes` (admin), `{"rule"?: name, "until": RFC 3339 time,
+/// "note"?: text}`: no alert of the rule (every rule without one) opens for the appliance
+/// until then, and its firing ones resolve.
+async fn mute(
+    State(state): State<AppState>,
+    actor: Option<Extension<Actor>>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(Extension(actor)) = actor else {
+        return Err(ApiError::Forbidden("writes need an admin token".into()));
+    };
+    let Path(serial) = path.map_err(bad_path)?;
+    let serial = parse_serial(&serial)?;
+    let v = small_json(&body)?;
+    let note = note_of(&v)?;
+    let rule = match v.get("rule") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(r)) if crate::alerts::RULES.contains(&r.as_str()) => {
+            Some(r.clone())
+        }
+        Some(other) => {
+            return Err(ApiError::BadParameter {
+                parameter: "rule".into(),
+                message: format!(
+                    "{other} is not a rule; one of {}",
+                    crate::alerts::RULES.join(", ")
+                ),
+            });
+        }
+    };
+    let until = v
+        .get("until")
+        .and_then(|u| u.as_str())
+        .ok_or_else(|| ApiError::BadParameter {
+            parameter: "until".into(),
+            message: "required: an RFC 3339 time (or a date, 2027-01-31) in the future".into(),
+        })
+        .and_then(|u| {
+            crate::lifecycle::parse_until(u).map_err(|message| ApiError::BadParameter {
+                parameter: "until".into(),
+                message,
+            })
+        })?;
+    if until <= chrono::Utc::now() {
+        return Err(ApiError::BadParameter {
+            parameter: "until".into(),
+            message: "must be in the future".into(),
+        });
+    }
+    let done = state
+        .storage
+        .mute(
+            serial.as_str(),
+            rule.as_deref(),
+            until,
+            &actor.audit_name(),
+            &note,
+        )
+        .await
+        .map_err(storage_error)?;
+    Ok(Json(serde_json::json!({
+        "mute": done.id, "serial": serial.as_str(), "rule": rule, "until": until,
+        "resolved_alerts": done.resolved_alerts, "audit_id": done.audit_id,
+    }))
+    .into_response())
 }
 
 /// What `POST /api/v1/revocations` takes: one of `serial` and `certificate`, and why.

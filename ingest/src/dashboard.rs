@@ -344,13 +344,16 @@ impl FleetSource for DashboardSource {
             return Ok(None);
         };
         let mut view = detail.into_view();
-        let (lifecycle, audit, certificate, labels) = tokio::try_join!(
+        let (lifecycle, audit, certificate, labels, (acks, mutes)) = tokio::try_join!(
             self.storage.lifecycle(serial),
             self.storage
                 .audit_log(Some(serial), None, APPLIANCE_AUDIT_ROWS),
             self.storage.appliance_certificate(serial),
             self.storage.labels(serial),
+            self.storage.acks_and_mutes(serial),
         )?;
+        view.acks = acks;
+        view.mutes = mutes;
         view.certificate = certificate;
         view.labels = labels;
         if let Some(l) = lifecycle {

@@ -123,6 +123,31 @@ enum ApplianceCommand {
         #[arg(long)]
         note: Option<String>,
     },
+    /// Mute an appliance (every rule, or --rule) until a time: its firing alerts of those
+    /// rules resolve and none open meanwhile. Logged in the audit log.
+    Mute {
+        #[arg(long)]
+        serial: String,
+        /// One rule only (e.g. appliance_silent); without it, every rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Until when: a date (2027-01-31, UTC) or an RFC 3339 time, in the future.
+        #[arg(long)]
+        until: String,
+        /// Why, for the audit log and the appliance's page.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Acknowledge a firing alert (its id from the dashboard or the API): it resolves, and its
+    /// condition stays quiet until it gets worse (a higher severity, a new reason, another
+    /// rise).
+    Ack {
+        /// The alert's id.
+        #[arg(long)]
+        alert: i64,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Show or change an appliance's routing labels (customer, site, tier, …), which go with
     /// every Alertmanager alert of the appliance and filter the fleet pages. Without NAME=VALUE
     /// words, prints them.
@@ -416,6 +441,42 @@ async fn appliance(config: Config, command: ApplianceCommand) -> anyhow::Result<
                 } else {
                     ""
                 }
+            );
+        }
+        ApplianceCommand::Mute {
+            serial,
+            rule,
+            until,
+            note,
+        } => {
+            let serial = Serial::parse(&serial).with_context(|| format!("--serial {serial:?}"))?;
+            if let Some(r) = &rule {
+                anyhow::ensure!(
+                    phonehome_ingest::alerts::RULES.contains(&r.as_str()),
+                    "--rule {r:?} is not a rule; one of {}",
+                    phonehome_ingest::alerts::RULES.join(", ")
+                );
+            }
+            let until =
+                lifecycle::parse_until(&until).map_err(|e| anyhow::anyhow!("--until: {e}"))?;
+            anyhow::ensure!(until > chrono::Utc::now(), "--until must be in the future");
+            let storage = admin_storage(&config).await?;
+            let done = storage
+                .mute(serial.as_str(), rule.as_deref(), until, &cli_actor(), &note)
+                .await?;
+            println!(
+                "{serial}: {} muted until {}; {} alert(s) resolved",
+                rule.as_deref().unwrap_or("every rule"),
+                until.to_rfc3339(),
+                done.resolved_alerts
+            );
+        }
+        ApplianceCommand::Ack { alert, note } => {
+            let storage = admin_storage(&config).await?;
+            let done = storage.acknowledge(alert, &cli_actor(), &note).await?;
+            println!(
+                "{}: {} {} acknowledged; quiet until it gets worse",
+                done.serial, done.rule, done.subject
             );
         }
         ApplianceCommand::Label { serial, changes } => {

@@ -67,6 +67,11 @@ pub const ALL: &[Migration] = &[
         name: "labels",
         sql: include_str!("../migrations/0011_labels.sql"),
     },
+    Migration {
+        version: 12,
+        name: "acks_mutes",
+        sql: include_str!("../migrations/0012_acks_mutes.sql"),
+    },
 ];
 
 #[cfg(test)]

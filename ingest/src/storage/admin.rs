@@ -466,3 +466,236 @@ impl Storage {
         Ok(next)
     }
 }
+
+/// Why an acknowledgement or a mute was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("no alert {0}")]
+    NoAlert(i64),
+    #[error("alert {0} is not firing (it resolved at {1}); nothing to acknowledge")]
+    NotFiring(i64, String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<tokio_postgres::Error> for AckError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AckError::Storage(e.into())
+    }
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub serial: String,
+    pub rule: String,
+    pub subject: String,
+    pub audit_id: i64,
+}
+
+/// What a mute did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Muted {
+    pub id: i64,
+    pub resolved_alerts: u64,
+    pub audit_id: i64,
+}
+
+impl Storage {
+    /// Acknowledges firing alert `id`: it resolves, and its condition stays quiet until it gets
+    /// worse (`alerts::worse_than_acked`); with the audit row, in one transaction.
+    pub async fn acknowledge(
+        &self,
+        id: i64,
+        actor: &str,
+        note: &str,
+    ) -> Result<Acknowledged, AckError> {
+        let mut client = self.pool().get().await.map_err(StorageError::from)?;
+        let tx = client.transaction().await?;
+        // The appliance first, as report batches lock it, so the two queue.
+        let appliance: Option<i32> = tx
+            .query_opt(
+                "SELECT a.id FROM appliances a
+                 WHERE a.id = (SELECT appliance_id FROM alerts WHERE id = $1) FOR UPDATE",
+                &[&id],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let Some(appliance_id) = appliance else {
+            return Err(AckError::NoAlert(id));
+        };
+        let row = tx
+            .query_one(
+                "SELECT al.fingerprint, al.rule, al.subject, al.severity, al.value, al.state,
+                        coalesce(al.resolved_at::text, ''), a.serial
+                 FROM alerts al JOIN appliances a ON a.id = al.appliance_id
+                 WHERE al.id = $1 FOR UPDATE OF al",
+                &[&id],
+            )
+            .await?;
+        let (fingerprint, rule, subject, severity, value, state, resolved, serial): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+            row.get(6),
+            row.get(7),
+        );
+        if state != "firing" {
+            return Err(AckError::NotFiring(id, resolved));
+        }
+        tx.execute(
+            "INSERT INTO alert_acks (fingerprint, appliance_id, rule, subject, severity, value,
+                 acked_at, acked_by, note)
+             VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8)
+             ON CONFLICT (fingerprint) DO UPDATE SET severity = EXCLUDED.severity,
+                 value = EXCLUDED.value, acked_at = EXCLUDED.acked_at,
+                 acked_by = EXCLUDED.acked_by, note = EXCLUDED.note",
+            &[
+                &fingerprint,
+                &appliance_id,
+                &rule,
+                &subject,
+                &severity,
+                &value,
+                &actor,
+                &note,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE alerts SET state = 'resolved', resolved_at = now(), changed_at = now(),
+                 notified_at = NULL, resolution_notified = false
+             WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+        let detail = serde_json::json!({
+            "alert": id, "rule": rule, "subject": subject, "severity": severity,
+            "value": value, "note": note,
+        });
+        let audit_id = audit(&tx, actor, "acknowledge", &serial, &detail).await?;
+        tx.commit().await?;
+        Ok(Acknowledged {
+            serial,
+            rule,
+            subject,
+            audit_id,
+        })
+    }
+
+    /// Mutes `serial` (every rule, or `rule`) until `until`: its firing alerts of those rules
+    /// resolve and none open meanwhile; with the audit row, in one transaction.
+    pub async fn mute(
+        &self,
+        serial: &str,
+        rule: Option<&str>,
+        until: DateTime<Utc>,
+        actor: &str,
+        note: &str,
+    ) -> Result<Muted, StorageError> {
+        let mut client = self.pool().get().await?;
+        let tx = client.transaction().await?;
+        let appliance: Option<i32> = tx
+            .query_opt(
+                "SELECT id FROM appliances WHERE serial = $1 FOR UPDATE",
+                &[&serial],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO alert_mutes (serial, rule, until, created_at, created_by, note)
+                 VALUES ($1, $2, $3, now(), $4, $5) RETURNING id",
+                &[&serial, &rule, &until, &actor, &note],
+            )
+            .await?
+            .get(0);
+        let resolved_alerts = match appliance {
+            Some(appliance_id) => {
+                tx.execute(
+                    "UPDATE alerts SET state = 'resolved', resolved_at = now(),
+                         changed_at = now(), notified_at = NULL, resolution_notified = false
+                     WHERE appliance_id = $1 AND state = 'firing'
+                       AND ($2::text IS NULL OR rule = $2)",
+                    &[&appliance_id, &rule],
+                )
+                .await?
+            }
+            None => 0,
+        };
+        let detail = serde_json::json!({
+            "mute": id, "rule": rule, "until": until, "note": note,
+            "resolved_alerts": resolved_alerts,
+        });
+        let audit_id = audit(&tx, actor, "mute", serial, &detail).await?;
+        tx.commit().await?;
+        Ok(Muted {
+            id,
+            resolved_alerts,
+            audit_id,
+        })
+    }
+
+    /// `serial`'s acknowledged conditions and the mutes in force, for its page.
+    pub async fn acks_and_mutes(
+        &self,
+        serial: &str,
+    ) -> Result<
+        (
+            Vec<phonehome_dashboard::model::AckView>,
+            Vec<phonehome_dashboard::model::MuteView>,
+        ),
+        StorageError,
+    > {
+        use phonehome_dashboard::model::{AckView, MuteView};
+        let client = self.pool().get().await?;
+        let acks = client
+            .query(
+                "SELECT k.rule, k.subject, k.severity, k.value, k.acked_at, k.acked_by, k.note
+                 FROM alert_acks k JOIN appliances a ON a.id = k.appliance_id
+                 WHERE a.serial = $1 ORDER BY k.acked_at DESC LIMIT 100",
+                &[&serial],
+            )
+            .await?
+            .iter()
+            .map(|r| AckView {
+                rule: r.get(0),
+                subject: r.get(1),
+                severity: r.get(2),
+                value: r.get(3),
+                at: r.get(4),
+                by: r.get(5),
+                note: r.get(6),
+            })
+            .collect();
+        let mutes = client
+            .query(
+                "SELECT id, rule, until, created_by, note FROM alert_mutes
+                 WHERE serial = $1 AND until > now() ORDER BY until DESC LIMIT 100",
+                &[&serial],
+            )
+            .await?
+            .iter()
+            .map(|r| MuteView {
+                id: r.get(0),
+                rule: r.get(1),
+                until: r.get(2),
+                by: r.get(3),
+                note: r.get(4),
+            })
+            .collect();
+        Ok((acks, mutes))
+    }
+}

@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Transaction;
 
 use super::StorageError;
-use crate::alerts::{AlertsConfig, Finding, Lifecycle};
+use crate::alerts::{Acked, AlertsConfig, Finding, Lifecycle};
 
 /// A firing alert as the batch found it (or opened it).
 #[derive(Debug, Clone)]
@@ -33,12 +33,33 @@ struct Firing {
     dirty: bool,
 }
 
+/// An acknowledgement, as the batch found it.
+#[derive(Debug, Clone)]
+struct Ack {
+    appliance_id: i32,
+    rule: String,
+    acked: Acked,
+}
+
+/// A mute in force for one of the batch's appliances.
+#[derive(Debug, Clone)]
+struct Mute {
+    appliance_id: i32,
+    /// `None`: every rule.
+    rule: Option<String>,
+}
+
 /// The batch's alert state for its appliances.
 #[derive(Debug, Default)]
 pub(super) struct AlertBook {
     firing: HashMap<String, Firing>,
     /// Episodes that ended within this batch (opened here or before).
     done: Vec<Firing>,
+    /// Acknowledged conditions, by fingerprint.
+    acks: HashMap<String, Ack>,
+    /// Acknowledgements that ended in this batch (the condition got worse, or cleared).
+    unacked: Vec<String>,
+    mutes: Vec<Mute>,
 }
 
 /// How an alert ends. A shared machine-id or system UUID (a clone) is a condition each report
@@ -61,14 +82,11 @@ fn ends(
     judged: Judged,
     present_drives: &HashSet<&str>,
 ) -> bool {
-    let judged_here = match a.rule.as_str() {
-        "disk_failing" | "disk_wearout" | "disk_temperature" | "disk_degrading" => judged.drives,
-        "filesystem_full" | "filesystem_filling" => judged.filesystems,
-        "nic_errors" => judged.nics,
-        // A report is the end of silence.
-        "appliance_silent" => return true,
-        _ => true,
-    };
+    // A report is the end of silence.
+    if a.rule == "appliance_silent" {
+        return true;
+    }
+    let judged_here = judged.covers(&a.rule);
     if !config.enabled(&a.rule) {
         // Switched off: its alerts end rather than fire for ever.
         return true;
@@ -96,6 +114,20 @@ pub(super) struct Judged {
     pub drives: bool,
     pub filesystems: bool,
     pub nics: bool,
+}
+
+impl Judged {
+    /// Whether this report judged `rule`'s section (rules of the report as a whole always).
+    fn covers(self, rule: &str) -> bool {
+        match rule {
+            "disk_failing" | "disk_wearout" | "disk_temperature" | "disk_degrading" => self.drives,
+            "filesystem_full" | "filesystem_filling" => self.filesystems,
+            "nic_errors" => self.nics,
+            // Judged every minute by the silence check, not by reports.
+            "appliance_silent" => false,
+            _ => true,
+        }
+    }
 }
 
 /// One report, as the lifecycle sees it.
@@ -142,10 +174,69 @@ impl AlertBook {
                 },
             );
         }
+        // Acknowledgements and mutes are operators' rare decisions: small, indexed lookups.
+        let acks_stmt = tx
+            .prepare_cached(
+                "SELECT fingerprint, appliance_id, rule, severity, value
+                 FROM alert_acks WHERE appliance_id = ANY($1)",
+            )
+            .await?;
+        let acks = tx
+            .query(&acks_stmt, &[&appliance_ids])
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    Ack {
+                        appliance_id: r.get(1),
+                        rule: r.get(2),
+                        acked: Acked {
+                            severity: r.get(3),
+                            value: r.get(4),
+                        },
+                    },
+                )
+            })
+            .collect();
+        let mutes_stmt = tx
+            .prepare_cached(
+                "SELECT a.id, m.rule FROM alert_mutes m
+                 JOIN appliances a ON a.serial = m.serial
+                 WHERE a.id = ANY($1) AND m.until > now()",
+            )
+            .await?;
+        let mutes = tx
+            .query(&mutes_stmt, &[&appliance_ids])
+            .await?
+            .iter()
+            .map(|r| Mute {
+                appliance_id: r.get(0),
+                rule: r.get(1),
+            })
+            .collect();
         Ok(AlertBook {
             firing,
             done: Vec::new(),
+            acks,
+            unacked: Vec::new(),
+            mutes,
         })
+    }
+
+    /// Whether `rule` is muted for `appliance_id` now (an operator mutes by the clock on the
+    /// wall, whatever time a backlog report carries).
+    fn muted(&self, appliance_id: i32, rule: &str) -> bool {
+        self.mutes
+            .iter()
+            .any(|m| m.appliance_id == appliance_id && m.rule.as_deref().is_none_or(|r| r == rule))
+    }
+
+    /// Drops the acknowledgement of `fp`, if there is one.
+    fn unack(&mut self, fp: &str) {
+        if self.acks.remove(fp).is_some() {
+            self.unacked.push(fp.to_owned());
+        }
     }
 
     /// Applies one report's findings.
@@ -163,8 +254,40 @@ impl AlertBook {
         // severe first; the rest are counted in one `alerts_folded` alert, so a report with
         // thousands of full filesystems cannot post thousands of alerts.
         let limit = usize::try_from(config.max_open_per_appliance).unwrap_or(usize::MAX);
-        let mut ordered: Vec<&Finding> =
-            findings.iter().filter(|f| config.enabled(f.rule)).collect();
+        let mut ordered: Vec<&Finding> = Vec::new();
+        for f in findings.iter().filter(|f| config.enabled(f.rule)) {
+            if self.muted(appliance_id, f.rule) {
+                continue;
+            }
+            let fp = fingerprint(f.rule, serial, &f.subject);
+            if let Some(ack) = self.acks.get(&fp) {
+                if !crate::alerts::worse_than_acked(config, &ack.acked, f) {
+                    // The acknowledged condition, holding still: quiet.
+                    continue;
+                }
+                self.unack(&fp);
+            }
+            ordered.push(f);
+        }
+        // A level condition that cleared ends its acknowledgement: if it comes back, it is news.
+        let present: HashSet<String> = findings
+            .iter()
+            .map(|f| fingerprint(f.rule, serial, &f.subject))
+            .collect();
+        let cleared: Vec<String> = self
+            .acks
+            .iter()
+            .filter(|(fp, a)| {
+                a.appliance_id == appliance_id
+                    && !present.contains(*fp)
+                    && config.lifecycle(&a.rule) == Lifecycle::Level
+                    && judged.covers(&a.rule)
+            })
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in cleared {
+            self.unack(&fp);
+        }
         // Slots held after this report: alerts it renews, and those it does not end.
         let renewed: HashSet<String> = ordered
             .iter()
@@ -268,8 +391,18 @@ impl AlertBook {
         }
     }
 
-    /// Ends `appliance_id`'s firing alert of `rule` (any subject), if there is one.
+    /// Ends `appliance_id`'s firing alert of `rule` (any subject), if there is one, and the
+    /// acknowledgement of its condition (a report ends silence).
     pub(super) fn resolve(&mut self, appliance_id: i32, rule: &str, at: DateTime<Utc>) {
+        let acked: Vec<String> = self
+            .acks
+            .iter()
+            .filter(|(_, a)| a.appliance_id == appliance_id && a.rule == rule)
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in acked {
+            self.unack(&fp);
+        }
         let ended: Vec<String> = self
             .firing
             .iter()
@@ -291,6 +424,12 @@ impl AlertBook {
         tx: &Transaction<'_>,
         serials: &HashMap<i32, String>,
     ) -> Result<(), StorageError> {
+        if !self.unacked.is_empty() {
+            let stmt = tx
+                .prepare_cached("DELETE FROM alert_acks WHERE fingerprint = ANY($1)")
+                .await?;
+            tx.execute(&stmt, &[&self.unacked]).await?;
+        }
         let all: Vec<&Firing> = self
             .firing
             .values()

@@ -60,6 +60,14 @@ impl Storage {
                            SELECT 1 FROM alerts al
                            WHERE al.appliance_id = a.id AND al.state = 'firing'
                              AND al.rule = 'appliance_silent')
+                       -- Muted, or its silence acknowledged (until it reports again).
+                       AND NOT EXISTS (
+                           SELECT 1 FROM alert_mutes m
+                           WHERE m.serial = a.serial AND m.until > now()
+                             AND (m.rule IS NULL OR m.rule = 'appliance_silent'))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM alert_acks k
+                           WHERE k.appliance_id = a.id AND k.rule = 'appliance_silent')
                      ORDER BY a.serial
                      FOR UPDATE OF a)
                  INSERT INTO alerts (fingerprint, rule, appliance_id, subject, severity, state,

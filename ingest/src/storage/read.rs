@@ -715,6 +715,8 @@ impl ApplianceDetail {
             lifecycle_detail: None,
             certificate: None,
             labels: std::collections::BTreeMap::new(),
+            acks: Vec::new(),
+            mutes: Vec::new(),
             audit: Vec::new(),
             alerts,
             drives: self.drives.into_iter().map(drive_view).collect(),
