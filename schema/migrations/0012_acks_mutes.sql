@@ -1,9 +1,10 @@
 -- Acknowledgements and mutes (issue 15). An acknowledged alert resolves and its condition stays
 -- quiet until it gets worse (a higher severity, a new reason, another rise); a mute silences an
 -- appliance, or one rule of it, until a time. Both are operators' decisions, in the audit log.
+-- IF NOT EXISTS: report batches read these tables, and an upgrade test adds them ahead.
 
 -- One per alert fingerprint (rule/serial/subject): what was acknowledged, to tell "worse".
-CREATE TABLE alert_acks (
+CREATE TABLE IF NOT EXISTS alert_acks (
     fingerprint  text        PRIMARY KEY,
     appliance_id integer     NOT NULL,
     rule         text        NOT NULL,
@@ -14,10 +15,10 @@ CREATE TABLE alert_acks (
     acked_by     text        NOT NULL,
     note         text        NOT NULL DEFAULT ''
 );
-CREATE INDEX alert_acks_appliance ON alert_acks (appliance_id);
+CREATE INDEX IF NOT EXISTS alert_acks_appliance ON alert_acks (appliance_id);
 
 -- A mute of a serial: every rule (rule NULL) or one, until `until`.
-CREATE TABLE alert_mutes (
+CREATE TABLE IF NOT EXISTS alert_mutes (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     serial     text        NOT NULL,
     rule       text,
@@ -26,4 +27,4 @@ CREATE TABLE alert_mutes (
     created_by text        NOT NULL,
     note       text        NOT NULL DEFAULT ''
 );
-CREATE INDEX alert_mutes_serial ON alert_mutes (serial, until);
+CREATE INDEX IF NOT EXISTS alert_mutes_serial ON alert_mutes (serial, until);
