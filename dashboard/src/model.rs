@@ -174,6 +174,9 @@ pub struct AlertRow {
     pub resolved_at: Option<DateTime<Utc>>,
     pub value: String,
     pub summary: String,
+    /// How often the condition cleared and came back within `reopen_within_hours` (the same
+    /// episode reopened rather than a new alert).
+    pub reopened: i32,
 }
 
 impl AlertRow {

@@ -202,7 +202,8 @@ fn alert_rows(alerts: &[AlertRow], now: DateTime<Utc>, with_serial: bool) -> Mar
                 td { (a.state) }
                 td { (time(a.started_at, now)) }
                 td { @if let Some(r) = a.resolved_at { (time(r, now)) } @else { "—" } }
-                td.summary { (short(&a.summary, 300)) }
+                td.summary { (short(&a.summary, 300))
+                    @if a.reopened > 0 { " " span.muted.reopened { "(came back " (a.reopened) "×)" } } }
             }
         }
     }

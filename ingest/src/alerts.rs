@@ -100,6 +100,10 @@ pub struct AlertsConfig {
     pub collector_degraded: Switch,
     pub clock_skew: ClockSkew,
     pub certificate_expiring: CertificateExpiring,
+    /// A condition that clears and comes back within this many hours reopens its last episode
+    /// (counted in `reopened`) instead of opening a new alert: a flapping disk or filesystem is
+    /// one alert, not one a day. 0 switches it off.
+    pub reopen_within_hours: u32,
     /// See [`DEFAULT_MAX_OPEN_PER_APPLIANCE`].
     pub max_open_per_appliance: u32,
 }
@@ -131,6 +135,7 @@ impl Default for AlertsConfig {
             collector_degraded: Switch::default(),
             clock_skew: ClockSkew::default(),
             certificate_expiring: CertificateExpiring::default(),
+            reopen_within_hours: 48,
             max_open_per_appliance: DEFAULT_MAX_OPEN_PER_APPLIANCE,
         }
     }

@@ -72,6 +72,11 @@ pub const ALL: &[Migration] = &[
         name: "acks_mutes",
         sql: include_str!("../migrations/0012_acks_mutes.sql"),
     },
+    Migration {
+        version: 13,
+        name: "reopen",
+        sql: include_str!("../migrations/0013_reopen.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Alerts and the health kept from them, where batches meet: a backlog of days in one
 //! transaction (a spool delivered after an outage, or the load generator's bulk fill) whose alert
-//! ends and begins again keeps both episodes; health a race left stale is put right by
-//! maintenance.
+//! ends and begins again keeps both episodes (or reopens the first, counted, when it came back
+//! within `reopen_within_hours`); health a race left stale is put right by maintenance.
 
 use chrono::{Duration, Utc};
 use phonehome_ingest::storage::{InsertOutcome, Storage, maintenance};
@@ -11,7 +11,18 @@ use phonehome_tests::{TestDb, example_report};
 async fn an_alert_that_resolves_and_fires_again_in_one_batch_keeps_both_episodes() {
     let db = TestDb::new().await;
     let storage = Storage::connect(db.url(), 2).expect("pool");
-    let day0 = Utc::now() - Duration::days(3);
+    let day0 = Utc::now() - Duration::days(6);
+    let at_of = |serial: &'static str| {
+        let storage = &storage;
+        move |day: i64, celsius: i64| {
+            let mut r = example_report(serial);
+            r.collected_at = day0 + Duration::days(day);
+            r.smart.devices[0].temperature_celsius = Some(celsius);
+            storage
+                .prepare_report(&r, &[9; 32], r.collected_at)
+                .expect("prepared")
+        }
+    };
     let at = |day: i64, celsius: i64| {
         let mut r = example_report("BACKLOG-1");
         r.collected_at = day0 + Duration::days(day);
@@ -25,9 +36,9 @@ async fn an_alert_that_resolves_and_fires_again_in_one_batch_keeps_both_episodes
     let first = storage.write_prepared(&[at(0, 66)]).await.expect("day 0");
     assert_eq!(first, vec![InsertOutcome::Stored]);
 
-    // Cooled down on day 1, hot again on day 2: one transaction.
+    // Cooled down on day 1, hot again on day 4 (past reopen_within_hours): one transaction.
     let backlog = storage
-        .write_prepared(&[at(2, 67), at(1, 40)])
+        .write_prepared(&[at(4, 67), at(1, 40)])
         .await
         .expect("a backlog whose alert flaps commits");
     assert_eq!(backlog, vec![InsertOutcome::Stored, InsertOutcome::Stored]);
@@ -58,9 +69,33 @@ async fn an_alert_that_resolves_and_fires_again_in_one_batch_keeps_both_episodes
         episodes,
         vec![
             ("resolved".to_owned(), 0, Some(1)),
-            ("firing".to_owned(), 2, None),
+            ("firing".to_owned(), 4, None),
         ]
     );
+
+    // Back on day 2 instead, within the window: the day-0 episode reopens, counted.
+    let at2 = at_of("BACKLOG-2");
+    storage.write_prepared(&[at2(0, 66)]).await.expect("day 0");
+    storage
+        .write_prepared(&[at2(2, 67), at2(1, 40)])
+        .await
+        .expect("a backlog whose alert flaps back commits");
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT al.state, al.started_at, al.reopened FROM alerts al
+             JOIN appliances a ON a.id = al.appliance_id
+             WHERE al.rule = 'disk_temperature' AND a.serial = 'BACKLOG-2'",
+            &[],
+        )
+        .await
+        .expect("alerts");
+    let episodes: Vec<(String, i64, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), days(r.get(1)), r.get(2)))
+        .collect();
+    assert_eq!(episodes, vec![("firing".to_owned(), 0, 1)]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

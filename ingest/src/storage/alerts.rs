@@ -423,6 +423,7 @@ impl AlertBook {
         self,
         tx: &Transaction<'_>,
         serials: &HashMap<i32, String>,
+        config: &AlertsConfig,
     ) -> Result<(), StorageError> {
         if !self.unacked.is_empty() {
             let stmt = tx
@@ -469,6 +470,69 @@ impl AlertBook {
             )
             .await?;
         }
+        let serial = |a: &Firing| serials.get(&a.appliance_id).cloned().unwrap_or_default();
+        // A condition back within the window reopens its last episode (after the resolutions
+        // above, so one that ended earlier in this batch counts too); the rest are new.
+        let mut new = new;
+        if config.reopen_within_hours > 0 && !new.is_empty() {
+            let firing_again: Vec<&Firing> = new
+                .iter()
+                .copied()
+                .filter(|a| a.resolved_at.is_none())
+                .collect();
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE alerts a SET state = 'firing', resolved_at = NULL,
+                         severity = u.severity, value = u.value, summary = u.summary,
+                         changed_at = u.changed_at, notified_at = NULL,
+                         resolution_notified = false, reopened = a.reopened + 1
+                     FROM (SELECT DISTINCT ON (al.fingerprint) al.id, n.severity, n.value,
+                                  n.summary, n.changed_at
+                           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                       $5::timestamptz[])
+                                AS n(fingerprint, severity, value, summary, changed_at)
+                           JOIN alerts al ON al.fingerprint = n.fingerprint
+                                AND al.state = 'resolved'
+                                AND al.resolved_at > n.changed_at - make_interval(hours => $6)
+                           ORDER BY al.fingerprint, al.resolved_at DESC) u
+                     WHERE a.id = u.id
+                     RETURNING a.fingerprint",
+                )
+                .await?;
+            let hours = i32::try_from(config.reopen_within_hours).unwrap_or(i32::MAX);
+            let reopened: HashSet<String> = tx
+                .query(
+                    &stmt,
+                    &[
+                        &firing_again
+                            .iter()
+                            .map(|a| fingerprint(&a.rule, &serial(a), &a.subject))
+                            .collect::<Vec<_>>(),
+                        &firing_again
+                            .iter()
+                            .map(|a| a.severity.as_str())
+                            .collect::<Vec<_>>(),
+                        &firing_again
+                            .iter()
+                            .map(|a| a.value.as_str())
+                            .collect::<Vec<_>>(),
+                        &firing_again
+                            .iter()
+                            .map(|a| a.summary.as_str())
+                            .collect::<Vec<_>>(),
+                        &firing_again
+                            .iter()
+                            .map(|a| a.started_at)
+                            .collect::<Vec<_>>(),
+                        &hours,
+                    ],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            new.retain(|a| !reopened.contains(&fingerprint(&a.rule, &serial(a), &a.subject)));
+        }
         if !new.is_empty() {
             let stmt = tx
                 .prepare_cached(
@@ -479,7 +543,6 @@ impl AlertBook {
                          $9::text[], $10::text[], $11::timestamptz[])",
                 )
                 .await?;
-            let serial = |a: &Firing| serials.get(&a.appliance_id).cloned().unwrap_or_default();
             tx.execute(
                 &stmt,
                 &[

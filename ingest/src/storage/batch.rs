@@ -310,7 +310,7 @@ pub(super) async fn write(
         insert_samples(tx, batch, &stored, &before, &drive_ids),
         write_events(tx, &writes),
         update_appliances(tx, &states, &previous, &key_of, &cert_ids),
-        book.write(tx, &serials),
+        book.write(tx, &serials, config),
     )?;
     Ok(outcomes)
 }

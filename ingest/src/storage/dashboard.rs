@@ -117,7 +117,7 @@ fn appliance_row(r: &Row, silent_before: DateTime<Utc>, now: DateTime<Utc>) -> d
 }
 
 const ALERT_COLUMNS: &str = "al.id, al.rule, a.serial, al.subject, al.severity, al.state,
-    al.started_at, al.resolved_at, al.value, al.summary";
+    al.started_at, al.resolved_at, al.value, al.summary, al.reopened";
 
 fn alert_row(r: &Row) -> d::AlertRow {
     d::AlertRow {
@@ -131,6 +131,7 @@ fn alert_row(r: &Row) -> d::AlertRow {
         resolved_at: r.get(7),
         value: r.get(8),
         summary: r.get(9),
+        reopened: r.get(10),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Alert {
     pub resolved_at: Option<DateTime<Utc>>,
     pub value: String,
     pub summary: String,
+    /// How often the condition cleared and came back within `reopen_within_hours`.
+    pub reopened: i32,
 }
 
 /// An appliance's current state (the `appliances` row) with what the API derives from it.
@@ -248,7 +250,7 @@ const RESOLVED_ALERTS_SHOWN: i64 = 50;
 const EVENTS_SHOWN: i64 = 200;
 
 const ALERT_COLUMNS: &str = "al.id, al.fingerprint, al.rule, a.serial, al.subject, al.severity,
-    al.state, al.started_at, al.resolved_at, al.value, al.summary";
+    al.state, al.started_at, al.resolved_at, al.value, al.summary, al.reopened";
 
 fn alert(row: &Row) -> Alert {
     Alert {
@@ -263,6 +265,7 @@ fn alert(row: &Row) -> Alert {
         resolved_at: row.get(8),
         value: row.get(9),
         summary: row.get(10),
+        reopened: row.get(11),
     }
 }
 
@@ -636,6 +639,7 @@ impl ApplianceDetail {
                 resolved_at: a.resolved_at,
                 value: a.value,
                 summary: a.summary,
+                reopened: a.reopened,
             })
             .collect();
         // Firing first, most severe first, however old; then the resolved ones, newest first.
