@@ -12,6 +12,7 @@ pub mod model;
 mod openapi;
 mod pages;
 pub mod query;
+pub mod reliability;
 
 use std::future::Future;
 
@@ -65,6 +66,11 @@ pub trait FleetSource: Clone + Send + Sync + 'static {
     /// Versions in use now, and `days` of adoption.
     fn versions(&self, days: u32) -> impl Future<Output = Result<Versions, Self::Error>> + Send;
 
+    /// The fleet's drive reliability as maintenance last computed it; `None` before then.
+    fn reliability(
+        &self,
+    ) -> impl Future<Output = Result<Option<reliability::Reliability>, Self::Error>> + Send;
+
     /// A page of the audit log, newest first (`Page::next` is the `before` of the next page).
     fn audit(
         &self,
@@ -101,6 +107,7 @@ pub fn router<S: FleetSource>(source: S) -> Router {
         .route("/drives", get(drives_page::<S>))
         .route("/drives/{key}", get(drive_page::<S>))
         .route("/versions", get(versions_page::<S>))
+        .route("/reliability", get(reliability_page::<S>))
         .route("/audit", get(audit_page::<S>))
         .route("/assets/style.css", get(stylesheet))
         .route("/assets/icon.svg", get(icon))
@@ -111,6 +118,7 @@ pub fn router<S: FleetSource>(source: S) -> Router {
         .route("/api/v1/drives", get(drives_json::<S>))
         .route("/api/v1/drives/{key}", get(drive_json::<S>))
         .route("/api/v1/versions", get(versions_json::<S>))
+        .route("/api/v1/reliability", get(reliability_json::<S>))
         .route("/api/v1/openapi.json", get(openapi_json))
         .fallback(not_found_page)
         .layer(axum::middleware::map_response(secure))
@@ -474,6 +482,29 @@ async fn versions_page<S: FleetSource>(State(source): State<S>, query: QueryPair
 
 async fn versions_json<S: FleetSource>(State(source): State<S>, query: QueryPairs) -> Response {
     json_or(async { to_json(&version_data(&source, query).await?) }.await)
+}
+
+async fn reliability_page<S: FleetSource>(State(source): State<S>) -> Response {
+    html_or(
+        source
+            .reliability()
+            .await
+            .map(|r| pages::reliability(r.as_ref()))
+            .map_err(|e| unavailable("the reliability figures", e)),
+    )
+}
+
+async fn reliability_json<S: FleetSource>(State(source): State<S>) -> Response {
+    json_or(
+        async {
+            let r = source
+                .reliability()
+                .await
+                .map_err(|e| unavailable("the reliability figures", e))?;
+            to_json(&r)
+        }
+        .await,
+    )
 }
 
 async fn audit_page<S: FleetSource>(State(source): State<S>, query: QueryPairs) -> Response {

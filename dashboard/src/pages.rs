@@ -26,6 +26,7 @@ enum Nav {
     Alerts,
     Drives,
     Versions,
+    Reliability,
     Audit,
     None,
 }
@@ -54,6 +55,7 @@ fn layout(title: &str, nav: Nav, body: Markup) -> String {
                         (link("/alerts", "Alerts", Nav::Alerts))
                         (link("/drives", "Drives", Nav::Drives))
                         (link("/versions", "Versions", Nav::Versions))
+                        (link("/reliability", "Reliability", Nav::Reliability))
                         (link("/audit", "Audit log", Nav::Audit))
                     }
                     form.search action="/appliances" method="get" role="search" {
@@ -1097,6 +1099,81 @@ fn num(v: Option<u16>) -> String {
 }
 
 /// `/versions`: who runs what, adoption over time, and whether a new release is worse.
+fn afr_cell(a: Option<crate::reliability::Afr>) -> Markup {
+    html! {
+        @match a {
+            Some(a) => { (format!("{:.2} %", a.percent)) " " small.muted { (format!("({:.2}–{:.2})", a.low, a.high)) } }
+            None => { span.muted { "too few drive-days" } }
+        }
+    }
+}
+
+/// What the fleet's own drives say: failure rates per model and firmware, the predictive
+/// attributes, and the drives to replace first.
+pub fn reliability(r: Option<&crate::reliability::Reliability>) -> String {
+    let now = Utc::now();
+    let body = html! {
+        h1 { "Drive reliability" }
+        @match r {
+            None => {
+                p #not-yet.muted { "Not computed yet: maintenance computes it from the fleet's drives every run (hourly by default)." }
+            }
+            Some(r) => {
+                p.muted #as-of { "Computed " (time(r.computed_at, now)) " from "
+                    (count(r.fleet.drives)) " drives, " (format!("{:.0}", r.fleet.drive_days)) " drive-days, "
+                    (count(r.fleet.failures)) " failed (a disk_failing alert, or removed within a day of a warning). "
+                    "Annualised failure rate = failures / drive-days × 365, with its 95 % interval; models under "
+                    (format!("{:.0}", crate::reliability::MIN_DRIVE_DAYS)) " drive-days get none." }
+                p #fleet-afr { "Fleet: " (afr_cell(r.fleet_afr)) }
+                h2 { "Replace soon" }
+                @if r.replace_soon.is_empty() {
+                    p.muted #replace-soon { "No drive in service shows a predictive attribute." }
+                } @else {
+                    (table("replace-soon", &["Drive", "Model", "Appliance", "Non-zero", "Risk / year"], html! {
+                        @for d in &r.replace_soon {
+                            tr {
+                                td { a href=(crate::drive_path(&d.drive.drive_key)) { (d.drive.serial.as_deref().unwrap_or(&d.drive.drive_key)) } }
+                                td { (d.drive.model) }
+                                td { a href=(crate::appliance_path(&d.drive.appliance)) { (d.drive.appliance) } }
+                                td { (d.drive.nonzero.join(", ")) }
+                                td.num { (format!("{:.1} %", d.risk_percent)) }
+                            }
+                        }
+                    }))
+                }
+                h2 { "By model and firmware" }
+                (table("models", &["Model", "Firmware", "Drives", "Drive-days", "Failed", "AFR (95 %)"], html! {
+                    @for m in &r.models {
+                        tr class=(if m.counts.firmware.is_none() { "model" } else { "firmware" }) {
+                            td { (m.counts.model) }
+                            td { (m.counts.firmware.as_deref().unwrap_or("all")) }
+                            td.num { (count(m.counts.drives)) }
+                            td.num { (format!("{:.0}", m.counts.drive_days)) }
+                            td.num { (count(m.counts.failures)) }
+                            td { (afr_cell(m.afr)) }
+                        }
+                    }
+                }))
+                h2 { "Predictive attributes" }
+                p.muted { "Drives whose latest value was non-zero against those at zero (Backblaze found these predict failure)." }
+                (table("attributes", &["Attribute", "Non-zero: drives", "AFR", "Zero: drives", "AFR", "Ratio"], html! {
+                    @for a in &r.attributes {
+                        tr {
+                            td { (a.attribute) }
+                            td.num { (count(a.nonzero.drives)) }
+                            td { (afr_cell(a.nonzero_afr)) }
+                            td.num { (count(a.zero.drives)) }
+                            td { (afr_cell(a.zero_afr)) }
+                            td.num { @match a.ratio { Some(x) => { (format!("{x:.1}×")) }, None => { "—" } } }
+                        }
+                    }
+                }))
+            }
+        }
+    };
+    layout("Drive reliability", Nav::Reliability, body)
+}
+
 pub fn versions(v: &Versions) -> String {
     let now = Utc::now();
     let body = html! {

@@ -297,6 +297,12 @@ impl FleetSource for DashboardSource {
         self.storage.dashboard_drive(key, days).await
     }
 
+    async fn reliability(
+        &self,
+    ) -> Result<Option<phonehome_dashboard::reliability::Reliability>, StorageError> {
+        self.storage.reliability().await
+    }
+
     async fn versions(&self, days: u32) -> Result<d::Versions, StorageError> {
         let counts = self.fleet_counts().await?;
         let since = (Utc::now() - chrono::Duration::days(i64::from(days))).date_naive();

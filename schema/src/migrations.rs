@@ -77,6 +77,11 @@ pub const ALL: &[Migration] = &[
         name: "reopen",
         sql: include_str!("../migrations/0013_reopen.sql"),
     },
+    Migration {
+        version: 14,
+        name: "reliability",
+        sql: include_str!("../migrations/0014_reliability.sql"),
+    },
 ];
 
 #[cfg(test)]

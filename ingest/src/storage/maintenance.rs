@@ -149,6 +149,8 @@ pub struct RunSummary {
     pub version_days: u32,
     /// Appliances and drives whose kept health disagreed with their firing alerts.
     pub health_repaired: u64,
+    /// Drives the reliability figures were computed from.
+    pub reliability_drives: u64,
 }
 
 /// Runs maintenance unless another replica is running it or ran it less than `interval` ago.
@@ -208,6 +210,7 @@ async fn run_locked(
         summary.dictionary_trained = train_dictionary(storage, client).await?.trained();
         summary.version_days = version_counts(client, now).await?;
         summary.health_repaired = reconcile_health(client).await?;
+        summary.reliability_drives = storage.compute_reliability().await?;
         analyze_current_state(client).await?;
         Ok::<_, StorageError>(summary)
     };

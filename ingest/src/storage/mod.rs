@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod notify;
 mod previous;
 pub mod read;
+pub mod reliability;
 pub mod rows;
 pub mod writer;
 
