@@ -56,12 +56,13 @@ pub struct Finding {
 }
 
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 16] = [
+pub const RULES: [&str; 17] = [
     "disk_failing",
     "disk_degrading",
     "disk_wearout",
     "disk_temperature",
     "disk_missing",
+    "disk_unmonitored",
     "filesystem_full",
     "filesystem_filling",
     "nic_errors",
@@ -90,6 +91,7 @@ pub struct AlertsConfig {
     pub disk_wearout: Wearout,
     pub disk_temperature: Temperature,
     pub disk_missing: Hold,
+    pub disk_unmonitored: Switch,
     pub filesystem_full: FilesystemFull,
     pub filesystem_filling: FilesystemFilling,
     pub nic_errors: NicErrors,
@@ -122,6 +124,7 @@ impl Default for AlertsConfig {
                 enabled: true,
                 hold_days: 7,
             },
+            disk_unmonitored: Switch::default(),
             filesystem_full: FilesystemFull::default(),
             filesystem_filling: FilesystemFilling::default(),
             nic_errors: NicErrors::default(),
@@ -471,6 +474,7 @@ impl AlertsConfig {
             "disk_failing" => self.disk_failing.enabled,
             "disk_degrading" => self.disk_degrading.enabled,
             "disk_wearout" => self.disk_wearout.enabled,
+            "disk_unmonitored" => self.disk_unmonitored.enabled,
             "disk_temperature" => self.disk_temperature.enabled,
             "disk_missing" => self.disk_missing.enabled,
             "filesystem_full" => self.filesystem_full.enabled,
@@ -546,6 +550,9 @@ impl AlertsConfig {
                     });
                 }
             }
+        }
+        if self.disk_unmonitored.enabled {
+            out.extend(unmonitored(&report.smart));
         }
         if self.filesystem_full.enabled {
             for f in &report.filesystems.filesystems {
@@ -785,6 +792,70 @@ pub fn failing_now(d: &SmartDevice) -> Option<String> {
         crate::verdict::Concern::Failure,
         crate::verdict::Level::Critical,
     )
+}
+
+/// Words in a model or family that name a RAID controller's virtual disk, not a drive.
+const RAID_VOLUME_WORDS: [&str; 7] = [
+    "raid",
+    "perc",
+    "megaraid",
+    "boss",
+    "logical volume",
+    "virtual disk",
+    "virtual_disk",
+];
+/// `-d` types that read a physical disk behind a controller.
+const MEMBER_TYPES: [&str; 6] = ["megaraid", "cciss", "aacraid", "areca", "3ware", "hpt"];
+
+/// `disk_unmonitored`: the report shows RAID virtual disks (PERC, BOSS, MegaRAID, Intel RST
+/// volumes) and no physical disk read through their controller, so the disks that fail are
+/// the ones nobody sees. smartctl's own hint (`please try adding '-d megaraid,N'`) counts.
+pub fn unmonitored(smart: &phonehome_schema::SmartSection) -> Option<Finding> {
+    let is_member = |d: &SmartDevice| {
+        d.device_type.as_deref().is_some_and(|t| {
+            MEMBER_TYPES
+                .iter()
+                .any(|m| t.to_ascii_lowercase().contains(m))
+        })
+    };
+    if smart.devices.iter().any(is_member) {
+        return None;
+    }
+    let volumes: Vec<String> = smart
+        .devices
+        .iter()
+        .filter(|d| {
+            let names = [d.model.as_deref(), d.model_family.as_deref()];
+            let by_name = names.iter().flatten().any(|n| {
+                let n = n.to_ascii_lowercase();
+                RAID_VOLUME_WORDS.iter().any(|w| n.contains(w))
+            });
+            let by_hint = d.messages.iter().any(|m| {
+                let t = m.text.to_ascii_lowercase();
+                MEMBER_TYPES.iter().any(|w| t.contains(&format!("-d {w}")))
+            });
+            by_name || by_hint
+        })
+        .map(|d| match d.model.as_deref() {
+            Some(m) => format!("{} ({m})", d.name),
+            None => d.name.clone(),
+        })
+        .collect();
+    if volumes.is_empty() {
+        return None;
+    }
+    let value = volumes.join(", ");
+    Some(Finding {
+        rule: "disk_unmonitored",
+        subject: String::new(),
+        severity: Severity::Warning,
+        summary: format!(
+            "the physical disks behind {value} are not monitored: the collector reads only the \
+             RAID volume; list them in [smart] devices with their controller type (e.g. \
+             {{ path = \"/dev/bus/0\", type = \"megaraid,0\" }})"
+        ),
+        value,
+    })
 }
 
 /// "ST2000DM006 Z4ZCX0WD (/dev/sda)", what an operator can find in the rack.

@@ -98,3 +98,33 @@ fn real_devices_get_the_verdict_their_facts_call_for() {
         );
     }
 }
+
+#[test]
+fn a_raid_volume_without_its_disks_is_a_blind_spot_and_with_them_is_not() {
+    let section = |names: &[&str]| phonehome_schema::SmartSection {
+        devices: names.iter().map(|n| fixture(n)).collect(),
+        ..Default::default()
+    };
+    // An Intel RST volume read as one SCSI disk: its members are nobody's.
+    let blind = phonehome_ingest::alerts::unmonitored(&section(&[
+        "scrutiny/smart-raid.json",
+        "beszel/nvme0.json",
+    ]))
+    .expect("a finding");
+    assert_eq!(blind.value, "/dev/sdb (Intel Raid 1 Volume)");
+    assert!(blind.summary.contains("megaraid,0"), "{}", blind.summary);
+    // Members read through the controller (sat+megaraid,N): seen.
+    assert_eq!(
+        phonehome_ingest::alerts::unmonitored(&section(&[
+            "scrutiny/smart-raid.json",
+            "scrutiny/smart-megaraid0.json",
+            "scrutiny/smart-megaraid1.json",
+        ])),
+        None
+    );
+    // Plain drives: nothing to say.
+    assert_eq!(
+        phonehome_ingest::alerts::unmonitored(&section(&["beszel/sda.json", "beszel/nvme0.json"])),
+        None
+    );
+}

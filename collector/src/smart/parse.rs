@@ -304,7 +304,10 @@ fn device(
             .or_else(|| text_at(&root, &["scsi_revision"]))
             .or_else(|| text_at(&root, &["revision"])),
         capacity_bytes: capacity(&root),
-        rotation_rate_rpm: u32_at(&root, &["rotation_rate"]),
+        // 0 rpm means a solid-state drive, unless smartctl could identify nothing at all (no
+        // model, no capacity): then it is a placeholder, not an empty SSD.
+        rotation_rate_rpm: u32_at(&root, &["rotation_rate"])
+            .filter(|r| *r > 0 || model(&root).is_some() || capacity(&root).is_some()),
         smart_available: bool_at(&root, &["smart_support", "available"]),
         smart_enabled: bool_at(&root, &["smart_support", "enabled"]),
         health_passed,
@@ -425,9 +428,11 @@ fn wwn(root: &Value) -> Option<String> {
     })
 }
 
+/// The capacity in bytes; 0 is smartctl's placeholder for a device it could not size, absent.
 fn capacity(root: &Value) -> Option<u64> {
     u64_at(root, &["user_capacity", "bytes"])
-        .or_else(|| u64_at(root, &["nvme_total_capacity"]))
+        .filter(|n| *n > 0)
+        .or_else(|| u64_at(root, &["nvme_total_capacity"]).filter(|n| *n > 0))
         .or_else(|| {
             array_at(root, &["nvme_namespaces"])
                 .iter()
@@ -712,6 +717,33 @@ fn self_test_log(root: &Value) -> Option<SmartSelfTestLog> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn placeholder_zeros_of_an_unidentified_device_are_absent_values() {
+        let out = parse_device(
+            br#"{"smartctl": {"version": [7, 3], "exit_status": 4},
+                 "device": {"name": "/dev/sdc", "type": "scsi", "protocol": "SCSI"},
+                 "user_capacity": {"blocks": 0, "bytes": 0}, "rotation_rate": 0}"#,
+            None,
+        )
+        .unwrap();
+        let d = out.device.unwrap();
+        assert_eq!((d.capacity_bytes, d.rotation_rate_rpm), (None, None));
+        let ssd = parse_device(
+            br#"{"smartctl": {"version": [7, 3], "exit_status": 0},
+                 "device": {"name": "/dev/sda", "type": "sat", "protocol": "ATA"},
+                 "model_name": "Samsung SSD 870", "user_capacity": {"blocks": 2, "bytes": 1024},
+                 "rotation_rate": 0}"#,
+            None,
+        )
+        .unwrap()
+        .device
+        .unwrap();
+        assert_eq!(
+            (ssd.capacity_bytes, ssd.rotation_rate_rpm),
+            (Some(1024), Some(0))
+        );
+    }
+
     use super::*;
 
     fn parse(json: &str) -> DeviceOutput {
