@@ -526,3 +526,78 @@ fn the_real_smartctl_accepts_our_command_lines_and_its_errors_are_reported() {
         "{bad_type:?}"
     );
 }
+
+/// A PERC or MegaRAID volume: smartctl cannot open it as a disk and says to add
+/// `-d megaraid,N`; the collector probes the controller's slots and reports the disks it finds
+/// there instead of the error.
+#[test]
+fn a_controller_smartctl_points_at_is_probed_for_its_disks() {
+    let machine = tempdir();
+    write(
+        &machine.path().join("scan.json"),
+        &json!({
+            "smartctl": {"version": [7, 3], "exit_status": 0},
+            "devices": [{"name": "/dev/sda", "info_name": "/dev/sda", "type": "sat", "protocol": "ATA"}]
+        })
+        .to_string(),
+    );
+    // What smartctl prints for a disk behind a DELL or MegaRAID controller (os_linux.cpp).
+    write(
+        &machine.path().join("perc.json"),
+        &json!({
+            "smartctl": {"version": [7, 3], "exit_status": 2, "messages": [{
+                "string": "Smartctl open device: /dev/sda [SAT] failed: DELL or MegaRaid controller, please try adding '-d megaraid,N'",
+                "severity": "error"}]},
+            "device": {"name": "/dev/sda", "info_name": "/dev/sda [SAT]", "type": "sat", "protocol": "ATA"}
+        })
+        .to_string(),
+    );
+    write(
+        &machine.path().join("machine.json"),
+        &json!({
+            "scan": {"output": "scan.json"},
+            "devices": {
+                "/dev/sda -d sat": {"output": "perc.json"},
+                "/dev/sda -d megaraid,0": {"output": fixture("scrutiny/smart-megaraid0.json")},
+                "/dev/sda -d megaraid,3": {"output": fixture("scrutiny/smart-megaraid1.json")}
+            }
+        })
+        .to_string(),
+    );
+    let log = machine.path().join("argv.log");
+    let out = collector(
+        &[
+            "collect",
+            "--smartctl",
+            standin().to_str().unwrap_or_default(),
+        ],
+        machine.path(),
+        &log,
+    );
+    let report = report(&out);
+    let members: Vec<&str> = report
+        .smart
+        .devices
+        .iter()
+        .filter_map(|d| d.device_type.as_deref())
+        .collect();
+    // smartctl names them by what it found there (SATA disks behind the controller).
+    assert_eq!(
+        members,
+        ["sat+megaraid,0", "sat+megaraid,1"],
+        "{:#?}",
+        report.smart
+    );
+    assert!(report.smart.devices.iter().all(|d| d.model.is_some()));
+    assert!(
+        report.smart.errors.is_empty(),
+        "the volume is read through its disks: {:?}",
+        report.smart.errors
+    );
+    let probes = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("megaraid,"))
+        .count();
+    assert_eq!(probes, 32, "every slot of the controller, once");
+}

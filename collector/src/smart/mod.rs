@@ -206,6 +206,20 @@ pub fn collect(options: &SmartOptions) -> SmartSection {
     }
 
     let mut evidence_budget = EVIDENCE_TOTAL_LIMIT;
+    // Controllers smartctl pointed at ("please try adding '-d megaraid,N'"): their disks are
+    // probed below, or the appliance would report a RAID volume and no disk in it.
+    // (the volume smartctl could not read, the controller family it named)
+    let mut hinted: Vec<(SmartTarget, &'static str)> = Vec::new();
+    let mut note_hint = |target: &SmartTarget, text: &str| {
+        if let Some(family) = controller_hint(text) {
+            if !hinted
+                .iter()
+                .any(|(t, f)| t.path == target.path && *f == family)
+            {
+                hinted.push((target.clone(), family));
+            }
+        }
+    };
     for target in &targets {
         if budget.left().is_zero() {
             // Listed, so that a disk missing from the report is never silent.
@@ -218,15 +232,86 @@ pub fn collect(options: &SmartOptions) -> SmartSection {
         }
         let version = &mut section.smartctl_version;
         match read_device(&smartctl, target, &budget, &mut evidence_budget, version) {
-            Ok(device) => section.devices.push(device),
-            Err(Failure::Device(error)) => section.errors.push(error),
+            Ok(device) => {
+                for m in &device.messages {
+                    note_hint(target, &m.text);
+                }
+                section.devices.push(device);
+            }
+            Err(Failure::Device(error)) => {
+                note_hint(target, &error.message);
+                section.errors.push(error);
+            }
             Err(Failure::Fatal(error)) => {
                 section.errors.push(error);
                 return section;
             }
         }
     }
+    for (volume, family) in hinted {
+        let path = volume.path.clone();
+        let mut found = 0usize;
+        for n in 0..controller_slots(family) {
+            let member = SmartTarget {
+                path: path.clone(),
+                device_type: Some(format!("{family},{n}")),
+            };
+            if targets.iter().chain(&unopened).any(|t| t.same_as(&member)) {
+                continue;
+            }
+            if budget.left().is_zero() {
+                section.errors.push(CollectionError {
+                    item: format!("{path} -d {family},{n}.."),
+                    kind: ErrorKind::Timeout,
+                    message: format!("not probed: SMART time budget spent ({})", budget.setting()),
+                });
+                break;
+            }
+            let version = &mut section.smartctl_version;
+            match read_device(&smartctl, &member, &budget, &mut evidence_budget, version) {
+                Ok(device) => {
+                    found = found.saturating_add(1);
+                    section.devices.push(device);
+                }
+                // An empty slot: nothing to report.
+                Err(Failure::Device(_)) => {}
+                Err(Failure::Fatal(error)) => {
+                    section.errors.push(error);
+                    return section;
+                }
+            }
+        }
+        if found > 0 {
+            // The volume smartctl could not open is read through its disks instead: its error,
+            // or its empty entry, goes.
+            let label = volume.label();
+            section.errors.retain(|e| e.item != label);
+            section.devices.retain(|d| {
+                !(d.name == volume.path
+                    && d.device_type == volume.device_type
+                    && d.model.is_none()
+                    && d.serial.is_none())
+            });
+        }
+    }
     section
+}
+
+/// The controller family smartctl's message asks to be named with `-d`, if any.
+fn controller_hint(text: &str) -> Option<&'static str> {
+    let t = text.to_ascii_lowercase();
+    ["megaraid", "cciss"]
+        .into_iter()
+        .find(|f| t.contains(&format!("-d {f}")))
+}
+
+/// Disk slots probed behind a controller smartctl pointed at: MegaRAID device ids in use are
+/// small numbers on appliance-sized enclosures; cciss (HP Smart Array) numbers 0 to 15.
+fn controller_slots(family: &str) -> u32 {
+    match family {
+        "megaraid" => 32,
+        _ => 16,
+    }
 }
 
 /// smartctl itself cannot run; the error is already recorded.
