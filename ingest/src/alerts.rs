@@ -46,7 +46,7 @@ pub enum Lifecycle {
 /// A rule's verdict for one subject of one report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    pub rule: &'static str,
+    pub rule: Rule,
     /// What in the appliance: a drive key, a mount point, a NIC, a section; "" for the whole.
     pub subject: String,
     pub severity: Severity,
@@ -55,26 +55,102 @@ pub struct Finding {
     pub summary: String,
 }
 
+/// The alert rules: a closed set, so that a rule added here without its switch, its lifecycle
+/// or its name does not compile (the matches below have no catch-all), and without its
+/// documentation fails `every_rule_is_configured_and_documented`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    DiskFailing,
+    DiskDegrading,
+    DiskWearout,
+    DiskTemperature,
+    DiskMissing,
+    DiskUnmonitored,
+    FilesystemFull,
+    FilesystemFilling,
+    NicErrors,
+    AppUnhealthy,
+    AppOutdated,
+    ApplianceSilent,
+    IdentityConflict,
+    CollectorDegraded,
+    ClockSkew,
+    CertificateExpiring,
+    AlertsFolded,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 17] = [
+        Rule::DiskFailing,
+        Rule::DiskDegrading,
+        Rule::DiskWearout,
+        Rule::DiskTemperature,
+        Rule::DiskMissing,
+        Rule::DiskUnmonitored,
+        Rule::FilesystemFull,
+        Rule::FilesystemFilling,
+        Rule::NicErrors,
+        Rule::AppUnhealthy,
+        Rule::AppOutdated,
+        Rule::ApplianceSilent,
+        Rule::IdentityConflict,
+        Rule::CollectorDegraded,
+        Rule::ClockSkew,
+        Rule::CertificateExpiring,
+        Rule::AlertsFolded,
+    ];
+
+    /// The name alerts, metrics, Alertmanager and the configuration use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rule::DiskFailing => "disk_failing",
+            Rule::DiskDegrading => "disk_degrading",
+            Rule::DiskWearout => "disk_wearout",
+            Rule::DiskTemperature => "disk_temperature",
+            Rule::DiskMissing => "disk_missing",
+            Rule::DiskUnmonitored => "disk_unmonitored",
+            Rule::FilesystemFull => "filesystem_full",
+            Rule::FilesystemFilling => "filesystem_filling",
+            Rule::NicErrors => "nic_errors",
+            Rule::AppUnhealthy => "app_unhealthy",
+            Rule::AppOutdated => "app_outdated",
+            Rule::ApplianceSilent => "appliance_silent",
+            Rule::IdentityConflict => "identity_conflict",
+            Rule::CollectorDegraded => "collector_degraded",
+            Rule::ClockSkew => "clock_skew",
+            Rule::CertificateExpiring => "certificate_expiring",
+            Rule::AlertsFolded => "alerts_folded",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+/// Tests and logs compare with the name.
+impl PartialEq<&str> for Rule {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 17] = [
-    "disk_failing",
-    "disk_degrading",
-    "disk_wearout",
-    "disk_temperature",
-    "disk_missing",
-    "disk_unmonitored",
-    "filesystem_full",
-    "filesystem_filling",
-    "nic_errors",
-    "app_unhealthy",
-    "app_outdated",
-    "appliance_silent",
-    "identity_conflict",
-    "collector_degraded",
-    "clock_skew",
-    "certificate_expiring",
-    "alerts_folded",
-];
+pub const RULES: [&str; 17] = {
+    let mut names = [""; 17];
+    let mut i = 0;
+    while i < Rule::ALL.len() {
+        names[i] = Rule::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// Firing alerts one appliance may have opened by its reports unless
 /// `[alerts] max_open_per_appliance` says otherwise; findings beyond it are counted in one
@@ -184,7 +260,7 @@ pub fn clock_skew(config: &AlertsConfig, skew_seconds: Option<i64>) -> Option<Fi
         )
     };
     Some(Finding {
-        rule: "clock_skew",
+        rule: Rule::ClockSkew,
         subject: String::new(),
         severity: Severity::Warning,
         value: format!("{skew} s"),
@@ -252,7 +328,7 @@ pub fn certificate_expiring(
             .to_owned(),
     };
     Some(Finding {
-        rule: "certificate_expiring",
+        rule: Rule::CertificateExpiring,
         subject: String::new(),
         severity,
         value,
@@ -457,41 +533,62 @@ impl Default for Silent {
 }
 
 impl AlertsConfig {
-    /// How alerts of `rule` end.
+    /// How alerts of the rule named `rule` end (a name no rule has: level).
     pub fn lifecycle(&self, rule: &str) -> Lifecycle {
+        Rule::parse(rule).map_or(Lifecycle::Level, |r| self.rule_lifecycle(r))
+    }
+
+    /// How alerts of `rule` end.
+    pub fn rule_lifecycle(&self, rule: Rule) -> Lifecycle {
         match rule {
-            "disk_degrading" => Lifecycle::QuietFor(self.disk_degrading.quiet_days),
-            "nic_errors" => Lifecycle::QuietFor(self.nic_errors.quiet_days),
-            "disk_missing" => Lifecycle::HoldFor(self.disk_missing.hold_days),
-            "identity_conflict" => Lifecycle::HoldFor(self.identity_conflict.hold_days),
-            _ => Lifecycle::Level,
+            Rule::DiskDegrading => Lifecycle::QuietFor(self.disk_degrading.quiet_days),
+            Rule::NicErrors => Lifecycle::QuietFor(self.nic_errors.quiet_days),
+            Rule::DiskMissing => Lifecycle::HoldFor(self.disk_missing.hold_days),
+            Rule::IdentityConflict => Lifecycle::HoldFor(self.identity_conflict.hold_days),
+            Rule::DiskFailing
+            | Rule::DiskWearout
+            | Rule::DiskTemperature
+            | Rule::DiskUnmonitored
+            | Rule::FilesystemFull
+            | Rule::FilesystemFilling
+            | Rule::AppUnhealthy
+            | Rule::AppOutdated
+            | Rule::ApplianceSilent
+            | Rule::CollectorDegraded
+            | Rule::ClockSkew
+            | Rule::CertificateExpiring
+            | Rule::AlertsFolded => Lifecycle::Level,
         }
     }
 
-    /// Whether `rule` is switched on.
+    /// Whether the rule named `rule` is switched on (a name no rule has: no).
     pub fn enabled(&self, rule: &str) -> bool {
+        Rule::parse(rule).is_some_and(|r| self.rule_enabled(r))
+    }
+
+    /// Whether `rule` is switched on.
+    pub fn rule_enabled(&self, rule: Rule) -> bool {
         match rule {
-            "disk_failing" => self.disk_failing.enabled,
-            "disk_degrading" => self.disk_degrading.enabled,
-            "disk_wearout" => self.disk_wearout.enabled,
-            "disk_unmonitored" => self.disk_unmonitored.enabled,
-            "disk_temperature" => self.disk_temperature.enabled,
-            "disk_missing" => self.disk_missing.enabled,
-            "filesystem_full" => self.filesystem_full.enabled,
-            "filesystem_filling" => self.filesystem_filling.enabled,
-            "nic_errors" => self.nic_errors.enabled,
-            "app_unhealthy" => self.app_unhealthy.enabled,
-            "app_outdated" => {
+            Rule::DiskFailing => self.disk_failing.enabled,
+            Rule::DiskDegrading => self.disk_degrading.enabled,
+            Rule::DiskWearout => self.disk_wearout.enabled,
+            Rule::DiskUnmonitored => self.disk_unmonitored.enabled,
+            Rule::DiskTemperature => self.disk_temperature.enabled,
+            Rule::DiskMissing => self.disk_missing.enabled,
+            Rule::FilesystemFull => self.filesystem_full.enabled,
+            Rule::FilesystemFilling => self.filesystem_filling.enabled,
+            Rule::NicErrors => self.nic_errors.enabled,
+            Rule::AppUnhealthy => self.app_unhealthy.enabled,
+            Rule::AppOutdated => {
                 self.app_outdated.enabled && self.app_outdated.minimum_version.is_some()
             }
-            "appliance_silent" => self.appliance_silent.enabled,
-            "identity_conflict" => self.identity_conflict.enabled,
-            "collector_degraded" => self.collector_degraded.enabled,
-            "clock_skew" => self.clock_skew.enabled,
-            "certificate_expiring" => self.certificate_expiring.enabled,
+            Rule::ApplianceSilent => self.appliance_silent.enabled,
+            Rule::IdentityConflict => self.identity_conflict.enabled,
+            Rule::CollectorDegraded => self.collector_degraded.enabled,
+            Rule::ClockSkew => self.clock_skew.enabled,
+            Rule::CertificateExpiring => self.certificate_expiring.enabled,
             // The brake on one appliance's alerts cannot be switched off.
-            "alerts_folded" => true,
-            _ => false,
+            Rule::AlertsFolded => true,
         }
     }
 
@@ -511,7 +608,7 @@ impl AlertsConfig {
             if self.disk_failing.enabled {
                 if let Some(why) = failing_now(d) {
                     out.push(Finding {
-                        rule: "disk_failing",
+                        rule: Rule::DiskFailing,
                         subject: subject.clone(),
                         severity: Severity::Critical,
                         summary: format!("{label} is failing: {why}"),
@@ -526,7 +623,7 @@ impl AlertsConfig {
                     crate::verdict::Level::Warning,
                 ) {
                     out.push(Finding {
-                        rule: "disk_wearout",
+                        rule: Rule::DiskWearout,
                         subject: subject.clone(),
                         severity: Severity::Warning,
                         summary: format!("{label} is wearing out: {value}"),
@@ -539,7 +636,7 @@ impl AlertsConfig {
                     .filter(|t| *t > self.disk_temperature.celsius)
                 {
                     out.push(Finding {
-                        rule: "disk_temperature",
+                        rule: Rule::DiskTemperature,
                         subject: subject.clone(),
                         severity: Severity::Warning,
                         value: format!("{t} °C"),
@@ -576,7 +673,7 @@ impl AlertsConfig {
                     continue;
                 };
                 out.push(Finding {
-                    rule: "filesystem_full",
+                    rule: Rule::FilesystemFull,
                     subject: f.mount_point.clone(),
                     severity,
                     value: format!("{what} {pct:.1}% used"),
@@ -599,7 +696,7 @@ impl AlertsConfig {
                     .map(|c| c.name.as_str())
                     .collect();
                 out.push(Finding {
-                    rule: "app_unhealthy",
+                    rule: Rule::AppUnhealthy,
                     subject: String::new(),
                     severity,
                     value: report.app.status.as_str().to_owned(),
@@ -622,7 +719,7 @@ impl AlertsConfig {
             if let Some(v) = report.app.version.as_deref() {
                 if version_less(v, min) {
                     out.push(Finding {
-                        rule: "app_outdated",
+                        rule: Rule::AppOutdated,
                         subject: String::new(),
                         severity: Severity::Warning,
                         value: v.to_owned(),
@@ -643,7 +740,7 @@ impl AlertsConfig {
             for (section, errors) in sections {
                 for e in errors {
                     out.push(Finding {
-                        rule: "collector_degraded",
+                        rule: Rule::CollectorDegraded,
                         subject: format!("{section}:{}", e.item),
                         severity: Severity::Warning,
                         value: format!("{:?}", e.kind).to_lowercase(),
@@ -718,7 +815,7 @@ pub fn degrading(
         &drive.device_name,
     );
     Some(Finding {
-        rule: "disk_degrading",
+        rule: Rule::DiskDegrading,
         subject: drive.key.clone(),
         severity: Severity::Warning,
         summary: format!("{label} is degrading: {value}"),
@@ -768,7 +865,7 @@ pub fn nic_errors(
         .collect::<Vec<_>>()
         .join(", ");
     Some(Finding {
-        rule: "nic_errors",
+        rule: Rule::NicErrors,
         subject: nic.name.clone(),
         severity: Severity::Warning,
         summary: format!(
@@ -846,7 +943,7 @@ pub fn unmonitored(smart: &phonehome_schema::SmartSection) -> Option<Finding> {
     }
     let value = volumes.join(", ");
     Some(Finding {
-        rule: "disk_unmonitored",
+        rule: Rule::DiskUnmonitored,
         subject: String::new(),
         severity: Severity::Warning,
         summary: format!(
@@ -968,7 +1065,7 @@ pub fn worse_than_acked(config: &AlertsConfig, acked: &Acked, f: &Finding) -> bo
     if rank(f.severity.as_str()) > rank(&acked.severity) {
         return true;
     }
-    if matches!(config.lifecycle(f.rule), Lifecycle::QuietFor(_)) {
+    if matches!(config.rule_lifecycle(f.rule), Lifecycle::QuietFor(_)) {
         return true;
     }
     let shape = |v: &str| -> std::collections::BTreeSet<String> {
@@ -989,6 +1086,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_rule_is_configured_and_documented() {
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../ingest/ingest.example.toml");
+        let parsed: toml::Table = toml::from_str(example).unwrap();
+        let sections = parsed["alerts"].as_table().unwrap();
+        for rule in Rule::ALL {
+            let name = rule.as_str();
+            assert_eq!(Rule::parse(name), Some(rule));
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "README.md does not name {name}"
+            );
+            // The brake is configured by max_open_per_appliance.
+            let key = if rule == Rule::AlertsFolded {
+                "max_open_per_appliance"
+            } else {
+                name
+            };
+            assert!(
+                sections.contains_key(key),
+                "ingest.example.toml has no [alerts.{name}]"
+            );
+        }
+        assert_eq!(RULES.len(), Rule::ALL.len());
+        assert_eq!(
+            RULES
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            RULES.len(),
+            "names are unique"
+        );
+    }
+
+    #[test]
     fn an_acknowledged_condition_is_quiet_until_it_gets_worse() {
         let config = AlertsConfig::default();
         let finding = |rule, severity, value: &str| Finding {
@@ -1003,7 +1135,7 @@ mod tests {
             value: "91 % of rated endurance used (warns at 90 %)".into(),
         };
         let same = finding(
-            "disk_wearout",
+            Rule::DiskWearout,
             Severity::Warning,
             "93 % of rated endurance used (warns at 90 %)",
         );
@@ -1012,12 +1144,12 @@ mod tests {
             "a number ticking"
         );
         let more = finding(
-            "disk_wearout",
+            Rule::DiskWearout,
             Severity::Warning,
             "93 % of rated endurance used (warns at 90 %); available spare 5 % is below the drive's threshold 10 %",
         );
         assert!(worse_than_acked(&config, &acked, &more), "a new reason");
-        let critical = finding("filesystem_full", Severity::Critical, "96 % used");
+        let critical = finding(Rule::FilesystemFull, Severity::Critical, "96 % used");
         let acked_fs = Acked {
             severity: "warning".into(),
             value: "90 % used".into(),
@@ -1027,7 +1159,7 @@ mod tests {
             "higher severity"
         );
         let rise = finding(
-            "disk_degrading",
+            Rule::DiskDegrading,
             Severity::Warning,
             "reallocated 24 → 24 (+0)",
         );
@@ -1172,7 +1304,7 @@ mod tests {
             let mut v: Vec<(&str, String)> = config
                 .evaluate_report(r, crate::storage::rows::drive_key)
                 .into_iter()
-                .map(|f| (f.rule, f.subject))
+                .map(|f| (f.rule.as_str(), f.subject))
                 .collect();
             v.sort();
             v

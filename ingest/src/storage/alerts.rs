@@ -255,11 +255,11 @@ impl AlertBook {
         // thousands of full filesystems cannot post thousands of alerts.
         let limit = usize::try_from(config.max_open_per_appliance).unwrap_or(usize::MAX);
         let mut ordered: Vec<&Finding> = Vec::new();
-        for f in findings.iter().filter(|f| config.enabled(f.rule)) {
-            if self.muted(appliance_id, f.rule) {
+        for f in findings.iter().filter(|f| config.rule_enabled(f.rule)) {
+            if self.muted(appliance_id, f.rule.as_str()) {
                 continue;
             }
-            let fp = fingerprint(f.rule, serial, &f.subject);
+            let fp = fingerprint(f.rule.as_str(), serial, &f.subject);
             if let Some(ack) = self.acks.get(&fp) {
                 if !crate::alerts::worse_than_acked(config, &ack.acked, f) {
                     // The acknowledged condition, holding still: quiet.
@@ -272,7 +272,7 @@ impl AlertBook {
         // A level condition that cleared ends its acknowledgement: if it comes back, it is news.
         let present: HashSet<String> = findings
             .iter()
-            .map(|f| fingerprint(f.rule, serial, &f.subject))
+            .map(|f| fingerprint(f.rule.as_str(), serial, &f.subject))
             .collect();
         let cleared: Vec<String> = self
             .acks
@@ -291,7 +291,7 @@ impl AlertBook {
         // Slots held after this report: alerts it renews, and those it does not end.
         let renewed: HashSet<String> = ordered
             .iter()
-            .map(|f| fingerprint(f.rule, serial, &f.subject))
+            .map(|f| fingerprint(f.rule.as_str(), serial, &f.subject))
             .collect();
         let mut open_here = self
             .firing
@@ -305,7 +305,7 @@ impl AlertBook {
         let mut folded = 0usize;
         ordered.sort_by_key(|f| f.severity);
         for f in ordered {
-            let fp = fingerprint(f.rule, serial, &f.subject);
+            let fp = fingerprint(f.rule.as_str(), serial, &f.subject);
             if !self.firing.contains_key(&fp) {
                 if open_here >= limit {
                     folded = folded.saturating_add(1);
@@ -318,7 +318,7 @@ impl AlertBook {
         }
         if folded > 0 {
             let f = Finding {
-                rule: "alerts_folded",
+                rule: crate::alerts::Rule::AlertsFolded,
                 subject: String::new(),
                 severity: crate::alerts::Severity::Warning,
                 value: folded.to_string(),
@@ -327,7 +327,7 @@ impl AlertBook {
                      has {limit} firing (alerts.max_open_per_appliance); see its page"
                 ),
             };
-            let fp = fingerprint(f.rule, serial, &f.subject);
+            let fp = fingerprint(f.rule.as_str(), serial, &f.subject);
             self.upsert(config, &fp, &f, appliance_id, at);
             seen.insert(fp);
         }
@@ -362,7 +362,7 @@ impl AlertBook {
                     fp.to_owned(),
                     Firing {
                         id: None,
-                        rule: f.rule.to_owned(),
+                        rule: f.rule.as_str().to_owned(),
                         appliance_id,
                         subject: f.subject.clone(),
                         severity: f.severity.as_str().to_owned(),
@@ -376,10 +376,10 @@ impl AlertBook {
                 );
             }
             Some(a) => {
-                let renews = lifecycle(config, f.rule, &f.subject) != Lifecycle::Level;
+                let renews = lifecycle(config, f.rule.as_str(), &f.subject) != Lifecycle::Level;
                 let worse = a.severity != f.severity.as_str();
                 // The count of folded findings is news too.
-                let folded_more = f.rule == "alerts_folded" && a.value != f.value;
+                let folded_more = f.rule == crate::alerts::Rule::AlertsFolded && a.value != f.value;
                 if renews || worse || folded_more {
                     a.changed_at = at;
                     a.value = f.value.clone();

@@ -167,7 +167,7 @@ impl Previous {
         {
             let key = key_of.get(&e.0).copied().unwrap_or_default();
             out.push(Finding {
-                rule: "disk_missing",
+                rule: crate::alerts::Rule::DiskMissing,
                 subject: key.to_owned(),
                 severity: Severity::Warning,
                 value: format!("last seen as {}", e.4),
@@ -197,7 +197,7 @@ impl Previous {
                 ),
             };
             out.push(Finding {
-                rule: "identity_conflict",
+                rule: crate::alerts::Rule::IdentityConflict,
                 subject,
                 severity: Severity::Warning,
                 value: e.3.clone(),
@@ -227,7 +227,7 @@ impl Previous {
                 if let Some(days) = rules::days_to_full(&xy, f.bytes_total as f64) {
                     if days <= config.filesystem_filling.days {
                         out.push(Finding {
-                            rule: "filesystem_filling",
+                            rule: crate::alerts::Rule::FilesystemFilling,
                             subject: f.mount_point.clone(),
                             severity: Severity::Warning,
                             value: format!("full in {days:.1} days"),

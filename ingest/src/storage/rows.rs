@@ -384,7 +384,8 @@ impl PreparedReport {
         alerts: &AlertsConfig,
     ) {
         self.cert_not_after = Some(not_after);
-        self.findings.retain(|f| f.rule != "certificate_expiring");
+        self.findings
+            .retain(|f| f.rule != crate::alerts::Rule::CertificateExpiring);
         self.findings.extend(crate::alerts::certificate_expiring(
             alerts,
             not_after,
@@ -394,7 +395,8 @@ impl PreparedReport {
     }
 
     fn judge_clock(&mut self, alerts: &AlertsConfig) {
-        self.findings.retain(|f| f.rule != "clock_skew");
+        self.findings
+            .retain(|f| f.rule != crate::alerts::Rule::ClockSkew);
         self.findings
             .extend(crate::alerts::clock_skew(alerts, self.clock_skew_seconds));
     }
