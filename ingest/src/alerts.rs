@@ -605,8 +605,19 @@ impl AlertsConfig {
             }
             let subject = drive_key(d).unwrap_or_else(|| format!("dev:{}", d.name));
             let label = drive_label(d);
+            // One verdict per drive for both rules (it is on the hot path of every report).
+            let verdict = (self.disk_failing.enabled || self.disk_wearout.enabled)
+                .then(|| crate::verdict::drive(d, &self.disk_wearout));
+            let of = |concern, level| {
+                verdict
+                    .as_ref()
+                    .and_then(|v: &crate::verdict::DriveVerdict| v.summary(concern, level))
+            };
             if self.disk_failing.enabled {
-                if let Some(why) = failing_now(d) {
+                if let Some(why) = of(
+                    crate::verdict::Concern::Failure,
+                    crate::verdict::Level::Critical,
+                ) {
                     out.push(Finding {
                         rule: Rule::DiskFailing,
                         subject: subject.clone(),
@@ -617,8 +628,7 @@ impl AlertsConfig {
                 }
             }
             if self.disk_wearout.enabled {
-                let verdict = crate::verdict::drive(d, &self.disk_wearout);
-                if let Some(value) = verdict.summary(
+                if let Some(value) = of(
                     crate::verdict::Concern::WearOut,
                     crate::verdict::Level::Warning,
                 ) {
