@@ -246,15 +246,9 @@ fn enroll(config: &Path, token: &str, root: PathBuf) -> u8 {
         Ok(s) => s,
         Err(e) => return config_error(&e),
     };
-    let serial = match phonehome_collector::identity::collect(
-        &MachineRoot::new(root),
-        config.serial.as_ref(),
-    ) {
-        Ok(identity) => identity.serial,
-        Err(e) => {
-            eprintln!("phonehome-collector: {e}");
-            return exit::CONFIG;
-        }
+    let serial = match machine_serial(&config, root) {
+        Ok(serial) => serial,
+        Err(code) => return code,
     };
     let enrolment = Enrolment {
         server: settings.server,
@@ -304,15 +298,9 @@ fn renew_now(config: &Path, root: PathBuf) -> u8 {
     if let Some(s) = settled {
         eprintln!("phonehome-collector: {s}");
     }
-    let serial = match phonehome_collector::identity::collect(
-        &MachineRoot::new(root),
-        config.serial.as_ref(),
-    ) {
-        Ok(identity) => identity.serial,
-        Err(e) => {
-            eprintln!("phonehome-collector: {e}");
-            return exit::CONFIG;
-        }
+    let serial = match machine_serial(&config, root) {
+        Ok(serial) => serial,
+        Err(code) => return code,
     };
     let files = renew::KeyFiles::of(&settings);
     let renewal = renew::renew_if_due(&client, &files, &serial, chrono::Utc::now(), true);
@@ -339,6 +327,17 @@ fn gather(
         eprintln!("phonehome-collector: {e}");
         exit::CONFIG
     })
+}
+
+/// This machine's serial (the configuration's, else DMI's); none is a configuration error,
+/// said on stderr.
+fn machine_serial(config: &Config, root: PathBuf) -> Result<phonehome_schema::Serial, u8> {
+    phonehome_collector::identity::collect(&MachineRoot::new(root), config.serial.as_ref())
+        .map(|identity| identity.serial)
+        .map_err(|e| {
+            eprintln!("phonehome-collector: {e}");
+            exit::CONFIG
+        })
 }
 
 fn config_error(e: &ConfigError) -> u8 {

@@ -95,8 +95,8 @@ async fn report(
     }
 }
 
-/// Largest lifecycle request body: a state, a date and a bounded note.
-const MAX_LIFECYCLE_BODY: usize = 16 * 1024;
+/// Largest write request body: a state, a date, a bounded note, labels.
+const MAX_WRITE_BODY: usize = 16 * 1024;
 
 /// `GET .../lifecycle`: the stored state (`active` when none is).
 async fn lifecycle(
@@ -131,18 +131,10 @@ async fn set_lifecycle(
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // The gate lets no write through without an admin token; should it ever, refuse.
-    let Some(Extension(actor)) = actor else {
-        return Err(ApiError::Forbidden("writes need an admin token".into()));
-    };
+    let actor = admin(actor)?;
     let Path(serial) = path.map_err(bad_path)?;
     let serial = parse_serial(&serial)?;
-    if body.len() > MAX_LIFECYCLE_BODY {
-        return Err(ApiError::TooLarge {
-            limit: MAX_LIFECYCLE_BODY,
-            after: "",
-        });
-    }
+    bounded(&body)?;
     let change: Change = serde_json::from_slice(&body).map_err(|e| {
         ApiError::MalformedJson(format!(
             "expected {{\"state\": \"active\"|\"expected_offline\"|\"retired\",              \"until\"?: RFC 3339 time, \"note\"?: text}}: {e}"
@@ -194,17 +186,10 @@ async fn set_labels(
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(Extension(actor)) = actor else {
-        return Err(ApiError::Forbidden("writes need an admin token".into()));
-    };
+    let actor = admin(actor)?;
     let Path(serial) = path.map_err(bad_path)?;
     let serial = parse_serial(&serial)?;
-    if body.len() > MAX_LIFECYCLE_BODY {
-        return Err(ApiError::TooLarge {
-            limit: MAX_LIFECYCLE_BODY,
-            after: "",
-        });
-    }
+    bounded(&body)?;
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::MalformedJson(format!("expected a JSON object: {e}")))?;
     let change =
@@ -250,12 +235,7 @@ fn note_of(v: &serde_json::Value) -> Result<String, ApiError> {
 }
 
 fn small_json(body: &Bytes) -> Result<serde_json::Value, ApiError> {
-    if body.len() > MAX_LIFECYCLE_BODY {
-        return Err(ApiError::TooLarge {
-            limit: MAX_LIFECYCLE_BODY,
-            after: "",
-        });
-    }
+    bounded(body)?;
     if body.is_empty() {
         return Ok(serde_json::json!({}));
     }
@@ -277,9 +257,7 @@ async fn acknowledge(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     use crate::storage::admin::AckError;
-    let Some(Extension(actor)) = actor else {
-        return Err(ApiError::Forbidden("writes need an admin token".into()));
-    };
+    let actor = admin(actor)?;
     let Path(id) = path.map_err(bad_path)?;
     let id: i64 = id.parse().map_err(|_| ApiError::BadParameter {
         parameter: "id".into(),
@@ -314,9 +292,7 @@ async fn mute(
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(Extension(actor)) = actor else {
-        return Err(ApiError::Forbidden("writes need an admin token".into()));
-    };
+    let actor = admin(actor)?;
     let Path(serial) = path.map_err(bad_path)?;
     let serial = parse_serial(&serial)?;
     let v = small_json(&body)?;
@@ -396,15 +372,8 @@ async fn revoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     use crate::storage::identity::RevokeTarget;
-    let Some(Extension(actor)) = actor else {
-        return Err(ApiError::Forbidden("writes need an admin token".into()));
-    };
-    if body.len() > MAX_LIFECYCLE_BODY {
-        return Err(ApiError::TooLarge {
-            limit: MAX_LIFECYCLE_BODY,
-            after: "",
-        });
-    }
+    let actor = admin(actor)?;
+    bounded(&body)?;
     let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::MalformedJson(format!(
             "expected {{\"serial\": text | \"certificate\": SHA-256 hex, \"reason\"?: text}}: {e}"
@@ -466,6 +435,25 @@ async fn audit(State(state): State<AppState>, query: QueryPairs) -> Result<Respo
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     Ok(Json(serde_json::json!({ "items": rows, "next_before": next })).into_response())
+}
+
+/// The operator behind a write. The gate lets no write through without an admin token;
+/// should it ever, refuse.
+fn admin(actor: Option<Extension<Actor>>) -> Result<Actor, ApiError> {
+    actor
+        .map(|Extension(a)| a)
+        .ok_or_else(|| ApiError::Forbidden("writes need an admin token".into()))
+}
+
+/// A write's body: small (a state, a date, a note, labels).
+fn bounded(body: &Bytes) -> Result<(), ApiError> {
+    if body.len() > MAX_WRITE_BODY {
+        return Err(ApiError::TooLarge {
+            limit: MAX_WRITE_BODY,
+            after: "",
+        });
+    }
+    Ok(())
 }
 
 fn parse_serial(serial: &str) -> Result<phonehome_schema::Serial, ApiError> {
