@@ -598,26 +598,38 @@ impl AlertsConfig {
         report: &Report,
         drive_key: impl Fn(&SmartDevice) -> Option<String>,
     ) -> Vec<Finding> {
+        let verdicts = self.drive_verdicts(report);
+        self.evaluate(report, &verdicts, drive_key)
+    }
+
+    /// The verdict of each of the report's drives, in the report's order.
+    pub fn drive_verdicts(&self, report: &Report) -> Vec<crate::verdict::DriveVerdict> {
+        report
+            .smart
+            .devices
+            .iter()
+            .map(|d| crate::verdict::drive(d, &self.disk_wearout))
+            .collect()
+    }
+
+    /// [`Self::evaluate_report`] with the drives' verdicts already judged (`verdicts[i]` is
+    /// the verdict of `report.smart.devices[i]`), so a report's drives are judged once.
+    pub fn evaluate(
+        &self,
+        report: &Report,
+        verdicts: &[crate::verdict::DriveVerdict],
+        drive_key: impl Fn(&SmartDevice) -> Option<String>,
+    ) -> Vec<Finding> {
+        use crate::verdict::{Concern, Level};
         let mut out = Vec::new();
-        for d in &report.smart.devices {
+        for (d, verdict) in report.smart.devices.iter().zip(verdicts) {
             if d.in_standby {
                 continue;
             }
             let subject = drive_key(d).unwrap_or_else(|| format!("dev:{}", d.name));
             let label = drive_label(d);
-            // One verdict per drive for both rules (it is on the hot path of every report).
-            let verdict = (self.disk_failing.enabled || self.disk_wearout.enabled)
-                .then(|| crate::verdict::drive(d, &self.disk_wearout));
-            let of = |concern, level| {
-                verdict
-                    .as_ref()
-                    .and_then(|v: &crate::verdict::DriveVerdict| v.summary(concern, level))
-            };
             if self.disk_failing.enabled {
-                if let Some(why) = of(
-                    crate::verdict::Concern::Failure,
-                    crate::verdict::Level::Critical,
-                ) {
+                if let Some(why) = verdict.summary(Concern::Failure, Level::Critical) {
                     out.push(Finding {
                         rule: Rule::DiskFailing,
                         subject: subject.clone(),
@@ -628,10 +640,7 @@ impl AlertsConfig {
                 }
             }
             if self.disk_wearout.enabled {
-                if let Some(value) = of(
-                    crate::verdict::Concern::WearOut,
-                    crate::verdict::Level::Warning,
-                ) {
+                if let Some(value) = verdict.summary(Concern::WearOut, Level::Warning) {
                     out.push(Finding {
                         rule: Rule::DiskWearout,
                         subject: subject.clone(),
@@ -769,51 +778,12 @@ impl AlertsConfig {
 /// `disk_degrading`: the counts that mean a drive is losing sectors or links, compared with the
 /// drive's previous report. Only a rise fires; the level alone never does.
 pub fn degrading(
-    drive: &crate::storage::rows::DriveRow,
-    previous: &crate::storage::rows::DriveSample,
+    drive: &crate::model::DriveRow,
+    previous: &crate::model::DriveSample,
 ) -> Option<Finding> {
-    let cur = &drive.sample;
-    let widen = |v: Option<i32>| v.map(i64::from);
-    let counts = [
-        (
-            "reallocated sectors",
-            widen(previous.reallocated_sectors),
-            widen(cur.reallocated_sectors),
-        ),
-        (
-            "pending sectors",
-            widen(previous.pending_sectors),
-            widen(cur.pending_sectors),
-        ),
-        (
-            "offline uncorrectable",
-            widen(previous.offline_uncorrectable),
-            widen(cur.offline_uncorrectable),
-        ),
-        (
-            "CRC errors",
-            widen(previous.crc_errors),
-            widen(cur.crc_errors),
-        ),
-        (
-            "media errors",
-            previous.nvme_media_errors,
-            cur.nvme_media_errors,
-        ),
-        (
-            "grown defects",
-            previous.scsi_grown_defects,
-            cur.scsi_grown_defects,
-        ),
-    ];
-    let rises: Vec<String> = counts
-        .iter()
-        .filter_map(|(name, p, c)| match (p, c) {
-            (Some(p), Some(c)) if c > p => {
-                Some(format!("{name} {p} → {c} (+{})", c.saturating_sub(*p)))
-            }
-            _ => None,
-        })
+    let rises: Vec<String> = crate::verdict::rises(previous, &drive.sample)
+        .into_iter()
+        .map(|r| r.text)
         .collect();
     if rises.is_empty() {
         return None;
@@ -837,8 +807,8 @@ pub fn degrading(
 /// such rather than as a negative rise or a false alarm.
 pub fn nic_errors(
     config: &AlertsConfig,
-    nic: &crate::storage::rows::NicRow,
-    previous: &crate::storage::rows::NicRow,
+    nic: &crate::model::NicRow,
+    previous: &crate::model::NicRow,
     rebooted: bool,
 ) -> Option<Finding> {
     let counters = [
@@ -1240,7 +1210,7 @@ mod tests {
 
     #[test]
     fn nic_errors_fire_on_a_rise_and_never_on_a_reboot() {
-        use crate::storage::rows::NicRow;
+        use crate::model::NicRow;
         let nic = |errors: i64, dropped: i64| NicRow {
             name: "eno1".into(),
             rx_bytes: None,
@@ -1269,7 +1239,7 @@ mod tests {
     /// becomes) summed in a writer task overflowed; filesystem sizes the same.
     #[test]
     fn counters_and_sizes_at_the_top_of_the_range_neither_panic_nor_wrap() {
-        use crate::storage::rows::NicRow;
+        use crate::model::NicRow;
         let nic = |v: i64| NicRow {
             name: "eno1".into(),
             rx_bytes: None,

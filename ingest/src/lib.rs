@@ -17,6 +17,7 @@ pub mod fdlimit;
 pub mod labels;
 pub mod lifecycle;
 pub mod metrics;
+pub mod model;
 pub mod pgcluster;
 pub mod reports;
 pub mod revocation;

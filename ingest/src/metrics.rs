@@ -39,6 +39,7 @@ pub struct Metrics {
     pub appliances_by_lifecycle: IntGaugeVec,
     pub appliance_certificates: IntGaugeVec,
     pub disks_failing: IntGauge,
+    pub drives_by_verdict: IntGaugeVec,
     pub alerts_firing: IntGaugeVec,
     /// Appliances by their worst firing severity. Nothing here is per appliance: a fleet of
     /// 100,000 has the same series as a fleet of ten (per-appliance alerts go to Alertmanager).
@@ -216,6 +217,13 @@ impl Metrics {
             "phonehome_disks_failing",
             "Drives named by a firing disk_failing alert (the ingest's verdict).",
         );
+        let drives_by_verdict = gauge_vec(
+            "phonehome_drives",
+            "Drives in the appliances' newest reports by the ingest's verdict: ok, warning \
+             (wearing out, a count that rose since the previous report, a failed self-test), \
+             critical (failing).",
+            &["verdict"],
+        );
         let alerts_firing = gauge_vec(
             "phonehome_alerts_firing",
             "Firing alerts by rule and severity.",
@@ -278,6 +286,7 @@ impl Metrics {
             Box::new(appliances_by_lifecycle.clone()),
             Box::new(appliance_certificates.clone()),
             Box::new(disks_failing.clone()),
+            Box::new(drives_by_verdict.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(appliances_by_health.clone()),
             Box::new(maintenance_last_success.clone()),
@@ -310,6 +319,7 @@ impl Metrics {
             appliances_by_lifecycle,
             appliance_certificates,
             disks_failing,
+            drives_by_verdict,
             alerts_firing,
             appliances_by_health,
             maintenance_last_success,
@@ -361,6 +371,11 @@ impl Metrics {
                 .set(*n);
         }
         self.disks_failing.set(c.failing_drives);
+        for (verdict, n) in &c.drives {
+            self.drives_by_verdict
+                .with_label_values(&[verdict.as_str()])
+                .set(*n);
+        }
         self.appliances_by_status.reset();
         for status in ["healthy", "degraded", "unhealthy", "unknown"] {
             self.appliances_by_status

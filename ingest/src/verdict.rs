@@ -18,6 +18,7 @@ use phonehome_schema::{NvmeCriticalWarning, SmartDevice};
 use serde::Serialize;
 
 use crate::alerts::Wearout;
+use crate::model::DriveSample;
 
 /// How bad a drive is, worst last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -46,6 +47,9 @@ pub enum Concern {
     Failure,
     /// The drive is using up its endurance or spare (`disk_wearout`).
     WearOut,
+    /// A count of bad sectors, link or media errors, or error-log entries rose since the
+    /// drive's previous report (`disk_degrading`).
+    Degrading,
     /// Temperature (the drive's own warning; `disk_temperature` judges the reading).
     Temperature,
     /// Worth knowing, not worth an alert.
@@ -69,6 +73,40 @@ pub struct DriveVerdict {
 }
 
 impl DriveVerdict {
+    /// Adds reasons judged against the drive's history (see [`rises`]).
+    pub fn with(mut self, more: Vec<Reason>) -> Self {
+        self.reasons.extend(more);
+        self.level = self
+            .reasons
+            .iter()
+            .map(|r| r.level)
+            .max()
+            .unwrap_or(Level::Ok);
+        self
+    }
+
+    /// A digest of the reasons (level, concern and words with their values), stable across
+    /// builds (FNV-1a, not the std hasher whose keys may change), so equal facts give equal
+    /// digests in reports months apart.
+    pub fn facts(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for r in &self.reasons {
+            let head = [r.level as u8, r.concern as u8];
+            for b in head.iter().chain(r.text.as_bytes()).chain(b"\x1f") {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// Whether the drive is failing now (`disk_failing`, the `failing` sample column).
+    pub fn failing(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| r.concern == Concern::Failure && r.level == Level::Critical)
+    }
+
     /// The reasons of `concern` at `level` or worse, joined for an alert's value.
     pub fn summary(&self, concern: Concern, at_least: Level) -> Option<String> {
         let texts: Vec<&str> = self
@@ -299,6 +337,81 @@ pub fn drive(d: &SmartDevice, wear: &Wearout) -> DriveVerdict {
     DriveVerdict { level, reasons }
 }
 
+/// An appliance's verdict: the worst of its firing alerts, each alert a reason. An
+/// acknowledged or muted condition fires no alert, so it is no reason; an `info` alert is a
+/// reason at `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplianceVerdict {
+    pub level: Level,
+    pub reasons: Vec<ApplianceReason>,
+}
+
+/// One firing alert as a reason for an appliance's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApplianceReason {
+    pub level: Level,
+    pub rule: String,
+    /// The drive key, mount point or NIC the alert is about (empty: the appliance).
+    pub subject: String,
+    pub text: String,
+}
+
+/// Judges an appliance from its firing alerts: (severity, rule, subject, summary). A severity
+/// this build does not know counts as critical, so it is never shown as fine.
+pub fn appliance<'a>(
+    firing: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a str)>,
+) -> ApplianceVerdict {
+    let mut reasons: Vec<ApplianceReason> = firing
+        .into_iter()
+        .map(|(severity, rule, subject, text)| ApplianceReason {
+            level: match severity {
+                "info" => Level::Ok,
+                "warning" => Level::Warning,
+                _ => Level::Critical,
+            },
+            rule: rule.to_owned(),
+            subject: subject.to_owned(),
+            text: text.to_owned(),
+        })
+        .collect();
+    reasons.sort_by(|a, b| b.level.cmp(&a.level).then_with(|| a.rule.cmp(&b.rule)));
+    let level = reasons.first().map_or(Level::Ok, |r| r.level);
+    ApplianceVerdict { level, reasons }
+}
+
+/// The counts whose rise means a drive is losing sectors, links or media, by name.
+fn counts(s: &DriveSample) -> [(&'static str, Option<i64>); 7] {
+    let widen = |v: Option<i32>| v.map(i64::from);
+    [
+        ("reallocated sectors", widen(s.reallocated_sectors)),
+        ("pending sectors", widen(s.pending_sectors)),
+        ("offline uncorrectable", widen(s.offline_uncorrectable)),
+        ("CRC errors", widen(s.crc_errors)),
+        ("media errors", s.nvme_media_errors),
+        ("grown defects", s.scsi_grown_defects),
+        ("error log entries", s.error_log_entries),
+    ]
+}
+
+/// What rose between a drive's previous report and this one, each a warning with the amount:
+/// a count that holds still, however high, says nothing new (a drive with 8 reallocated
+/// sectors for a year is not failing), and a count that went down (a reset, a new drive under
+/// the same key) is not a rise.
+pub fn rises(previous: &DriveSample, current: &DriveSample) -> Vec<Reason> {
+    counts(previous)
+        .into_iter()
+        .zip(counts(current))
+        .filter_map(|((name, p), (_, c))| match (p, c) {
+            (Some(p), Some(c)) if c > p => Some(Reason {
+                level: Level::Warning,
+                concern: Concern::Degrading,
+                text: format!("{name} {p} → {c} (+{})", c.saturating_sub(p)),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +503,53 @@ mod tests {
         let v = drive(&d, &Wearout::default());
         assert_eq!(v.level, Level::Ok, "a stable count is information");
         assert_eq!(v.reasons.len(), 1);
+    }
+
+    #[test]
+    fn only_a_rise_is_news_and_it_says_by_how_much() {
+        let before = DriveSample {
+            reallocated_sectors: Some(8),
+            error_log_entries: Some(131),
+            nvme_media_errors: Some(4),
+            ..DriveSample::default()
+        };
+        assert!(rises(&before, &before).is_empty(), "stable counts");
+        let after = DriveSample {
+            reallocated_sectors: Some(16),
+            error_log_entries: Some(133),
+            // A count that went down (a reset) is not a rise.
+            nvme_media_errors: Some(0),
+            ..DriveSample::default()
+        };
+        let texts: Vec<String> = rises(&before, &after).into_iter().map(|r| r.text).collect();
+        assert_eq!(
+            texts,
+            [
+                "reallocated sectors 8 → 16 (+8)",
+                "error log entries 131 → 133 (+2)"
+            ]
+        );
+        // A rise on a drive judged ok makes it a warning, with the reason.
+        let v = drive(&nvme(|_| {}), &Wearout::default()).with(rises(&before, &after));
+        assert_eq!(v.level, Level::Warning);
+        assert!(v.reasons.iter().all(|r| r.concern == Concern::Degrading));
+        // A first sample (nothing to compare) is no rise.
+        let nothing = DriveSample::default();
+        assert!(rises(&nothing, &after).is_empty());
+    }
+
+    #[test]
+    fn an_appliance_is_as_bad_as_its_worst_firing_alert() {
+        assert_eq!(appliance([]).level, Level::Ok);
+        let v = appliance([
+            ("info", "app_outdated", "", "the application is 1.0"),
+            ("critical", "disk_failing", "wwn:1", "sda is failing"),
+            ("warning", "filesystem_full", "/", "/ is 91% full"),
+        ]);
+        assert_eq!(v.level, Level::Critical);
+        let order: Vec<&str> = v.reasons.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(order, ["disk_failing", "filesystem_full", "app_outdated"]);
+        assert_eq!(appliance([("info", "x", "", "")]).level, Level::Ok);
+        assert_eq!(appliance([("bogus", "x", "", "")]).level, Level::Critical);
     }
 }

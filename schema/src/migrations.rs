@@ -82,6 +82,11 @@ pub const ALL: &[Migration] = &[
         name: "reliability",
         sql: include_str!("../migrations/0014_reliability.sql"),
     },
+    Migration {
+        version: 15,
+        name: "verdicts",
+        sql: include_str!("../migrations/0015_verdicts.sql"),
+    },
 ];
 
 #[cfg(test)]

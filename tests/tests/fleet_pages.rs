@@ -242,6 +242,21 @@ async fn the_summary_counts_what_is_wrong_and_links_the_lists_it_counts() {
         Some(1.0)
     );
     assert_eq!(ingest.metric("phonehome_disks_failing").await, Some(1.0));
+    // The drives by verdict: the one failing drive is the one critical.
+    assert_eq!(
+        ingest
+            .metric("phonehome_drives{verdict=\"critical\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        ingest
+            .metric("phonehome_drives{verdict=\"ok\"}")
+            .await
+            .is_some_and(|n| n >= 1.0),
+        "{}",
+        metrics.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -93,7 +93,10 @@ pub(super) struct Writes {
 
 /// Per appliance during a batch: its state as the batch moves it forward, its newest report
 /// that moved it, how many of its reports were stored, and when the last one arrived.
-type Progress<'a> = (Before, Option<&'a PreparedReport>, i64, DateTime<Utc>);
+/// An appliance's state before the batch, its newest report in it (if that moves the state),
+/// how many reports it stored, the latest arrival, and the newest report's drives whose verdict
+/// is `warning` (the report's own plus the rises found against the previous report).
+type Progress<'a> = (Before, Option<&'a PreparedReport>, i64, DateTime<Utc>, i32);
 
 /// Writes `batch` in one transaction and says, per report (in the batch's order), whether it
 /// was stored or a duplicate.
@@ -114,6 +117,7 @@ pub(super) async fn write(
 
     let before = lock_appliances(tx, batch, &unique).await?;
     let cert_ids = certificate_ids(tx, batch, &unique, &before).await?;
+    let bodies = choose_bodies(batch, &unique, &before);
 
     // The reports themselves; ON CONFLICT says which are new.
     let stmt = tx
@@ -142,10 +146,7 @@ pub(super) async fn write(
                     .iter()
                     .map(|&i| before[&batch[i].serial].id)
                     .collect::<Vec<_>>(),
-                &unique
-                    .iter()
-                    .map(|&i| batch[i].body_dictionary)
-                    .collect::<Vec<_>>(),
+                &bodies.iter().map(|b| b.1).collect::<Vec<_>>(),
                 &unique
                     .iter()
                     .map(|&i| batch[i].report_id)
@@ -162,10 +163,7 @@ pub(super) async fn write(
                     .iter()
                     .map(|&i| batch[i].state.app_version.as_deref())
                     .collect::<Vec<_>>(),
-                &unique
-                    .iter()
-                    .map(|&i| batch[i].body.as_slice())
-                    .collect::<Vec<_>>(),
+                &bodies.iter().map(|b| b.0).collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -260,7 +258,7 @@ pub(super) async fn write(
         let r = batch[i];
         let entry = states.entry(r.serial.as_str()).or_insert_with(|| {
             let b = before[&r.serial].clone();
-            (b, None, 0, r.received_at)
+            (b, None, 0, r.received_at, 0)
         });
         entry.2 = entry.2.saturating_add(1);
         entry.3 = entry.3.max(r.received_at);
@@ -278,6 +276,20 @@ pub(super) async fn write(
         membership_changed(b, r, &drive_ids, &members, &latest_elsewhere, &mut writes);
         let findings = previous.findings(config, b, r, &drive_ids, &key_of, &writes);
         let present: HashSet<&str> = r.drives.iter().map(|d| d.key.as_str()).collect();
+        let rose = r
+            .drives
+            .iter()
+            .filter(|d| d.level == crate::verdict::Level::Ok)
+            .filter(|d| {
+                findings
+                    .iter()
+                    .any(|f| f.rule == crate::alerts::Rule::DiskDegrading && f.subject == d.key)
+            })
+            .count();
+        entry.4 = r
+            .state
+            .warning_drive_count
+            .saturating_add(i32::try_from(rose).unwrap_or(i32::MAX));
         book.apply(
             config,
             Evaluated {
@@ -313,6 +325,42 @@ pub(super) async fn write(
         book.write(tx, &serials, config),
     )?;
     Ok(outcomes)
+}
+
+/// The body to keep for each of `unique`, with its dictionary: smartctl's full output is
+/// evidence when the facts behind a drive's verdict change, not every day for a condition that
+/// holds still. A report keeps it unless every drive that carried it has the verdict facts the
+/// appliance's previous report had (kept in its rule state); without a state, it keeps it.
+fn choose_bodies<'a>(
+    batch: &[&'a PreparedReport],
+    unique: &[usize],
+    before: &HashMap<String, Before>,
+) -> Vec<(&'a [u8], Option<i16>)> {
+    unique
+        .iter()
+        .map(|&i| {
+            let r = batch[i];
+            let full = (r.body.as_slice(), r.body_dictionary);
+            let Some((lean, dict)) = &r.body_without_evidence else {
+                return full;
+            };
+            let Some(state) = before.get(&r.serial).and_then(|b| b.rule_state.as_ref()) else {
+                return full;
+            };
+            let unchanged = r.drives.iter().filter(|d| d.evidence).all(|d| {
+                d.sample.facts.is_some()
+                    && state
+                        .drives
+                        .iter()
+                        .any(|s| s.key == d.key && s.facts == d.sample.facts)
+            });
+            if unchanged {
+                (lean.as_slice(), *dict)
+            } else {
+                full
+            }
+        })
+        .collect()
 }
 
 /// Locks (creating where needed) the batch's appliances in serial order and reads what the
@@ -931,11 +979,11 @@ async fn insert_samples(
                  temperature_celsius, nvme_critical_warning, nvme_available_spare,
                  nvme_percentage_used, health_passed, failing, reallocated_sectors,
                  pending_sectors, offline_uncorrectable, crc_errors, nvme_media_errors,
-                 scsi_grown_defects, scsi_uncorrected)
+                 scsi_grown_defects, scsi_uncorrected, error_log_entries)
              SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::int[],
                  $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[], $9::bool[],
                  $10::bool[], $11::int[], $12::int[], $13::int[], $14::int[],
-                 $15::bigint[], $16::bigint[], $17::bigint[])",
+                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])",
         )
         .await?;
     let fs_stmt = tx
@@ -1000,6 +1048,7 @@ async fn insert_samples(
                 &l(&|d| d.nvme_media_errors),
                 &l(&|d| d.scsi_grown_defects),
                 &l(&|d| d.scsi_uncorrected),
+                &l(&|d| d.error_log_entries),
             ],
         )
         .await
@@ -1260,7 +1309,8 @@ async fn update_appliances(
                  app_version = u.app_version, app_status = u.app_status,
                  os_pretty_name = u.os, kernel = u.kernel,
                  collector_version = u.collector_version, drive_count = u.drives,
-                 failing_drive_count = u.failing, filesystem_count = u.filesystems,
+                 failing_drive_count = u.failing, warning_drive_count = u.warning,
+                 filesystem_count = u.filesystems,
                  nic_count = u.nics, collection_errors = u.errors,
                  dropped_reports = u.dropped, last_cert_sha256 = u.cert, boot_id = u.boot_id,
                  rule_state = u.rule_state, last_cert_id = u.cert_id
@@ -1268,11 +1318,11 @@ async fn update_appliances(
                  $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                  $12::int[], $13::int[], $14::int[], $15::int[], $16::int[], $17::bigint[],
                  $18::bytea[], $19::uuid[], $20::bytea[], $21::bigint[], $22::timestamptz[],
-                 $23::int[])
+                 $23::int[], $24::int[])
                  AS u(id, hostname, system_uuid, machine_id, collected_at, report_id,
                       app_version, app_status, os, kernel, collector_version, drives, failing,
                       filesystems, nics, errors, dropped, cert, boot_id, rule_state, n, at,
-                      cert_id)
+                      cert_id, warning)
              WHERE a.id = u.id",
         )
         .await?;
@@ -1324,6 +1374,7 @@ async fn update_appliances(
                 .iter()
                 .map(|(_, r)| cert_ids.get(r.cert_sha256.as_slice()).copied())
                 .collect::<Vec<_>>(),
+            &moved.iter().map(|s| s.4).collect::<Vec<_>>(),
         ],
     )
     .await?;

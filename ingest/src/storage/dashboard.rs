@@ -199,6 +199,8 @@ pub struct FleetCounts {
     pub alerts: Vec<(String, Severity, i64, i64)>,
     /// Drives named by a firing `disk_failing` alert, by the collector-independent verdict.
     pub failing_drives: i64,
+    /// Drives in the appliances' newest reports by verdict (ok, warning, critical).
+    pub drives: Vec<(crate::verdict::Level, i64)>,
     /// Appliances by how soon the certificate of their latest report ends (see
     /// [`CERTIFICATE_BUCKETS`]).
     pub certificates: Vec<(&'static str, i64)>,
@@ -618,12 +620,56 @@ impl Storage {
             return Ok(None);
         };
         let collected_at = report.collected_at;
-        Ok(report
+        let Some(dev) = report
             .smart
             .devices
             .into_iter()
             .find(|dev| super::rows::drive_key(dev).as_deref() == Some(key))
-            .map(|dev| smart_snapshot(dev, collected_at, &self.settings.alerts.disk_wearout)))
+        else {
+            return Ok(None);
+        };
+        let rises = self.rises(appliance_id, key).await?;
+        Ok(Some(smart_snapshot(
+            dev,
+            collected_at,
+            &self.settings.alerts.disk_wearout,
+            rises,
+        )))
+    }
+
+    /// What rose between the drive's last two samples in this appliance: the history half of
+    /// its verdict, as `disk_degrading` judged it when the newest arrived.
+    async fn rises(
+        &self,
+        appliance_id: i32,
+        key: &str,
+    ) -> Result<Vec<crate::verdict::Reason>, StorageError> {
+        let client = self.pool().get().await?;
+        let rows = client
+            .query(
+                "SELECT s.reallocated_sectors, s.pending_sectors, s.offline_uncorrectable,
+                        s.crc_errors, s.nvme_media_errors, s.scsi_grown_defects,
+                        s.error_log_entries
+                 FROM drive_samples s JOIN drives d ON d.id = s.drive_id
+                 WHERE s.appliance_id = $1 AND d.drive_key = $2
+                 ORDER BY s.collected_at DESC LIMIT 2",
+                &[&appliance_id, &key],
+            )
+            .await?;
+        let sample = |r: &tokio_postgres::Row| crate::model::DriveSample {
+            reallocated_sectors: r.get(0),
+            pending_sectors: r.get(1),
+            offline_uncorrectable: r.get(2),
+            crc_errors: r.get(3),
+            nvme_media_errors: r.get(4),
+            scsi_grown_defects: r.get(5),
+            error_log_entries: r.get(6),
+            ..Default::default()
+        };
+        Ok(match rows.as_slice() {
+            [newest, before] => crate::verdict::rises(&sample(before), &sample(newest)),
+            _ => Vec::new(),
+        })
     }
 
     /// The fleet-wide counts (see [`FleetCounts`]); `silent_before` is the silence threshold.
@@ -637,7 +683,7 @@ impl Storage {
         let client = self.pool().get().await?;
         let appliance_params: [&(dyn ToSql + Sync); 3] = [&silent_before, &VERSION_CHARS, &exempt];
         let now_param: [&(dyn ToSql + Sync); 1] = [&now];
-        let (groups, alerts, certificates) = tokio::try_join!(
+        let (groups, alerts, certificates, drives) = tokio::try_join!(
             client.query(
                 "SELECT GROUPING(app_version, os, kernel, collector, health, silent, app_status),
                         app_version, os, kernel, collector, health, silent, app_status,
@@ -673,6 +719,13 @@ impl Storage {
                  FROM appliances a JOIN certificates c ON c.id = a.last_cert_id
                  GROUP BY 1",
                 &now_param,
+            ),
+            client.query_one(
+                "SELECT coalesce(sum(drive_count), 0)::bigint,
+                        coalesce(sum(warning_drive_count), 0)::bigint,
+                        coalesce(sum(failing_drive_count), 0)::bigint
+                 FROM appliances",
+                &[],
             ),
         )?;
         let mut counts = FleetCounts {
@@ -730,6 +783,16 @@ impl Storage {
                 .alerts
                 .push((rule, severity(r.get::<_, &str>(1)), n, subjects));
         }
+        let (all, warning, critical): (i64, i64, i64) =
+            (drives.get(0), drives.get(1), drives.get(2));
+        counts.drives = vec![
+            (
+                crate::verdict::Level::Ok,
+                all.saturating_sub(warning).saturating_sub(critical).max(0),
+            ),
+            (crate::verdict::Level::Warning, warning),
+            (crate::verdict::Level::Critical, critical),
+        ];
         for bucket in CERTIFICATE_BUCKETS {
             let n = certificates
                 .iter()
@@ -784,8 +847,9 @@ fn smart_snapshot(
     dev: phonehome_schema::SmartDevice,
     at: DateTime<Utc>,
     wear: &crate::alerts::Wearout,
+    rises: Vec<crate::verdict::Reason>,
 ) -> d::SmartSnapshot {
-    let verdict = crate::verdict::drive(&dev, wear);
+    let verdict = crate::verdict::drive(&dev, wear).with(rises);
     let mut reasons = verdict.reasons;
     reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
     let mut nvme = Vec::new();

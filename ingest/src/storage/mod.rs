@@ -298,6 +298,17 @@ impl Storage {
         if let Some(sent_at) = sent_at {
             prepared.note_sent_at(sent_at, &self.settings.alerts);
         }
+        // Only reports that carry smartctl's output (a failing drive) pay for a second body.
+        if prepared.drives.iter().any(|d| d.evidence) {
+            if let Some(json) = rows::without_evidence(body) {
+                prepared.body_without_evidence = Some(
+                    self.core
+                        .codec
+                        .compress(json.as_bytes())
+                        .map_err(|e| StorageError::Config(format!("zstd: {e}")))?,
+                );
+            }
+        }
         prepared.note_certificate(
             identity.not_after,
             report

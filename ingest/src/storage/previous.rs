@@ -52,7 +52,7 @@ impl Previous {
             .prepare_cached(
                 "SELECT s.appliance_id, s.drive_id, s.reallocated_sectors, s.pending_sectors,
                         s.offline_uncorrectable, s.crc_errors, s.nvme_media_errors,
-                        s.scsi_grown_defects
+                        s.scsi_grown_defects, s.error_log_entries
                  FROM drive_samples s
                  JOIN unnest($1::int[], $2::timestamptz[]) AS k(a, t)
                    ON s.appliance_id = k.a AND s.collected_at = k.t",
@@ -101,6 +101,7 @@ impl Previous {
                     crc_errors: r.get(5),
                     nvme_media_errors: r.get(6),
                     scsi_grown_defects: r.get(7),
+                    error_log_entries: r.get(8),
                     ..DriveSample::default()
                 },
             );
@@ -307,6 +308,8 @@ impl Previous {
                             crc_errors: d.crc,
                             nvme_media_errors: d.media_errors,
                             scsi_grown_defects: d.grown_defects,
+                            error_log_entries: d.error_log,
+                            facts: d.facts,
                             ..DriveSample::default()
                         };
                         (d.id, sample)
@@ -367,6 +370,8 @@ impl Previous {
                     crc: s.crc_errors,
                     media_errors: s.nvme_media_errors,
                     grown_defects: s.scsi_grown_defects,
+                    error_log: s.error_log_entries,
+                    facts: s.facts,
                 })
             })
             .collect();
@@ -422,7 +427,8 @@ fn trend_window(config: &AlertsConfig) -> chrono::Duration {
 /// the row it locks instead of reading history. Field names are short because the row is
 /// rewritten with every report
 /// (`d` drives: `k` key, `i` id, `r` reallocated, `p` pending, `o` offline uncorrectable, `c`
-/// CRC errors, `m` media errors, `g` grown defects; `n` NICs: `n` name, `re`/`te` rx/tx
+/// CRC errors, `m` media errors, `g` grown defects, `e` error-log entries, `v` a digest of the
+/// verdict's reasons; `n` NICs: `n` name, `re`/`te` rx/tx
 /// errors, `rd`/`td` rx/tx dropped; `f` filesystems: `m` mount point, `t` report times in Unix
 /// microseconds, `u` bytes used; `at`: the collected_at, in Unix microseconds, of the report it
 /// describes). Optional values may be missing; a state without its required fields does not
@@ -460,6 +466,10 @@ pub(super) struct DriveState {
     pub media_errors: Option<i64>,
     #[serde(default, rename = "g", skip_serializing_if = "Option::is_none")]
     pub grown_defects: Option<i64>,
+    #[serde(default, rename = "e", skip_serializing_if = "Option::is_none")]
+    pub error_log: Option<i64>,
+    #[serde(default, rename = "v", skip_serializing_if = "Option::is_none")]
+    pub facts: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -556,6 +566,8 @@ mod tests {
                 crc: Some(3),
                 media_errors: None,
                 grown_defects: None,
+                error_log: Some(131),
+                facts: Some(u64::MAX),
             }],
             nics: vec![NicState {
                 name: "eno1".into(),

@@ -241,6 +241,8 @@ pub struct ApplianceDetail {
     pub identity_events: Vec<IdentityEvent>,
     /// Every firing alert and the newest resolved ones, newest first.
     pub alerts: Vec<Alert>,
+    /// The appliance's verdict: its worst firing alert, with every firing alert as a reason.
+    pub verdict: crate::verdict::ApplianceVerdict,
 }
 
 /// Resolved alerts shown with an appliance (firing ones are all shown).
@@ -586,6 +588,19 @@ impl Storage {
                     detected_at: r.get(5),
                 })
                 .collect(),
+            verdict: crate::verdict::appliance(
+                alerts
+                    .iter()
+                    .filter(|r| r.get::<_, &str>(6) == "firing")
+                    .map(|r| {
+                        (
+                            r.get::<_, &str>(5),
+                            r.get::<_, &str>(2),
+                            r.get::<_, &str>(4),
+                            r.get::<_, &str>(10),
+                        )
+                    }),
+            ),
             alerts: alerts.iter().map(alert).collect(),
         }))
     }

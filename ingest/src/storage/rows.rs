@@ -11,6 +11,7 @@ use phonehome_schema::{Report, SmartDevice};
 use uuid::Uuid;
 
 use crate::alerts::{AlertsConfig, Finding};
+pub use crate::model::{DriveRow, DriveSample, FilesystemRow, NicRow};
 
 /// Everything one report writes, ready for the batch writer.
 #[derive(Debug, Clone)]
@@ -34,6 +35,10 @@ pub struct PreparedReport {
     pub cert_not_after: Option<DateTime<Utc>>,
     /// zstd-compressed JSON exactly as received.
     pub body: Vec<u8>,
+    /// The body without smartctl's full outputs (and its dictionary), when the report carried
+    /// any: kept instead of `body` when the facts behind every such drive's verdict are those
+    /// of the appliance's previous report (see `batch::choose_bodies`).
+    pub body_without_evidence: Option<(Vec<u8>, Option<i16>)>,
     /// The dictionary `body` was compressed with, if any.
     pub body_dictionary: Option<i16>,
     pub state: CurrentState,
@@ -70,6 +75,9 @@ pub struct CurrentState {
     pub collector_version: String,
     pub drive_count: i32,
     pub failing_drive_count: i32,
+    /// Drives whose verdict from this report alone is `warning` (a rise since the previous
+    /// report is added by the batch, which knows it).
+    pub warning_drive_count: i32,
     pub filesystem_count: i32,
     pub nic_count: i32,
     pub collection_errors: i32,
@@ -88,61 +96,6 @@ impl CurrentState {
     }
 }
 
-/// One drive in one report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DriveRow {
-    /// `wwn:…` or `sn:MODEL/SERIAL`: stable across reboots and slots.
-    pub key: String,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    pub wwn: Option<String>,
-    pub firmware: Option<String>,
-    /// `ATA`, `NVMe` or `SCSI`, as smartctl says.
-    pub protocol: Option<String>,
-    pub capacity_bytes: Option<i64>,
-    pub device_name: String,
-    pub sample: DriveSample,
-}
-
-/// The per-report values alerts and charts need.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DriveSample {
-    pub power_on_hours: Option<i32>,
-    pub temperature_celsius: Option<i16>,
-    pub nvme_critical_warning: Option<i16>,
-    pub nvme_available_spare: Option<i16>,
-    pub nvme_percentage_used: Option<i16>,
-    pub health_passed: Option<bool>,
-    pub failing: bool,
-    pub reallocated_sectors: Option<i32>,
-    pub pending_sectors: Option<i32>,
-    pub offline_uncorrectable: Option<i32>,
-    pub crc_errors: Option<i32>,
-    pub nvme_media_errors: Option<i64>,
-    pub scsi_grown_defects: Option<i64>,
-    pub scsi_uncorrected: Option<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FilesystemRow {
-    pub mount_point: String,
-    pub bytes_total: i64,
-    pub bytes_used: i64,
-    pub inodes_total: i64,
-    pub inodes_used: i64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct NicRow {
-    pub name: String,
-    pub rx_bytes: Option<i64>,
-    pub tx_bytes: Option<i64>,
-    pub rx_errors: Option<i64>,
-    pub tx_errors: Option<i64>,
-    pub rx_dropped: Option<i64>,
-    pub tx_dropped: Option<i64>,
-}
-
 /// Counters are u64 in the report and bigint in PostgreSQL; a value past i64::MAX is garbage
 /// from a broken drive or driver, kept verbatim in the body and saturated here rather than
 /// failing the whole batch.
@@ -157,6 +110,25 @@ fn count(v: Option<u64>) -> Option<i32> {
 
 fn big_required(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What `evidence` says in a body kept without smartctl's output.
+pub const EVIDENCE_OMITTED: &str =
+    "omitted: the facts behind this drive's verdict are those of the appliance's previous report";
+
+/// The report's JSON with every drive's `evidence` (smartctl's full output) replaced by a note
+/// saying it was omitted; `None` when no drive carried any. Keys come out sorted: the body is
+/// the same document, no longer the same bytes.
+pub fn without_evidence(body: &str) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let mut omitted = false;
+    for d in v.pointer_mut("/smart/devices")?.as_array_mut()?.iter_mut() {
+        if let Some(e) = d.get_mut("evidence").filter(|e| !e.is_null()) {
+            *e = serde_json::Value::String(EVIDENCE_OMITTED.to_owned());
+            omitted = true;
+        }
+    }
+    omitted.then(|| v.to_string())
 }
 
 /// The drive's stable key, if it has an identity at all.
@@ -180,7 +152,7 @@ pub fn drive_key(d: &SmartDevice) -> Option<String> {
     Some(format!("sn:{model}/{serial}"))
 }
 
-fn drive_sample(d: &SmartDevice) -> DriveSample {
+fn drive_sample(d: &SmartDevice, verdict: &crate::verdict::DriveVerdict) -> DriveSample {
     let nvme = d.nvme.as_ref();
     let scsi = d.scsi.as_ref();
     let scsi_uncorrected = scsi.and_then(|s| {
@@ -203,7 +175,7 @@ fn drive_sample(d: &SmartDevice) -> DriveSample {
         health_passed: d.health_passed,
         // The ingest's own verdict, the one `disk_failing` fires on, not the collector's flag
         // (which also counts an error log with old entries).
-        failing: crate::alerts::failing_now(d).is_some(),
+        failing: verdict.failing(),
         reallocated_sectors: count(d.reallocated_sectors),
         pending_sectors: count(d.pending_sectors),
         offline_uncorrectable: count(d.uncorrectable_errors),
@@ -211,6 +183,12 @@ fn drive_sample(d: &SmartDevice) -> DriveSample {
         nvme_media_errors: big(nvme.and_then(|n| n.media_errors)),
         scsi_grown_defects: big(scsi.and_then(|s| s.grown_defects)),
         scsi_uncorrected: big(scsi_uncorrected),
+        facts: Some(verdict.facts()),
+        error_log_entries: big(d
+            .error_log
+            .as_ref()
+            .and_then(|l| l.count)
+            .or_else(|| nvme.and_then(|n| n.error_log_entries))),
     }
 }
 
@@ -222,9 +200,11 @@ pub fn prepare(
     body: (Vec<u8>, Option<i16>),
     alerts: &AlertsConfig,
 ) -> PreparedReport {
+    // Each drive is judged once, for its sample, the appliance's counts and the alerts.
+    let verdicts = alerts.drive_verdicts(report);
     let mut drives: Vec<DriveRow> = Vec::new();
     let mut unidentified_devices = Vec::new();
-    for d in &report.smart.devices {
+    for (d, verdict) in report.smart.devices.iter().zip(&verdicts) {
         match drive_key(d) {
             // One drive seen through two paths (multipath, a RAID controller's pass-through)
             // is still one drive.
@@ -237,7 +217,9 @@ pub fn prepare(
                 protocol: d.protocol.clone(),
                 capacity_bytes: big(d.capacity_bytes),
                 device_name: d.name.clone(),
-                sample: drive_sample(d),
+                evidence: d.evidence.is_some(),
+                level: verdict.level,
+                sample: drive_sample(d, verdict),
             }),
             Some(_) => {}
             None => unidentified_devices.push(d.name.clone()),
@@ -317,12 +299,12 @@ pub fn prepare(
         kernel: report.system.kernel.clone(),
         collector_version: report.collector.version.clone(),
         drive_count: count(report.smart.devices.len()),
-        failing_drive_count: count(
-            report
-                .smart
-                .devices
+        failing_drive_count: count(verdicts.iter().filter(|v| v.failing()).count()),
+        warning_drive_count: count(
+            verdicts
                 .iter()
-                .filter(|d| crate::alerts::failing_now(d).is_some())
+                .zip(&report.smart.devices)
+                .filter(|(v, d)| !d.in_standby && v.level == crate::verdict::Level::Warning)
                 .count(),
         ),
         filesystem_count: count(filesystems.len()),
@@ -347,6 +329,7 @@ pub fn prepare(
         cert_sha256: cert_sha256.to_vec(),
         cert_not_after: None,
         body: body.0,
+        body_without_evidence: None,
         body_dictionary: body.1,
         state,
         drives,
@@ -357,7 +340,7 @@ pub fn prepare(
         boot_id: report.identity.boot_id,
         filesystems_complete: report.filesystems.errors.is_empty(),
         nics_complete: report.nics.errors.is_empty(),
-        findings: alerts.evaluate_report(report, drive_key),
+        findings: alerts.evaluate(report, &verdicts, drive_key),
     };
     prepared.judge_clock(alerts);
     prepared
