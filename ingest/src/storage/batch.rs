@@ -1380,3 +1380,208 @@ async fn update_appliances(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The change logic of a batch (identity, versions, drive membership) on prepared reports,
+    //! without a database.
+    use super::*;
+
+    /// The contract's example (two identified drives, `/dev/sda` and `/dev/nvme0`), prepared.
+    fn prepared() -> PreparedReport {
+        let mut report: phonehome_schema::Report =
+            serde_json::from_str(include_str!("../../../schema/examples/report.json"))
+                .expect("the contract's example");
+        // Its one SMART error names a device: the section still counts as complete.
+        report.smart.errors.clear();
+        super::super::rows::prepare(
+            &report,
+            &[1; 32],
+            Utc::now(),
+            (Vec::new(), None),
+            &AlertsConfig::default(),
+        )
+    }
+
+    fn before(fresh: bool) -> Before {
+        Before {
+            id: 1,
+            fresh,
+            last_collected_at: DateTime::<Utc>::MIN_UTC,
+            system_uuid: None,
+            machine_id: None,
+            versions: HashMap::new(),
+            boot_id: None,
+            rule_state: None,
+            last_cert: None,
+        }
+    }
+
+    #[test]
+    fn an_identity_change_is_an_event_and_a_first_report_is_none() {
+        let r = prepared();
+        let new_uuid = r.state.system_uuid.expect("example has a UUID").to_string();
+        let mut b = before(false);
+        b.system_uuid = Some("00000000-0000-0000-0000-000000000001".into());
+        b.machine_id = r.state.machine_id.clone();
+        let mut w = Writes::default();
+        identity_changed(&b, &r, &mut w);
+        assert_eq!(w.identity_events.len(), 1, "{:?}", w.identity_events);
+        let e = &w.identity_events[0];
+        assert_eq!(e.1, "system_uuid_changed");
+        assert_eq!(e.2.as_deref(), Some("00000000-0000-0000-0000-000000000001"));
+        assert_eq!(e.3, new_uuid);
+
+        // Unknown before (an older ingest kept none): no change to tell.
+        let mut w = Writes::default();
+        identity_changed(&before(false), &r, &mut w);
+        assert!(w.identity_events.is_empty());
+        let mut w = Writes::default();
+        identity_changed(&before(true), &r, &mut w);
+        assert!(
+            w.identity_events.is_empty(),
+            "a first report changes nothing"
+        );
+    }
+
+    #[test]
+    fn versions_change_once_and_a_first_report_records_what_it_runs() {
+        let r = prepared();
+        let mut b = before(false);
+        for (component, v) in r.state.versions() {
+            b.versions.insert(component, v.map(str::to_owned));
+        }
+        let mut w = Writes::default();
+        versions_changed(&b, &r, &mut w);
+        assert!(w.version_changes.is_empty(), "{:?}", w.version_changes);
+
+        b.versions.insert("app", Some("4.1.0".into()));
+        let mut w = Writes::default();
+        versions_changed(&b, &r, &mut w);
+        let changes: Vec<(&str, Option<&str>, Option<&str>)> = w
+            .version_changes
+            .iter()
+            .map(|c| (c.1, c.2.as_deref(), c.3.as_deref()))
+            .collect();
+        assert_eq!(changes, [("app", Some("4.1.0"), Some("4.2.1"))]);
+
+        let mut w = Writes::default();
+        versions_changed(&before(true), &r, &mut w);
+        assert!(
+            w.version_changes
+                .iter()
+                .all(|c| c.2.is_none() && c.3.is_some()),
+            "{:?}",
+            w.version_changes
+        );
+        assert!(w.version_changes.iter().any(|c| c.1 == "collector"));
+    }
+
+    #[test]
+    fn drives_appear_disappear_and_move_between_appliances() {
+        let r = prepared();
+        let keys: Vec<String> = r.drives.iter().map(|d| d.key.clone()).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        // The first drive is known (id 10) and open here; the second is new (id 11). Drive 12,
+        // open here as /dev/sdc, is no longer reported.
+        let drive_ids: HashMap<String, i32> = [(keys[0].clone(), 10), (keys[1].clone(), 11)].into();
+        let members: HashMap<i32, Vec<Member>> = [(
+            1,
+            vec![
+                Member {
+                    id: 100,
+                    drive_id: 10,
+                    device_name: "/dev/sda".into(),
+                },
+                Member {
+                    id: 101,
+                    drive_id: 12,
+                    device_name: "/dev/sdc".into(),
+                },
+            ],
+        )]
+        .into();
+        let events = |w: &Writes| -> Vec<(i32, &str, Option<i32>)> {
+            let mut e: Vec<_> = w.drive_events.iter().map(|e| (e.0, e.2, e.3)).collect();
+            e.sort();
+            e
+        };
+
+        let mut w = Writes::default();
+        membership_changed(
+            &before(false),
+            &r,
+            &drive_ids,
+            &members,
+            &HashMap::new(),
+            &mut w,
+        );
+        assert_eq!(
+            events(&w),
+            [(11, "appeared", None), (12, "disappeared", None)]
+        );
+        assert_eq!(w.closed.len(), 1);
+        assert_eq!(w.closed[0].0, 101);
+        assert_eq!(w.opened.len(), 1);
+        assert_eq!(w.opened[0].1, 11);
+
+        // Drive 11 left appliance 2 (its membership there is closed): it moved.
+        let latest: HashMap<i32, (i64, i32, bool)> = [(11, (90, 2, false))].into();
+        let mut w = Writes::default();
+        membership_changed(&before(false), &r, &drive_ids, &members, &latest, &mut w);
+        assert!(
+            events(&w).contains(&(11, "moved", Some(2))),
+            "{:?}",
+            events(&w)
+        );
+        // Still open in appliance 2 (virtual disks share serials): it appeared, not moved.
+        let latest: HashMap<i32, (i64, i32, bool)> = [(11, (90, 2, true))].into();
+        let mut w = Writes::default();
+        membership_changed(&before(false), &r, &drive_ids, &members, &latest, &mut w);
+        assert!(
+            events(&w).contains(&(11, "appeared", None)),
+            "{:?}",
+            events(&w)
+        );
+
+        // A SMART section that failed says nothing about absent drives; nor does a device
+        // present without an identity under the old name.
+        let mut incomplete = prepared();
+        incomplete.smart_complete = false;
+        let mut w = Writes::default();
+        membership_changed(
+            &before(false),
+            &incomplete,
+            &drive_ids,
+            &members,
+            &HashMap::new(),
+            &mut w,
+        );
+        assert!(w.closed.is_empty());
+        let mut asleep = prepared();
+        asleep.unidentified_devices.push("/dev/sdc".into());
+        let mut w = Writes::default();
+        membership_changed(
+            &before(false),
+            &asleep,
+            &drive_ids,
+            &members,
+            &HashMap::new(),
+            &mut w,
+        );
+        assert!(w.closed.is_empty(), "{:?}", events(&w));
+
+        // A first report opens memberships without calling its drives "appeared".
+        let mut w = Writes::default();
+        membership_changed(
+            &before(true),
+            &r,
+            &drive_ids,
+            &HashMap::new(),
+            &HashMap::new(),
+            &mut w,
+        );
+        assert!(w.drive_events.is_empty(), "{:?}", events(&w));
+        assert_eq!(w.opened.len(), 2);
+    }
+}
