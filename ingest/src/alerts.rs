@@ -11,23 +11,9 @@ use std::collections::BTreeMap;
 use phonehome_schema::{AppStatus, Report, SmartDevice};
 use serde::{Deserialize, Serialize};
 
-/// How bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Critical,
-    Warning,
-    Info,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
-}
+/// How bad: the one enum the rules, storage, the pages' filters and the API's parameters share
+/// (`?severity=` parses into it at the edge).
+pub use phonehome_dashboard::Severity;
 
 /// How an alert of a rule ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -303,7 +303,7 @@ impl AlertBook {
             })
             .count();
         let mut folded = 0usize;
-        ordered.sort_by_key(|f| f.severity);
+        ordered.sort_by_key(|f| f.severity.order());
         for f in ordered {
             let fp = fingerprint(f.rule.as_str(), serial, &f.subject);
             if !self.firing.contains_key(&fp) {
