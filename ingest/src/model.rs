@@ -42,6 +42,9 @@ pub struct DriveSample {
     /// Entries in the drive's error log (ATA's count, NVMe's error log entries): information
     /// alone, a warning when it rises.
     pub error_log_entries: Option<i64>,
+    /// ATA 187 and 188 raw values (reliability splits by them).
+    pub reported_uncorrect: Option<i32>,
+    pub command_timeout: Option<i32>,
     /// A digest of the verdict's reasons (the facts behind it, with their values): evidence
     /// is kept when it differs from the previous report's. Kept in the rule state, not in
     /// `drive_samples`.

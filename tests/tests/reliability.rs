@@ -34,6 +34,14 @@ async fn seed(storage: &Storage) -> (String, String) {
             if last && i <= 1 {
                 a.health_passed = Some(false);
             }
+            // ATA 187 (reported uncorrectable) on two drives that did not fail.
+            a.attributes.push(
+                serde_json::from_value(serde_json::json!({
+                    "id": 187, "name": "Reported_Uncorrect", "value": 100, "worst": 100,
+                    "thresh": 0, "raw": if last && (6..=7).contains(&i) { 3 } else { 0 },
+                }))
+                .expect("attribute"),
+            );
             if last && i == 9 {
                 let n = b.nvme.as_mut().expect("NVMe health");
                 n.critical_warning = Some(0x08);
@@ -107,6 +115,21 @@ async fn a_seeded_fleet_gives_the_expected_rates_split_and_replace_soon_list() {
             split.zero.failures
         ),
         (6, 2, 14, 1)
+    );
+    // ATA 187 is sampled too: 2 non-zero, neither failed.
+    let split = r
+        .attributes
+        .iter()
+        .find(|s| s.attribute == "ATA 187 reported uncorrectable")
+        .expect("the ATA 187 split");
+    assert_eq!(
+        (
+            split.nonzero.drives,
+            split.nonzero.failures,
+            split.zero.drives,
+            split.zero.failures
+        ),
+        (2, 0, 18, 3)
     );
     let ratio = split.ratio.expect("both rates");
     assert!(close(ratio, (2.0 / 1200.0) / (1.0 / 2800.0)), "{ratio}");

@@ -979,11 +979,13 @@ async fn insert_samples(
                  temperature_celsius, nvme_critical_warning, nvme_available_spare,
                  nvme_percentage_used, health_passed, failing, reallocated_sectors,
                  pending_sectors, offline_uncorrectable, crc_errors, nvme_media_errors,
-                 scsi_grown_defects, scsi_uncorrected, error_log_entries)
+                 scsi_grown_defects, scsi_uncorrected, error_log_entries, reported_uncorrect,
+                 command_timeout)
              SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::int[],
                  $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[], $9::bool[],
                  $10::bool[], $11::int[], $12::int[], $13::int[], $14::int[],
-                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[])",
+                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[],
+                 $20::int[])",
         )
         .await?;
     let fs_stmt = tx
@@ -1049,6 +1051,8 @@ async fn insert_samples(
                 &l(&|d| d.scsi_grown_defects),
                 &l(&|d| d.scsi_uncorrected),
                 &l(&|d| d.error_log_entries),
+                &c(&|d| d.reported_uncorrect),
+                &c(&|d| d.command_timeout),
             ],
         )
         .await

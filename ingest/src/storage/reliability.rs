@@ -18,8 +18,10 @@ const REPLACE_SOON: usize = 100;
 const LATEST_DAYS: i32 = 35;
 
 /// The predictive attributes, named as the page shows them.
-const ATTRIBUTES: [&str; 5] = [
+const ATTRIBUTES: [&str; 7] = [
     "ATA 5 reallocated sectors",
+    "ATA 187 reported uncorrectable",
+    "ATA 188 command timeout",
     "ATA 197 pending sectors",
     "ATA 198 offline uncorrectable",
     "NVMe media errors",
@@ -35,7 +37,7 @@ struct DriveLife {
     days: f64,
     failed: bool,
     in_service: Option<String>,
-    nonzero: [bool; 5],
+    nonzero: [bool; 7],
 }
 
 fn add(c: &mut Counts, d: &DriveLife) {
@@ -84,7 +86,7 @@ impl Storage {
                            AND coalesce(al.resolved_at, 'infinity') >= e.at - interval '1 day')),
                  latest AS (
                      SELECT DISTINCT ON (drive_id) drive_id, reallocated_sectors,
-                            pending_sectors, offline_uncorrectable, nvme_media_errors,
+                            reported_uncorrect, command_timeout, pending_sectors, offline_uncorrectable, nvme_media_errors,
                             nvme_available_spare
                      FROM drive_samples
                      WHERE collected_at > now() - make_interval(days => $1)
@@ -92,6 +94,8 @@ impl Storage {
                  SELECT d.drive_key, coalesce(d.model, '(unknown model)'), d.firmware, d.serial,
                         l.days::float8, f.drive_key IS NOT NULL, l.in_service,
                         coalesce(s.reallocated_sectors, 0) > 0,
+                        coalesce(s.reported_uncorrect, 0) > 0,
+                        coalesce(s.command_timeout, 0) > 0,
                         coalesce(s.pending_sectors, 0) > 0,
                         coalesce(s.offline_uncorrectable, 0) > 0,
                         coalesce(s.nvme_media_errors, 0) > 0,
@@ -112,7 +116,15 @@ impl Storage {
                 days: row.get::<_, f64>(4).max(0.0),
                 failed: row.get(5),
                 in_service: row.get(6),
-                nonzero: [row.get(7), row.get(8), row.get(9), row.get(10), row.get(11)],
+                nonzero: [
+                    row.get(7),
+                    row.get(8),
+                    row.get(9),
+                    row.get(10),
+                    row.get(11),
+                    row.get(12),
+                    row.get(13),
+                ],
             })
             .collect();
         let mut fleet = counts("(fleet)", None);

@@ -112,6 +112,11 @@ fn big_required(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The raw value of ATA attribute `id`, when the drive reports it.
+fn attribute_raw(d: &SmartDevice, id: u8) -> Option<u64> {
+    d.attributes.iter().find(|a| a.id == id).and_then(|a| a.raw)
+}
+
 /// What `evidence` says in a body kept without smartctl's output.
 pub const EVIDENCE_OMITTED: &str =
     "omitted: the facts behind this drive's verdict are those of the appliance's previous report";
@@ -184,6 +189,8 @@ fn drive_sample(d: &SmartDevice, verdict: &crate::verdict::DriveVerdict) -> Driv
         scsi_grown_defects: big(scsi.and_then(|s| s.grown_defects)),
         scsi_uncorrected: big(scsi_uncorrected),
         facts: Some(verdict.facts()),
+        reported_uncorrect: count(attribute_raw(d, 187)),
+        command_timeout: count(attribute_raw(d, 188)),
         error_log_entries: big(d
             .error_log
             .as_ref()
