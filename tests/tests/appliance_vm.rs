@@ -348,6 +348,21 @@ async fn a_virtual_appliance_enrols_reports_spools_while_the_ingest_is_down_and_
         .await
         .expect("query certificates");
     assert_eq!(certs.get::<_, i64>(0), 1);
+    // A healthy appliance with a right clock: nothing for operations to look at.
+    let alerts: Vec<(String, String, String)> = db
+        .client()
+        .await
+        .query(
+            "SELECT al.rule, al.subject, al.state FROM alerts al
+             JOIN appliances a ON a.id = al.appliance_id WHERE a.serial = $1",
+            &[&SERIAL],
+        )
+        .await
+        .expect("query alerts")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(alerts, Vec::new(), "alerts for a healthy appliance");
     eprintln!(
         "virtual appliance test: {:.1} s",
         started.elapsed().as_secs_f64()

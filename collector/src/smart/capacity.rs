@@ -47,7 +47,11 @@ fn nvme_name(name: &str) -> Option<(u32, Option<u32>)> {
         }
         s.parse().ok()
     };
-    Some((number(controller)?, namespace.map(number).transpose()?))
+    let namespace = match namespace {
+        Some(n) => Some(number(n)?),
+        None => None,
+    };
+    Some((number(controller)?, namespace))
 }
 
 /// The bytes of the namespaces of the controller (or the one namespace) `name` stands for;
