@@ -341,7 +341,7 @@ async fn a_virtual_appliance_enrols_reports_spools_while_the_ingest_is_down_and_
         .client()
         .await
         .query_one(
-            "SELECT count(DISTINCT r.cert_sha256) FROM reports r
+            "SELECT count(DISTINCT r.cert_id) FROM reports r
              JOIN appliances a ON a.id = r.appliance_id WHERE a.serial = $1",
             &[&SERIAL],
         )
