@@ -168,10 +168,11 @@ pub fn device_name(root: &MachineRoot, mount: &Mount) -> String {
     if mount.device != "/dev/root" {
         return mount.device.clone();
     }
-    let valid = mount
-        .dev
-        .split_once(':')
-        .is_some_and(|(a, b)| [a, b].iter().all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit())));
+    let valid = mount.dev.split_once(':').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    });
     if !valid {
         return mount.device.clone();
     }
@@ -396,7 +397,8 @@ garbage line
     }
 
     #[test]
-    fn a_root_named_dev_root_is_named_by_its_block_device() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_root_named_dev_root_is_named_by_its_block_device() -> Result<(), Box<dyn std::error::Error>>
+    {
         // A kernel that mounts root itself (no initramfs) calls it /dev/root; 8:1 is sda1.
         let (mounts, errors) = parse_mountinfo(
             b"19 1 8:1 / / rw,relatime - ext4 /dev/root rw\n\
@@ -418,7 +420,11 @@ garbage line
             dev: "../8:1".to_owned(),
             ..mounts[0].clone()
         };
-        assert_eq!(device_name(&root, &odd), "/dev/root", "no path from mountinfo");
+        assert_eq!(
+            device_name(&root, &odd),
+            "/dev/root",
+            "no path from mountinfo"
+        );
         Ok(())
     }
 

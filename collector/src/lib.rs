@@ -82,7 +82,10 @@ impl CollectOptions {
 }
 
 /// SMART, with what smartctl leaves out filled in from the kernel (`smart::capacity`).
-fn smart_section(root: &MachineRoot, options: &smart::SmartOptions) -> phonehome_schema::SmartSection {
+fn smart_section(
+    root: &MachineRoot,
+    options: &smart::SmartOptions,
+) -> phonehome_schema::SmartSection {
     let mut section = smart::collect(options);
     smart::capacity::fill_from_sysfs(root, &mut section.devices);
     section

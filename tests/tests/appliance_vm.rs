@@ -230,7 +230,10 @@ fn check_report(r: &Value) {
     assert_eq!(sata["capacity_bytes"], 256 * MIB, "{sata:#}");
     assert_eq!(sata["protocol"], "ATA");
     // QEMU's AHCI disk aborts the SMART log directory read: smartctl's bit 2, kept as a fact.
-    assert_eq!(sata["exit_flags"], serde_json::json!(["smart_command_failed"]));
+    assert_eq!(
+        sata["exit_flags"],
+        serde_json::json!(["smart_command_failed"])
+    );
     assert!(
         sata["attributes"].as_array().is_some_and(|a| !a.is_empty()),
         "{sata:#}"
@@ -253,7 +256,9 @@ fn check_report(r: &Value) {
     assert_eq!(nic["operstate"], "up", "{nic:#}");
     assert_eq!(nic["carrier"], true, "{nic:#}");
     assert!(
-        nic["counters"]["tx_packets"].as_u64().is_some_and(|n| n > 0),
+        nic["counters"]["tx_packets"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
         "{nic:#}"
     );
 
@@ -327,7 +332,10 @@ async fn a_virtual_appliance_enrols_reports_spools_while_the_ingest_is_down_and_
     let reports = stored(&db).await;
     let ids: Vec<&str> = reports.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids.len(), 3, "{reports:?}");
-    assert_eq!(ids[1], waiting[0], "the spooled report is the second one stored");
+    assert_eq!(
+        ids[1], waiting[0],
+        "the spooled report is the second one stored"
+    );
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();

@@ -117,7 +117,13 @@ mod tests {
     fn names_of_controllers_and_namespaces() {
         assert_eq!(nvme_name("/dev/nvme0"), Some((0, None)));
         assert_eq!(nvme_name("/dev/nvme12n3"), Some((12, Some(3))));
-        for other in ["/dev/sda", "/dev/nvme", "/dev/nvme0n", "/dev/nvmeXn1", "/dev/nvme0n1p2"] {
+        for other in [
+            "/dev/sda",
+            "/dev/nvme",
+            "/dev/nvme0n",
+            "/dev/nvmeXn1",
+            "/dev/nvme0n1p2",
+        ] {
             assert_eq!(nvme_name(other), None, "{other}");
         }
     }
@@ -146,7 +152,12 @@ mod tests {
         let sizes: Vec<Option<u64>> = devices.iter().map(|d| d.capacity_bytes).collect();
         assert_eq!(
             sizes,
-            vec![Some(320 * 1024 * 1024), Some(64 * 1024 * 1024), Some(7), None]
+            vec![
+                Some(320 * 1024 * 1024),
+                Some(64 * 1024 * 1024),
+                Some(7),
+                None
+            ]
         );
     }
 
@@ -160,6 +171,9 @@ mod tests {
         let (_dir, root) = machine(&[("nvme0n1", "0")]);
         let mut devices = vec![nvme("/dev/nvme0", None)];
         fill_from_sysfs(&root, &mut devices);
-        assert_eq!(devices[0].capacity_bytes, None, "an empty namespace is no size");
+        assert_eq!(
+            devices[0].capacity_bytes, None,
+            "an empty namespace is no size"
+        );
     }
 }
