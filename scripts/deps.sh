@@ -2,7 +2,8 @@
 # Installs the distribution packages phonehome's demo and tests need, if they are missing:
 # PostgreSQL server binaries (for a private cluster when no server is running), curl, and
 # Prometheus' tools (promtool and a Prometheus server for the rules tests, Alertmanager for the
-# alert delivery test), and headless Chromium with its WebDriver for the browser tests.
+# alert delivery test), headless Chromium with its WebDriver for the browser tests, and QEMU with
+# what the virtual appliance image is built from.
 # Debian/Ubuntu only; elsewhere it says what to install and carries on.
 set -euo pipefail
 
@@ -23,6 +24,19 @@ command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/n
 # pair they were written against), so check the paths, not PATH.
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# The virtual appliance test (scripts/vm, tests/tests/appliance_vm.rs): QEMU in software
+# emulation, socat for its forward to the ingest, the image's busybox and cpio, ext4 disk images
+# made and read without mounting (mkfs.ext4, debugfs), dpkg-deb to unpack the kernel and
+# smartmontools packages apt-get downloads.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v socat >/dev/null || need+=(socat)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v debugfs >/dev/null || [ -x /sbin/debugfs ] || need+=(e2fsprogs)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v strip >/dev/null || need+=(binutils)
+# The collector's footprint measurements (docs/benchmarks.md) use GNU time.
+[ -x /usr/bin/time ] || need+=(time)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -57,6 +57,8 @@ pub struct Mount {
     pub fs_type: String,
     pub device: String,
     pub read_only: bool,
+    /// `major:minor` of the filesystem's device, as mountinfo gives it.
+    pub dev: String,
 }
 
 impl Mount {
@@ -100,7 +102,10 @@ pub fn collect(root: &MachineRoot, skip_types: &[String]) -> FilesystemsSection 
     section.errors.extend(bad_lines);
     for mount in real_mounts(mounts, skip_types) {
         match measure(root, &mount) {
-            Ok(fs) => section.filesystems.push(fs),
+            Ok(mut fs) => {
+                fs.device = device_name(root, &mount);
+                section.filesystems.push(fs)
+            }
             Err(e) => section.errors.push(e),
         }
     }
@@ -136,6 +141,7 @@ fn parse_line(line: &[u8]) -> Option<Mount> {
         .split(|b| *b == b' ')
         .filter(|f| !f.is_empty())
         .collect();
+    let dev = *fields.get(2)?;
     let mount_point = *fields.get(4)?;
     let options = *fields.get(5)?;
     // Optional fields (`shared:1`, `master:2`, …) run until a lone `-`.
@@ -149,7 +155,31 @@ fn parse_line(line: &[u8]) -> Option<Mount> {
         fs_type: String::from_utf8_lossy(&unescape(fs_type)).into_owned(),
         device: String::from_utf8_lossy(&unescape(source)).into_owned(),
         read_only: has_ro(options) || has_ro(super_options),
+        dev: String::from_utf8_lossy(dev).into_owned(),
     })
+}
+
+/// The device a filesystem is on, by the name the rest of the report uses. A root filesystem
+/// the kernel mounted itself (`root=/dev/sda1` without an initramfs) is named `/dev/root` in
+/// mountinfo, a name no disk has: it is then looked up by its device number in
+/// `/sys/dev/block/MAJOR:MINOR`, a link to the real block device. Left as mountinfo has it when
+/// that cannot be read.
+pub fn device_name(root: &MachineRoot, mount: &Mount) -> String {
+    if mount.device != "/dev/root" {
+        return mount.device.clone();
+    }
+    let valid = mount.dev.split_once(':').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    });
+    if !valid {
+        return mount.device.clone();
+    }
+    std::fs::read_link(root.path(&format!("/sys/dev/block/{}", mount.dev)))
+        .ok()
+        .and_then(|target| target.file_name()?.to_str().map(|n| format!("/dev/{n}")))
+        .unwrap_or_else(|| mount.device.clone())
 }
 
 /// Undoes the kernel's `\ooo` octal escapes (space, tab, newline and backslash in paths).
@@ -364,6 +394,38 @@ garbage line
         assert!(started.elapsed() < Duration::from_secs(2));
         let live = within(Duration::from_secs(5), || statvfs(Path::new("/")));
         assert!(live.is_ok(), "{:?}", live.err());
+    }
+
+    #[test]
+    fn a_root_named_dev_root_is_named_by_its_block_device() -> Result<(), Box<dyn std::error::Error>>
+    {
+        // A kernel that mounts root itself (no initramfs) calls it /dev/root; 8:1 is sda1.
+        let (mounts, errors) = parse_mountinfo(
+            b"19 1 8:1 / / rw,relatime - ext4 /dev/root rw\n\
+              20 19 259:1 / /data rw - ext4 /dev/nvme0n1 rw\n\
+              21 19 8:2 / /broken rw - ext4 /dev/root rw\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let dir = tempfile::tempdir()?;
+        let links = dir.path().join("sys/dev/block");
+        std::fs::create_dir_all(&links)?;
+        std::os::unix::fs::symlink(
+            "../../devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda/sda1",
+            links.join("8:1"),
+        )?;
+        let root = MachineRoot::new(dir.path());
+        let names: Vec<String> = mounts.iter().map(|m| device_name(&root, m)).collect();
+        assert_eq!(names, ["/dev/sda1", "/dev/nvme0n1", "/dev/root"]);
+        let odd = Mount {
+            dev: "../8:1".to_owned(),
+            ..mounts[0].clone()
+        };
+        assert_eq!(
+            device_name(&root, &odd),
+            "/dev/root",
+            "no path from mountinfo"
+        );
+        Ok(())
     }
 
     #[test]

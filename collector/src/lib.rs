@@ -81,6 +81,16 @@ impl CollectOptions {
     }
 }
 
+/// SMART, with what smartctl leaves out filled in from the kernel (`smart::capacity`).
+fn smart_section(
+    root: &MachineRoot,
+    options: &smart::SmartOptions,
+) -> phonehome_schema::SmartSection {
+    let mut section = smart::collect(options);
+    smart::capacity::fill_from_sysfs(root, &mut section.devices);
+    section
+}
+
 /// Gathers this machine's report (no network).
 ///
 /// Fails only when no serial can be established at all, because a report without an identity
@@ -104,7 +114,7 @@ pub fn collect_report(
         },
         identity,
         system: system::collect(root),
-        smart: smart::collect(&options.smart),
+        smart: smart_section(root, &options.smart),
         filesystems: filesystems::collect(root, &options.skip_fs_types),
         nics: nics::collect(root),
         app: app::collect(&options.app),

@@ -246,6 +246,41 @@ const SCSI_HEALTHY: Facts<'static> = Facts {
 
 fn device_table() -> Vec<(&'static str, Facts<'static>)> {
     vec![
+        // The virtual appliance's SATA disk (QEMU's AHCI ide-hd): the SMART log directory read
+        // is aborted, so smartctl exits with bit 2; the disk is read, healthy, not failing.
+        (
+            "phonehome-vm/qemu-7.2-ahci-ide-hd.json",
+            Facts {
+                model: Some("PHVM SATA DISK"),
+                capacity: Some(268_435_456),
+                temperature: Some(31),
+                power_on_hours: Some(1),
+                pending: None,
+                uncorrectable: None,
+                crc: None,
+                exit_status: Some(4),
+                ..ATA_ZEROES
+            },
+        ),
+        // The virtual appliance's NVMe controller with two namespaces: smartctl prints no
+        // capacity (the collector reads it from /sys/block, smart::capacity).
+        (
+            "phonehome-vm/qemu-7.2-nvme-2ns.json",
+            Facts {
+                protocol: Some("NVMe"),
+                device_type: Some("nvme"),
+                model: Some("QEMU NVMe Ctrl"),
+                health: Some(true),
+                temperature: Some(50),
+                power_on_hours: Some(0),
+                uncorrectable: Some(0),
+                nvme_critical_warning: Some(0),
+                nvme_media_errors: Some(0),
+                error_log_count: Some(0),
+                exit_status: Some(0),
+                ..UNKNOWN
+            },
+        ),
         // SATA SSD, 7.5: 131 CRC errors, all in the error log (exit 64 = bit 6).
         (
             "beszel/sda.json",

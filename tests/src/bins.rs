@@ -15,6 +15,30 @@ use crate::TestDb;
 use crate::client;
 use crate::pki::TestPki;
 
+/// `cargo`, without the variables `cargo test` hands this process (its package's
+/// CARGO_MANIFEST_DIR, CARGO_PKG_* and the like). Build scripts that watch them (ring's does)
+/// would count as changed and rebuild half the graph here, and again in the next `cargo test`.
+pub fn cargo() -> Command {
+    let mut cargo = Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let Some(k) = key.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k.starts_with("CARGO_BIN_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            cargo.env_remove(&key);
+        }
+    }
+    cargo
+}
+
 /// Path of a workspace binary, built (once per test process) so it is never stale.
 pub fn bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile dir>/deps and the binaries one level up; they are
@@ -31,27 +55,7 @@ pub fn bin(name: &str) -> PathBuf {
     };
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        // `cargo test` hands this process its package's CARGO_MANIFEST_DIR, CARGO_PKG_* and
-        // the like. Build scripts that watch them (ring's does) would count as changed and
-        // rebuild half the graph here, and again in the next `cargo test`.
-        for (key, _) in std::env::vars_os() {
-            let Some(k) = key.to_str() else { continue };
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || k.starts_with("CARGO_BIN_")
-                || matches!(
-                    k,
-                    "CARGO_CRATE_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "CARGO_TARGET_TMPDIR"
-                        | "CARGO_RUSTC_CURRENT_DIR"
-                )
-            {
-                cargo.env_remove(&key);
-            }
-        }
-        let out = cargo
+        let out = cargo()
             .args(["build", "--quiet", "--profile", &profile, "--bins"])
             .args(["-p", "phonehome-ingest", "-p", "phonehome-collector"])
             .args(["-p", "phonehome-loadgen"])

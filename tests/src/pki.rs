@@ -22,15 +22,18 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> Self {
+        Self::with_server_names(&[])
+    }
+
+    /// As [`TestPki::new`], with the server certificate also valid for `extra` names or
+    /// addresses (the address a virtual machine reaches the ingest at, say).
+    pub fn with_server_names(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         ca::init_ca(&dir.path().join("fleet"), "test fleet CA", 10, 10).expect("init CA");
-        ca::issue_server(
-            &dir.path().join("fleet"),
-            &["localhost".into(), "127.0.0.1".into()],
-            "server",
-            10,
-        )
-        .expect("issue server certificate");
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        names.extend(extra.iter().map(|n| (*n).to_owned()));
+        ca::issue_server(&dir.path().join("fleet"), &names, "server", 10)
+            .expect("issue server certificate");
         TestPki { dir }
     }
 

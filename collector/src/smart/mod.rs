@@ -8,6 +8,7 @@
 //! report without bound: all runs together share a time budget (`total_timeout_seconds`), and
 //! devices not reached within it are reported as not read.
 
+pub mod capacity;
 pub mod exec;
 mod json;
 pub mod parse;
