@@ -228,6 +228,7 @@ build_packages() {
     "$stage/phonehome-ingest/phonehome-ingest.1.gz"
   for package in "${PACKAGES[@]}"; do
     debian_changelog "$src" "$package" "$version" "$epoch" "$stage/$package/changelog"
+    gzip -9n <"$stage/$package/changelog" >"$stage/$package/changelog.Debian.gz"
   done
 
   rm -f "$dest"/*.deb "$dest"/*.rpm "$dest/SHA256SUMS"

@@ -93,13 +93,16 @@ fn limit_nofile_fits_max_connections() {
         .parse()
         .unwrap_or_else(|e| panic!("LimitNOFILE is one number: {e}"));
     let shipped = needed_with(Vec::new());
-    assert!(shipped <= limit, "{shipped} descriptors needed, LimitNOFILE={limit}");
+    assert!(
+        shipped <= limit,
+        "{shipped} descriptors needed, LimitNOFILE={limit}"
+    );
     // What the unit's comment promises: max_connections up to 65,000 with the other defaults.
-    let large = needed_with(vec![(
-        "PHONEHOME_MAX_CONNECTIONS".into(),
-        "65000".into(),
-    )]);
-    assert!(large <= limit, "{large} descriptors needed, LimitNOFILE={limit}");
+    let large = needed_with(vec![("PHONEHOME_MAX_CONNECTIONS".into(), "65000".into())]);
+    assert!(
+        large <= limit,
+        "{large} descriptors needed, LimitNOFILE={limit}"
+    );
 }
 
 #[test]
@@ -119,5 +122,8 @@ fn exec_start_uses_flags_the_ingest_accepts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(2), "{stderr}");
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("/nonexistent/phonehome/ingest.toml"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/phonehome/ingest.toml"),
+        "{stderr}"
+    );
 }
