@@ -36,6 +36,8 @@ EOF
 }
 
 CARGO_DEB_VERSION=3.8.0
+# SOURCE_DATE_EPOCH for compiling (2000-01-01; see build_packages).
+COMPILE_SOURCE_DATE_EPOCH=946684800
 CARGO_GENERATE_RPM_VERSION=0.21.1
 APT_TOOLS=(lintian rpmlint rpm help2man dpkg-dev)
 PACKAGES=(phonehome-collector phonehome-ingest)
@@ -181,7 +183,7 @@ build_packages() {
   epoch="$(source_date_epoch)"
   version="$(workspace_version "$src")"
   [ -n "$version" ] || die "no [workspace.package] version in $src/Cargo.toml"
-  export SOURCE_DATE_EPOCH="$epoch" TZ="$tz" LC_ALL=C.UTF-8
+  export TZ="$tz" LC_ALL=C.UTF-8
   export CARGO_TARGET_DIR="$target"
   # Paths that would otherwise end up in the binaries (panic locations of dependencies, code
   # generated into OUT_DIR, C sources' __FILE__): the same flags for every build, so the
@@ -193,8 +195,12 @@ build_packages() {
   # must not get the ingest's (aws-lc among them; ARCHITECTURE.md, Invariants).
   local package
   for package in "${PACKAGES[@]}"; do
-    (cd "$src" && cargo build --release --locked -p "$package")
+    # The C dependencies' build scripts (cc) rebuild whenever SOURCE_DATE_EPOCH changes, which
+    # the commit time does with every commit: the compilers get a fixed one (it only fixes
+    # __DATE__ and __TIME__), the packages' timestamps the commit's.
+    (cd "$src" && SOURCE_DATE_EPOCH="$COMPILE_SOURCE_DATE_EPOCH" cargo build --release --locked -p "$package")
   done
+  export SOURCE_DATE_EPOCH="$epoch"
 
   stage="$target/release/packaging"
   rm -rf "$stage"
