@@ -290,7 +290,7 @@ check_lintian() {
 
 check_rpmlint() {
   log "rpmlint"
-  rpmlint --file "$repo/scripts/rpmlintrc" "$out"/*.rpm >&2 || die "rpmlint found errors"
+  rpmlint -c "$repo/scripts/rpmlint.toml" "$out"/*.rpm >&2 || die "rpmlint found errors"
 }
 
 check_inspect() {
