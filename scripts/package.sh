@@ -237,6 +237,16 @@ build_packages() {
     gzip -9n <"$stage/$package/changelog" >"$stage/$package/changelog.Debian.gz"
   done
 
+  # cargo-generate-rpm keeps a file's modification time when it is older than
+  # SOURCE_DATE_EPOCH (and clamps newer ones): every file the rpms take gets the commit's time.
+  # The binaries are copied first (touching cargo's own outputs could make it rebuild).
+  for package in "${PACKAGES[@]}"; do
+    cp "$target/release/$package" "$stage/$package/$package"
+  done
+  find "$stage" -type f -exec touch -h -d "@$epoch" {} +
+  (cd "$src" && touch -h -d "@$epoch" collector/packaging/collector.example.toml collector/packaging/README.md \
+    ingest/ingest.example.toml ingest/packaging/phonehome-ingest.service ingest/packaging/phonehome-ingest.sysusers)
+
   rm -f "$dest"/*.deb "$dest"/*.rpm "$dest/SHA256SUMS"
   for package in "${PACKAGES[@]}"; do
     (cd "$src" && cargo deb --quiet --no-build --no-strip -p "$package" --output "$dest/")
