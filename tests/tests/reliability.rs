@@ -117,17 +117,17 @@ async fn a_seeded_fleet_gives_the_expected_rates_split_and_replace_soon_list() {
         (6, 2, 14, 1)
     );
     // ATA 187 is sampled too: 2 non-zero, neither failed.
-    let split = r
+    let uncorrect = r
         .attributes
         .iter()
         .find(|s| s.attribute == "ATA 187 reported uncorrectable")
         .expect("the ATA 187 split");
     assert_eq!(
         (
-            split.nonzero.drives,
-            split.nonzero.failures,
-            split.zero.drives,
-            split.zero.failures
+            uncorrect.nonzero.drives,
+            uncorrect.nonzero.failures,
+            uncorrect.zero.drives,
+            uncorrect.zero.failures
         ),
         (2, 0, 18, 3)
     );
