@@ -91,8 +91,6 @@ pub(super) struct Writes {
     pub(super) drive_events: Vec<DriveEvent>,
 }
 
-/// Per appliance during a batch: its state as the batch moves it forward, its newest report
-/// that moved it, how many of its reports were stored, and when the last one arrived.
 /// An appliance's state before the batch, its newest report in it (if that moves the state),
 /// how many reports it stored, the latest arrival, and the newest report's drives whose verdict
 /// is `warning` (the report's own plus the rises found against the previous report).
