@@ -44,4 +44,18 @@ done
 for dep in tokio-postgres deadpool-postgres; do
   forbid phonehome-dashboard "$dep"
 done
+# The rule engine decides; it never does IO (ARCHITECTURE.md, "The rule engine does no IO").
+# Its tests (`mod tests`, and `fixtures.rs`, compiled only for them) may prepare reports with
+# storage's code; the code before them may not import it.
+for f in ingest/src/engine/*.rs; do
+  [ "$(basename "$f")" = fixtures.rs ] && continue
+  hits=$(awk '/^mod tests \{/{exit} {print FILENAME":"FNR": "$0}' "$f" |
+    grep -E 'crate::storage|tokio|deadpool|postgres|std::(fs|net|process)' || true)
+  if [ -n "$hits" ]; then
+    echo "FORBIDDEN: the rule engine does IO or imports storage:" >&2
+    echo "$hits" >&2
+    fail=1
+  fi
+done
+[ $fail -eq 0 ] && echo "ok: ingest/src/engine imports neither storage nor IO"
 exit $fail

@@ -26,7 +26,7 @@ use serde_json::json;
 
 pub use model::*;
 pub use query::{
-    AlertCursor, AlertQuery, AlertState, ApplianceCursor, ApplianceQuery, ApplianceSort,
+    AlertCursor, AlertQuery, AlertStateFilter, ApplianceCursor, ApplianceQuery, ApplianceSort,
     AuditQuery, BadParameter, DriveQuery, encode,
 };
 

@@ -85,6 +85,30 @@ impl Severity {
     }
 }
 
+/// Where an alert episode is: firing until its condition ends (or is acknowledged, or muted),
+/// then resolved. As stored in `alerts.state` and shown in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub const ALL: [AlertState; 2] = [AlertState::Firing, AlertState::Resolved];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertState> {
+        AlertState::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 /// A page of a list and the cursor of the next one (`after=`), if there is one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Page<T> {
@@ -168,8 +192,7 @@ pub struct AlertRow {
     pub serial: String,
     pub subject: String,
     pub severity: Severity,
-    /// `firing` or `resolved`.
-    pub state: String,
+    pub state: AlertState,
     pub started_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub value: String,

@@ -8,7 +8,7 @@ use crate::chart::{self, Chart, Series};
 use crate::format::{self, ago, bytes, count, percent, short, stamp};
 use crate::model::*;
 use crate::query::{
-    self, AlertQuery, AlertState, ApplianceQuery, ApplianceSort, AuditQuery, DriveQuery, href,
+    self, AlertQuery, AlertStateFilter, ApplianceQuery, ApplianceSort, AuditQuery, DriveQuery, href,
 };
 use crate::{appliance_path, drive_path};
 
@@ -201,7 +201,7 @@ fn alert_rows(alerts: &[AlertRow], now: DateTime<Utc>, with_serial: bool) -> Mar
                     td.serial { a href=(appliance_path(&a.serial)) { (short(&a.serial, 64)) } }
                 }
                 td.subject { (alert_subject(a)) }
-                td { (a.state) }
+                td { (a.state.as_str()) }
                 td { (time(a.started_at, now)) }
                 td { @if let Some(r) = a.resolved_at { (time(r, now)) } @else { "—" } }
                 td.summary { (short(&a.summary, 300))
@@ -505,10 +505,10 @@ pub fn audit(q: &AuditQuery, page: &Page<AuditRow>) -> String {
 /// `/alerts`: firing alerts by severity, then age; resolved history.
 pub fn alerts(q: &AlertQuery, page: &Page<AlertRow>, rules: &[&str]) -> String {
     let now = Utc::now();
-    let tab = |state: AlertState, label: &str| {
+    let tab = |state: AlertStateFilter, label: &str| {
         let mut with = q.pairs();
         with.retain(|(k, _)| *k != "state");
-        if state != AlertState::Firing {
+        if state != AlertStateFilter::Firing {
             with.push(("state", Some(state.as_str().to_owned())));
         }
         html! { a href=(href("/alerts", &with)) aria-current=[(q.state == state).then_some("page")] { (label) } }
@@ -516,10 +516,10 @@ pub fn alerts(q: &AlertQuery, page: &Page<AlertRow>, rules: &[&str]) -> String {
     let body = html! {
         h1 { "Alerts" }
         nav.tabs aria-label="alert state" {
-            (tab(AlertState::Firing, "Firing")) (tab(AlertState::Resolved, "Resolved")) (tab(AlertState::All, "All"))
+            (tab(AlertStateFilter::Firing, "Firing")) (tab(AlertStateFilter::Resolved, "Resolved")) (tab(AlertStateFilter::All, "All"))
         }
         form.filters action="/alerts" method="get" {
-            @if q.state != AlertState::Firing { input type="hidden" name="state" value=(q.state.as_str()); }
+            @if q.state != AlertStateFilter::Firing { input type="hidden" name="state" value=(q.state.as_str()); }
             label { "Rule "
                 select name="rule" id="f-rule" {
                     option value="" selected[q.rule.is_none()] { "any" }
@@ -536,7 +536,7 @@ pub fn alerts(q: &AlertQuery, page: &Page<AlertRow>, rules: &[&str]) -> String {
             button type="submit" { "Apply" }
         }
         @if page.items.is_empty() {
-            p #empty.muted { (match q.state { AlertState::Firing => "Nothing matching is firing.", _ => "No alert matches." }) }
+            p #empty.muted { (match q.state { AlertStateFilter::Firing => "Nothing matching is firing.", _ => "No alert matches." }) }
         } @else {
             (table("alerts", &ALERT_HEADERS, alert_rows(&page.items, now, true)))
         }

@@ -431,21 +431,25 @@ impl ApplianceQuery {
 
 /// Which alerts: firing ones (the default), resolved ones, or all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AlertState {
+pub enum AlertStateFilter {
     #[default]
     Firing,
     Resolved,
     All,
 }
 
-impl AlertState {
-    pub const ALL: [AlertState; 3] = [AlertState::Firing, AlertState::Resolved, AlertState::All];
+impl AlertStateFilter {
+    pub const ALL: [AlertStateFilter; 3] = [
+        AlertStateFilter::Firing,
+        AlertStateFilter::Resolved,
+        AlertStateFilter::All,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-            AlertState::All => "all",
+            AlertStateFilter::Firing => "firing",
+            AlertStateFilter::Resolved => "resolved",
+            AlertStateFilter::All => "all",
         }
     }
 
@@ -476,9 +480,9 @@ impl AlertCursor {
         }
     }
 
-    fn parse(state: AlertState, s: &str) -> Option<Self> {
+    fn parse(state: AlertStateFilter, s: &str) -> Option<Self> {
         match state {
-            AlertState::Firing => {
+            AlertStateFilter::Firing => {
                 let p = split_cursor(s, 3)?;
                 Some(AlertCursor::Firing(
                     Severity::parse(p[0])?,
@@ -486,12 +490,12 @@ impl AlertCursor {
                     p[2].parse().ok()?,
                 ))
             }
-            AlertState::Resolved => s
+            AlertStateFilter::Resolved => s
                 .parse()
                 .ok()
                 .filter(|id: &i64| *id > 0)
                 .map(AlertCursor::Id),
-            AlertState::All => {
+            AlertStateFilter::All => {
                 let p = split_cursor(s, 2)?;
                 let resolved = match p[0] {
                     "firing" => false,
@@ -507,7 +511,7 @@ impl AlertCursor {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlertQuery {
-    pub state: AlertState,
+    pub state: AlertStateFilter,
     pub rule: Option<String>,
     pub severity: Option<Severity>,
     pub serial: Option<String>,
@@ -523,8 +527,8 @@ impl AlertQuery {
         let state = p
             .one_of(
                 "state",
-                AlertState::parse,
-                &AlertState::ALL.map(|s| s.as_str()),
+                AlertStateFilter::parse,
+                &AlertStateFilter::ALL.map(|s| s.as_str()),
             )?
             .unwrap_or_default();
         Ok(AlertQuery {
@@ -541,7 +545,7 @@ impl AlertQuery {
         vec![
             (
                 "state",
-                (self.state != AlertState::Firing).then(|| self.state.as_str().to_owned()),
+                (self.state != AlertStateFilter::Firing).then(|| self.state.as_str().to_owned()),
             ),
             ("rule", self.rule.clone()),
             ("severity", self.severity.map(|s| s.as_str().to_owned())),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// How bad: the one enum the rules, storage, the pages' filters and the API's parameters share
 /// (`?severity=` parses into it at the edge).
-pub use phonehome_dashboard::Severity;
+pub use phonehome_dashboard::{AlertState, Severity};
 
 /// How an alert of a rule ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,74 +41,53 @@ pub struct Finding {
     pub summary: String,
 }
 
-/// The alert rules: a closed set, so that a rule added here without its switch, its lifecycle
-/// or its name does not compile (the matches below have no catch-all), and without its
-/// documentation fails `every_rule_is_configured_and_documented`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rule {
-    DiskFailing,
-    DiskDegrading,
-    DiskWearout,
-    DiskTemperature,
-    DiskMissing,
-    DiskUnmonitored,
-    FilesystemFull,
-    FilesystemFilling,
-    NicErrors,
-    AppUnhealthy,
-    AppOutdated,
-    ApplianceSilent,
-    IdentityConflict,
-    CollectorDegraded,
-    ClockSkew,
-    CertificateExpiring,
-    AlertsFolded,
+/// Declares the rules once: the enum, `Rule::ALL` and each rule's name come from the same list,
+/// so a rule cannot be left out of any of them.
+macro_rules! rules {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
+        /// The alert rules: a closed set, so that a rule added here without its switch, its
+        /// lifecycle or the sections that judge it does not compile (the matches on it have no
+        /// catch-all), and without its documentation fails `every_rule_is_configured_and_documented`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Rule {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl Rule {
+            pub const ALL: [Rule; [$($name),+].len()] = [$(Rule::$variant),+];
+
+            /// The name alerts, metrics, Alertmanager and the configuration use.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Rule::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+rules! {
+    DiskFailing => "disk_failing",
+    DiskDegrading => "disk_degrading",
+    DiskWearout => "disk_wearout",
+    DiskTemperature => "disk_temperature",
+    DiskMissing => "disk_missing",
+    DiskUnmonitored => "disk_unmonitored",
+    FilesystemFull => "filesystem_full",
+    FilesystemFilling => "filesystem_filling",
+    NicErrors => "nic_errors",
+    AppUnhealthy => "app_unhealthy",
+    AppOutdated => "app_outdated",
+    ApplianceSilent => "appliance_silent",
+    IdentityConflict => "identity_conflict",
+    CollectorDegraded => "collector_degraded",
+    ClockSkew => "clock_skew",
+    CertificateExpiring => "certificate_expiring",
+    /// Findings past `max_open_per_appliance`, counted in one alert.
+    AlertsFolded => "alerts_folded",
 }
 
 impl Rule {
-    pub const ALL: [Rule; 17] = [
-        Rule::DiskFailing,
-        Rule::DiskDegrading,
-        Rule::DiskWearout,
-        Rule::DiskTemperature,
-        Rule::DiskMissing,
-        Rule::DiskUnmonitored,
-        Rule::FilesystemFull,
-        Rule::FilesystemFilling,
-        Rule::NicErrors,
-        Rule::AppUnhealthy,
-        Rule::AppOutdated,
-        Rule::ApplianceSilent,
-        Rule::IdentityConflict,
-        Rule::CollectorDegraded,
-        Rule::ClockSkew,
-        Rule::CertificateExpiring,
-        Rule::AlertsFolded,
-    ];
-
-    /// The name alerts, metrics, Alertmanager and the configuration use.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Rule::DiskFailing => "disk_failing",
-            Rule::DiskDegrading => "disk_degrading",
-            Rule::DiskWearout => "disk_wearout",
-            Rule::DiskTemperature => "disk_temperature",
-            Rule::DiskMissing => "disk_missing",
-            Rule::DiskUnmonitored => "disk_unmonitored",
-            Rule::FilesystemFull => "filesystem_full",
-            Rule::FilesystemFilling => "filesystem_filling",
-            Rule::NicErrors => "nic_errors",
-            Rule::AppUnhealthy => "app_unhealthy",
-            Rule::AppOutdated => "app_outdated",
-            Rule::ApplianceSilent => "appliance_silent",
-            Rule::IdentityConflict => "identity_conflict",
-            Rule::CollectorDegraded => "collector_degraded",
-            Rule::ClockSkew => "clock_skew",
-            Rule::CertificateExpiring => "certificate_expiring",
-            Rule::AlertsFolded => "alerts_folded",
-        }
-    }
-
     pub fn parse(name: &str) -> Option<Rule> {
         Rule::ALL.into_iter().find(|r| r.as_str() == name)
     }
@@ -128,8 +107,8 @@ impl std::fmt::Display for Rule {
 }
 
 /// Every rule name, for validation and for metrics with a zero per rule.
-pub const RULES: [&str; 17] = {
-    let mut names = [""; 17];
+pub const RULES: [&str; Rule::ALL.len()] = {
+    let mut names = [""; Rule::ALL.len()];
     let mut i = 0;
     while i < Rule::ALL.len() {
         names[i] = Rule::ALL[i].as_str();
@@ -519,13 +498,8 @@ impl Default for Silent {
 }
 
 impl AlertsConfig {
-    /// How alerts of the rule named `rule` end (a name no rule has: level).
-    pub fn lifecycle(&self, rule: &str) -> Lifecycle {
-        Rule::parse(rule).map_or(Lifecycle::Level, |r| self.rule_lifecycle(r))
-    }
-
     /// How alerts of `rule` end.
-    pub fn rule_lifecycle(&self, rule: Rule) -> Lifecycle {
+    pub fn lifecycle(&self, rule: Rule) -> Lifecycle {
         match rule {
             Rule::DiskDegrading => Lifecycle::QuietFor(self.disk_degrading.quiet_days),
             Rule::NicErrors => Lifecycle::QuietFor(self.nic_errors.quiet_days),
@@ -547,13 +521,8 @@ impl AlertsConfig {
         }
     }
 
-    /// Whether the rule named `rule` is switched on (a name no rule has: no).
-    pub fn enabled(&self, rule: &str) -> bool {
-        Rule::parse(rule).is_some_and(|r| self.rule_enabled(r))
-    }
-
     /// Whether `rule` is switched on.
-    pub fn rule_enabled(&self, rule: Rule) -> bool {
+    pub fn enabled(&self, rule: Rule) -> bool {
         match rule {
             Rule::DiskFailing => self.disk_failing.enabled,
             Rule::DiskDegrading => self.disk_degrading.enabled,
@@ -847,16 +816,6 @@ pub fn nic_errors(
     })
 }
 
-/// Why a drive is failing now, if it is: the critical reasons of its verdict (overall health
-/// failed, an attribute at or below its threshold now, NVMe read-only or backup failures). An
-/// error log with entries, wear and spare are not failure (see [`crate::verdict`]).
-pub fn failing_now(d: &SmartDevice) -> Option<String> {
-    crate::verdict::drive(d, &Wearout::default()).summary(
-        crate::verdict::Concern::Failure,
-        crate::verdict::Level::Critical,
-    )
-}
-
 /// Words in a model or family that name a RAID controller's virtual disk, not a drive.
 const RAID_VOLUME_WORDS: [&str; 7] = [
     "raid",
@@ -1014,7 +973,7 @@ pub fn days_to_full(points: &[(f64, f64)], total: f64) -> Option<f64> {
 /// same rule and subject is the same condition or a worse one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked {
-    pub severity: String,
+    pub severity: Severity,
     pub value: String,
 }
 
@@ -1023,15 +982,11 @@ pub struct Acked {
 /// that was not there (reasons compared without their numbers, so a filesystem growing from
 /// 91 % to 92 % or a wear level ticking up is the same condition).
 pub fn worse_than_acked(config: &AlertsConfig, acked: &Acked, f: &Finding) -> bool {
-    let rank = |s: &str| match s {
-        "critical" => 3,
-        "warning" => 2,
-        _ => 1,
-    };
-    if rank(f.severity.as_str()) > rank(&acked.severity) {
+    // `order` is 0 for critical: a lower order is a higher severity.
+    if f.severity.order() < acked.severity.order() {
         return true;
     }
-    if matches!(config.rule_lifecycle(f.rule), Lifecycle::QuietFor(_)) {
+    if matches!(config.lifecycle(f.rule), Lifecycle::QuietFor(_)) {
         return true;
     }
     let shape = |v: &str| -> std::collections::BTreeSet<String> {
@@ -1097,7 +1052,7 @@ mod tests {
             summary: String::new(),
         };
         let acked = Acked {
-            severity: "warning".into(),
+            severity: Severity::Warning,
             value: "91 % of rated endurance used (warns at 90 %)".into(),
         };
         let same = finding(
@@ -1117,7 +1072,7 @@ mod tests {
         assert!(worse_than_acked(&config, &acked, &more), "a new reason");
         let critical = finding(Rule::FilesystemFull, Severity::Critical, "96 % used");
         let acked_fs = Acked {
-            severity: "warning".into(),
+            severity: Severity::Warning,
             value: "90 % used".into(),
         };
         assert!(
@@ -1130,7 +1085,7 @@ mod tests {
             "reallocated 24 → 24 (+0)",
         );
         let acked_rise = Acked {
-            severity: "warning".into(),
+            severity: Severity::Warning,
             value: "reallocated 8 → 24 (+16)".into(),
         };
         assert!(
@@ -1315,12 +1270,12 @@ mod tests {
         r.app.version = Some("4.2.9".into());
         let unset = AlertsConfig::default();
         assert!(
-            !unset.enabled("app_outdated"),
+            !unset.enabled(Rule::AppOutdated),
             "no minimum: nothing to judge"
         );
         let config: AlertsConfig =
             toml::from_str("[app_outdated]\nminimum_version = \"4.3.0\"\n").unwrap();
-        assert!(config.enabled("app_outdated"));
+        assert!(config.enabled(Rule::AppOutdated));
         let fired: Vec<String> = config
             .evaluate_report(&r, crate::storage::rows::drive_key)
             .into_iter()

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod fdlimit;
 pub mod labels;

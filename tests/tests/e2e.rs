@@ -611,6 +611,22 @@ async fn while_postgres_refuses_connections_reports_get_503_and_the_ingest_recov
         ))
         .await
         .expect("make the database unavailable");
+    // pg_terminate_backend only signals: wait until the ingest's sessions are really gone, or
+    // a report may still be stored through one that has not ended yet.
+    for _ in 0..200 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&dbname],
+            )
+            .await
+            .expect("count sessions")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 
     let r = post(report_for("SN-DOWN")).await;
     assert_eq!(r.status, 503, "{}", r.body);

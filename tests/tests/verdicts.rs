@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use phonehome_ingest::alerts::Wearout;
+use phonehome_ingest::alerts::{AlertsConfig, Rule, Wearout};
 use phonehome_ingest::verdict::{self, Level};
 
 fn fixture(name: &str) -> phonehome_schema::SmartDevice {
@@ -91,11 +91,13 @@ fn real_devices_get_the_verdict_their_facts_call_for() {
             assert!(texts.is_empty(), "{name}: {texts:?}");
         }
         // disk_failing fires exactly on a critical verdict.
-        assert_eq!(
-            phonehome_ingest::alerts::failing_now(&d).is_some(),
-            v.level == Level::Critical,
-            "{name}"
-        );
+        let mut report = phonehome_tests::example_report("SN-VERDICT");
+        report.smart.devices = vec![d.clone()];
+        let fires = AlertsConfig::default()
+            .evaluate_report(&report, |_| Some("drive".into()))
+            .iter()
+            .any(|f| f.rule == Rule::DiskFailing);
+        assert_eq!(fires, v.level == Level::Critical, "{name}");
     }
 }
 

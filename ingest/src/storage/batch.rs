@@ -17,84 +17,12 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::alerts::{AlertBook, Evaluated, Judged};
-use super::previous::{Previous, RuleState};
-use super::rows::{CurrentState, PreparedReport};
+use super::rows::{CurrentState, DriveRow, DriveSample, FilesystemRow, NicRow, PreparedReport};
 use super::{InsertOutcome, StorageError};
 use crate::alerts::AlertsConfig;
-
-/// An appliance's state before this batch, as far as the batch needs it.
-#[derive(Debug, Clone)]
-pub(super) struct Before {
-    pub(super) id: i32,
-    /// No report of this appliance has been kept yet (a row this batch created, or one whose
-    /// history is being rebuilt from legacy rows).
-    pub(super) fresh: bool,
-    last_collected_at: DateTime<Utc>,
-    system_uuid: Option<String>,
-    machine_id: Option<String>,
-    versions: HashMap<&'static str, Option<String>>,
-    pub(super) boot_id: Option<Uuid>,
-    /// What rules judged by change kept from the newest report; `None` for a fresh appliance
-    /// or one last written before the state was kept.
-    rule_state: Option<RuleState>,
-    /// The certificate of the newest report: (SHA-256, `certificates.id`).
-    last_cert: Option<(Vec<u8>, i32)>,
-}
-
-/// An open membership: drive `drive_id` is in the appliance under `device_name`.
-#[derive(Debug, Clone)]
-struct Member {
-    id: i64,
-    drive_id: i32,
-    device_name: String,
-}
-
-/// (serial, kind, old value, new value, other serial, report id)
-type IdentityEvent = (
-    String,
-    &'static str,
-    Option<String>,
-    String,
-    Option<String>,
-    Uuid,
-);
-/// (appliance, component, old version, new version, changed at, report id)
-type VersionChange = (
-    i32,
-    &'static str,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    Uuid,
-);
-/// (drive, appliance, kind, from appliance, device name, at, report id)
-type DriveEvent = (
-    i32,
-    i32,
-    &'static str,
-    Option<i32>,
-    String,
-    DateTime<Utc>,
-    Uuid,
-);
-
-/// Rows derived from the batch, written at its end.
-#[derive(Debug, Default)]
-pub(super) struct Writes {
-    pub(super) identity_events: Vec<IdentityEvent>,
-    version_changes: Vec<VersionChange>,
-    /// (appliance, drive, device name, from)
-    opened: Vec<(i32, i32, String, DateTime<Utc>)>,
-    /// (membership, until)
-    closed: Vec<(i64, DateTime<Utc>)>,
-    pub(super) drive_events: Vec<DriveEvent>,
-}
-
-/// An appliance's state before the batch, its newest report in it (if that moves the state),
-/// how many reports it stored, the latest arrival, and the newest report's drives whose verdict
-/// is `warning` (the report's own plus the rises found against the previous report).
-type Progress<'a> = (Before, Option<&'a PreparedReport>, i64, DateTime<Utc>, i32);
+use crate::engine::{
+    self, ApplianceUpdate, Before, Changes, Component, LatestMembership, Loaded, Member, RuleState,
+};
 
 /// Writes `batch` in one transaction and says, per report (in the batch's order), whether it
 /// was stored or a duplicate.
@@ -115,7 +43,17 @@ pub(super) async fn write(
 
     let before = lock_appliances(tx, batch, &unique).await?;
     let cert_ids = certificate_ids(tx, batch, &unique, &before).await?;
-    let bodies = choose_bodies(batch, &unique, &before);
+    let bodies: Vec<(&[u8], Option<i16>)> = unique
+        .iter()
+        .map(|&i| {
+            let r = batch[i];
+            let state = before.get(&r.serial).and_then(|b| b.rule_state.as_ref());
+            match &r.body_without_evidence {
+                Some((lean, dict)) if !engine::keeps_evidence(r, state) => (lean.as_slice(), *dict),
+                _ => (r.body.as_slice(), r.body_dictionary),
+            }
+        })
+        .collect();
 
     // The reports themselves; ON CONFLICT says which are new.
     let stmt = tx
@@ -184,11 +122,6 @@ pub(super) async fn write(
 
     let drive_ids = drive_ids(tx, batch, &stored, &before).await?;
     let appliance_ids: Vec<i32> = before.values().map(|b| b.id).collect();
-    let mut previous = Previous::from_states(
-        before
-            .values()
-            .filter_map(|b| b.rule_state.as_ref().map(|s| (b.id, s))),
-    );
     // Appliances that need their previous report read back from history: no kept state, and
     // a report here that moves them forward (late reports judge nothing).
     let without_state: Vec<(i32, DateTime<Utc>)> = before
@@ -207,11 +140,11 @@ pub(super) async fn write(
         .map(|&i| batch[i].at)
         .min()
         .unwrap_or_else(Utc::now);
-    let (members, shared, mut book, ()) = tokio::try_join!(
+    let (members, shared, book, history) = tokio::try_join!(
         open_memberships(tx, &appliance_ids),
         appliances_sharing_identity(tx, batch, &stored),
-        AlertBook::load(tx, &appliance_ids),
-        previous.load_history(tx, earliest, &without_state, config),
+        super::alerts::load(tx, &appliance_ids),
+        super::previous::load_history(tx, earliest, &without_state, config),
     )?;
     // Where else a drive was last seen matters only for one not already in its appliance,
     // which in steady state is none: no query then.
@@ -241,124 +174,33 @@ pub(super) async fn write(
         .collect::<HashSet<i32>>()
         .into_iter()
         .collect();
-    let (latest_elsewhere, named) =
+    let (latest_elsewhere, drive_keys) =
         tokio::try_join!(latest_memberships(tx, &arriving), drive_keys(tx, &unnamed))?;
-    let mut key_of: HashMap<i32, &str> =
-        drive_ids.iter().map(|(k, id)| (*id, k.as_str())).collect();
-    for (id, key) in &named {
-        key_of.insert(*id, key.as_str());
-    }
 
-    let known = known_ids(&shared, batch, &stored);
-    let mut writes = Writes::default();
-    let mut states: BTreeMap<&str, Progress<'_>> = BTreeMap::new();
-    for &i in &stored {
-        let r = batch[i];
-        let entry = states.entry(r.serial.as_str()).or_insert_with(|| {
-            let b = before[&r.serial].clone();
-            (b, None, 0, r.received_at, 0)
-        });
-        entry.2 = entry.2.saturating_add(1);
-        entry.3 = entry.3.max(r.received_at);
-        identity_shared(r, &known, &mut writes);
-        let b = &mut entry.0;
-        // Any report, late or not, ends a silence.
-        book.resolve(b.id, "appliance_silent", r.received_at);
-        // A late report (delivered from a spool after newer ones) describes the past: it is
-        // kept, but it does not move current state, membership, versions or alerts.
-        if !b.fresh && r.at < b.last_collected_at {
-            continue;
-        }
-        identity_changed(b, r, &mut writes);
-        versions_changed(b, r, &mut writes);
-        membership_changed(b, r, &drive_ids, &members, &latest_elsewhere, &mut writes);
-        let findings = previous.findings(config, b, r, &drive_ids, &key_of, &writes);
-        let present: HashSet<&str> = r.drives.iter().map(|d| d.key.as_str()).collect();
-        let rose = r
-            .drives
-            .iter()
-            .filter(|d| d.level == crate::verdict::Level::Ok)
-            .filter(|d| {
-                findings
-                    .iter()
-                    .any(|f| f.rule == crate::alerts::Rule::DiskDegrading && f.subject == d.key)
-            })
-            .count();
-        entry.4 = r
-            .state
-            .warning_drive_count
-            .saturating_add(i32::try_from(rose).unwrap_or(i32::MAX));
-        book.apply(
-            config,
-            Evaluated {
-                appliance_id: b.id,
-                serial: &r.serial,
-                at: r.at,
-                findings: &findings,
-                judged: Judged {
-                    drives: r.smart_complete,
-                    filesystems: r.filesystems_complete,
-                    nics: r.nics_complete,
-                },
-                present_drives: &present,
-            },
-        );
-        previous.advance(config, b.id, r, &drive_ids);
-        b.boot_id = r.boot_id;
-        b.fresh = false;
-        b.last_collected_at = r.at;
-        b.system_uuid = r.state.system_uuid.map(|u| u.to_string());
-        b.machine_id = r.state.machine_id.clone();
-        for (component, version) in r.state.versions() {
-            b.versions.insert(component, version.map(str::to_owned));
-        }
-        entry.1 = Some(r);
-    }
+    let loaded = Loaded {
+        before,
+        drive_ids,
+        drive_keys,
+        members,
+        latest_elsewhere,
+        shared,
+        history,
+    };
+    let reports: Vec<&PreparedReport> = stored.iter().map(|&i| batch[i]).collect();
+    let decision = engine::decide(&loaded, book, &reports, config);
 
-    let serials: HashMap<i32, String> = before.iter().map(|(s, b)| (b.id, s.clone())).collect();
+    let serials: HashMap<i32, &str> = loaded
+        .before
+        .iter()
+        .map(|(s, b)| (b.id, s.as_str()))
+        .collect();
     tokio::try_join!(
-        insert_samples(tx, batch, &stored, &before, &drive_ids),
-        write_events(tx, &writes),
-        update_appliances(tx, &states, &previous, &key_of, &cert_ids),
-        book.write(tx, &serials, config),
+        insert_samples(tx, &reports, &loaded),
+        write_events(tx, &decision.changes),
+        update_appliances(tx, &decision.appliances, &cert_ids),
+        super::alerts::write(tx, &decision.alerts, &serials, config),
     )?;
     Ok(outcomes)
-}
-
-/// The body to keep for each of `unique`, with its dictionary: smartctl's full output is
-/// evidence when the facts behind a drive's verdict change, not every day for a condition that
-/// holds still. A report keeps it unless every drive that carried it has the verdict facts the
-/// appliance's previous report had (kept in its rule state); without a state, it keeps it.
-fn choose_bodies<'a>(
-    batch: &[&'a PreparedReport],
-    unique: &[usize],
-    before: &HashMap<String, Before>,
-) -> Vec<(&'a [u8], Option<i16>)> {
-    unique
-        .iter()
-        .map(|&i| {
-            let r = batch[i];
-            let full = (r.body.as_slice(), r.body_dictionary);
-            let Some((lean, dict)) = &r.body_without_evidence else {
-                return full;
-            };
-            let Some(state) = before.get(&r.serial).and_then(|b| b.rule_state.as_ref()) else {
-                return full;
-            };
-            let unchanged = r.drives.iter().filter(|d| d.evidence).all(|d| {
-                d.sample.facts.is_some()
-                    && state
-                        .drives
-                        .iter()
-                        .any(|s| s.key == d.key && s.facts == d.sample.facts)
-            });
-            if unchanged {
-                (lean.as_slice(), *dict)
-            } else {
-                full
-            }
-        })
-        .collect()
 }
 
 /// Locks (creating where needed) the batch's appliances in serial order and reads what the
@@ -439,10 +281,10 @@ async fn lock_appliances(
     let mut before = HashMap::new();
     for row in tx.query(&select, &[&serials]).await? {
         let versions = HashMap::from([
-            ("app", row.get::<_, Option<String>>(6)),
-            ("os", row.get(7)),
-            ("kernel", row.get(8)),
-            ("collector", Some(row.get::<_, String>(9))),
+            (Component::App, row.get::<_, Option<String>>(6)),
+            (Component::Os, row.get(7)),
+            (Component::Kernel, row.get(8)),
+            (Component::Collector, Some(row.get::<_, String>(9))),
         ]);
         let serial: String = row.get(1);
         let last_collected_at: DateTime<Utc> = row.get(3);
@@ -567,7 +409,7 @@ async fn drive_ids(
         .map(|(k, id)| (k.to_owned(), id))
         .collect();
     // Every drive in the stored reports, as its newest report here describes it.
-    let mut newest: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = BTreeMap::new();
+    let mut newest: BTreeMap<&str, (&DriveRow, DateTime<Utc>)> = BTreeMap::new();
     for &i in stored {
         for d in &batch[i].drives {
             let at = batch[i].at;
@@ -579,14 +421,14 @@ async fn drive_ids(
             }
         }
     }
-    let drives: BTreeMap<&str, (&super::rows::DriveRow, DateTime<Utc>)> = newest
+    let drives: BTreeMap<&str, (&DriveRow, DateTime<Utc>)> = newest
         .iter()
         .filter(|(k, _)| !known.contains_key(**k))
         .map(|(k, v)| (*k, *v))
         .collect();
     if !drives.is_empty() {
         let keys: Vec<&str> = drives.keys().copied().collect();
-        let rows: Vec<&super::rows::DriveRow> = drives.values().map(|(d, _)| *d).collect();
+        let rows: Vec<&DriveRow> = drives.values().map(|(d, _)| *d).collect();
         let insert = tx
             .prepare_cached(
                 "INSERT INTO drives (drive_key, model, serial, wwn, first_seen_at, firmware,
@@ -625,7 +467,7 @@ async fn drive_ids(
     }
     // A firmware update (or a drive first written before these columns existed) is news for the
     // drive list; a drive that did not change is read and not written.
-    let (ids, rows): (Vec<i32>, Vec<&super::rows::DriveRow>) = newest
+    let (ids, rows): (Vec<i32>, Vec<&DriveRow>) = newest
         .iter()
         .filter_map(|(k, (d, _))| known.get(*k).map(|id| (*id, *d)))
         .unzip();
@@ -704,7 +546,7 @@ async fn open_memberships(
 async fn latest_memberships(
     tx: &Transaction<'_>,
     drive_ids: &[i32],
-) -> Result<HashMap<i32, (i64, i32, bool)>, StorageError> {
+) -> Result<HashMap<i32, LatestMembership>, StorageError> {
     if drive_ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -719,7 +561,14 @@ async fn latest_memberships(
         .query(&stmt, &[&drive_ids])
         .await?
         .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
+        .map(|r| {
+            let latest = LatestMembership {
+                id: r.get(1),
+                appliance_id: r.get(2),
+                open: r.get(3),
+            };
+            (r.get(0), latest)
+        })
         .collect())
 }
 
@@ -755,220 +604,22 @@ async fn appliances_sharing_identity(
         .collect())
 }
 
-/// (serial, machine-id, system UUID) of every appliance a batch's reports may share an
-/// identifier with: those already known (before the batch) and the batch's own.
-type KnownIds<'a> = Vec<(&'a str, Option<&'a str>, Option<String>)>;
-
-fn known_ids<'a>(
-    shared: &'a [(String, Option<String>, Option<String>)],
-    batch: &[&'a PreparedReport],
-    stored: &[usize],
-) -> KnownIds<'a> {
-    shared
-        .iter()
-        .map(|(s, m, u)| (s.as_str(), m.as_deref(), u.clone()))
-        .chain(stored.iter().map(|&j| {
-            let r = batch[j];
-            (
-                r.serial.as_str(),
-                r.state.machine_id.as_deref(),
-                r.state.system_uuid.map(|u| u.to_string()),
-            )
-        }))
-        .collect()
-}
-
-/// A machine-id or system UUID that another serial reports too: a cloned image.
-fn identity_shared(r: &PreparedReport, known: &KnownIds<'_>, writes: &mut Writes) {
-    let uuid = r.state.system_uuid.map(|u| u.to_string());
-    for (serial, machine_id, system_uuid) in known {
-        if *serial == r.serial {
-            continue;
-        }
-        for (kind, mine, theirs) in [
-            (
-                "machine_id_shared",
-                r.state.machine_id.as_deref(),
-                *machine_id,
-            ),
-            (
-                "system_uuid_shared",
-                uuid.as_deref(),
-                system_uuid.as_deref(),
-            ),
-        ] {
-            if let (Some(mine), Some(theirs)) = (mine, theirs) {
-                if mine == theirs {
-                    writes.identity_events.push((
-                        r.serial.clone(),
-                        kind,
-                        None,
-                        mine.to_owned(),
-                        Some((*serial).to_owned()),
-                        r.report_id,
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// A serial whose system UUID or machine-id changed: chassis or board swapped, re-imaged.
-fn identity_changed(b: &Before, r: &PreparedReport, writes: &mut Writes) {
-    if b.fresh {
-        return;
-    }
-    let uuid = r.state.system_uuid.map(|u| u.to_string());
-    for (kind, old, new) in [
-        ("system_uuid_changed", &b.system_uuid, &uuid),
-        ("machine_id_changed", &b.machine_id, &r.state.machine_id),
-    ] {
-        if let (Some(old), Some(new)) = (old, new) {
-            if old != new {
-                writes.identity_events.push((
-                    r.serial.clone(),
-                    kind,
-                    Some(old.clone()),
-                    new.clone(),
-                    None,
-                    r.report_id,
-                ));
-            }
-        }
-    }
-}
-
-fn versions_changed(b: &Before, r: &PreparedReport, writes: &mut Writes) {
-    for (component, new) in r.state.versions() {
-        let old = if b.fresh {
-            None
-        } else {
-            b.versions.get(component).cloned().flatten()
-        };
-        if old.as_deref() != new && !(b.fresh && new.is_none()) {
-            writes.version_changes.push((
-                b.id,
-                component,
-                old,
-                new.map(str::to_owned),
-                r.at,
-                r.report_id,
-            ));
-        }
-    }
-}
-
-fn membership_changed(
-    b: &Before,
-    r: &PreparedReport,
-    drive_ids: &HashMap<String, i32>,
-    members: &HashMap<i32, Vec<Member>>,
-    latest: &HashMap<i32, (i64, i32, bool)>,
-    writes: &mut Writes,
-) {
-    // Open memberships as this batch has left them so far.
-    let mut open: Vec<(Option<i64>, i32, String)> = members
-        .get(&b.id)
-        .into_iter()
-        .flatten()
-        .map(|m| (Some(m.id), m.drive_id, m.device_name.clone()))
-        .collect();
-    let opened_here: Vec<(i32, String)> = writes
-        .opened
-        .iter()
-        .filter(|(a, _, _, _)| *a == b.id)
-        .map(|(_, d, n, _)| (*d, n.clone()))
-        .collect();
-    let closed_here: HashSet<i64> = writes.closed.iter().map(|(id, _)| *id).collect();
-    open.retain(|(id, _, _)| id.is_none_or(|id| !closed_here.contains(&id)));
-    open.extend(opened_here.into_iter().map(|(d, n)| (None, d, n)));
-
-    let present: HashMap<i32, &str> = r
-        .drives
-        .iter()
-        .filter_map(|d| {
-            drive_ids
-                .get(&d.key)
-                .map(|id| (*id, d.device_name.as_str()))
-        })
-        .collect();
-    for (drive_id, device_name) in &present {
-        if open.iter().any(|(_, d, _)| d == drive_id) {
-            continue;
-        }
-        let mut kind = (!b.fresh).then_some("appeared");
-        let mut from = None;
-        if let Some(&(membership, appliance, still_open)) = latest.get(drive_id) {
-            // Moved: it left another appliance (that one's report no longer showed it) and
-            // turns up here. A drive still open elsewhere is not taken from there: two
-            // appliances can report one key at once (virtual disks share serials), and a
-            // batch only ever changes rows of appliances it holds locked.
-            let left = !still_open || closed_here.contains(&membership);
-            if appliance != b.id && left {
-                kind = Some("moved");
-                from = Some(appliance);
-            }
-        }
-        writes
-            .opened
-            .push((b.id, *drive_id, (*device_name).to_owned(), r.at));
-        if let Some(kind) = kind {
-            writes.drive_events.push((
-                *drive_id,
-                b.id,
-                kind,
-                from,
-                (*device_name).to_owned(),
-                r.at,
-                r.report_id,
-            ));
-        }
-    }
-    if !r.smart_complete {
-        return;
-    }
-    for (membership, drive_id, device_name) in &open {
-        if present.contains_key(drive_id) || r.unidentified_devices.contains(device_name) {
-            continue;
-        }
-        match membership {
-            Some(id) => writes.closed.push((*id, r.at)),
-            // Opened earlier in this batch and gone again: drop the opening.
-            None => writes
-                .opened
-                .retain(|(a, d, _, _)| !(*a == b.id && d == drive_id)),
-        }
-        writes.drive_events.push((
-            *drive_id,
-            b.id,
-            "disappeared",
-            None,
-            device_name.clone(),
-            r.at,
-            r.report_id,
-        ));
-    }
-}
-
+/// The stored reports' drive, filesystem and NIC samples.
 async fn insert_samples(
     tx: &Transaction<'_>,
     batch: &[&PreparedReport],
-    stored: &[usize],
-    before: &HashMap<String, Before>,
-    drive_ids: &HashMap<String, i32>,
+    loaded: &Loaded,
 ) -> Result<(), StorageError> {
-    let id = |i: usize| before[&batch[i].serial].id;
-    let drives: Vec<(usize, &super::rows::DriveRow)> = stored
-        .iter()
-        .flat_map(|&i| batch[i].drives.iter().map(move |d| (i, d)))
+    let drive_ids = &loaded.drive_ids;
+    let id = |i: usize| loaded.before[&batch[i].serial].id;
+    let drives: Vec<(usize, &DriveRow)> = (0..batch.len())
+        .flat_map(|i| batch[i].drives.iter().map(move |d| (i, d)))
         .collect();
-    let filesystems: Vec<(usize, &super::rows::FilesystemRow)> = stored
-        .iter()
-        .flat_map(|&i| batch[i].filesystems.iter().map(move |f| (i, f)))
+    let filesystems: Vec<(usize, &FilesystemRow)> = (0..batch.len())
+        .flat_map(|i| batch[i].filesystems.iter().map(move |f| (i, f)))
         .collect();
-    let nics: Vec<(usize, &super::rows::NicRow)> = stored
-        .iter()
-        .flat_map(|&i| batch[i].nics.iter().map(move |n| (i, n)))
+    let nics: Vec<(usize, &NicRow)> = (0..batch.len())
+        .flat_map(|i| batch[i].nics.iter().map(move |n| (i, n)))
         .collect();
 
     let drive_stmt = tx
@@ -1003,13 +654,13 @@ async fn insert_samples(
         )
         .await?;
 
-    let s = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i16>| {
+    let s = |f: &dyn Fn(&DriveSample) -> Option<i16>| {
         drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
     };
-    let c = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i32>| {
+    let c = |f: &dyn Fn(&DriveSample) -> Option<i32>| {
         drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
     };
-    let l = |f: &dyn Fn(&super::rows::DriveSample) -> Option<i64>| {
+    let l = |f: &dyn Fn(&DriveSample) -> Option<i64>| {
         drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
     };
     let drive_insert = async {
@@ -1095,9 +746,8 @@ async fn insert_samples(
         if nics.is_empty() {
             return Ok(0);
         }
-        let c = |f: &dyn Fn(&super::rows::NicRow) -> Option<i64>| {
-            nics.iter().map(|(_, n)| f(n)).collect::<Vec<_>>()
-        };
+        let c =
+            |f: &dyn Fn(&NicRow) -> Option<i64>| nics.iter().map(|(_, n)| f(n)).collect::<Vec<_>>();
         tx.execute(
             &nic_stmt,
             &[
@@ -1121,7 +771,8 @@ async fn insert_samples(
     Ok(())
 }
 
-async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageError> {
+/// Identity events, version changes, membership and drive events.
+async fn write_events(tx: &Transaction<'_>, w: &Changes) -> Result<(), StorageError> {
     let identity = async {
         if w.identity_events.is_empty() {
             return Ok(0);
@@ -1140,12 +791,14 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             .execute(
                 &stmt,
                 &[
-                    &e.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.1).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.2.as_deref()).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.3.as_str()).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.4.as_deref()).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.5).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.serial.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.old_value.as_deref()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.new_value.as_str()).collect::<Vec<_>>(),
+                    &e.iter()
+                        .map(|x| x.other_serial.as_deref())
+                        .collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.report_id).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -1154,7 +807,7 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             // are in identity_events.
             tracing::warn!(
                 events = n,
-                serials = ?e.iter().map(|x| x.0.as_str()).collect::<HashSet<_>>(),
+                serials = ?e.iter().map(|x| x.serial.as_str()).collect::<HashSet<_>>(),
                 "identity events recorded (system UUID or machine-id changed or shared)"
             );
         }
@@ -1177,12 +830,16 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             .execute(
                 &stmt,
                 &[
-                    &v.iter().map(|x| x.0).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.1).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.2.as_deref()).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.3.as_deref()).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.4).collect::<Vec<_>>(),
-                    &v.iter().map(|x| x.5).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.appliance_id).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.component.as_str()).collect::<Vec<_>>(),
+                    &v.iter()
+                        .map(|x| x.old_version.as_deref())
+                        .collect::<Vec<_>>(),
+                    &v.iter()
+                        .map(|x| x.new_version.as_deref())
+                        .collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.changed_at).collect::<Vec<_>>(),
+                    &v.iter().map(|x| x.report_id).collect::<Vec<_>>(),
                 ],
             )
             .await?)
@@ -1221,10 +878,10 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             .execute(
                 &open,
                 &[
-                    &o.iter().map(|x| x.0).collect::<Vec<_>>(),
-                    &o.iter().map(|x| x.1).collect::<Vec<_>>(),
-                    &o.iter().map(|x| x.2.as_str()).collect::<Vec<_>>(),
-                    &o.iter().map(|x| x.3).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.appliance_id).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.drive_id).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.device_name.as_str()).collect::<Vec<_>>(),
+                    &o.iter().map(|x| x.from).collect::<Vec<_>>(),
                 ],
             )
             .await?;
@@ -1248,13 +905,13 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
             .execute(
                 &stmt,
                 &[
-                    &e.iter().map(|x| x.0).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.1).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.2).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.3).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.4.as_str()).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.5).collect::<Vec<_>>(),
-                    &e.iter().map(|x| x.6).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.drive_id).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.appliance_id).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.from_appliance_id).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.device_name.as_str()).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.at).collect::<Vec<_>>(),
+                    &e.iter().map(|x| x.report_id).collect::<Vec<_>>(),
                 ],
             )
             .await?)
@@ -1267,13 +924,11 @@ async fn write_events(tx: &Transaction<'_>, w: &Writes) -> Result<(), StorageErr
 /// newest report when that is newer than what was known. One statement for the usual case.
 async fn update_appliances(
     tx: &Transaction<'_>,
-    states: &BTreeMap<&str, Progress<'_>>,
-    previous: &Previous,
-    key_of: &HashMap<i32, &str>,
+    updates: &BTreeMap<&str, ApplianceUpdate<'_>>,
     cert_ids: &HashMap<&[u8], i32>,
 ) -> Result<(), StorageError> {
     // Appliances whose stored reports were all late: counts only.
-    let late: Vec<&Progress<'_>> = states.values().filter(|s| s.1.is_none()).collect();
+    let late: Vec<&ApplianceUpdate<'_>> = updates.values().filter(|u| u.newest.is_none()).collect();
     if !late.is_empty() {
         let counts = tx
             .prepare_cached(
@@ -1286,18 +941,18 @@ async fn update_appliances(
         tx.execute(
             &counts,
             &[
-                &late.iter().map(|s| s.0.id).collect::<Vec<_>>(),
-                &late.iter().map(|s| s.2).collect::<Vec<_>>(),
-                &late.iter().map(|s| s.3).collect::<Vec<_>>(),
+                &late.iter().map(|u| u.id).collect::<Vec<_>>(),
+                &late.iter().map(|u| u.stored).collect::<Vec<_>>(),
+                &late.iter().map(|u| u.last_received_at).collect::<Vec<_>>(),
             ],
         )
         .await?;
     }
-    let moved: Vec<&Progress<'_>> = states.values().filter(|s| s.1.is_some()).collect();
-    let newest: Vec<(i32, &PreparedReport)> = moved
-        .iter()
-        .filter_map(|s| s.1.map(|r| (s.0.id, r)))
+    let moved: Vec<(&ApplianceUpdate<'_>, &engine::Newest<'_>)> = updates
+        .values()
+        .filter_map(|u| Some((u, u.newest.as_ref()?)))
         .collect();
+    let newest: Vec<(i32, &PreparedReport)> = moved.iter().map(|(u, n)| (u.id, n.report)).collect();
     if newest.is_empty() {
         return Ok(());
     }
@@ -1328,10 +983,7 @@ async fn update_appliances(
              WHERE a.id = u.id",
         )
         .await?;
-    let rule_states: Vec<Vec<u8>> = newest
-        .iter()
-        .map(|(id, r)| previous.state(*id, r.at, key_of).encode())
-        .collect();
+    let rule_states: Vec<Vec<u8>> = moved.iter().map(|(_, n)| n.rule_state.encode()).collect();
     let st = |f: &dyn Fn(&CurrentState) -> i32| {
         newest.iter().map(|(_, r)| f(&r.state)).collect::<Vec<_>>()
     };
@@ -1370,220 +1022,21 @@ async fn update_appliances(
                 .collect::<Vec<_>>(),
             &newest.iter().map(|(_, r)| r.boot_id).collect::<Vec<_>>(),
             &rule_states,
-            &moved.iter().map(|s| s.2).collect::<Vec<_>>(),
-            &moved.iter().map(|s| s.3).collect::<Vec<_>>(),
+            &moved.iter().map(|(u, _)| u.stored).collect::<Vec<_>>(),
+            &moved
+                .iter()
+                .map(|(u, _)| u.last_received_at)
+                .collect::<Vec<_>>(),
             &newest
                 .iter()
                 .map(|(_, r)| cert_ids.get(r.cert_sha256.as_slice()).copied())
                 .collect::<Vec<_>>(),
-            &moved.iter().map(|s| s.4).collect::<Vec<_>>(),
+            &moved
+                .iter()
+                .map(|(_, n)| n.warning_drive_count)
+                .collect::<Vec<_>>(),
         ],
     )
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    //! The change logic of a batch (identity, versions, drive membership) on prepared reports,
-    //! without a database.
-    use super::*;
-
-    /// The contract's example (two identified drives, `/dev/sda` and `/dev/nvme0`), prepared.
-    fn prepared() -> PreparedReport {
-        let mut report: phonehome_schema::Report =
-            serde_json::from_str(include_str!("../../../schema/examples/report.json"))
-                .expect("the contract's example");
-        // Its one SMART error names a device: the section still counts as complete.
-        report.smart.errors.clear();
-        super::super::rows::prepare(
-            &report,
-            &[1; 32],
-            Utc::now(),
-            (Vec::new(), None),
-            &AlertsConfig::default(),
-        )
-    }
-
-    fn before(fresh: bool) -> Before {
-        Before {
-            id: 1,
-            fresh,
-            last_collected_at: DateTime::<Utc>::MIN_UTC,
-            system_uuid: None,
-            machine_id: None,
-            versions: HashMap::new(),
-            boot_id: None,
-            rule_state: None,
-            last_cert: None,
-        }
-    }
-
-    #[test]
-    fn an_identity_change_is_an_event_and_a_first_report_is_none() {
-        let r = prepared();
-        let new_uuid = r.state.system_uuid.expect("example has a UUID").to_string();
-        let mut b = before(false);
-        b.system_uuid = Some("00000000-0000-0000-0000-000000000001".into());
-        b.machine_id = r.state.machine_id.clone();
-        let mut w = Writes::default();
-        identity_changed(&b, &r, &mut w);
-        assert_eq!(w.identity_events.len(), 1, "{:?}", w.identity_events);
-        let e = &w.identity_events[0];
-        assert_eq!(e.1, "system_uuid_changed");
-        assert_eq!(e.2.as_deref(), Some("00000000-0000-0000-0000-000000000001"));
-        assert_eq!(e.3, new_uuid);
-
-        // Unknown before (an older ingest kept none): no change to tell.
-        let mut w = Writes::default();
-        identity_changed(&before(false), &r, &mut w);
-        assert!(w.identity_events.is_empty());
-        let mut w = Writes::default();
-        identity_changed(&before(true), &r, &mut w);
-        assert!(
-            w.identity_events.is_empty(),
-            "a first report changes nothing"
-        );
-    }
-
-    #[test]
-    fn versions_change_once_and_a_first_report_records_what_it_runs() {
-        let r = prepared();
-        let mut b = before(false);
-        for (component, v) in r.state.versions() {
-            b.versions.insert(component, v.map(str::to_owned));
-        }
-        let mut w = Writes::default();
-        versions_changed(&b, &r, &mut w);
-        assert!(w.version_changes.is_empty(), "{:?}", w.version_changes);
-
-        b.versions.insert("app", Some("4.1.0".into()));
-        let mut w = Writes::default();
-        versions_changed(&b, &r, &mut w);
-        let changes: Vec<(&str, Option<&str>, Option<&str>)> = w
-            .version_changes
-            .iter()
-            .map(|c| (c.1, c.2.as_deref(), c.3.as_deref()))
-            .collect();
-        assert_eq!(changes, [("app", Some("4.1.0"), Some("4.2.1"))]);
-
-        let mut w = Writes::default();
-        versions_changed(&before(true), &r, &mut w);
-        assert!(
-            w.version_changes
-                .iter()
-                .all(|c| c.2.is_none() && c.3.is_some()),
-            "{:?}",
-            w.version_changes
-        );
-        assert!(w.version_changes.iter().any(|c| c.1 == "collector"));
-    }
-
-    #[test]
-    fn drives_appear_disappear_and_move_between_appliances() {
-        let r = prepared();
-        let keys: Vec<String> = r.drives.iter().map(|d| d.key.clone()).collect();
-        assert_eq!(keys.len(), 2, "{keys:?}");
-        // The first drive is known (id 10) and open here; the second is new (id 11). Drive 12,
-        // open here as /dev/sdc, is no longer reported.
-        let drive_ids: HashMap<String, i32> = [(keys[0].clone(), 10), (keys[1].clone(), 11)].into();
-        let members: HashMap<i32, Vec<Member>> = [(
-            1,
-            vec![
-                Member {
-                    id: 100,
-                    drive_id: 10,
-                    device_name: "/dev/sda".into(),
-                },
-                Member {
-                    id: 101,
-                    drive_id: 12,
-                    device_name: "/dev/sdc".into(),
-                },
-            ],
-        )]
-        .into();
-        let events = |w: &Writes| -> Vec<(i32, &str, Option<i32>)> {
-            let mut e: Vec<_> = w.drive_events.iter().map(|e| (e.0, e.2, e.3)).collect();
-            e.sort();
-            e
-        };
-
-        let mut w = Writes::default();
-        membership_changed(
-            &before(false),
-            &r,
-            &drive_ids,
-            &members,
-            &HashMap::new(),
-            &mut w,
-        );
-        assert_eq!(
-            events(&w),
-            [(11, "appeared", None), (12, "disappeared", None)]
-        );
-        assert_eq!(w.closed.len(), 1);
-        assert_eq!(w.closed[0].0, 101);
-        assert_eq!(w.opened.len(), 1);
-        assert_eq!(w.opened[0].1, 11);
-
-        // Drive 11 left appliance 2 (its membership there is closed): it moved.
-        let latest: HashMap<i32, (i64, i32, bool)> = [(11, (90, 2, false))].into();
-        let mut w = Writes::default();
-        membership_changed(&before(false), &r, &drive_ids, &members, &latest, &mut w);
-        assert!(
-            events(&w).contains(&(11, "moved", Some(2))),
-            "{:?}",
-            events(&w)
-        );
-        // Still open in appliance 2 (virtual disks share serials): it appeared, not moved.
-        let latest: HashMap<i32, (i64, i32, bool)> = [(11, (90, 2, true))].into();
-        let mut w = Writes::default();
-        membership_changed(&before(false), &r, &drive_ids, &members, &latest, &mut w);
-        assert!(
-            events(&w).contains(&(11, "appeared", None)),
-            "{:?}",
-            events(&w)
-        );
-
-        // A SMART section that failed says nothing about absent drives; nor does a device
-        // present without an identity under the old name.
-        let mut incomplete = prepared();
-        incomplete.smart_complete = false;
-        let mut w = Writes::default();
-        membership_changed(
-            &before(false),
-            &incomplete,
-            &drive_ids,
-            &members,
-            &HashMap::new(),
-            &mut w,
-        );
-        assert!(w.closed.is_empty());
-        let mut asleep = prepared();
-        asleep.unidentified_devices.push("/dev/sdc".into());
-        let mut w = Writes::default();
-        membership_changed(
-            &before(false),
-            &asleep,
-            &drive_ids,
-            &members,
-            &HashMap::new(),
-            &mut w,
-        );
-        assert!(w.closed.is_empty(), "{:?}", events(&w));
-
-        // A first report opens memberships without calling its drives "appeared".
-        let mut w = Writes::default();
-        membership_changed(
-            &before(true),
-            &r,
-            &drive_ids,
-            &HashMap::new(),
-            &HashMap::new(),
-            &mut w,
-        );
-        assert!(w.drive_events.is_empty(), "{:?}", events(&w));
-        assert_eq!(w.opened.len(), 2);
-    }
 }

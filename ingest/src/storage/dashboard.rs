@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use phonehome_dashboard as d;
 use phonehome_dashboard::query::{
-    AlertQuery, AlertState, ApplianceQuery, ApplianceSort, DriveQuery,
+    AlertQuery, AlertStateFilter, ApplianceQuery, ApplianceSort, DriveQuery,
 };
 use phonehome_dashboard::{AlertCursor, ApplianceCursor, Health, Page, Severity};
 use tokio_postgres::Row;
@@ -126,7 +126,7 @@ fn alert_row(r: &Row) -> d::AlertRow {
         serial: r.get(2),
         subject: r.get(3),
         severity: severity(r.get::<_, &str>(4)),
-        state: r.get(5),
+        state: super::read::alert_state(r.get(5)),
         started_at: r.get(6),
         resolved_at: r.get(7),
         value: r.get(8),
@@ -372,25 +372,25 @@ impl Storage {
     ) -> Result<Page<d::AlertRow>, StorageError> {
         let fetch = q.limit.saturating_add(1);
         let items = match (q.state, &q.after) {
-            (AlertState::Firing, after) => {
+            (AlertStateFilter::Firing, after) => {
                 let after = match after {
                     Some(AlertCursor::Firing(s, t, id)) => Keyset::Firing(*s, *t, *id),
                     _ => Keyset::None,
                 };
                 self.alert_rows(q, "firing", after, fetch).await?
             }
-            (AlertState::Resolved, after) => {
+            (AlertStateFilter::Resolved, after) => {
                 let after = match after {
                     Some(AlertCursor::Id(id)) => Keyset::Below(*id),
                     _ => Keyset::None,
                 };
                 self.alert_rows(q, "resolved", after, fetch).await?
             }
-            (AlertState::All, Some(AlertCursor::All(true, id))) => {
+            (AlertStateFilter::All, Some(AlertCursor::All(true, id))) => {
                 self.alert_rows(q, "resolved", Keyset::Below(*id), fetch)
                     .await?
             }
-            (AlertState::All, after) => {
+            (AlertStateFilter::All, after) => {
                 let after = match after {
                     Some(AlertCursor::All(false, id)) => Keyset::Below(*id),
                     _ => Keyset::None,
@@ -406,9 +406,9 @@ impl Storage {
         let state = q.state;
         Ok(page(items, q.limit, |a| {
             match state {
-                AlertState::Firing => AlertCursor::Firing(a.severity, a.started_at, a.id),
-                AlertState::Resolved => AlertCursor::Id(a.id),
-                AlertState::All => AlertCursor::All(a.state != "firing", a.id),
+                AlertStateFilter::Firing => AlertCursor::Firing(a.severity, a.started_at, a.id),
+                AlertStateFilter::Resolved => AlertCursor::Id(a.id),
+                AlertStateFilter::All => AlertCursor::All(a.state != d::AlertState::Firing, a.id),
             }
             .encode()
         }))
@@ -439,7 +439,7 @@ impl Storage {
             let p = sql.bind(serial.clone());
             sql.and(format!("a.serial = {p}"));
         }
-        let by_severity = q.state == AlertState::Firing;
+        let by_severity = q.state == AlertStateFilter::Firing;
         match after {
             Keyset::None => {}
             Keyset::Firing(s, t, id) => {
@@ -564,7 +564,13 @@ impl Storage {
             None => None,
         };
         let mut alerts: Vec<d::AlertRow> = alerts.iter().map(alert_row).collect();
-        alerts.sort_by_key(|a| (a.state != "firing", a.severity.order(), a.started_at));
+        alerts.sort_by_key(|a| {
+            (
+                a.state != d::AlertState::Firing,
+                a.severity.order(),
+                a.started_at,
+            )
+        });
         Ok(Some(d::DriveDetail {
             row: drive,
             wwn,

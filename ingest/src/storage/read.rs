@@ -8,6 +8,8 @@ use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use phonehome_dashboard as d;
+
 use super::{Storage, StorageError};
 
 /// One alert episode, as the API shows it.
@@ -18,8 +20,8 @@ pub struct Alert {
     pub rule: String,
     pub serial: String,
     pub subject: String,
-    pub severity: String,
-    pub state: String,
+    pub severity: d::Severity,
+    pub state: d::AlertState,
     pub started_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub value: String,
@@ -254,6 +256,16 @@ const EVENTS_SHOWN: i64 = 200;
 const ALERT_COLUMNS: &str = "al.id, al.fingerprint, al.rule, a.serial, al.subject, al.severity,
     al.state, al.started_at, al.resolved_at, al.value, al.summary, al.reopened";
 
+/// The table's CHECK allows only the three severities; anything else is shown as the worst.
+fn severity(s: &str) -> d::Severity {
+    d::Severity::parse(s).unwrap_or(d::Severity::Critical)
+}
+
+/// The table's CHECK allows only `firing` and `resolved`; anything else is shown as firing.
+pub(super) fn alert_state(s: &str) -> d::AlertState {
+    d::AlertState::parse(s).unwrap_or(d::AlertState::Firing)
+}
+
 fn alert(row: &Row) -> Alert {
     Alert {
         id: row.get(0),
@@ -261,8 +273,8 @@ fn alert(row: &Row) -> Alert {
         rule: row.get(2),
         serial: row.get(3),
         subject: row.get(4),
-        severity: row.get(5),
-        state: row.get(6),
+        severity: severity(row.get(5)),
+        state: alert_state(row.get(6)),
         started_at: row.get(7),
         resolved_at: row.get(8),
         value: row.get(9),
@@ -609,7 +621,6 @@ impl Storage {
 impl ApplianceDetail {
     /// What the dashboard's appliance page shows of it.
     pub fn into_view(self) -> phonehome_dashboard::ApplianceView {
-        use phonehome_dashboard as d;
         let s = self.state;
         let mut events: Vec<d::EventView> = Vec::new();
         for v in self.versions {
@@ -645,7 +656,7 @@ impl ApplianceDetail {
             .into_iter()
             .map(|a| d::AlertRow {
                 id: a.id,
-                severity: d::Severity::parse(&a.severity).unwrap_or(d::Severity::Critical),
+                severity: a.severity,
                 rule: a.rule,
                 serial: a.serial,
                 subject: a.subject,
@@ -659,7 +670,7 @@ impl ApplianceDetail {
             .collect();
         // Firing first, most severe first, however old; then the resolved ones, newest first.
         alerts.sort_by_key(|a| {
-            let firing = a.state == "firing";
+            let firing = a.state == d::AlertState::Firing;
             (
                 !firing,
                 if firing { a.severity.order() } else { 0 },

@@ -8,93 +8,11 @@
 
 use chrono::{DateTime, Utc};
 use phonehome_schema::{Report, SmartDevice};
-use uuid::Uuid;
 
-use crate::alerts::{AlertsConfig, Finding};
-pub use crate::model::{DriveRow, DriveSample, FilesystemRow, NicRow};
-
-/// Everything one report writes, ready for the batch writer.
-#[derive(Debug, Clone)]
-pub struct PreparedReport {
-    pub serial: String,
-    pub report_id: Uuid,
-    /// The appliance's own time, kept as data (and, with the id, what makes a retry a
-    /// duplicate).
-    pub collected_at: DateTime<Utc>,
-    pub received_at: DateTime<Utc>,
-    /// When the report counts as taken, for ordering state, samples and alerts: its
-    /// `collected_at`, unless the appliance's clock ran ahead of ours, then when we received
-    /// it. A clock a day fast must not make every honest report after it "late".
-    pub at: DateTime<Utc>,
-    /// How far the appliance's clock is from ours, in seconds (positive: ahead), when the
-    /// report says: from the `Date` its collector sent the report with, else from a
-    /// `collected_at` later than its arrival. `None` when nothing tells.
-    pub clock_skew_seconds: Option<i64>,
-    pub cert_sha256: Vec<u8>,
-    /// When that certificate ends (set by `note_certificate`).
-    pub cert_not_after: Option<DateTime<Utc>>,
-    /// zstd-compressed JSON exactly as received.
-    pub body: Vec<u8>,
-    /// The body without smartctl's full outputs (and its dictionary), when the report carried
-    /// any: kept instead of `body` when the facts behind every such drive's verdict are those
-    /// of the appliance's previous report (see `batch::choose_bodies`).
-    pub body_without_evidence: Option<(Vec<u8>, Option<i16>)>,
-    /// The dictionary `body` was compressed with, if any.
-    pub body_dictionary: Option<i16>,
-    pub state: CurrentState,
-    pub drives: Vec<DriveRow>,
-    /// `/dev` names of devices present but without an identity (in standby, or not readable):
-    /// a drive last seen under one of these names has not disappeared.
-    pub unidentified_devices: Vec<String>,
-    /// Whether the SMART section was collected without a section-level error; only then can a
-    /// drive's absence mean it is gone.
-    pub smart_complete: bool,
-    pub filesystems: Vec<FilesystemRow>,
-    pub nics: Vec<NicRow>,
-    /// The boot the report came from: NIC counters restart with a new one.
-    pub boot_id: Option<Uuid>,
-    /// Whether the filesystem and NIC sections were collected without a section-level error:
-    /// only then may their alerts resolve on this report.
-    pub filesystems_complete: bool,
-    pub nics_complete: bool,
-    /// What the alert rules find in this report alone (rules judged by change are evaluated
-    /// in the batch, against the previous report).
-    pub findings: Vec<Finding>,
-}
-
-/// What a report says about the appliance's current state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CurrentState {
-    pub hostname: Option<String>,
-    pub system_uuid: Option<Uuid>,
-    pub machine_id: Option<String>,
-    pub app_version: Option<String>,
-    pub app_status: &'static str,
-    pub os: Option<String>,
-    pub kernel: Option<String>,
-    pub collector_version: String,
-    pub drive_count: i32,
-    pub failing_drive_count: i32,
-    /// Drives whose verdict from this report alone is `warning` (a rise since the previous
-    /// report is added by the batch, which knows it).
-    pub warning_drive_count: i32,
-    pub filesystem_count: i32,
-    pub nic_count: i32,
-    pub collection_errors: i32,
-    pub dropped_reports: i64,
-}
-
-impl CurrentState {
-    /// The versions the patch audit trail follows, by component name.
-    pub fn versions(&self) -> [(&'static str, Option<&str>); 4] {
-        [
-            ("app", self.app_version.as_deref()),
-            ("os", self.os.as_deref()),
-            ("kernel", self.kernel.as_deref()),
-            ("collector", Some(self.collector_version.as_str())),
-        ]
-    }
-}
+use crate::alerts::AlertsConfig;
+pub use crate::model::{
+    CurrentState, DriveRow, DriveSample, FilesystemRow, NicRow, PreparedReport,
+};
 
 /// Counters are u64 in the report and bigint in PostgreSQL; a value past i64::MAX is garbage
 /// from a broken drive or driver, kept verbatim in the body and saturated here rather than
