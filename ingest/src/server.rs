@@ -208,6 +208,19 @@ pub async fn serve_reports(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    serve_reports_with(listener, tls, state, app, shutdown).await
+}
+
+/// [`serve_reports`] with `app` in place of the report API: the same listener, connection
+/// slots, TLS (with the client certificate's identity as a request extension) and HTTP. The
+/// load generator measures the bare cost of a connection with an `app` that stores nothing.
+pub async fn serve_reports_with(
+    listener: TcpListener,
+    tls: ServerTls,
+    state: AppState,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let enrol_app = enrol_router(state.clone());
     let graceful = GracefulShutdown::new();
     let listeners = &state.metrics.listeners;

@@ -6,7 +6,10 @@
 //! every non-202 outcome. In the same run it measures the ceiling: the same number of reports
 //! inserted straight into PostgreSQL through the ingest's own `Storage::insert_report`, with the
 //! same concurrency and pool size, so the ratio between the two says how much the HTTP, TLS and
-//! parsing layers cost on this machine.
+//! parsing layers cost on this machine. With fresh connections it also measures the connection
+//! ceiling (the same connections, certificates and concurrency against the ingest's listener
+//! code answering without parsing or storing) and prints the combined limit of the machine,
+//! `1 / (1/database ceiling + 1/connection ceiling)`, and the ingest's ratio to it.
 //!
 //! With `--outage` it simulates instead the end of an ingest outage: every appliance holds a
 //! spool of undelivered reports and the whole fleet calls at once, delivering and retrying as the
@@ -37,7 +40,10 @@ use clap::Parser;
 
 /// Load generator for the phonehome ingest: N simulated appliances, each with its own client
 /// certificate, post M reports over mutual TLS; then the same number of reports go straight
-/// into PostgreSQL (the ceiling) and the ratio is printed.
+/// into PostgreSQL (the ceiling) and the ratio is printed. With fresh connections, the same
+/// connections then go to a listener that does the ingest's TLS and HTTP and stores nothing
+/// (the connection ceiling); `limit` combines both ceilings (1 / (1/db + 1/connection)), and
+/// `ratio ingest/limit` is the fresh path against what this machine can do.
 ///
 /// With --outage instead: the ingest was down, each of the N appliances holds --backlog reports
 /// in its spool, and at t0 the whole fleet calls at once; the run prints how long the fleet

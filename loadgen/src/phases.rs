@@ -105,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .max(usize::try_from(cli.concurrency()).unwrap_or(usize::MAX))
         },
     };
+    let server_files = pki.server.clone();
     let (target, local) = match (&cli.target, &pki.server) {
         (Some(url), _) => (setup::external_target(url).await?, None),
         (None, Some(files)) => {
@@ -157,21 +158,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let sent = ingest.tally.sent();
     let stored = ingest.tally.accepted;
+    let note = if cli.rate.is_some() || cli.duration_secs.is_some() {
+        " (the ingest was paced or time-limited: not a throughput comparison)"
+    } else {
+        ""
+    };
     if cli.no_ceiling || sent == 0 {
         println!("ceiling: skipped");
     } else {
         let mut ceiling = ceiling_phase(&cli, &fleet, &appliances, sent).await?;
         ok &= ceiling.print(&cli);
         if ceiling.rate() > 0.0 {
-            let note = if cli.rate.is_some() || cli.duration_secs.is_some() {
-                " (the ingest was paced or time-limited: not a throughput comparison)"
-            } else {
-                ""
-            };
             println!(
                 "ratio ingest/ceiling: {:.2}{note}",
                 ingest.rate() / ceiling.rate()
             );
+        }
+        // A fresh connection per report is work the machine does too: measured against the
+        // same listener code, certificates and concurrency, answering without storing.
+        match (&server_files, cli.keep_alive) {
+            (Some(files), false) if ceiling.rate() > 0.0 => {
+                let conn =
+                    connection_phase(&cli, sent, &fleet, &appliances, files, &admission).await?;
+                let t = &conn.tally;
+                println!(
+                    "connection ceiling: {} reports in {:.3} s: {:.0} reports/s over a fresh mutual-TLS connection each, answered without parsing or storing (same listener code, certificates, concurrency {}); failed: {}",
+                    t.sent(),
+                    conn.elapsed.as_secs_f64(),
+                    conn.rate(),
+                    cli.concurrency(),
+                    t.sent().saturating_sub(t.accepted),
+                );
+                if let Some(e) = &t.first_error {
+                    println!("connection ceiling: first error: {e}");
+                }
+                ok &= t.accepted == t.sent();
+                if conn.rate() > 0.0 {
+                    let limit = 1.0 / (1.0 / ceiling.rate() + 1.0 / conn.rate());
+                    println!(
+                        "limit: {limit:.0} reports/s (1 / (1/database ceiling + 1/connection ceiling))"
+                    );
+                    println!("ratio ingest/limit: {:.2}{note}", ingest.rate() / limit);
+                }
+            }
+            (_, true) => println!(
+                "connection ceiling: not measured (keep-alive: the ratio to the database ceiling is the one that counts)"
+            ),
+            _ => println!(
+                "connection ceiling: not measured (needs the in-process ingest's certificates; not with --target)"
+            ),
         }
     }
     let size2 = db.measure().await?;
@@ -528,6 +563,25 @@ async fn ingest_phase(
         tally,
         elapsed: start.elapsed(),
     }
+}
+
+/// The connection ceiling: the fresh path's sender against [`setup::NullIngest`].
+async fn connection_phase(
+    cli: &Cli,
+    reports: u64,
+    fleet: &Arc<Fleet>,
+    appliances: &Arc<Vec<Appliance>>,
+    files: &phonehome_ingest::config::TlsConfig,
+    admission: &setup::Admission,
+) -> anyhow::Result<Phase> {
+    let null =
+        setup::NullIngest::start(&cli.database_url, files, admission.max_connections).await?;
+    progress(format!(
+        "connection ceiling: {reports} fresh mutual-TLS connections to a listener that stores nothing"
+    ));
+    let phase = ingest_phase(cli, reports, fleet, appliances, &null.target).await;
+    null.stop().await?;
+    Ok(phase)
 }
 
 struct Ceiling {

@@ -478,6 +478,75 @@ impl LocalIngest {
     }
 }
 
+/// A listener that does the ingest's TLS and HTTP for reports and answers 202 without parsing
+/// or storing anything (`server::serve_reports_with`): the bare cost of a connection, for the
+/// connection ceiling.
+pub struct NullIngest {
+    pub target: Target,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl NullIngest {
+    /// Starts on 127.0.0.1:0 with the ingest's TLS files and connection limit. The state's
+    /// storage is never used (its pool connects lazily).
+    pub async fn start(
+        database_url: &str,
+        files: &TlsConfig,
+        max_connections: usize,
+    ) -> anyhow::Result<Self> {
+        let tls = tls::ServerTls::load(files, tls::DEFAULT_RENEW_GRACE)
+            .context("load the ingest's TLS files")?;
+        let storage = Storage::connect(database_url, 1)?;
+        let listener = phonehome_ingest::server::listen_reports(([127, 0, 0, 1], 0).into())
+            .context("listen on 127.0.0.1 for the connection ceiling")?;
+        let addr = listener.local_addr()?;
+        let state =
+            AppState::new(storage, DEFAULT_MAX_BODY_BYTES).with_max_connections(max_connections);
+        // The body is read to its end, as the ingest reads it, then dropped.
+        let app = axum::Router::new().route(
+            "/v1/reports",
+            axum::routing::post(|body: axum::body::Bytes| async move {
+                let _ = body.len();
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    [("content-type", "application/json")],
+                    r#"{"status":"discarded"}"#,
+                )
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(phonehome_ingest::server::serve_reports_with(
+            listener,
+            tls,
+            state,
+            app.layer(axum::extract::DefaultBodyLimit::max(DEFAULT_MAX_BODY_BYTES)),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(NullIngest {
+            target: Target {
+                addr,
+                server_name: ServerName::IpAddress(addr.ip().into()),
+                host: addr.to_string(),
+            },
+            stop,
+            task,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(40), self.task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e).context("the connection-ceiling listener failed"),
+            Ok(Err(e)) => Err(e).context("the connection-ceiling listener panicked"),
+            Err(_) => bail!("the connection-ceiling listener did not stop within 40 s"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
