@@ -8,7 +8,7 @@ use phonehome_tests::TestDb;
 mod common;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tiny_run_sends_every_report_and_measures_the_ceiling() {
+async fn a_tiny_run_sends_every_report_and_measures_both_ceilings() {
     let db = TestDb::new().await;
     let run = common::run_ok(
         db.url(),
@@ -21,12 +21,16 @@ async fn a_tiny_run_sends_every_report_and_measures_the_ceiling() {
     has("ceiling: 50 reports in ");
     has("errors: 0");
     has("ratio ingest/ceiling: ");
+    has("connection ceiling: 50 reports in ");
+    has("failed: 0");
+    has("limit: ");
+    has("ratio ingest/limit: ");
     has("bytes per report, tables + indexes");
 
     assert_eq!(
         db.count("reports").await,
         100,
-        "50 via the ingest + 50 via the ceiling"
+        "50 via the ingest + 50 via the ceiling; the connection ceiling stores nothing"
     );
     assert_eq!(db.count("appliances").await, 5);
 }
