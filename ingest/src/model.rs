@@ -101,7 +101,7 @@ pub struct PreparedReport {
     pub body: Vec<u8>,
     /// The body without smartctl's full outputs (and its dictionary), when the report carried
     /// any: kept instead of `body` when the facts behind every such drive's verdict are those
-    /// of the appliance's previous report (see `engine::choose_bodies`).
+    /// of the appliance's previous report (see `engine::keep_evidence`).
     pub body_without_evidence: Option<(Vec<u8>, Option<i16>)>,
     /// The dictionary `body` was compressed with, if any.
     pub body_dictionary: Option<i16>,

@@ -217,21 +217,37 @@ fn warning_drives(r: &PreparedReport, findings: &[Finding]) -> i32 {
         .saturating_add(i32::try_from(rose).unwrap_or(i32::MAX))
 }
 
-/// Whether report `r` keeps smartctl's full output: evidence when the facts behind a drive's
-/// verdict change, not every day for a condition that holds still. It keeps it unless every
-/// drive that carried it has the verdict facts the appliance's previous report had (kept in its
-/// rule state `state`); without a state, it keeps it.
-pub fn keeps_evidence(r: &PreparedReport, state: Option<&RuleState>) -> bool {
-    let Some(state) = state else {
-        return true;
-    };
-    !r.drives.iter().filter(|d| d.evidence).all(|d| {
-        d.sample.facts.is_some()
-            && state
-                .drives
-                .iter()
-                .any(|s| s.key == d.key && s.facts == d.sample.facts)
-    })
+/// Whether each of `reports` keeps smartctl's full output: evidence when the facts behind a
+/// drive's verdict change, not every day for a condition that holds still. A report keeps it
+/// unless every drive that carried it has the verdict facts of the appliance's report before it:
+/// the previous one in this batch, else the one its kept rule state describes (in `before`).
+/// Without either, it keeps it. The answers are in the order of `reports`.
+pub fn keep_evidence(reports: &[&PreparedReport], before: &HashMap<String, Before>) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..reports.len()).collect();
+    order.sort_by(|&a, &b| {
+        (reports[a].serial.as_str(), reports[a].at)
+            .cmp(&(reports[b].serial.as_str(), reports[b].at))
+    });
+    let mut keep = vec![true; reports.len()];
+    // The facts of the report before, by drive key, per appliance.
+    let mut last: HashMap<&str, HashMap<&str, Option<u64>>> = HashMap::new();
+    for i in order {
+        let r = reports[i];
+        let facts = last.entry(r.serial.as_str()).or_insert_with(|| {
+            before
+                .get(&r.serial)
+                .and_then(|b| b.rule_state.as_ref())
+                .map(|s| s.drives.iter().map(|d| (d.key.as_str(), d.facts)).collect())
+                .unwrap_or_default()
+        });
+        keep[i] = facts.is_empty()
+            || !r.drives.iter().filter(|d| d.evidence).all(|d| {
+                d.sample.facts.is_some() && facts.get(d.key.as_str()) == Some(&d.sample.facts)
+            });
+        facts.clear();
+        facts.extend(r.drives.iter().map(|d| (d.key.as_str(), d.sample.facts)));
+    }
+    keep
 }
 
 #[cfg(test)]
@@ -589,13 +605,28 @@ mod tests {
             r.smart.devices[0].reallocated_sectors = Some(reallocated);
             prepared_from(&r, &config)
         };
+        let keeps = |s: &Stored, reports: &[&PreparedReport]| {
+            let before = HashMap::from([(reports[0].serial.clone(), s.before.clone())]);
+            keep_evidence(reports, &before)
+        };
         let first = prepare(&r, 0, 0);
-        assert!(keeps_evidence(&first, None), "nothing to compare with");
+        assert_eq!(keeps(&s, &[&first]), [true], "nothing to compare with");
         s.deliver(&[&first], &config);
         let same = prepare(&r, 1, 0);
-        assert!(!keeps_evidence(&same, s.before.rule_state.as_ref()));
+        assert_eq!(keeps(&s, &[&same]), [false]);
         s.deliver(&[&same], &config);
         let worse = prepare(&r, 2, 8);
-        assert!(keeps_evidence(&worse, s.before.rule_state.as_ref()));
+        assert_eq!(keeps(&s, &[&worse]), [true]);
+
+        // Several days of one appliance in one batch (a spool delivered at once): each is
+        // compared with the day before it, whatever order they arrive in.
+        let s = Stored::new();
+        let (d0, d1, d2, d3) = (
+            prepare(&r, 0, 0),
+            prepare(&r, 1, 0),
+            prepare(&r, 2, 8),
+            prepare(&r, 3, 8),
+        );
+        assert_eq!(keeps(&s, &[&d3, &d1, &d0, &d2]), [false, false, true, true]);
     }
 }

@@ -43,15 +43,13 @@ pub(super) async fn write(
 
     let before = lock_appliances(tx, batch, &unique).await?;
     let cert_ids = certificate_ids(tx, batch, &unique, &before).await?;
-    let bodies: Vec<(&[u8], Option<i16>)> = unique
+    let candidates: Vec<&PreparedReport> = unique.iter().map(|&i| batch[i]).collect();
+    let bodies: Vec<(&[u8], Option<i16>)> = candidates
         .iter()
-        .map(|&i| {
-            let r = batch[i];
-            let state = before.get(&r.serial).and_then(|b| b.rule_state.as_ref());
-            match &r.body_without_evidence {
-                Some((lean, dict)) if !engine::keeps_evidence(r, state) => (lean.as_slice(), *dict),
-                _ => (r.body.as_slice(), r.body_dictionary),
-            }
+        .zip(engine::keep_evidence(&candidates, &before))
+        .map(|(r, keep)| match &r.body_without_evidence {
+            Some((lean, dict)) if !keep => (lean.as_slice(), *dict),
+            _ => (r.body.as_slice(), r.body_dictionary),
         })
         .collect();
 
