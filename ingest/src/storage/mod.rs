@@ -552,9 +552,12 @@ impl From<NoConnection> for StorageError {
 /// never saw the statement. PgBouncer 1.21 and later can track protocol-level prepared
 /// statements (`max_prepared_statements`); the 1.18 Debian bookworm ships cannot. So with
 /// `db_transaction_pooler` a statement sent outside an explicit transaction runs in a
-/// transaction of its own (statements pipelined together share one), is closed before that
-/// ends, and commits as it would have alone. Explicit transactions are unchanged; the batch
-/// writer closes its cached statements before it commits ([`Core::write_batch`]).
+/// transaction of its own (statements pipelined together share one), and commits as it would
+/// have alone; the batch writer closes its cached statements before it commits
+/// ([`Core::write_batch`]). A statement is closed only when the last row it returned is
+/// dropped, often after its transaction ended, on whatever server connection the pooler gives
+/// then: so every transaction through the pooler starts with `DEALLOCATE ALL`, and a name
+/// another process left behind on that server connection cannot collide with ours.
 pub(crate) struct Conn {
     /// Taken only when the connection is closed instead of pooled (see `Drop`).
     client: Option<Object>,
@@ -605,14 +608,20 @@ impl Conn {
         self.alone(self.object().execute(sql, params)).await
     }
 
-    /// An explicit transaction: the same through a pooler, which keeps its server connection.
+    /// An explicit transaction, which a pooler keeps on one server connection; through one it
+    /// starts by dropping what earlier clients left prepared there (see [`Conn`]).
     pub(crate) async fn transaction(
         &mut self,
     ) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
-        match &mut self.client {
-            Some(client) => client.transaction().await,
+        let pooler = self.pooler;
+        let tx = match &mut self.client {
+            Some(client) => client.transaction().await?,
             None => unreachable!("a connection's client is taken only while it is dropped"),
+        };
+        if pooler {
+            tx.batch_execute("DEALLOCATE ALL").await?;
         }
+        Ok(tx)
     }
 
     /// The connection's cache of prepared statements (`prepare_cached` in a transaction).
@@ -632,10 +641,8 @@ impl Conn {
         // BEGIN goes out on the first poll, ahead of any statement pipelined with this one.
         if self.running.fetch_add(1, Ordering::SeqCst) == 0 {
             // On failure `running` stays above zero: the connection is closed, not pooled.
-            self.object().batch_execute("BEGIN").await?;
+            self.object().batch_execute("BEGIN; DEALLOCATE ALL").await?;
         }
-        // The statement is closed (Close goes out) when its future ends: inside the
-        // transaction.
         let result = statement.await;
         if self.running.fetch_sub(1, Ordering::SeqCst) == 1 {
             // After a failed statement COMMIT rolls back, without an error of its own.
