@@ -266,6 +266,17 @@ impl Config {
         }
     }
 
+    /// The storage layer's settings for a one-shot command (`migrate`, `token`, `appliance`,
+    /// `ca`): one connection, through the pooler as `serve` goes.
+    pub fn command_storage_settings(&self) -> crate::storage::StorageSettings {
+        crate::storage::StorageSettings {
+            pool_size: 1,
+            writers: 1,
+            transaction_pooler: self.db_transaction_pooler,
+            ..crate::storage::StorageSettings::default()
+        }
+    }
+
     /// Loads defaults, then `path` (if given), then the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(path, std::env::vars())
@@ -875,6 +886,7 @@ mod tests {
         );
         assert!(!example.db_transaction_pooler);
         assert!(!example.storage_settings().transaction_pooler);
+        assert!(!example.command_storage_settings().transaction_pooler);
 
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
@@ -892,6 +904,10 @@ mod tests {
         assert!(c.db_transaction_pooler);
         let settings = c.storage_settings();
         assert!(settings.transaction_pooler);
+        assert!(
+            c.command_storage_settings().transaction_pooler,
+            "the CLI's commands go through the pooler too"
+        );
         assert!(settings.read_database_url.is_some());
         for debug in [format!("{c:?}"), format!("{settings:?}")] {
             assert!(
