@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the distribution packages phonehome's demo and tests need, if they are missing:
-# PostgreSQL server binaries (for a private cluster when no server is running), curl, and
+# PostgreSQL server binaries (for a private cluster when no server is running, and the read
+# replica test's primary and standby), PgBouncer (the transaction-pooling test), curl, and
 # Prometheus' tools (promtool and a Prometheus server for the rules tests, Alertmanager for the
 # alert delivery test), headless Chromium with its WebDriver for the browser tests, and QEMU with
 # what the virtual appliance image is built from.
@@ -13,6 +14,8 @@ have_pg_server() {
 }
 have_pg_server || need+=(postgresql)
 command -v curl >/dev/null || need+=(curl)
+# tests/tests/pgbouncer.rs runs Debian's PgBouncer (in /usr/sbin, off an ordinary user's PATH).
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v smartctl >/dev/null || [ -x /usr/sbin/smartctl ] || need+=(smartmontools)
@@ -54,8 +57,9 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 
-# The Prometheus packages start their services (Prometheus on :9090, Alertmanager on :9093)
-# where the init system lets them. The tests run their own on free ports and need none of these;
+# The Prometheus and PgBouncer packages start their services (Prometheus on :9090, Alertmanager
+# on :9093, PgBouncer on :6432) where the init system lets them. The tests run their own on free
+# ports and need none of these;
 # stop and disable the ones this script just installed, so a CI machine does not keep a
 # Prometheus scraping and writing to disk in the background. An operator's own, installed
 # before, is left alone.
@@ -69,6 +73,6 @@ stop_service() {
 }
 for pkg in "${need[@]}"; do
   case "$pkg" in
-    prometheus | prometheus-alertmanager) stop_service "$pkg" ;;
+    prometheus | prometheus-alertmanager | pgbouncer) stop_service "$pkg" ;;
   esac
 done

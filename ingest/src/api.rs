@@ -3,6 +3,9 @@
 //! versions) answer from the dashboard crate with the pages' own filters. Handlers check
 //! parameters and shape answers; the rows come from `storage::read`.
 //!
+//! Reads (everything under GET) go to the read database when `read_database_url` is set
+//! (`AppState::reads`); writes to the primary.
+//!
 //! Parameters are checked strictly (an unknown name or value is a 400 naming it) because a
 //! misspelt filter that is silently ignored returns the whole fleet and looks like an answer.
 
@@ -61,7 +64,7 @@ async fn appliance(
     let p = Params::new(query, &["days"])?;
     let days = p.days()?;
     match state
-        .storage
+        .reads
         .appliance_detail(&serial, days)
         .await
         .map_err(storage_error)?
@@ -81,7 +84,7 @@ async fn report(
         message: "report_id must be a UUID".into(),
     })?;
     match state
-        .storage
+        .reads
         .report_json(&serial, report_id)
         .await
         .map_err(storage_error)?
@@ -106,7 +109,7 @@ async fn lifecycle(
     let Path(serial) = path.map_err(bad_path)?;
     let serial = parse_serial(&serial)?;
     let stored = state
-        .storage
+        .reads
         .lifecycle(serial.as_str())
         .await
         .map_err(storage_error)?;
@@ -171,7 +174,7 @@ async fn labels(
     let Path(serial) = path.map_err(bad_path)?;
     let serial = parse_serial(&serial)?;
     let labels = state
-        .storage
+        .reads
         .labels(serial.as_str())
         .await
         .map_err(storage_error)?;
@@ -427,7 +430,7 @@ async fn audit(State(state): State<AppState>, query: QueryPairs) -> Result<Respo
         p.0.number::<i64>("before", 1, i64::MAX)
             .map_err(bad_parameter)?;
     let rows = state
-        .storage
+        .reads
         .audit_log(target.as_deref(), before, crate::storage::admin::AUDIT_PAGE)
         .await
         .map_err(storage_error)?;

@@ -47,6 +47,16 @@ pub struct TlsConfig {
 pub struct Config {
     /// libpq-style URL or key=value string; it may carry a password, hence `Secret`.
     pub database_url: Secret,
+    /// A streaming replica of `database_url` (same forms) that the dashboard, the JSON API and
+    /// `/metrics`' fleet counts read from; reports, alert evaluation, tokens, writes and
+    /// `/healthz` stay on the primary. Unset (or empty): everything on the primary.
+    pub read_database_url: Option<Secret>,
+    /// The database URLs lead to a transaction-pooling proxy that keeps no prepared statement
+    /// from one transaction to the next (PgBouncer before 1.21, or without
+    /// `max_prepared_statements`, in `pool_mode = transaction`): each statement outside an
+    /// explicit transaction then runs in one of its own, and the batch writer's statements are
+    /// prepared per batch.
+    pub db_transaction_pooler: bool,
     pub report_listen: SocketAddr,
     pub ops_listen: SocketAddr,
     pub tls: TlsConfig,
@@ -163,6 +173,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: Secret::new(DEFAULT_DATABASE_URL),
+            read_database_url: None,
+            db_transaction_pooler: false,
             report_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             ops_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: TlsConfig {
@@ -248,6 +260,19 @@ impl Config {
             batch_max: self.db_batch_max,
             retention_days: self.retention_days,
             alerts: std::sync::Arc::new(self.alerts.clone()),
+            transaction_pooler: self.db_transaction_pooler,
+            read_database_url: self.read_database_url.clone(),
+            ..crate::storage::StorageSettings::default()
+        }
+    }
+
+    /// The storage layer's settings for a one-shot command (`migrate`, `token`, `appliance`,
+    /// `ca`): one connection, through the pooler as `serve` goes.
+    pub fn command_storage_settings(&self) -> crate::storage::StorageSettings {
+        crate::storage::StorageSettings {
+            pool_size: 1,
+            writers: 1,
+            transaction_pooler: self.db_transaction_pooler,
             ..crate::storage::StorageSettings::default()
         }
     }
@@ -302,6 +327,9 @@ impl Config {
         config.alertmanager.dashboard_url =
             config.alertmanager.dashboard_url.filter(|v| !v.is_empty());
         config.pki.ca_dir = config.pki.ca_dir.filter(|p| !p.as_os_str().is_empty());
+        config.read_database_url = config
+            .read_database_url
+            .filter(|url| !url.expose().trim().is_empty());
         if !connections_given {
             // Follows max_in_flight unless set: see DEFAULT_MAX_CONNECTIONS.
             config.max_connections = config.max_in_flight.saturating_mul(2);
@@ -423,6 +451,13 @@ impl Config {
             .expose()
             .parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid(format!("database_url is not usable: {e}")))?;
+        if let Some(url) = &self.read_database_url {
+            url.expose()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("read_database_url is not usable: {e}"))
+                })?;
+        }
         self.alertmanager.validate()?;
         self.pki.validate()?;
         Ok(())
@@ -840,6 +875,82 @@ mod tests {
         assert!(e.contains("ops_max_connections"), "{e}");
         let e = refused("PHONEHOME_MAX_IN_FLIGHT_PER_APPLIANCE", "0");
         assert!(e.contains("max_in_flight_per_appliance"), "{e}");
+    }
+
+    #[test]
+    fn the_read_database_and_the_pooler_come_from_file_or_environment() {
+        let example = Config::load_with_env(Some(&example()), env(&[])).expect("example loads");
+        assert_eq!(
+            example.read_database_url, None,
+            "reads go to the primary by default"
+        );
+        assert!(!example.db_transaction_pooler);
+        assert!(!example.storage_settings().transaction_pooler);
+        assert!(!example.command_storage_settings().transaction_pooler);
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "read_database_url = \"postgres://reader:s3cret@replica:5432/phonehome\"\n\
+             db_transaction_pooler = true\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&p), env(&[])).unwrap();
+        assert_eq!(
+            c.read_database_url.as_ref().map(Secret::expose),
+            Some("postgres://reader:s3cret@replica:5432/phonehome")
+        );
+        assert!(c.db_transaction_pooler);
+        let settings = c.storage_settings();
+        assert!(settings.transaction_pooler);
+        assert!(
+            c.command_storage_settings().transaction_pooler,
+            "the CLI's commands go through the pooler too"
+        );
+        assert!(settings.read_database_url.is_some());
+        for debug in [format!("{c:?}"), format!("{settings:?}")] {
+            assert!(
+                !debug.contains("s3cret"),
+                "secret leaked into Debug: {debug}"
+            );
+        }
+
+        // The environment wins, and an empty value sends reads back to the primary.
+        let c = Config::load_with_env(
+            Some(&p),
+            env(&[
+                (
+                    "PHONEHOME_READ_DATABASE_URL",
+                    "host=/run/replica dbname=phonehome",
+                ),
+                ("PHONEHOME_DB_TRANSACTION_POOLER", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.read_database_url.as_ref().map(Secret::expose),
+            Some("host=/run/replica dbname=phonehome")
+        );
+        assert!(!c.db_transaction_pooler);
+        let c =
+            Config::load_with_env(Some(&p), env(&[("PHONEHOME_READ_DATABASE_URL", "")])).unwrap();
+        assert_eq!(c.read_database_url, None);
+
+        let e = Config::load_with_env(
+            None,
+            env(&[(
+                "PHONEHOME_READ_DATABASE_URL",
+                "postgres://replica:notaport/x",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("read_database_url"), "{e}");
+        let e = Config::load_with_env(None, env(&[("PHONEHOME_DB_TRANSACTION_POOLER", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PHONEHOME_DB_TRANSACTION_POOLER"), "{e}");
     }
 
     #[test]

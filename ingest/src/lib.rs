@@ -45,7 +45,11 @@ use crate::storage::Storage;
 /// Shared by every request handler; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The primary: reports, alert evaluation, tokens, every write, `/healthz`.
     pub storage: Storage,
+    /// What the dashboard, the read API and `/metrics`' fleet counts read through: the read
+    /// database when `read_database_url` is set, else the primary ([`Storage::reads`]).
+    pub reads: Storage,
     pub metrics: Arc<Metrics>,
     /// Largest accepted report, after decompression.
     pub max_body_bytes: usize,
@@ -91,9 +95,10 @@ impl AppState {
         AppState {
             auth: Arc::new(auth),
             dashboard: dashboard::DashboardSource::new(
-                storage.clone(),
+                storage.reads(),
                 dashboard::DEFAULT_COUNTS_MAX_AGE,
             ),
+            reads: storage.reads(),
             storage,
             metrics: Arc::new(metrics),
             max_body_bytes,
@@ -176,7 +181,7 @@ impl AppState {
     /// Sets how old the fleet-wide counts on the dashboard and `/metrics` may be (0: fresh
     /// for every view).
     pub fn with_counts_max_age(mut self, max_age: std::time::Duration) -> Self {
-        self.dashboard = dashboard::DashboardSource::new(self.storage.clone(), max_age);
+        self.dashboard = dashboard::DashboardSource::new(self.reads.clone(), max_age);
         self
     }
 
@@ -340,7 +345,8 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 
 /// For a load balancer: 503 while this replica turns reports away (every in-flight slot taken)
 /// or cannot reach PostgreSQL, so new connections go to a replica with room. `/healthz` stays
-/// about liveness and the database only.
+/// about liveness and the database only. A read database that does not answer is said but
+/// keeps the answer 200: reports are still taken, only pages and the read API are down.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.admission.available_permits() == 0 {
         return (
@@ -381,13 +387,25 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .filter(|(_, r)| !r.up)
         .map(|(name, r)| format!("{name} (restarted {} times)", r.restarts))
         .collect();
-    let ready = if down.is_empty() {
+    let mut notes = Vec::new();
+    if !down.is_empty() {
+        notes.push(format!(
+            "background task down, restarting: {}",
+            down.join(", ")
+        ));
+    }
+    if state.storage.has_read_database() {
+        if let Err(e) = read_side(&state).await {
+            notes.push(format!(
+                "read database (read_database_url) unavailable, the dashboard and read API \
+                 answer 503: {e}"
+            ));
+        }
+    }
+    let ready = if notes.is_empty() {
         "ready\n".to_owned()
     } else {
-        format!(
-            "ready; background task down, restarting: {}\n",
-            down.join(", ")
-        )
+        format!("ready; {}\n", notes.join("; "))
     };
     match state.storage.ping().await {
         Ok(()) => (StatusCode::OK, ready),
@@ -401,7 +419,24 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// How long `/readyz` and `/metrics` wait for the read database to answer: a replica that
+/// does not answer must not make a load balancer's check time out.
+const READ_SIDE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the database the dashboard reads from answers, within [`READ_SIDE_WAIT`].
+async fn read_side(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(READ_SIDE_WAIT, state.reads.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {READ_SIDE_WAIT:?}")),
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state
+        .metrics
+        .read_database_up
+        .set(i64::from(read_side(&state).await.is_ok()));
     let read = async {
         let counts = state.dashboard.fleet_counts().await?;
         let maintenance = state.storage.maintenance_last_success().await?;

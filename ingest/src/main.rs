@@ -179,7 +179,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => runtime()?.block_on(serve(Config::load(config.as_deref())?)),
         Command::Migrate { config } => runtime()?.block_on(async {
             let config = Config::load(config.as_deref())?;
-            let storage = Storage::connect(config.database_url.expose(), 1)?;
+            let storage = Storage::connect_with(
+                config.database_url.expose(),
+                config.command_storage_settings(),
+            )?;
             let applied = storage.migrate().await.context("apply migrations")?;
             println!("applied {} migration(s): {applied:?}", applied.len());
             Ok(())
@@ -353,7 +356,10 @@ fn cli_actor() -> String {
 /// The database for an operator's command, schema brought up to date first (the command may
 /// run before any `serve` did).
 async fn admin_storage(config: &Config) -> anyhow::Result<Storage> {
-    let storage = Storage::connect(config.database_url.expose(), 1)?;
+    let storage = Storage::connect_with(
+        config.database_url.expose(),
+        config.command_storage_settings(),
+    )?;
     storage
         .migrate()
         .await

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub batch_panics: IntCounter,
     /// 1 while every write fails for a reason not the report's (see `/readyz`).
     pub writes_failing: IntGauge,
+    /// 1 while the database the dashboard reads from (the read database, else the primary)
+    /// answers.
+    pub read_database_up: IntGauge,
     /// Supervised background tasks: restarts after a panic, and whether each runs now.
     pub task_restarts: IntCounterVec,
     pub task_up: IntGaugeVec,
@@ -257,6 +260,12 @@ impl Metrics {
              out of space, read-only, unreachable).",
         )
         .expect("static metric definition");
+        let read_database_up = IntGauge::new(
+            "phonehome_read_database_up",
+            "1 while the database the dashboard, the read API and the fleet gauges read from \
+             answers (read_database_url, else the primary); 0 while they answer 503.",
+        )
+        .expect("static metric definition");
         let task_restarts = IntCounterVec::new(
             Opts::new(
                 "phonehome_task_restarts_total",
@@ -277,6 +286,7 @@ impl Metrics {
             Box::new(duplicate_body_differs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(batch_panics.clone()),
             Box::new(writes_failing.clone()),
+            Box::new(read_database_up.clone()),
             Box::new(task_restarts.clone()),
             Box::new(task_up.clone()),
             Box::new(max_in_flight.clone()),
@@ -326,6 +336,7 @@ impl Metrics {
             duplicate_body_differs,
             batch_panics,
             writes_failing,
+            read_database_up,
             task_restarts,
             task_up,
             listeners,

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod pg;
 pub mod pki;
 pub mod proxy;
+pub mod scaleout;
 
 pub use pg::{TestDb, report_copies};
 

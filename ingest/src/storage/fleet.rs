@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{Storage, StorageError, session_unlock, try_session_lock};
+use super::{Storage, StorageError};
 
 /// Serialises the silence check across replicas.
 const SILENCE_LOCK: i64 = 8_424_200_005;
@@ -33,20 +33,24 @@ impl Storage {
     /// evaluation write nothing). A report resolves it, in the report's own batch. Returns how
     /// many were opened; `None` when another replica holds the check.
     pub async fn evaluate_silence(&self, hours: u32) -> Result<Option<u64>, StorageError> {
-        let client = self.pool().get().await?;
-        if !try_session_lock(&client, SILENCE_LOCK).await? {
+        let Some(lock) = self.try_lock(SILENCE_LOCK).await? else {
             return Ok(None);
-        }
+        };
+        let result = self.open_silence_alerts(hours).await;
+        let released = lock.release().await;
+        let opened = result?;
+        released?;
+        Ok(Some(opened))
+    }
+
+    /// [`Storage::evaluate_silence`]'s work, under its lock.
+    async fn open_silence_alerts(&self, hours: u32) -> Result<u64, StorageError> {
         // Judged in Rust by the lifecycle's own rules; the table holds what operators set by
         // hand, small next to the fleet.
-        let exempt = match self.lifecycles().await {
-            Ok(rows) => crate::lifecycle::silence_exempt_serials(&rows, chrono::Utc::now()),
-            Err(e) => {
-                session_unlock(&client, SILENCE_LOCK).await?;
-                return Err(e);
-            }
-        };
-        let result = client
+        let exempt =
+            crate::lifecycle::silence_exempt_serials(&self.lifecycles().await?, chrono::Utc::now());
+        let client = self.pool().get().await?;
+        Ok(client
             .execute(
                 // The alert's trigger sets the appliance's health, so the quiet appliances are
                 // locked first, in serial order as report batches lock them: the two queue
@@ -84,9 +88,7 @@ impl Storage {
                  ON CONFLICT (fingerprint) WHERE state = 'firing' DO NOTHING",
                 &[&i32::try_from(hours).unwrap_or(i32::MAX), &exempt],
             )
-            .await;
-        session_unlock(&client, SILENCE_LOCK).await?;
-        Ok(Some(result?))
+            .await?)
     }
 }
 

@@ -8,15 +8,14 @@
 #![warn(clippy::arithmetic_side_effects)]
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Object;
 use phonehome_schema::Report;
 
 use super::rows;
-use super::{Storage, StorageError};
+use super::{Conn, Storage, StorageError};
 
 const CHUNK: i64 = 200;
 
-pub(super) async fn convert(storage: &Storage, client: &Object) -> Result<(), StorageError> {
+pub(super) async fn convert(storage: &Storage, client: &Conn) -> Result<(), StorageError> {
     let present: bool = client
         .query_one("SELECT to_regclass('reports_legacy') IS NOT NULL", &[])
         .await?

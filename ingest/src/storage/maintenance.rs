@@ -1,15 +1,14 @@
 //! Housekeeping that must run once for the whole fleet, whichever replica does it: monthly
 //! partitions created ahead, retention by dropping whole months, the report-body dictionary,
-//! and the per-day version counts. Every replica runs the loop; a session-level advisory lock
-//! and the time of the last logged run make sure one run happens per interval.
+//! and the per-day version counts. Every replica runs the loop; an advisory lock (held by a
+//! transaction of its own, [`super::Lock`]) and the time of the last logged run make sure one
+//! run happens per interval.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
-use deadpool_postgres::Object;
-
 use super::evidence;
-use super::{Storage, StorageError, session_unlock, try_session_lock};
+use super::{Conn, Storage, StorageError};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 /// Tables partitioned by month of `collected_at`.
 pub const PARTITIONED: [&str; 4] = [
@@ -105,18 +104,21 @@ impl Month {
 
 /// Creates `month`'s partition of every partitioned table that lacks one; returns how many
 /// were created. Idempotent, and safe against other replicas doing the same.
-pub async fn ensure_month(client: &Object, month: Month) -> Result<u32, StorageError> {
-    let exists = client
-        .prepare_cached("SELECT to_regclass($1) IS NOT NULL")
-        .await?;
-    let mut missing = Vec::new();
-    for table in PARTITIONED {
-        let name = month.partition(table);
-        let present: bool = client.query_one(&exists, &[&name]).await?.get(0);
-        if !present {
-            missing.push(table);
-        }
-    }
+pub(crate) async fn ensure_month(client: &Conn, month: Month) -> Result<u32, StorageError> {
+    let names: Vec<String> = PARTITIONED.iter().map(|t| month.partition(t)).collect();
+    let absent: Vec<String> = client
+        .query(
+            "SELECT n FROM unnest($1::text[]) AS n WHERE to_regclass(n) IS NULL",
+            &[&names],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&str> = PARTITIONED
+        .into_iter()
+        .filter(|t| absent.contains(&month.partition(t)))
+        .collect();
     if missing.is_empty() {
         return Ok(0);
     }
@@ -160,20 +162,24 @@ pub async fn run_once(
     replica: &str,
     interval: Duration,
 ) -> Result<Option<RunSummary>, StorageError> {
-    let client = storage.pool().get().await?;
-    if !try_session_lock(&client, MAINTENANCE_LOCK).await? {
+    let Some(lock) = storage.try_lock(MAINTENANCE_LOCK).await? else {
         return Ok(None);
+    };
+    let result = async {
+        let mut client = storage.pool().get().await?;
+        run_locked(storage, &mut client, replica, interval).await
     }
-    let result = run_locked(storage, &client, replica, interval).await;
-    // Unlock even after a failure: the lock is per session and the session goes back to the
-    // pool.
-    session_unlock(&client, MAINTENANCE_LOCK).await?;
-    result
+    .await;
+    // Released after a failure too.
+    let released = lock.release().await;
+    let summary = result?;
+    released?;
+    Ok(summary)
 }
 
 async fn run_locked(
     storage: &Storage,
-    client: &Object,
+    client: &mut Conn,
     replica: &str,
     interval: Duration,
 ) -> Result<Option<RunSummary>, StorageError> {
@@ -208,7 +214,7 @@ async fn run_locked(
         summary.partitions_dropped =
             drop_expired(client, now, storage.settings().retention_days).await?;
         summary.dictionary_trained = train_dictionary(storage, client).await?.trained();
-        summary.version_days = version_counts(client, now).await?;
+        summary.version_days = version_counts(&mut *client, now).await?;
         summary.health_repaired = reconcile_health(client).await?;
         summary.reliability_drives = storage.compute_reliability().await?;
         analyze_current_state(client).await?;
@@ -241,7 +247,7 @@ async fn run_locked(
 /// a drive's health inside the writing transaction, so two batches that change alerts naming
 /// one drive at the same moment (a drive moved between two appliances reporting together) can
 /// each miss the other's uncommitted alert. Only rows that differ are written.
-async fn reconcile_health(client: &Object) -> Result<u64, StorageError> {
+async fn reconcile_health(client: &Conn) -> Result<u64, StorageError> {
     let appliances = client
         .execute(
             "UPDATE appliances a SET health = h.rank
@@ -289,7 +295,7 @@ pub async fn refresh_statistics(storage: &Storage) -> Result<(), StorageError> {
 /// million rows, in one 30,000-report keep-alive run) until new statistics invalidate it. Growth, not
 /// changes: every report updates its appliance's row, and analysing that table for it would
 /// throw away every writer's plans several times a second; autovacuum covers the rest.
-async fn analyze_current_state(client: &Object) -> Result<(), StorageError> {
+async fn analyze_current_state(client: &Conn) -> Result<(), StorageError> {
     let stale = client
         .query(
             "SELECT s.relname::text FROM pg_stat_user_tables s
@@ -310,7 +316,7 @@ async fn analyze_current_state(client: &Object) -> Result<(), StorageError> {
 
 /// Drops every month of history that ended more than `retention_days` ago.
 async fn drop_expired(
-    client: &Object,
+    client: &Conn,
     now: DateTime<Utc>,
     retention_days: u32,
 ) -> Result<u32, StorageError> {
@@ -369,7 +375,7 @@ impl DictionaryLook {
 /// for a full sample, or when the newest is older than a month.
 async fn train_dictionary(
     storage: &Storage,
-    client: &Object,
+    client: &Conn,
 ) -> Result<DictionaryLook, StorageError> {
     let newest = client
         .query_opt(
@@ -452,7 +458,7 @@ async fn train_dictionary(
 
 /// Recomputes how many appliances ran which version at the end of each day, for the days
 /// not computed yet and the last three (late reports can still change those).
-async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, StorageError> {
+async fn version_counts(client: &mut Conn, now: DateTime<Utc>) -> Result<u32, StorageError> {
     let today = now.date_naive();
     let row = client
         .query_one(
@@ -473,39 +479,27 @@ async fn version_counts(client: &Object, now: DateTime<Utc>) -> Result<u32, Stor
     .max(first_change.date_naive())
     .min(today);
     let days = u32::try_from((today - from).num_days() + 1).unwrap_or(0);
-    client.batch_execute("BEGIN").await?;
-    let result = async {
-        client
-            .execute(
-                "DELETE FROM version_counts_daily WHERE day BETWEEN $1 AND $2",
-                &[&from, &today],
-            )
-            .await?;
-        client
-            .execute(
-                "INSERT INTO version_counts_daily (day, component, version, appliances)
-                 SELECT d.day::date, v.component, coalesce(v.new_version, ''), count(*)
-                 FROM generate_series($1::date, $2::date, interval '1 day') AS d(day)
-                 CROSS JOIN LATERAL (
-                     SELECT DISTINCT ON (appliance_id, component) component, new_version
-                     FROM version_changes
-                     WHERE changed_at < d.day + interval '1 day'
-                     ORDER BY appliance_id, component, changed_at DESC, id DESC
-                 ) v
-                 GROUP BY 1, 2, 3",
-                &[&from, &today],
-            )
-            .await?;
-        Ok::<_, StorageError>(())
-    }
-    .await;
-    match result {
-        Ok(()) => client.batch_execute("COMMIT").await?,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-    }
+    let tx = client.transaction().await?;
+    tx.execute(
+        "DELETE FROM version_counts_daily WHERE day BETWEEN $1 AND $2",
+        &[&from, &today],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO version_counts_daily (day, component, version, appliances)
+         SELECT d.day::date, v.component, coalesce(v.new_version, ''), count(*)
+         FROM generate_series($1::date, $2::date, interval '1 day') AS d(day)
+         CROSS JOIN LATERAL (
+             SELECT DISTINCT ON (appliance_id, component) component, new_version
+             FROM version_changes
+             WHERE changed_at < d.day + interval '1 day'
+             ORDER BY appliance_id, component, changed_at DESC, id DESC
+         ) v
+         GROUP BY 1, 2, 3",
+        &[&from, &today],
+    )
+    .await?;
+    tx.commit().await?;
     Ok(days)
 }
 
@@ -592,11 +586,11 @@ pub async fn run_paced(
 /// reports. Cheap when there is nothing to do (a look at pg_stat_user_tables and a count
 /// capped at 2,000); skipped while another replica holds the maintenance lock.
 async fn young_look(storage: &Storage, settled: bool) -> Result<DictionaryLook, StorageError> {
-    let client = storage.pool().get().await?;
-    if !try_session_lock(&client, MAINTENANCE_LOCK).await? {
+    let Some(lock) = storage.try_lock(MAINTENANCE_LOCK).await? else {
         return Ok(DictionaryLook::Waiting);
-    }
+    };
     let result = async {
+        let client = storage.pool().get().await?;
         analyze_current_state(&client).await?;
         if settled {
             return Ok(DictionaryLook::Settled);
@@ -604,8 +598,10 @@ async fn young_look(storage: &Storage, settled: bool) -> Result<DictionaryLook, 
         train_dictionary(storage, &client).await
     }
     .await;
-    session_unlock(&client, MAINTENANCE_LOCK).await?;
-    result
+    let released = lock.release().await;
+    let look = result?;
+    released?;
+    Ok(look)
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Object;
 
-use super::{Storage, StorageError, session_unlock, try_session_lock};
+use super::{Lock, Storage, StorageError};
 
 /// Held by the replica sending alerts to Alertmanager this round.
 const NOTIFY_LOCK: i64 = 8_424_200_004;
@@ -48,33 +47,27 @@ pub struct OutgoingAlert {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-/// The notifier lock, and the session holding it, for one round. Dropped without
-/// [`NotifierLock::release`] (a round cancelled mid-way), its connection is closed rather than
-/// returned to the pool, which releases the lock for the other replicas.
+/// The notifier lock for one round: held by a transaction of its own ([`Lock`]), while the
+/// round's queries run on pooled connections, each committing as it goes. Dropped without
+/// [`NotifierLock::release`] (a round cancelled mid-way), the lock's connection is closed,
+/// which releases the lock for the other replicas.
 #[derive(Debug)]
 pub struct NotifierLock {
-    client: Option<Object>,
+    lock: Lock,
+    storage: Storage,
 }
 
 impl Storage {
     /// Takes the notifier lock unless another replica holds it (`None`: skip this round).
     pub async fn lock_notifier(&self) -> Result<Option<NotifierLock>, StorageError> {
-        let client = self.pool().get().await?;
-        let locked = try_session_lock(&client, NOTIFY_LOCK).await?;
-        Ok(locked.then_some(NotifierLock {
-            client: Some(client),
+        Ok(self.try_lock(NOTIFY_LOCK).await?.map(|lock| NotifierLock {
+            lock,
+            storage: self.clone(),
         }))
     }
 }
 
 impl NotifierLock {
-    fn client(&self) -> Result<&Object, StorageError> {
-        // Only `release` and `drop` take the client, and both consume the lock.
-        self.client
-            .as_ref()
-            .ok_or_else(|| StorageError::Unavailable("notifier lock already released".into()))
-    }
-
     /// Up to `limit` alerts of kind `due` with ids above `after_id`, in id order, so that a
     /// round pages through them and never reads one twice (a row not marked sent because it
     /// changed meanwhile waits for the next round).
@@ -85,7 +78,7 @@ impl NotifierLock {
         resend: Duration,
         limit: i64,
     ) -> Result<Vec<OutgoingAlert>, StorageError> {
-        let client = self.client()?;
+        let client = self.storage.pool().get().await?;
         let condition = match due {
             Due::Resolved => "a.state = 'resolved' AND NOT a.resolution_notified",
             Due::Firing => {
@@ -93,23 +86,21 @@ impl NotifierLock {
                      OR a.notified_at < now() - make_interval(secs => $3))"
             }
         };
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT a.id, a.xmin::text::bigint, a.rule, ap.serial, a.subject, a.severity,
+        let sql = format!(
+            "SELECT a.id, a.xmin::text::bigint, a.rule, ap.serial, a.subject, a.severity,
                         a.started_at, a.resolved_at, a.value, a.summary, a.notified_at IS NULL,
                         coalesce((SELECT jsonb_object_agg(l.name, l.value) FROM appliance_labels l
                                   WHERE l.serial = ap.serial), '{{}}'::jsonb)
                  FROM alerts a JOIN appliances ap ON ap.id = a.appliance_id
                  WHERE a.id > $1 AND {condition}
                  ORDER BY a.id LIMIT $2"
-            ))
-            .await?;
+        );
         let resend_secs = resend.as_secs_f64();
         let rows = match due {
-            Due::Resolved => client.query(&stmt, &[&after_id, &limit]).await?,
+            Due::Resolved => client.query(&sql, &[&after_id, &limit]).await?,
             Due::Firing => {
                 client
-                    .query(&stmt, &[&after_id, &limit, &resend_secs])
+                    .query(&sql, &[&after_id, &limit, &resend_secs])
                     .await?
             }
         };
@@ -140,45 +131,23 @@ impl NotifierLock {
         if sent.is_empty() {
             return Ok(0);
         }
-        let client = self.client()?;
+        let client = self.storage.pool().get().await?;
         // SKIP LOCKED: a row a report batch holds is being changed, so it is not ours to mark;
         // and never waiting on a batch's row locks means never deadlocking one.
-        let stmt = client
-            .prepare_cached(
-                "UPDATE alerts a SET notified_at = now(),
+        let sql = "UPDATE alerts a SET notified_at = now(),
                      resolution_notified = (a.state = 'resolved')
                  FROM (SELECT t.id FROM alerts t
                        JOIN unnest($1::bigint[], $2::bigint[]) AS s(id, version) ON t.id = s.id
                        WHERE t.xmin::text::bigint = s.version
                        FOR UPDATE OF t SKIP LOCKED) l
-                 WHERE a.id = l.id",
-            )
-            .await?;
+                 WHERE a.id = l.id";
         let ids: Vec<i64> = sent.iter().map(|a| a.id).collect();
         let versions: Vec<i64> = sent.iter().map(|a| a.version).collect();
-        Ok(client.execute(&stmt, &[&ids, &versions]).await?)
+        Ok(client.execute(sql, &[&ids, &versions]).await?)
     }
 
-    /// Releases the lock and returns the session to the pool.
-    pub async fn release(mut self) -> Result<(), StorageError> {
-        let Some(client) = self.client.take() else {
-            return Ok(());
-        };
-        match session_unlock(&client, NOTIFY_LOCK).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                // The session may still hold the lock: close it rather than pool it.
-                drop(Object::take(client));
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for NotifierLock {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(Object::take(client));
-        }
+    /// Releases the lock.
+    pub async fn release(self) -> Result<(), StorageError> {
+        self.lock.release().await
     }
 }
