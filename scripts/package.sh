@@ -80,7 +80,8 @@ mkdir -p "$target"
 target="$(cd "$target" && pwd -P)"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 
-log() { echo "package.sh: $*" >&2; }
+# Each line says how long the script has been running.
+log() { echo "package.sh [$((SECONDS / 60))m$((SECONDS % 60))s]: $*" >&2; }
 die() { echo "package.sh: error: $*" >&2; exit 1; }
 
 # The environment the binaries are compiled in. The same for every build (and for CI's other
