@@ -5,7 +5,8 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: scripts/package.sh [--out DIR] [--check | --check-reproducible] [--no-install]
+Usage: scripts/package.sh [--out DIR] [--check | --check-reproducible | --check-reproducible-clean]
+                          [--no-install]
        scripts/package.sh --print-build-env
 
 Builds phonehome-collector and phonehome-ingest (cargo build --release, each on its own) and
@@ -24,14 +25,22 @@ host and build time are fixed. Building twice from the same commit gives byte-id
   --out DIR               where the packages go (default target/packages)
   --check                 what CI runs: build, then dpkg-deb/rpm inspection, systemd-analyze
                           verify on the units as packaged, lintian on the .debs (no errors
-                          allowed), rpmlint on the .rpms (scripts/rpmlint.toml), an install /
-                          reinstall / remove / purge round of the .debs and an install / upgrade /
-                          erase round of the .rpms in a scratch root on this machine (the .deb
-                          round is skipped, saying so, when phonehome is installed here or its
-                          directories exist), then --check-reproducible
+                          allowed), rpmlint on the .rpms (scripts/rpmlint.toml), no build path
+                          in the binaries, an install / reinstall / remove / purge round of the
+                          .debs on this machine (skipped, saying so, when phonehome is installed
+                          here or its directories exist) and an install / reinstall / erase
+                          round of the .rpms in a scratch root, then --check-reproducible's
+                          second build and comparison of all four packages, with only the
+                          collector's crates compiled again (the ingest's binary is the first
+                          build's, repackaged): the ingest's second compile costs 6 to 7 minutes
+                          of CI's 45 on a loaded 2-core machine (docs/benchmarks.md)
   --check-reproducible    build, then build again from a copy of the source at another path, in
                           another time zone and with another umask (dependencies reused, the
                           workspace's crates recompiled) into a second directory, and compare
+  --check-reproducible-clean
+                          the same, but the second build compiles every crate again in an empty
+                          target directory of its own (at another path): as long as a build
+                          from nothing; also shows the dependencies compile reproducibly
   --no-install            do not install missing tools; fail naming them
   --print-build-env       print, as shell `export` lines, the environment the binaries are
                           compiled in (CARGO_TARGET_DIR, RUSTFLAGS, CFLAGS, SOURCE_DATE_EPOCH);
@@ -51,8 +60,12 @@ EOF
 # commit if it were the commit's time. The packages' timestamps are the commit's.
 COMPILE_SOURCE_DATE_EPOCH=946684800
 PACKAGES=(phonehome-collector phonehome-ingest)
+# The packages whose binaries a build compiles (the quick reproducibility check's second build
+# compiles only the collector's).
+COMPILE=("${PACKAGES[@]}")
 # Crates of the workspace the packaged binaries are built from (recompiled for the second build).
 WORKSPACE_CRATES=(phonehome-collector phonehome-ingest phonehome-schema phonehome-pki phonehome-dashboard)
+COLLECTOR_CRATES=(phonehome-collector phonehome-schema phonehome-pki)
 # command:Debian package, for what this script runs.
 TOOLS=(dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev rpmbuild:rpm rpm:rpm help2man:help2man lintian:lintian
   rpmlint:rpmlint systemd-analyze:systemd gzip:gzip sha256sum:coreutils)
@@ -66,6 +79,7 @@ while [ $# -gt 0 ]; do
     --out=*) out="${1#--out=}"; shift ;;
     --check) mode=check; shift ;;
     --check-reproducible) mode=reproducible; shift ;;
+    --check-reproducible-clean) mode=reproducible-clean; shift ;;
     --no-install) install_tools=0; shift ;;
     --print-build-env) mode=print-env; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -228,7 +242,7 @@ EOF
 compile() {
   local src="$1" package line
   while IFS= read -r line; do export "${line%%=*}=${line#*=}"; done < <(build_env)
-  for package in "${PACKAGES[@]}"; do
+  for package in "${COMPILE[@]}"; do
     log "cargo build --release --locked -p $package (from $src)"
     (cd "$src" && cargo build --release --locked -p "$package")
   done
@@ -421,12 +435,28 @@ check_reproducible() {
   (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
     while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
     tar --null -T - -cf -) | tar -xf - -C "$copy"
-  log "second build from $copy"
-  # The workspace's crates are compiled again (from the copy); the dependencies, compiled from
-  # the same registry sources with the same flags, are reused.
-  local clean=() c; for c in "${WORKSPACE_CRATES[@]}"; do clean+=(-p "$c"); done
-  (cd "$copy" && CARGO_TARGET_DIR="$target" cargo clean --quiet --release "${clean[@]}")
-  (umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+  if [ "${1:-}" = clean ]; then
+    # Everything compiled again, in a target directory of its own (at another path too).
+    local target2
+    target2="$(mktemp -d "${TMPDIR:-/tmp}/phonehome-repro-target.XXXXXX")"
+    log "second build from $copy, every crate compiled again in $target2"
+    (target="$target2" && umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    rm -rf "$target2"
+  else
+    # The workspace's crates are compiled again (from the copy); the dependencies, compiled
+    # from the same registry sources with the same flags, are reused. Quick: only the
+    # collector's crates; the ingest's binary is the first build's, packaged again.
+    local crates=("${WORKSPACE_CRATES[@]}") clean=() c
+    [ "${1:-}" = quick ] && crates=("${COLLECTOR_CRATES[@]}")
+    log "second build from $copy (compiled again: ${crates[*]})"
+    for c in "${crates[@]}"; do clean+=(-p "$c"); done
+    (cd "$copy" && CARGO_TARGET_DIR="$target" cargo clean --quiet --release "${clean[@]}")
+    if [ "${1:-}" = quick ]; then
+      (COMPILE=(phonehome-collector) && umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    else
+      (umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    fi
+  fi
   rm -rf "$copy"
   if diff -u "$out/SHA256SUMS" "$second/SHA256SUMS" >&2; then
     log "reproducible: both builds gave identical packages:"
@@ -632,6 +662,7 @@ build_packages "$repo" "$out"
 case "$mode" in
   build) ;;
   reproducible) check_reproducible ;;
+  reproducible-clean) check_reproducible clean ;;
   check)
     check_inspect
     check_units
@@ -640,7 +671,7 @@ case "$mode" in
     check_paths
     check_lifecycle
     check_rpm_round
-    check_reproducible
+    check_reproducible quick
     ;;
 esac
 log "done: $(cd "$out" && echo *.deb *.rpm) and SHA256SUMS in $out"
