@@ -217,10 +217,10 @@ debian_changelog() {
   } | gzip -9n >"$dest"
 }
 
-# The version as both package formats write it: a pre-release's "-" becomes "~", which sorts
+# The version as both package formats write it: every "-" of a pre-release becomes "~", which sorts
 # before the release (1.2.0~rc.1 < 1.2.0) in dpkg and rpm alike.
 package_version() {
-  echo "${1/-/\~}"
+  echo "${1//-/\~}"
 }
 
 debian_copyright() {
