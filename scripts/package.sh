@@ -5,44 +5,70 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: scripts/package.sh [--out DIR] [--check | --check-reproducible] [--no-install]
+Usage: scripts/package.sh [--out DIR] [--check | --check-reproducible | --check-reproducible-clean]
+                          [--no-install]
+       scripts/package.sh --print-build-env
 
-Builds phonehome-collector and phonehome-ingest (cargo build --release) and packages each as a
-.deb (cargo-deb) and an .rpm (cargo-generate-rpm) into DIR (default target/packages), with
-SHA256SUMS beside them. Installs what it needs when missing: the Debian packages lintian,
-rpmlint, rpm, help2man and dpkg-dev (apt-get), and cargo-deb and cargo-generate-rpm at pinned
-versions (cargo install --locked, kept in ~/.cargo/bin).
+Builds phonehome-collector and phonehome-ingest (cargo build --release, each on its own) and
+packages each as a .deb (dpkg-deb) and an .rpm (rpmbuild) into DIR (default target/packages),
+with SHA256SUMS beside them. Both formats are made from the same staged files: the binary, its
+man page (help2man, from its --help), the example configuration as a configuration file kept on
+upgrade, the systemd units (and the collector's cron file), and the maintainer scripts in
+collector/packaging/{deb,rpm} and ingest/packaging/{deb,rpm} (control templates, rpm specs).
+Installs the Debian packages it needs when missing (apt-get): dpkg-dev, rpm (rpmbuild), help2man,
+lintian, rpmlint, systemd (systemd-analyze). No cargo plugins are needed.
 
 The packages are reproducible: timestamps come from the commit (SOURCE_DATE_EPOCH, the time of
-HEAD), the build's paths are remapped out of the binaries, archives are sorted. Building twice
-from the same commit gives byte-identical files.
+HEAD), the build's paths are remapped out of the binaries, archives are sorted, the rpm's build
+host and build time are fixed. Building twice from the same commit gives byte-identical files.
 
   --out DIR               where the packages go (default target/packages)
-  --check                 what CI runs: build, then --check-reproducible's second build and
-                          comparison, lintian on the .debs (no errors allowed), rpmlint on the
-                          .rpms, dpkg-deb/rpm inspection, systemd-analyze verify on the units as
-                          packaged, and an install / reinstall / remove / purge round on this
-                          machine (skipped when phonehome is already installed or its
-                          directories exist)
-  --check-reproducible    build, then build again from a copy of the source at another path
-                          (dependencies reused, the workspace's crates rebuilt) into a second
-                          directory, and compare the two SHA256SUMS
-  --no-install            do not install tools; fail if one is missing
+  --check                 what CI runs: build, then dpkg-deb/rpm inspection, systemd-analyze
+                          verify on the units as packaged, lintian on the .debs (no errors
+                          allowed), rpmlint on the .rpms (scripts/rpmlint.toml), no build path
+                          in the binaries, an install / reinstall / remove / purge round of the
+                          .debs on this machine (skipped, saying so, when phonehome is installed
+                          here or its directories exist) and an install / reinstall / erase
+                          round of the .rpms in a scratch root, then --check-reproducible's
+                          second build and comparison of all four packages, with only the
+                          collector's crates compiled again (the ingest's binary is the first
+                          build's, repackaged): the ingest's second compile costs 6 to 7 minutes
+                          of CI's 45 on a loaded 2-core machine (docs/benchmarks.md)
+  --check-reproducible    build, then build again from a copy of the source at another path, in
+                          another time zone and with another umask (dependencies reused, the
+                          workspace's crates recompiled) into a second directory, and compare
+  --check-reproducible-clean
+                          the same, but the second build compiles every crate again in an empty
+                          target directory of its own (at another path): as long as a build
+                          from nothing; also shows the dependencies compile reproducibly
+  --no-install            do not install missing tools; fail naming them
+  --print-build-env       print, as shell `export` lines, the environment the binaries are
+                          compiled in (CARGO_TARGET_DIR, RUSTFLAGS, CFLAGS, SOURCE_DATE_EPOCH);
+                          a build in that environment is the packages' build, so cargo rebuilds
+                          nothing of it here (CI: eval "$(scripts/package.sh --print-build-env)",
+                          and later env -u SOURCE_DATE_EPOCH scripts/package.sh --check)
   -h, --help              this text
 
-Build-time variables: SOURCE_DATE_EPOCH (default: the commit time of HEAD),
-PHONEHOME_PACKAGE_TARGET_DIR (cargo target directory, default target/package-build).
+Variables: SOURCE_DATE_EPOCH (the packages' timestamps; default: the commit time of HEAD; the
+compilers always get a fixed one, see --print-build-env), PHONEHOME_PACKAGE_TARGET_DIR (cargo's
+target directory, default target/package-build).
 EOF
 }
 
-CARGO_DEB_VERSION=3.8.0
-# SOURCE_DATE_EPOCH for compiling (2000-01-01; see build_packages).
+# SOURCE_DATE_EPOCH for compiling (2000-01-01): it only fixes __DATE__ and __TIME__ in the C
+# dependencies, whose build scripts (cc) rebuild them whenever it changes, i.e. with every
+# commit if it were the commit's time. The packages' timestamps are the commit's.
 COMPILE_SOURCE_DATE_EPOCH=946684800
-CARGO_GENERATE_RPM_VERSION=0.21.1
-APT_TOOLS=(lintian rpmlint rpm help2man dpkg-dev)
 PACKAGES=(phonehome-collector phonehome-ingest)
-# Crates of the workspace the packaged binaries are built from (rebuilt for the second build).
+# The packages whose binaries a build compiles (the quick reproducibility check's second build
+# compiles only the collector's).
+COMPILE=("${PACKAGES[@]}")
+# Crates of the workspace the packaged binaries are built from (recompiled for the second build).
 WORKSPACE_CRATES=(phonehome-collector phonehome-ingest phonehome-schema phonehome-pki phonehome-dashboard)
+COLLECTOR_CRATES=(phonehome-collector phonehome-schema phonehome-pki)
+# command:Debian package, for what this script runs.
+TOOLS=(dpkg-deb:dpkg dpkg-shlibdeps:dpkg-dev rpmbuild:rpm rpm:rpm help2man:help2man lintian:lintian
+  rpmlint:rpmlint systemd-analyze:systemd gzip:gzip sha256sum:coreutils)
 
 out=""
 mode=build
@@ -53,7 +79,9 @@ while [ $# -gt 0 ]; do
     --out=*) out="${1#--out=}"; shift ;;
     --check) mode=check; shift ;;
     --check-reproducible) mode=reproducible; shift ;;
+    --check-reproducible-clean) mode=reproducible-clean; shift ;;
     --no-install) install_tools=0; shift ;;
+    --print-build-env) mode=print-env; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "package.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -61,63 +89,67 @@ done
 
 cd "$(dirname "$0")/.."
 repo="$(pwd -P)"
-out="${out:-$repo/target/packages}"
-mkdir -p "$out"
-out="$(cd "$out" && pwd -P)"
 target="${PHONEHOME_PACKAGE_TARGET_DIR:-$repo/target/package-build}"
 mkdir -p "$target"
 target="$(cd "$target" && pwd -P)"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 
-log() { echo "package.sh: $*" >&2; }
+# Each line says how long the script has been running.
+log() { echo "package.sh [$((SECONDS / 60))m$((SECONDS % 60))s]: $*" >&2; }
 die() { echo "package.sh: error: $*" >&2; exit 1; }
+
+# The environment the binaries are compiled in. The same for every build (and for CI's other
+# cargo steps, through --print-build-env), so dependencies are compiled once.
+build_env() {
+  # Paths that would otherwise end up in the binaries: panic locations of dependencies, code
+  # generated into OUT_DIR, C sources' __FILE__. The workspace's own sources are compiled by
+  # relative paths.
+  echo "CARGO_TARGET_DIR=$target"
+  echo "RUSTFLAGS=--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target"
+  echo "CFLAGS=-ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$target=/target"
+  echo "SOURCE_DATE_EPOCH=$COMPILE_SOURCE_DATE_EPOCH"
+}
+
+if [ "$mode" = print-env ]; then
+  build_env | while IFS= read -r line; do printf 'export %s=%q\n' "${line%%=*}" "${line#*=}"; done
+  exit 0
+fi
+
+out="${out:-$repo/target/packages}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd -P)"
 
 # --- tools ---------------------------------------------------------------------------------
 
-ensure_apt_tools() {
-  local missing=() pkg
-  for pkg in "${APT_TOOLS[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+ensure_tools() {
+  local missing=() entry
+  for entry in "${TOOLS[@]}"; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   [ "$install_tools" = 1 ] || die "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})"
-  command -v apt-get >/dev/null || die "missing: ${missing[*]}; this script installs them with apt-get (Debian/Ubuntu)"
+  command -v apt-get >/dev/null ||
+    die "missing: ${missing[*]} (Debian package names); this script installs them with apt-get (Debian/Ubuntu)"
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "run as root or install: ${missing[*]}"
+    command -v sudo >/dev/null || die "run as root, or install: ${missing[*]}"
     sudo=sudo
   fi
   log "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-# cargo SUBCOMMAND's version, or nothing when it is not installed.
-cargo_tool_version() {
-  cargo "$1" --version 2>/dev/null | awk '{print $NF}' | sed 's/^v//' || true
-}
-
-ensure_cargo_tool() {
-  local crate="$1" subcommand="$2" version="$3" have
-  have="$(cargo_tool_version "$subcommand")"
-  [ "$have" = "$version" ] && return 0
-  [ "$install_tools" = 1 ] || die "$crate $version is needed (have: ${have:-none}): cargo install --locked $crate@$version"
-  log "installing $crate $version (have: ${have:-none})"
-  cargo install --quiet --locked "$crate@$version"
-  have="$(cargo_tool_version "$subcommand")"
-  [ "$have" = "$version" ] || die "$crate: installed, but \`cargo $subcommand --version\` says ${have:-nothing}"
-}
-
-ensure_tools() {
-  ensure_apt_tools
-  ensure_cargo_tool cargo-deb deb "$CARGO_DEB_VERSION"
-  ensure_cargo_tool cargo-generate-rpm generate-rpm "$CARGO_GENERATE_RPM_VERSION"
+  for entry in "${TOOLS[@]}"; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || die "${entry%%:*} is still missing after installing ${entry#*:}"
+  done
 }
 
 # --- build ---------------------------------------------------------------------------------
 
 source_date_epoch() {
   if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then
+    [ "$SOURCE_DATE_EPOCH" != "$COMPILE_SOURCE_DATE_EPOCH" ] ||
+      die "SOURCE_DATE_EPOCH is the compilers' (from --print-build-env), not the packages': unset it (env -u SOURCE_DATE_EPOCH scripts/package.sh ...) to use the commit's time"
     echo "$SOURCE_DATE_EPOCH"
   elif git -C "$repo" rev-parse --verify -q HEAD >/dev/null; then
     git -C "$repo" log -1 --format=%ct HEAD
@@ -165,57 +197,203 @@ debian_changelog() {
   if [ -f "$src/CHANGELOG.md" ]; then
     entries="$(awk -v v="$version" '
       /^## / { if (inside) exit; inside = ($2 == v || $2 == "[" v "]" || index($0, "## " v " ") == 1) ; next }
-      inside && /^- / { sub(/^- /, ""); print "  * " $0 }' "$src/CHANGELOG.md")"
+      # Each entry wrapped at 80 columns, as Debian changelogs are.
+      inside && /^- / {
+        sub(/^- /, ""); line = "  *"
+        for (i = 1; i <= NF; i++) {
+          if (length(line) + 1 + length($i) > 80 && line != "  *") { print line; line = "   " }
+          line = line " " $i
+        }
+        print line
+      }' "$src/CHANGELOG.md")"
   fi
   [ -n "$entries" ] || entries="  * Release $version."
   {
-    echo "$package ($version-1) unstable; urgency=medium"
+    echo "$package ($(package_version "$version")-1) unstable; urgency=medium"
     echo
     echo "$entries"
     echo
     echo " -- phonehome maintainers <phonehome@localhost.invalid>  $(LC_ALL=C date -u -R -d "@$epoch")"
-  } >"$dest"
+  } | gzip -9n >"$dest"
+}
+
+# The version as both package formats write it: every "-" of a pre-release becomes "~", which sorts
+# before the release (1.2.0~rc.1 < 1.2.0) in dpkg and rpm alike.
+package_version() {
+  echo "${1//-/\~}"
+}
+
+debian_copyright() {
+  cat <<EOF
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: $1
+
+Files: *
+Copyright: 2026 The phonehome authors
+License: Apache-2.0
+ On Debian systems, the full text of the Apache License, Version 2.0 can be found
+ in /usr/share/common-licenses/Apache-2.0.
+EOF
+}
+
+# Compiles the binaries from SRC, each package on its own: cargo unifies features across the
+# packages of one build, and the collector must not get the ingest's (aws-lc among them;
+# ARCHITECTURE.md, Invariants).
+compile() {
+  local src="$1" package line
+  while IFS= read -r line; do export "${line%%=*}=${line#*=}"; done < <(build_env)
+  for package in "${COMPILE[@]}"; do
+    log "cargo build --release --locked -p $package (from $src)"
+    (cd "$src" && cargo build --release --locked -p "$package")
+  done
+}
+
+# Copies FILE to ROOT/PATH with MODE.
+put() {
+  local mode="$1" file="$2" dest="$3"
+  [ -f "$file" ] || die "missing: $file"
+  mkdir -p "$(dirname "$dest")"
+  cp "$file" "$dest"
+  chmod "$mode" "$dest"
+}
+
+# Stages PACKAGE's files for FORMAT (deb or rpm) under ROOT, from SRC and the generated files
+# in GEN (binary, man page, units rewritten for /usr/bin, Debian changelog).
+stage() {
+  local package="$1" format="$2" root="$3" src="$4" gen="$5" units doc
+  units="$root/usr/lib/systemd/system"
+  # Debian 12's systemd and lintian look for packaged units in /lib.
+  [ "$format" = deb ] && units="$root/lib/systemd/system"
+  doc="$root/usr/share/doc/$package"
+  put 0755 "$gen/$package" "$root/usr/bin/$package"
+  put 0644 "$gen/$package.1.gz" "$root/usr/share/man/man1/$package.1.gz"
+  case "$package" in
+    phonehome-collector)
+      put 0644 "$src/collector/packaging/collector.example.toml" "$root/etc/phonehome/collector.toml"
+      put 0644 "$gen/phonehome-collector.cron" "$root/etc/cron.d/phonehome-collector"
+      put 0644 "$gen/phonehome-collector.service" "$units/phonehome-collector.service"
+      put 0644 "$gen/phonehome-collector.timer" "$units/phonehome-collector.timer"
+      put 0644 "$src/collector/packaging/README.md" "$doc/README.md"
+      ;;
+    phonehome-ingest)
+      # 0640 root:phonehome once the user exists: the rpm's %attr, the .deb's postinst.
+      put 0644 "$src/ingest/ingest.example.toml" "$root/etc/phonehome/ingest.toml"
+      put 0644 "$src/ingest/packaging/phonehome-ingest.service" "$units/phonehome-ingest.service"
+      put 0644 "$src/ingest/packaging/phonehome-ingest.sysusers" "$root/usr/lib/sysusers.d/phonehome-ingest.conf"
+      ;;
+    *) die "stage: unknown package $package" ;;
+  esac
+  if [ "$format" = deb ]; then
+    local dir="${package#phonehome-}"
+    put 0644 "$gen/changelog.Debian.gz" "$doc/changelog.Debian.gz"
+    debian_copyright "$package" >"$doc/copyright"
+    chmod 0644 "$doc/copyright"
+    put 0644 "$src/$dir/packaging/deb/lintian-overrides" "$root/usr/share/lintian/overrides/$package"
+  fi
+  find "$root" -type d -exec chmod 0755 {} +
+}
+
+# The .deb of PACKAGE from its staged ROOT (DEBIAN/ is added there) into DEST.
+build_deb() {
+  local package="$1" root="$2" src="$3" version="$4" dest="$5" epoch="$6" dir arch depends size script err
+  dir="${package#phonehome-}"
+  arch="$(dpkg --print-architecture)"
+  # Shared-library dependencies, as dpkg-shlibdeps works them out (it wants a debian/control).
+  err="$(mktemp)"
+  local shlibs; shlibs="$(mktemp -d)"
+  mkdir "$shlibs/debian"
+  printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$package" "$package" >"$shlibs/debian/control"
+  depends="$(cd "$shlibs" && dpkg-shlibdeps -O -e"$root/usr/bin/$package" 2>"$err" | sed -n 's/^shlibs:Depends=//p')" ||
+    { cat "$err" >&2; die "dpkg-shlibdeps failed on $package"; }
+  [ -n "$depends" ] || { cat "$err" >&2; die "dpkg-shlibdeps found no dependencies of $package"; }
+  rm -rf "$shlibs" "$err"
+  mkdir -p "$root/DEBIAN"
+  # Installed-Size as dpkg-gencontrol counts it: KiB per file, rounded up, and 1 per directory.
+  size="$(cd "$root" && find . -path ./DEBIAN -prune -o ! -name . -printf '%y %s\n' |
+    awk '{ t += ($1 == "f") ? int(($2 + 1023) / 1024) : 1 } END { print t }')"
+  sed -e "s/@VERSION@/$(package_version "$version")-1/" -e "s/@ARCH@/$arch/" \
+    -e "s/@DEPENDS@/$depends/" -e "s/@INSTALLED_SIZE@/$size/" \
+    "$src/$dir/packaging/deb/control" >"$root/DEBIAN/control"
+  ! grep -q '@[A-Z_]*@' "$root/DEBIAN/control" || die "$dir/packaging/deb/control: a placeholder is left"
+  # Every file in /etc is a configuration file: dpkg keeps an administrator's changes.
+  (cd "$root" && find etc -type f | LC_ALL=C sort | sed 's#^#/#') >"$root/DEBIAN/conffiles"
+  (cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z |
+    xargs -0 md5sum) >"$root/DEBIAN/md5sums"
+  for script in postinst prerm postrm; do
+    put 0755 "$src/$dir/packaging/deb/$script" "$root/DEBIAN/$script"
+  done
+  chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
+  chmod 0755 "$root/DEBIAN"
+  find "$root" -exec touch -h -d "@$epoch" {} +
+  # dpkg-deb sorts the members and clamps times to SOURCE_DATE_EPOCH; one compressor thread,
+  # as xz's output with several depends on how many.
+  dpkg-deb --root-owner-group -Zxz --threads-max=1 --build "$root" \
+    "$dest/${package}_$(package_version "$version")-1_$arch.deb" >/dev/null
+}
+
+# The .rpm of PACKAGE from its staged ROOT into DEST.
+build_rpm() {
+  local package="$1" root="$2" src="$3" version="$4" dest="$5" epoch="$6" top dir
+  dir="${package#phonehome-}"
+  top="$(mktemp -d)"
+  find "$root" -exec touch -h -d "@$epoch" {} +
+  # Reproducible: the build time is SOURCE_DATE_EPOCH and no file is newer; the build host is a
+  # fixed name. The binaries go in as they are (no strip, no debuginfo, no build-id links:
+  # the release profile strips them, and the .deb has the same bytes). xz on one thread, which
+  # every rpm since 4.7 reads (zstd, rpm's default now, needs 4.14).
+  rpmbuild -bb --quiet \
+    --define "_topdir $top" \
+    --define "_tmppath $top/tmp" \
+    --define "_rpmdir $top/rpms" \
+    --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
+    --define "_buildhost phonehome-build" \
+    --define "use_source_date_epoch_as_buildtime 1" \
+    --define "clamp_mtime_to_source_date_epoch 1" \
+    --define "source_date_epoch_from_changelog 0" \
+    --define "_build_id_links none" \
+    --define "debug_package %{nil}" \
+    --define "__os_install_post %{nil}" \
+    --define "__arch_install_post %{nil}" \
+    --define "_binary_payload w6.xzdio" \
+    --define "phonehome_version $(package_version "$version")" \
+    --define "phonehome_root $root" \
+    "$src/$dir/packaging/rpm/$package.spec" >&2 || die "rpmbuild failed for $package"
+  mv "$top/rpms/"*.rpm "$dest/"
+  rm -rf "$top"
 }
 
 # Builds the binaries from SRC and packages them into DEST.
 build_packages() {
-  local src="$1" dest="$2" epoch version stage tz="${3:-UTC}"
+  local src="$1" dest="$2" tz="${3:-UTC}" epoch version gen package format
   epoch="$(source_date_epoch)"
   version="$(workspace_version "$src")"
   [ -n "$version" ] || die "no [workspace.package] version in $src/Cargo.toml"
   export TZ="$tz" LC_ALL=C.UTF-8
-  export CARGO_TARGET_DIR="$target"
-  # Paths that would otherwise end up in the binaries (panic locations of dependencies, code
-  # generated into OUT_DIR, C sources' __FILE__): the same flags for every build, so the
-  # dependencies are built once. The workspace's own sources are compiled by relative paths.
-  export RUSTFLAGS="--remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$target=/target"
-  export CFLAGS="-ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$target=/target"
-  log "building $version from $src (SOURCE_DATE_EPOCH=$epoch)"
-  # One build each: cargo unifies features across the packages of one build, and the collector
-  # must not get the ingest's (aws-lc among them; ARCHITECTURE.md, Invariants).
-  local package
-  for package in "${PACKAGES[@]}"; do
-    # The C dependencies' build scripts (cc) rebuild whenever SOURCE_DATE_EPOCH changes, which
-    # the commit time does with every commit: the compilers get a fixed one (it only fixes
-    # __DATE__ and __TIME__), the packages' timestamps the commit's.
-    (cd "$src" && SOURCE_DATE_EPOCH="$COMPILE_SOURCE_DATE_EPOCH" cargo build --release --locked -p "$package")
-  done
+  compile "$src"
   export SOURCE_DATE_EPOCH="$epoch"
+  log "packaging $version (SOURCE_DATE_EPOCH=$epoch, TZ=$TZ, umask $(umask)) into $dest"
 
-  stage="$target/release/packaging"
-  rm -rf "$stage"
-  mkdir -p "$stage/phonehome-collector" "$stage/phonehome-ingest"
+  local work="$target/packaging"
+  rm -rf "$work"
+  for package in "${PACKAGES[@]}"; do
+    gen="$work/gen/$package"
+    mkdir -p "$gen"
+    # A copy: the binary's own file in target/ stays as cargo left it.
+    cp "$target/release/$package" "$gen/$package"
+    debian_changelog "$src" "$package" "$version" "$epoch" "$gen/changelog.Debian.gz"
+  done
   # The collector's units and cron file run /usr/local/bin/phonehome-collector (a hand-installed
   # binary); the package's is /usr/bin/phonehome-collector. The cron line comes commented out:
   # nothing runs before the appliance is configured.
+  gen="$work/gen/phonehome-collector"
   local unit
   for unit in phonehome-collector.service phonehome-collector.timer phonehome-collector.cron; do
     sed 's#/usr/local/bin/phonehome-collector#/usr/bin/phonehome-collector#g' \
-      "$src/collector/packaging/$unit" >"$stage/phonehome-collector/$unit"
+      "$src/collector/packaging/$unit" >"$gen/$unit"
   done
-  grep -q '^ExecStart=/usr/bin/phonehome-collector ' "$stage/phonehome-collector/phonehome-collector.service" ||
+  grep -q '^ExecStart=/usr/bin/phonehome-collector ' "$gen/phonehome-collector.service" ||
     die "collector/packaging/phonehome-collector.service: no ExecStart=/usr/local/bin/phonehome-collector to rewrite"
-  local cron="$stage/phonehome-collector/phonehome-collector.cron"
+  local cron="$gen/phonehome-collector.cron"
   grep -q ' root .*/usr/bin/phonehome-collector run ' "$cron" ||
     die "collector/packaging/phonehome-collector.cron: no job line running /usr/local/bin/phonehome-collector"
   {
@@ -225,32 +403,20 @@ build_packages() {
     sed -E 's/^([0-9*].* root .*phonehome-collector run .*)$/#\1/' "$cron"
   } >"$cron.new"
   mv "$cron.new" "$cron"
-
-  man_page "$target/release/phonehome-collector" phonehome-collector \
+  man_page "$gen/phonehome-collector" phonehome-collector \
     "report this appliance's health to the phonehome ingest" \
-    "$stage/phonehome-collector/phonehome-collector.1.gz"
-  man_page "$target/release/phonehome-ingest" phonehome-ingest \
+    "$gen/phonehome-collector.1.gz"
+  man_page "$work/gen/phonehome-ingest/phonehome-ingest" phonehome-ingest \
     "receive phonehome reports over mutual TLS, keep the fleet's history, serve the dashboard" \
-    "$stage/phonehome-ingest/phonehome-ingest.1.gz"
-  for package in "${PACKAGES[@]}"; do
-    debian_changelog "$src" "$package" "$version" "$epoch" "$stage/$package/changelog"
-    gzip -9n <"$stage/$package/changelog" >"$stage/$package/changelog.Debian.gz"
-  done
-
-  # cargo-generate-rpm keeps a file's modification time when it is older than
-  # SOURCE_DATE_EPOCH (and clamps newer ones): every file the rpms take gets the commit's time.
-  # The binaries are copied first (touching cargo's own outputs could make it rebuild).
-  for package in "${PACKAGES[@]}"; do
-    cp "$target/release/$package" "$stage/$package/$package"
-  done
-  find "$stage" -type f -exec touch -h -d "@$epoch" {} +
-  (cd "$src" && touch -h -d "@$epoch" collector/packaging/collector.example.toml collector/packaging/README.md \
-    ingest/ingest.example.toml ingest/packaging/phonehome-ingest.service ingest/packaging/phonehome-ingest.sysusers)
+    "$work/gen/phonehome-ingest/phonehome-ingest.1.gz"
 
   rm -f "$dest"/*.deb "$dest"/*.rpm "$dest/SHA256SUMS"
   for package in "${PACKAGES[@]}"; do
-    (cd "$src" && cargo deb --quiet --no-build --no-strip -p "$package" --output "$dest/")
-    (cd "$src" && cargo generate-rpm -p "${package#phonehome-}" --target-dir "$target" --output "$dest/")
+    for format in deb rpm; do
+      stage "$package" "$format" "$work/$format/$package" "$src" "$work/gen/$package"
+    done
+    build_deb "$package" "$work/deb/$package" "$src" "$version" "$dest" "$epoch"
+    build_rpm "$package" "$work/rpm/$package" "$src" "$version" "$dest" "$epoch"
   done
   (cd "$dest" && sha256sum -- *.deb *.rpm >SHA256SUMS)
   log "packages in $dest:"
@@ -269,18 +435,56 @@ check_reproducible() {
   (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
     while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
     tar --null -T - -cf -) | tar -xf - -C "$copy"
-  log "second build from $copy"
-  local clean=() c; for c in "${WORKSPACE_CRATES[@]}"; do clean+=(-p "$c"); done
-  (cd "$copy" && CARGO_TARGET_DIR="$target" cargo clean --quiet --release "${clean[@]}")
-  build_packages "$copy" "$second" Pacific/Kiritimati
+  if [ "${1:-}" = clean ]; then
+    # Everything compiled again, in a target directory of its own (at another path too).
+    local target2
+    target2="$(mktemp -d "${TMPDIR:-/tmp}/phonehome-repro-target.XXXXXX")"
+    log "second build from $copy, every crate compiled again in $target2"
+    (target="$target2" && umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    rm -rf "$target2"
+  else
+    # The workspace's crates are compiled again (from the copy); the dependencies, compiled
+    # from the same registry sources with the same flags, are reused. Quick: only the
+    # collector's crates; the ingest's binary is the first build's, packaged again.
+    local crates=("${WORKSPACE_CRATES[@]}") clean=() c
+    [ "${1:-}" = quick ] && crates=("${COLLECTOR_CRATES[@]}")
+    log "second build from $copy (compiled again: ${crates[*]})"
+    for c in "${crates[@]}"; do clean+=(-p "$c"); done
+    (cd "$copy" && CARGO_TARGET_DIR="$target" cargo clean --quiet --release "${clean[@]}")
+    if [ "${1:-}" = quick ]; then
+      (COMPILE=(phonehome-collector) && umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    else
+      (umask 0002 && build_packages "$copy" "$second" Pacific/Kiritimati)
+    fi
+  fi
   rm -rf "$copy"
-  if diff -u "$out/SHA256SUMS" "$second/SHA256SUMS"; then
+  if diff -u "$out/SHA256SUMS" "$second/SHA256SUMS" >&2; then
     log "reproducible: both builds gave identical packages:"
     cat "$out/SHA256SUMS" >&2
     rm -rf "$second"
   else
     die "not reproducible: the packages in $out and $second differ (diffoscope shows how)"
   fi
+}
+
+# No path of this machine's build in the packaged binaries (what would make another machine's
+# build differ): the checkout, cargo's home and its target directory.
+check_paths() {
+  local f root leaks=0 p
+  root="$(mktemp -d)"
+  for f in "$out"/*.deb; do dpkg-deb -x "$f" "$root"; done
+  for f in "$root"/usr/bin/*; do
+    for p in "$repo" "$cargo_home" "$target"; do
+      if grep -qaF -- "$p" "$f"; then
+        log "$(basename "$f") contains the path $p:"
+        grep -aoF -- "$p" "$f" | head -n 3 >&2
+        leaks=1
+      fi
+    done
+  done
+  rm -rf "$root"
+  [ "$leaks" = 0 ] || die "build paths in the binaries (see above)"
+  log "no build paths in the binaries ($repo, $cargo_home, $target)"
 }
 
 check_lintian() {
@@ -404,6 +608,53 @@ check_lifecycle() {
   log "lifecycle: configuration and spool kept on reinstall and removal, gone on purge; nothing started"
 }
 
+# rpm --root ROOT ARGS..., its output shown but for the warning that this machine has no group
+# phonehome (the ingest's %pre makes it where the package is installed) and Debian's notice.
+rpm_root() {
+  local root="$1" output; shift
+  echo "+ rpm --root $root $*" >&2
+  output="$(rpm --root "$root" "$@" 2>&1)" || { echo "$output" >&2; die "rpm $* failed"; }
+  # Debian's rpm also warns that it is not Debian's package manager.
+  echo "$output" | grep -v -e 'group phonehome does not exist - using root' \
+    -e 'RPM should not be used directly install RPM packages, use Alien instead' \
+    -e 'However assuming you know what you are doing' >&2 || true
+}
+
+# Installs the .rpms into a scratch root (rpm --root, its own database; scriptlets not run, as
+# this is not an rpm system), reinstalls them over a changed configuration and erases them:
+# the configuration files are marked, keep an administrator's changes, and the ingest's is
+# root:phonehome 0640 in the package.
+check_rpm_round() {
+  local root rpms=("$out"/*.rpm) f
+  root="$(mktemp -d)"
+  log "rpm round in $root: install, reinstall, erase"
+  rpm --root "$root" --initdb
+  rpm_root "$root" -i --nodeps --noscripts "${rpms[@]}"
+  for f in /usr/bin/phonehome-collector /usr/bin/phonehome-ingest /etc/phonehome/collector.toml \
+    /etc/phonehome/ingest.toml /usr/lib/systemd/system/phonehome-collector.timer \
+    /usr/lib/systemd/system/phonehome-ingest.service /usr/share/man/man1/phonehome-ingest.1.gz \
+    /usr/share/man/man1/phonehome-collector.1.gz; do
+    [ -e "$root$f" ] || die "rpm -i did not install $f"
+  done
+  [ "$(rpm --root "$root" -qc phonehome-collector phonehome-ingest | LC_ALL=C sort | tr '\n' ' ')" = \
+    "/etc/cron.d/phonehome-collector /etc/phonehome/collector.toml /etc/phonehome/ingest.toml " ] ||
+    die "the rpms' configuration files are: $(rpm --root "$root" -qc phonehome-collector phonehome-ingest | tr '\n' ' ')"
+  [ "$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEGROUPNAME} %{FILENAMES}\n]' "$out"/phonehome-ingest-*.rpm |
+    grep ' /etc/phonehome/ingest.toml$')" = "-rw-r----- phonehome /etc/phonehome/ingest.toml" ] ||
+    die "/etc/phonehome/ingest.toml in the rpm is not -rw-r----- group phonehome"
+  echo "# changed by the administrator" >>"$root/etc/phonehome/collector.toml"
+  rpm_root "$root" -U --replacepkgs --nodeps --noscripts "${rpms[@]}"
+  grep -q "changed by the administrator" "$root/etc/phonehome/collector.toml" || die "rpm reinstall replaced collector.toml"
+  mkdir -p "$root/var/spool/phonehome" && echo '{}' >"$root/var/spool/phonehome/waiting.json"
+  rpm_root "$root" -e --nodeps --noscripts phonehome-collector phonehome-ingest
+  [ ! -e "$root/usr/bin/phonehome-collector" ] || die "rpm -e left the binary"
+  [ -f "$root/var/spool/phonehome/waiting.json" ] || die "rpm -e lost the spool"
+  grep -q "changed by the administrator" "$root/etc/phonehome/collector.toml.rpmsave" ||
+    die "rpm -e did not keep the changed configuration as collector.toml.rpmsave"
+  rm -rf "$root"
+  log "rpm round: configuration files marked and kept when changed, spool kept on erase"
+}
+
 # --- main ----------------------------------------------------------------------------------
 
 ensure_tools
@@ -411,13 +662,16 @@ build_packages "$repo" "$out"
 case "$mode" in
   build) ;;
   reproducible) check_reproducible ;;
+  reproducible-clean) check_reproducible clean ;;
   check)
     check_inspect
     check_units
     check_lintian
     check_rpmlint
+    check_paths
     check_lifecycle
-    check_reproducible
+    check_rpm_round
+    check_reproducible quick
     ;;
 esac
 log "done: $(cd "$out" && echo *.deb *.rpm) and SHA256SUMS in $out"

@@ -102,10 +102,12 @@ echo "$section"
 
 # 3. Commit and tag.
 git add Cargo.toml Cargo.lock CHANGELOG.md
-git -c user.name="${GIT_AUTHOR_NAME:-phonehome release}" -c user.email="${GIT_AUTHOR_EMAIL:-release@phonehome.invalid}" \
-  commit --quiet -m "Release $version"
-git -c user.name="${GIT_AUTHOR_NAME:-phonehome release}" -c user.email="${GIT_AUTHOR_EMAIL:-release@phonehome.invalid}" \
-  tag -a "v$version" -m "phonehome $version"
+# The releaser's git identity; a stand-in only where git has none (a CI machine, a dry run).
+identity=()
+git config user.name >/dev/null || identity+=(-c "user.name=${GIT_AUTHOR_NAME:-phonehome release}")
+git config user.email >/dev/null || identity+=(-c "user.email=${GIT_AUTHOR_EMAIL:-release@phonehome.invalid}")
+git "${identity[@]}" commit --quiet -m "Release $version"
+git "${identity[@]}" tag -a "v$version" -m "phonehome $version"
 if [ "$dry_run" = 1 ]; then
   git --no-pager show --stat --format='%H %s' HEAD >&2
 fi

@@ -107,3 +107,84 @@ fn the_service_and_cron_lines_use_flags_the_collector_accepts() {
         );
     }
 }
+
+/// The commands of a shell script or of an rpm spec's scriptlets, without comments and blank
+/// lines (a spec's preamble and `%files` are not commands, but hold no `systemctl` either).
+fn commands(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// What a maintainer script may ask of systemd: reload its view, stop and disable on removal,
+/// restart what was already running. Starting or enabling a unit would run the collector before
+/// the appliance has its certificate.
+fn assert_starts_nothing(name: &str, text: &str) {
+    for line in commands(text) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // The tool run, not looked up (`command -v deb-systemd-helper`).
+        let Some(at) = (0..words.len()).find(|&i| {
+            matches!(
+                words[i],
+                "systemctl" | "deb-systemd-invoke" | "deb-systemd-helper"
+            ) && (i == 0 || words[i - 1] != "-v")
+        }) else {
+            continue;
+        };
+        let verb = words[at + 1..]
+            .iter()
+            .find(|w| !w.starts_with("--"))
+            .unwrap_or_else(|| panic!("{name}: no verb in {line:?}"));
+        assert!(
+            matches!(
+                *verb,
+                "daemon-reload"
+                    | "stop"
+                    | "disable"
+                    | "try-restart"
+                    | "is-active"
+                    | "is-enabled"
+                    // deb-systemd-helper: record the unit's state, forget it on purge.
+                    | "update-state"
+                    | "purge"
+            ),
+            "{name}: {line:?} may start or enable a unit"
+        );
+    }
+}
+
+#[test]
+fn the_maintainer_scripts_start_and_enable_nothing() {
+    for script in ["deb/postinst", "deb/prerm", "deb/postrm"] {
+        assert_starts_nothing(script, &read(script));
+    }
+    assert_starts_nothing(
+        "rpm/phonehome-collector.spec",
+        &read("rpm/phonehome-collector.spec"),
+    );
+    // The checker itself: it would catch what it is for.
+    let caught = std::panic::catch_unwind(|| {
+        assert_starts_nothing(
+            "example",
+            "systemctl --now enable phonehome-collector.timer",
+        )
+    });
+    assert!(caught.is_err());
+}
+
+#[test]
+fn the_packages_mark_the_configuration_as_such() {
+    // dpkg: package.sh lists every file under /etc in conffiles. rpm: the spec says so.
+    let spec = read("rpm/phonehome-collector.spec");
+    for file in [
+        "/etc/phonehome/collector.toml",
+        "/etc/cron.d/phonehome-collector",
+    ] {
+        assert!(
+            spec.lines()
+                .any(|l| l.trim() == format!("%config(noreplace) {file}")),
+            "{file} is not %config(noreplace) in the spec"
+        );
+    }
+}

@@ -127,3 +127,77 @@ fn exec_start_uses_flags_the_ingest_accepts() {
         "{stderr}"
     );
 }
+
+/// What a maintainer script may ask of systemd: reload its view, stop and disable on removal,
+/// restart what was already running. Starting or enabling the ingest would run it before its
+/// database and PKI are configured.
+fn assert_starts_nothing(name: &str, text: &str) {
+    let commands = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for line in commands {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // The tool run, not looked up (`command -v deb-systemd-helper`).
+        let Some(at) = (0..words.len()).find(|&i| {
+            matches!(
+                words[i],
+                "systemctl" | "deb-systemd-invoke" | "deb-systemd-helper"
+            ) && (i == 0 || words[i - 1] != "-v")
+        }) else {
+            continue;
+        };
+        let verb = words[at + 1..]
+            .iter()
+            .find(|w| !w.starts_with("--"))
+            .unwrap_or_else(|| panic!("{name}: no verb in {line:?}"));
+        assert!(
+            matches!(
+                *verb,
+                "daemon-reload"
+                    | "stop"
+                    | "disable"
+                    | "try-restart"
+                    | "is-active"
+                    | "is-enabled"
+                    // deb-systemd-helper: record the unit's state, forget it on purge.
+                    | "update-state"
+                    | "purge"
+            ),
+            "{name}: {line:?} may start or enable the ingest"
+        );
+    }
+}
+
+#[test]
+fn the_maintainer_scripts_start_and_enable_nothing() {
+    for script in [
+        "packaging/deb/postinst",
+        "packaging/deb/prerm",
+        "packaging/deb/postrm",
+        "packaging/rpm/phonehome-ingest.spec",
+    ] {
+        let path = manifest(script);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_starts_nothing(script, &text);
+    }
+    let caught = std::panic::catch_unwind(|| {
+        assert_starts_nothing(
+            "example",
+            "deb-systemd-invoke start phonehome-ingest.service",
+        )
+    });
+    assert!(caught.is_err());
+}
+
+#[test]
+fn the_configuration_is_a_group_readable_conffile_in_the_rpm() {
+    let path = manifest("packaging/rpm/phonehome-ingest.spec");
+    let spec = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        spec.lines().any(|l| l.trim()
+            == "%attr(0640,root,phonehome) %config(noreplace) /etc/phonehome/ingest.toml"),
+        "{spec}"
+    );
+}
