@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks scripts/release.sh --dry-run: it prints a CHANGELOG section for the next version that
-# lists HEAD's commit, and leaves this checkout (HEAD, branches, tags, index, working tree) as it
+# lists the newest commit (merges left out), and leaves this checkout (HEAD, branches, tags, index, working tree) as it
 # was. Pass --with-packages to let the dry run build the packages too (slower).
 set -euo pipefail
 
@@ -33,9 +33,12 @@ failed=0
 check() {
   if eval "$2"; then echo "ok: $1"; else echo "FAILED: $1"; failed=$((failed + 1)); fi
 }
-subject="$(git log -1 --format=%s)"
+# The CHANGELOG leaves merge commits out (their branches' commits are listed): the newest
+# commit it lists is HEAD's, or the newest one a merge at HEAD brought in.
+subject="$(git log -1 --no-merges --format=%s)"
+short="$(git log -1 --no-merges --format=%h)"
 check "the dry run prints a section for $next" 'grep -q "^## $next - " <<<"$output"'
-check "the section lists HEAD's commit" 'grep -qF -- "- $subject ($(git rev-parse --short HEAD))" <<<"$output"'
+check "the section lists the newest commit" 'grep -qF -- "- $subject ($short)" <<<"$output"'
 check "the dry run committed and tagged in its clone" 'grep -q "tagged v$next" <<<"$output"'
 check "the checkout is unchanged" '[ "$before" = "$after" ]'
 check "no tag v$next here" '! git rev-parse --verify -q "refs/tags/v$next" >/dev/null'
