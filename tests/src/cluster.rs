@@ -138,11 +138,11 @@ impl RestartableCluster {
     }
 }
 
-fn path_str(p: &Path) -> &str {
+pub(crate) fn path_str(p: &Path) -> &str {
     p.to_str().expect("temporary directory paths are UTF-8")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The same test PrivateCluster makes: root owns /proc/self when we are root.
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)

@@ -12,6 +12,8 @@ use phonehome_ingest::pgcluster::{PrivateCluster, find_bindir};
 use phonehome_ingest::storage::{Storage, create_database};
 use tokio_postgres::NoTls;
 
+use crate::cluster::{is_root, path_str};
+
 /// A primary cluster and a hot standby streaming from it; both stopped and removed on drop.
 #[derive(Debug)]
 pub struct StreamingPair {
@@ -500,15 +502,4 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("temporary paths are UTF-8")
-}
-
-fn is_root() -> bool {
-    // The same test PrivateCluster makes: root owns /proc/self when we are root.
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }

@@ -342,7 +342,12 @@ impl AlertBook {
             .filter(|(_, a)| ends(config, a, at, judged, present_drives))
             .map(|(fp, _)| fp.clone())
             .collect();
-        for fp in ended {
+        self.end(ended, at);
+    }
+
+    /// Resolves the firing alerts `fingerprints` at `at`.
+    fn end(&mut self, fingerprints: Vec<String>, at: DateTime<Utc>) {
+        for fp in fingerprints {
             if let Some(mut a) = self.firing.remove(&fp) {
                 a.resolved_at = Some(at);
                 a.dirty = true;
@@ -413,12 +418,6 @@ impl AlertBook {
             .filter(|(_, a)| a.appliance_id == appliance_id && a.rule == rule)
             .map(|(fp, _)| fp.clone())
             .collect();
-        for fp in ended {
-            if let Some(mut a) = self.firing.remove(&fp) {
-                a.resolved_at = Some(at);
-                a.dirty = true;
-                self.done.push(a);
-            }
-        }
+        self.end(ended, at);
     }
 }
