@@ -296,16 +296,29 @@ pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError>
             });
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let report: Report = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = field_name(&path, &inner.to_string());
-        ApiError::Contract {
-            message: format!("{field}: {inner}"),
-            field,
+    // Tracking the path of every field costs a third of the typed parse (profile of the
+    // keep-alive path): only a body that fails is read again to name its field.
+    let report: Report = match serde_json::from_slice(json) {
+        Ok(report) => report,
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(json);
+            let e = match serde_path_to_error::deserialize::<_, Report>(&mut de) {
+                Err(e) => e,
+                Ok(_) => {
+                    return Err(ApiError::MalformedJson(
+                        "the report parsed only on the second reading".into(),
+                    ));
+                }
+            };
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let field = field_name(&path, &inner.to_string());
+            return Err(ApiError::Contract {
+                message: format!("{field}: {inner}"),
+                field,
+            });
         }
-    })?;
+    };
     report.check(now).map_err(|v| ApiError::Contract {
         message: v.to_string(),
         field: v.field,
@@ -482,15 +495,18 @@ impl Encoding {
 
     /// Decompresses at most `limit` bytes: a zip bomb stops at the limit, it never inflates.
     fn decode(self, raw: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+        // The body is already in memory: the decoders read it in place (`bufread`,
+        // `with_buffer`) instead of copying it through a 32 KiB buffer of their own each.
         let reader: Box<dyn Read + '_> = match self {
             Encoding::Identity => return Ok(raw.to_vec()),
-            Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+            Encoding::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
             Encoding::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(raw)
+                zstd::stream::read::Decoder::with_buffer(raw)
                     .map_err(|e| ApiError::BadEncoding(format!("zstd: {e}")))?,
             ),
         };
-        let mut out = Vec::new();
+        // A report's JSON is 2–4 times its gzip; starting there saves most regrowth.
+        let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
         reader
             .take((limit as u64).saturating_add(1))
             .read_to_end(&mut out)

@@ -40,10 +40,12 @@ use clap::Parser;
 
 /// Load generator for the phonehome ingest: N simulated appliances, each with its own client
 /// certificate, post M reports over mutual TLS; then the same number of reports go straight
-/// into PostgreSQL (the ceiling) and the ratio is printed. With fresh connections, the same
-/// connections then go to a listener that does the ingest's TLS and HTTP and stores nothing
-/// (the connection ceiling); `limit` combines both ceilings (1 / (1/db + 1/connection)), and
-/// `ratio ingest/limit` is the fresh path against what this machine can do.
+/// into PostgreSQL (the ceiling: as many appliances again, same pattern, serials
+/// `<prefix>C-…`, so each report is judged as the ingest's were) and the ratio is printed.
+/// With fresh connections, the same connections then go to a listener that does the ingest's
+/// TLS and HTTP and stores nothing (the connection ceiling); `limit` combines both ceilings
+/// (1 / (1/db + 1/connection)), and `ratio ingest/limit` is the fresh path against what this
+/// machine can do.
 ///
 /// With --outage instead: the ingest was down, each of the N appliances holds --backlog reports
 /// in its spool, and at t0 the whole fleet calls at once; the run prints how long the fleet
@@ -161,6 +163,12 @@ pub struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     db_pool_size: u64,
 
+    /// Concurrent batch writers of the in-process ingest and of the ceiling (its `db_writers`;
+    /// the ingest's default is 4), at most --db-pool-size. Fewer writers make bigger batches.
+    #[arg(long, default_value_t = 4, value_name = "W",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    db_writers: u64,
+
     /// Run the ingest in this process on 127.0.0.1 with a throwaway CA (the default).
     #[arg(long, conflicts_with = "target")]
     spawn_ingest: bool,
@@ -180,7 +188,8 @@ pub struct Cli {
     #[arg(long, conflicts_with = "outage")]
     no_ceiling: bool,
 
-    /// Prefix of the simulated serials (serial = prefix + 7-digit index).
+    /// Prefix of the simulated serials (serial = prefix + 7-digit index; the ceiling phase's
+    /// appliances are prefix + "C-" + index).
     #[arg(long, default_value = "LOADGEN-", value_name = "PREFIX")]
     serial_prefix: String,
 }

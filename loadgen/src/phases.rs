@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use phonehome_ingest::storage::{InsertOutcome, Storage};
-use phonehome_schema::Report;
+use phonehome_ingest::storage::InsertOutcome;
+use phonehome_ingest::tls::ApplianceIdentity;
+use phonehome_schema::{Report, Serial};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -18,6 +19,9 @@ use crate::Cli;
 use crate::fleet::Fleet;
 use crate::setup::{self, Appliance, LocalIngest, Target};
 use crate::{http, outage};
+
+/// Appended to `--serial-prefix` for the ceiling phase's appliances.
+const CEILING_PREFIX: &str = "C-";
 
 /// A report that has not been answered by then counts as a transport error (the collector's
 /// default `timeout_seconds` too).
@@ -109,7 +113,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let (target, local) = match (&cli.target, &pki.server) {
         (Some(url), _) => (setup::external_target(url).await?, None),
         (None, Some(files)) => {
-            let ingest = LocalIngest::start(&cli.database_url, files, pool, admission).await?;
+            let ingest = LocalIngest::start(
+                &cli.database_url,
+                files,
+                pool,
+                cli.db_writers as usize,
+                admission,
+            )
+            .await?;
             (ingest.target.clone(), Some(ingest))
         }
         (None, None) => anyhow::bail!("no target: neither --target nor an in-process ingest"),
@@ -141,10 +152,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         None => format!("ingest at {}", target.addr),
     };
     println!(
-        "phonehome-loadgen {}: {n} appliances, {m} reports ({days} day(s) each), concurrency {}, {mode}, {} bodies, db pool {pool}, {where_}",
+        "phonehome-loadgen {}: {n} appliances, {m} reports ({days} day(s) each), concurrency {}, {mode}, {} bodies, db pool {pool}, writers {}, {where_}",
         env!("CARGO_PKG_VERSION"),
         cli.concurrency(),
         if cli.gzip { "gzip JSON" } else { "JSON" },
+        cli.db_writers,
     );
     let _ = std::io::stdout().flush();
 
@@ -166,7 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     if cli.no_ceiling || sent == 0 {
         println!("ceiling: skipped");
     } else {
-        let mut ceiling = ceiling_phase(&cli, &fleet, &appliances, sent).await?;
+        let mut ceiling = ceiling_phase(&cli, days, &appliances, sent).await?;
         ok &= ceiling.print(&cli);
         if ceiling.rate() > 0.0 {
             println!(
@@ -598,12 +610,13 @@ impl Ceiling {
     fn print(&mut self, cli: &Cli) -> bool {
         let latency = self.tally.latency();
         println!(
-            "ceiling: {} reports in {:.3} s: {:.0} reports/s straight into PostgreSQL (Storage::insert_report, concurrency {}, pool {}); latency ms {latency}; errors: {}",
+            "ceiling: {} reports in {:.3} s: {:.0} reports/s straight into PostgreSQL (Storage::insert_report, appliances of its own, concurrency {}, pool {}, writers {}); latency ms {latency}; errors: {}",
             self.tally.accepted + self.tally.duplicate + self.errors,
             self.elapsed.as_secs_f64(),
             self.rate(),
             cli.concurrency(),
             cli.db_pool_size,
+            cli.db_writers,
             self.errors,
         );
         if let Some(e) = &self.tally.first_error {
@@ -618,11 +631,33 @@ impl Ceiling {
 /// reach if HTTP, TLS and parsing cost nothing.
 async fn ceiling_phase(
     cli: &Cli,
-    fleet: &Arc<Fleet>,
+    days: u64,
     appliances: &Arc<Vec<Appliance>>,
     count: u64,
 ) -> anyhow::Result<Ceiling> {
-    let storage = Storage::connect(&cli.database_url, cli.db_pool_size as usize)?;
+    // Appliances of their own, with the same fleet's pattern (fates, drives, drift): sent to
+    // the ingest's appliances, every report would be older than what the ingest phase stored,
+    // so late, judging nothing and updating no current state, which is less work than the
+    // ingest phase did per report and made the ceiling too high.
+    let fleet = Fleet::new(days, &format!("{}{CEILING_PREFIX}", cli.serial_prefix))?;
+    let appliances: Vec<(Serial, ApplianceIdentity)> = appliances
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let serial = fleet.serial(i as u64)?;
+            let identity = ApplianceIdentity {
+                serial: serial.clone(),
+                ..a.identity.clone()
+            };
+            Ok((serial, identity))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let (fleet, appliances) = (Arc::new(fleet), Arc::new(appliances));
+    let storage = setup::storage(
+        &cli.database_url,
+        cli.db_pool_size as usize,
+        cli.db_writers as usize,
+    )?;
     progress(format!(
         "ceiling phase: inserting {count} reports straight into PostgreSQL"
     ));
@@ -644,8 +679,8 @@ async fn ceiling_phase(
                     return (t, errors);
                 }
                 let (i, day) = (k % n, k / n);
-                let a = &appliances[i as usize];
-                let report: Report = fleet.report(&a.serial, i, day);
+                let (serial, identity) = &appliances[i as usize];
+                let report: Report = fleet.report(serial, i, day);
                 let body = match serde_json::to_string(&report) {
                     Ok(b) => b,
                     Err(e) => {
@@ -656,7 +691,7 @@ async fn ceiling_phase(
                     }
                 };
                 let started = Instant::now();
-                let result = storage.insert_report(&report, &a.identity, &body).await;
+                let result = storage.insert_report(&report, identity, &body).await;
                 done.fetch_add(1, Ordering::Relaxed);
                 match result {
                     Ok(InsertOutcome::Stored) => t.accepted += 1,

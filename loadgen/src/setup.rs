@@ -37,6 +37,17 @@ pub struct Appliance {
     pub identity: ApplianceIdentity,
 }
 
+/// A storage handle with the ingest's default settings but `pool_size` connections and
+/// `writers` batch writers (at most one per connection).
+pub fn storage(database_url: &str, pool_size: usize, writers: usize) -> anyhow::Result<Storage> {
+    let settings = phonehome_ingest::storage::StorageSettings {
+        pool_size,
+        writers: writers.clamp(1, pool_size.max(1)),
+        ..Default::default()
+    };
+    Ok(Storage::connect_with(database_url, settings)?)
+}
+
 /// Where reports go.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -410,11 +421,12 @@ impl LocalIngest {
         database_url: &str,
         files: &TlsConfig,
         pool_size: usize,
+        writers: usize,
         admission: Admission,
     ) -> anyhow::Result<Self> {
         let tls = tls::ServerTls::load(files, tls::DEFAULT_RENEW_GRACE)
             .context("load the ingest's TLS files")?;
-        let storage = Storage::connect(database_url, pool_size)?;
+        let storage = storage(database_url, pool_size, writers)?;
         storage
             .load_dictionaries()
             .await
