@@ -233,6 +233,47 @@ async fn every_report_becomes_time_series_and_current_state() {
     );
 }
 
+/// An appliance that reports far more often than daily (by hand, or a hostile one) costs a
+/// chart no more than four bodies a day of its window: the newest report of each slice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_decodes_at_most_four_bodies_a_day_however_often_an_appliance_reported() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 2).expect("storage");
+    let mut sent = Vec::new();
+    for k in 0..12i64 {
+        let mut r = report("SN-OFTEN", 0);
+        r.collected_at = Utc::now() - Duration::hours(22) + Duration::hours(2 * k);
+        r.filesystems.filesystems[0].bytes_used = 1_000 + k as u64;
+        store(&storage, &r).await;
+        sent.push(r);
+    }
+    let detail = storage
+        .appliance_detail("SN-OFTEN", 1)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(detail.history.reports.len(), 12, "every report is listed");
+    let used: Vec<i64> = detail.history.filesystems[0]
+        .samples
+        .iter()
+        .map(|p| p.bytes_used)
+        .collect();
+    assert!(
+        (2..=4).contains(&used.len()),
+        "a day's window decodes at most 4 bodies: {used:?}"
+    );
+    assert!(used.windows(2).all(|w| w[0] < w[1]), "oldest first: {used:?}");
+    assert_eq!(used.last(), Some(&1_011), "the newest report is always read");
+    assert_eq!(detail.filesystems[0].sample.bytes_used, 1_011);
+    // A window long enough for all of them reads all of them.
+    let week = storage
+        .appliance_detail("SN-OFTEN", 7)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(week.history.filesystems[0].samples.len(), 12);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn drives_appear_disappear_and_move_between_appliances() {
     let db = TestDb::new().await;

@@ -402,18 +402,18 @@ fn series(
     for r in readings {
         for (key, sample) in &r.drives {
             drives
-                .entry(key)
+                .entry(key.as_str())
                 .or_default()
                 .push(DriveReading::new(r.at, sample));
         }
         for f in &r.filesystems {
             filesystems
-                .entry(&f.mount_point)
+                .entry(f.mount_point.as_str())
                 .or_default()
                 .push(filesystem_point(r.at, f));
         }
         for n in &r.nics {
-            nics.entry(&n.name).or_default().push(nic_point(r.at, n));
+            nics.entry(n.name.as_str()).or_default().push(nic_point(r.at, n));
         }
     }
     (

@@ -174,6 +174,12 @@ pub(crate) async fn window(
         return Ok(rows.iter().rev().map(|r| StoredBody::from_row(r, 0)).collect());
     }
     // More reports than the chart can use: the newest of each slice, one index probe each.
+    // The slices span what is there (up to the newest report), not the empty future.
+    let to = rows
+        .first()
+        .map(|r| r.get::<_, DateTime<Utc>>(0))
+        .and_then(|newest| newest.checked_add_signed(Duration::microseconds(1)))
+        .map_or(to, |end| end.min(to));
     let span_ms = to.signed_duration_since(from).num_milliseconds();
     let slice_secs = span_ms as f64 / 1000.0 / cap as f64;
     let rows = client
@@ -265,5 +271,69 @@ impl Storage {
     pub(crate) async fn reading(&self, body: &StoredBody) -> Result<Option<Readings>, StorageError> {
         self.know_dictionaries(std::slice::from_ref(body)).await?;
         Ok(decode(self.codec(), &self.settings.alerts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../schema/examples/report.json");
+
+    #[test]
+    fn a_body_reads_back_as_the_rows_the_write_path_made_of_it() {
+        let report: Report = serde_json::from_str(EXAMPLE).expect("the example");
+        let alerts = AlertsConfig::default();
+        let prepared = rows::prepare(&report, &[0; 32], Utc::now(), (vec![], None), &alerts);
+        let codec = Codec::default();
+        let (body, dictionary) = codec.compress(EXAMPLE.as_bytes()).expect("zstd");
+        let stored = StoredBody {
+            collected_at: report.collected_at,
+            received_at: Utc::now(),
+            body,
+            dictionary,
+        };
+        let r = decode(&codec, &alerts, &stored).expect("readable");
+        assert_eq!(r.at, report.collected_at);
+        let written: Vec<(String, DriveSample)> = prepared
+            .drives
+            .iter()
+            .map(|d| {
+                let mut sample = d.sample.clone();
+                sample.facts = None;
+                (d.key.clone(), sample)
+            })
+            .collect();
+        assert_eq!(r.drives, written);
+        assert!(!r.drives.is_empty());
+        assert_eq!(r.filesystems, prepared.filesystems);
+        assert_eq!(r.nics, prepared.nics);
+        // A clock running ahead: the reading is dated when it arrived.
+        let early = StoredBody {
+            received_at: report
+                .collected_at
+                .checked_sub_signed(Duration::hours(3))
+                .expect("a time"),
+            ..stored.clone()
+        };
+        assert_eq!(
+            decode(&codec, &alerts, &early).map(|r| r.at),
+            Some(early.received_at)
+        );
+        // What cannot be read is left out, not an error.
+        let broken = StoredBody {
+            body: vec![0],
+            ..stored
+        };
+        assert!(decode(&codec, &alerts, &broken).is_none());
+    }
+
+    #[test]
+    fn a_window_decodes_four_bodies_a_day_of_its_span() {
+        let t = Utc::now();
+        let back = |days| t.checked_sub_signed(Duration::days(days)).expect("a time");
+        assert_eq!(cap_for(t, t), BODIES_PER_DAY);
+        assert_eq!(cap_for(t, back(3)), BODIES_PER_DAY);
+        assert_eq!(cap_for(back(365), t), BODIES_PER_DAY.saturating_mul(366));
     }
 }
