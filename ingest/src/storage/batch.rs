@@ -1,7 +1,7 @@
 //! One transaction for a batch of reports: the reports (whose bodies are the time series), the
-//! appliances' current state, drive membership, version changes and identity events commit together or not
-//! at all. Rows go in as arrays (`unnest`), so a batch of 50 reports costs about as many round
-//! trips as one.
+//! appliances' current state, drive membership, version changes and identity events commit
+//! together or not at all. Rows go in as arrays (`unnest`), so a batch of 50 reports costs about
+//! as many round trips as one.
 //!
 //! Appliance rows are locked in serial order first: two batches (or two replicas) that touch the
 //! same appliances queue behind each other instead of deadlocking, and what this batch derives

@@ -663,7 +663,7 @@ impl Storage {
             return Ok(None);
         };
         let collected_at = report.collected_at;
-        let now = readings::Readings::of(&report, newest.at(), &self.settings.alerts);
+        let readings_now = readings::Readings::of(&report, newest.at(), &self.settings.alerts);
         let Some(dev) = report
             .smart
             .devices
@@ -675,7 +675,7 @@ impl Storage {
         // What rose between the previous report and the newest: the history half of the
         // verdict, as `disk_degrading` judged it when the newest arrived (against the previous
         // report only, as the rules' kept state holds it).
-        let rises = match (&previous, now.drive(key)) {
+        let rises = match (&previous, readings_now.drive(key)) {
             (Some(previous), Some(current)) => match self.reading(previous).await? {
                 Some(before) => before
                     .drive(key)

@@ -14,7 +14,7 @@ pub mod maintenance;
 pub mod notify;
 mod previous;
 pub mod read;
-pub mod readings;
+mod readings;
 pub mod reliability;
 pub mod rows;
 pub mod writer;
