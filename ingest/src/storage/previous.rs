@@ -72,8 +72,10 @@ pub(super) async fn load_history(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let points = i64::try_from(trend_points(config)).unwrap_or(i64::MAX);
     let filling = config.filesystem_filling.enabled;
+    let previous_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&ids, &at, &ahead_hours, &batch];
     let (previous, filesystems) = tokio::try_join!(
-        tx.query(&previous, &[&ids, &at, &ahead_hours, &batch]),
+        tx.query(&previous, &previous_params),
         async {
             if filling {
                 tx.query(
