@@ -262,8 +262,15 @@ async fn a_chart_decodes_at_most_four_bodies_a_day_however_often_an_appliance_re
         (2..=4).contains(&used.len()),
         "a day's window decodes at most 4 bodies: {used:?}"
     );
-    assert!(used.windows(2).all(|w| w[0] < w[1]), "oldest first: {used:?}");
-    assert_eq!(used.last(), Some(&1_011), "the newest report is always read");
+    assert!(
+        used.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {used:?}"
+    );
+    assert_eq!(
+        used.last(),
+        Some(&1_011),
+        "the newest report is always read"
+    );
     assert_eq!(detail.filesystems[0].sample.bytes_used, 1_011);
     // A window long enough for all of them reads all of them.
     let week = storage
@@ -1051,9 +1058,10 @@ async fn an_upgrade_to_packed_rows_and_samples_in_bodies_keeps_every_certificate
             "SELECT coalesce(predictive::text, 'null') FROM drives ORDER BY drive_key"
         )
         .await,
-        // The ATA disk's counters are all zero now; the example's NVMe drive has media errors
-        // (bit 5) and 99 % spare (bit 6).
-        vec![vec!["0".to_owned()], vec!["96".to_owned()]],
+        // The ATA disk's counters are all zero now; the example's NVMe drive has 7
+        // uncorrectable errors (bit 4, ATA 198's column), 7 media errors (bit 5) and 99 % spare
+        // (bit 6).
+        vec![vec!["0".to_owned()], vec!["112".to_owned()]],
         "the newest report's values replace the kept ones"
     );
 }

@@ -570,8 +570,7 @@ impl Storage {
             }
             Ok::<_, tokio_postgres::Error>(bodies)
         };
-        let (alerts, bodies) =
-            tokio::try_join!(client.query(&alerts_sql, &alerts_params), bodies)?;
+        let (alerts, bodies) = tokio::try_join!(client.query(&alerts_sql, &alerts_params), bodies)?;
         drop(client);
         let mut samples: Vec<DriveReading> = self
             .readings(bodies)
@@ -653,7 +652,8 @@ impl Storage {
             .iter()
             .find(|r| !r.get::<_, bool>(4))
             .map(|r| StoredBody::from_row(r, 0));
-        self.know_dictionaries(std::slice::from_ref(&newest)).await?;
+        self.know_dictionaries(std::slice::from_ref(&newest))
+            .await?;
         let Ok(json) = self.codec().decompress(&newest.body, newest.dictionary) else {
             return Ok(None);
         };

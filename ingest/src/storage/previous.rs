@@ -74,20 +74,17 @@ pub(super) async fn load_history(
     let filling = config.filesystem_filling.enabled;
     let previous_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
         [&ids, &at, &ahead_hours, &batch];
-    let (previous, filesystems) = tokio::try_join!(
-        tx.query(&previous, &previous_params),
-        async {
-            if filling {
-                tx.query(
-                    &filesystems,
-                    &[&ids, &at, &ahead_hours, &batch, &since, &points],
-                )
-                .await
-            } else {
-                Ok(Vec::new())
-            }
-        },
-    )?;
+    let (previous, filesystems) = tokio::try_join!(tx.query(&previous, &previous_params), async {
+        if filling {
+            tx.query(
+                &filesystems,
+                &[&ids, &at, &ahead_hours, &batch, &since, &points],
+            )
+            .await
+        } else {
+            Ok(Vec::new())
+        }
+    },)?;
     let previous: Vec<(i32, StoredBody)> = previous
         .iter()
         .map(|r| (r.get(0), StoredBody::from_row(r, 1)))

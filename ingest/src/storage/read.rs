@@ -393,9 +393,7 @@ impl Latest {
 
 /// The history's series from readings oldest first: one per drive, filesystem and NIC, in key
 /// order.
-fn series(
-    readings: &[Readings],
-) -> (Vec<DriveSeries>, Vec<FilesystemSeries>, Vec<NicSeries>) {
+fn series(readings: &[Readings]) -> (Vec<DriveSeries>, Vec<FilesystemSeries>, Vec<NicSeries>) {
     let mut drives: BTreeMap<&str, Vec<DriveReading>> = BTreeMap::new();
     let mut filesystems: BTreeMap<&str, Vec<FilesystemPoint>> = BTreeMap::new();
     let mut nics: BTreeMap<&str, Vec<NicPoint>> = BTreeMap::new();
@@ -413,7 +411,9 @@ fn series(
                 .push(filesystem_point(r.at, f));
         }
         for n in &r.nics {
-            nics.entry(n.name.as_str()).or_default().push(nic_point(r.at, n));
+            nics.entry(n.name.as_str())
+                .or_default()
+                .push(nic_point(r.at, n));
         }
     }
     (

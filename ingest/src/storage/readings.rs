@@ -118,7 +118,11 @@ impl Readings {
 /// Decodes one kept body. `None` (logged) when it cannot be read: a body that no longer
 /// decompresses or parses (an older contract) leaves a gap in a chart, not an error page. Its
 /// dictionary must be loaded ([`Storage::know_dictionaries`]).
-pub(crate) fn decode(codec: &Codec, alerts: &AlertsConfig, stored: &StoredBody) -> Option<Readings> {
+pub(crate) fn decode(
+    codec: &Codec,
+    alerts: &AlertsConfig,
+    stored: &StoredBody,
+) -> Option<Readings> {
     let json = match codec.decompress(&stored.body, stored.dictionary) {
         Ok(json) => json,
         Err(e) => {
@@ -171,7 +175,11 @@ pub(crate) async fn window(
         )
         .await?;
     if i64::try_from(rows.len()).unwrap_or(i64::MAX) <= cap {
-        return Ok(rows.iter().rev().map(|r| StoredBody::from_row(r, 0)).collect());
+        return Ok(rows
+            .iter()
+            .rev()
+            .map(|r| StoredBody::from_row(r, 0))
+            .collect());
     }
     // More reports than the chart can use: the newest of each slice, one index probe each.
     // The slices span what is there (up to the newest report), not the empty future.
@@ -268,7 +276,10 @@ impl Storage {
     }
 
     /// One body's readings, on this task (for a few bodies, walked one at a time).
-    pub(crate) async fn reading(&self, body: &StoredBody) -> Result<Option<Readings>, StorageError> {
+    pub(crate) async fn reading(
+        &self,
+        body: &StoredBody,
+    ) -> Result<Option<Readings>, StorageError> {
         self.know_dictionaries(std::slice::from_ref(body)).await?;
         Ok(decode(self.codec(), &self.settings.alerts, body))
     }
