@@ -164,7 +164,7 @@ def main():
             ("alerts (firing, by severity then age)", "SELECT al.id FROM alerts al JOIN appliances a ON a.id = al.appliance_id WHERE al.state = 'firing' ORDER BY 3 - phonehome_severity_rank(al.severity), al.started_at, al.id LIMIT 51"),
             ("alerts resolved, middle", f"SELECT al.id FROM alerts al JOIN appliances a ON a.id = al.appliance_id WHERE al.state = 'resolved' AND al.id < {alert_id} ORDER BY al.id DESC LIMIT 51"),
             ("drives, middle of ok", f"SELECT dr.drive_key FROM drives dr WHERE (3 - dr.health, dr.drive_key) > (3, '{mid_drive}') ORDER BY 3 - dr.health, dr.drive_key LIMIT 51"),
-            ("drive samples, 365 d", f"SELECT s.collected_at FROM drive_samples s WHERE s.appliance_id = ANY(ARRAY(SELECT m.appliance_id FROM drive_membership m JOIN drives d ON d.id = m.drive_id WHERE d.drive_key = '{drive}')) AND s.drive_id = (SELECT id FROM drives WHERE drive_key = '{drive}') AND s.collected_at >= now() - interval '365 days' ORDER BY s.collected_at"),
+            ("drive readings, 365 d (the bodies of the drive's appliances)", f"SELECT r.collected_at FROM drive_membership m JOIN drives d ON d.id = m.drive_id CROSS JOIN LATERAL (SELECT collected_at, received_at, body, body_dictionary FROM reports WHERE appliance_id = m.appliance_id AND collected_at >= greatest(m.from_at, now() - interval '365 days') AND collected_at < coalesce(m.until_at, now() + interval '25 hours') ORDER BY collected_at DESC LIMIT 1465) r WHERE d.drive_key = '{drive}'"),
         ]
         for name, query in plans:
             print(f"\n-- {name}")

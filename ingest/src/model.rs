@@ -52,9 +52,44 @@ pub struct DriveSample {
     pub reported_uncorrect: Option<i32>,
     pub command_timeout: Option<i32>,
     /// A digest of the verdict's reasons (the facts behind it, with their values): evidence
-    /// is kept when it differs from the previous report's. Kept in the rule state, not in
-    /// `drive_samples`.
+    /// is kept when it differs from the previous report's. Kept in the rule state; readings
+    /// decoded from a kept body (`storage::readings`) leave it `None`.
     pub facts: Option<u64>,
+}
+
+/// The attributes Backblaze found predictive of failure, as the reliability page names them, in
+/// the order of the bits of [`DriveSample::predictive`] (and of `drives.predictive`, migration
+/// 16, which must not change meaning).
+pub const PREDICTIVE: [&str; 7] = [
+    "ATA 5 reallocated sectors",
+    "ATA 187 reported uncorrectable",
+    "ATA 188 command timeout",
+    "ATA 197 pending sectors",
+    "ATA 198 offline uncorrectable",
+    "NVMe media errors",
+    "NVMe spare used",
+];
+
+impl DriveSample {
+    /// Which [`PREDICTIVE`] attributes are non-zero in this reading (bit `i` for
+    /// `PREDICTIVE[i]`; an attribute the drive does not report counts as zero). The drive's row
+    /// keeps its newest reading's bits, so reliability reads no history.
+    pub fn predictive(&self) -> i16 {
+        let nonzero = |v: Option<i64>| v.is_some_and(|v| v > 0);
+        [
+            nonzero(self.reallocated_sectors.map(i64::from)),
+            nonzero(self.reported_uncorrect.map(i64::from)),
+            nonzero(self.command_timeout.map(i64::from)),
+            nonzero(self.pending_sectors.map(i64::from)),
+            nonzero(self.offline_uncorrectable.map(i64::from)),
+            nonzero(self.nvme_media_errors),
+            self.nvme_available_spare.is_some_and(|s| s < 100),
+        ]
+        .into_iter()
+        .enumerate()
+        .filter(|(_, set)| *set)
+        .fold(0i16, |bits, (i, _)| bits | (1 << i))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -745,7 +745,7 @@ struct Sizes {
 }
 
 impl Sizes {
-    /// "reports 480, drive_samples 361, …" per report, biggest first, for the tables that grew.
+    /// "reports 480, appliances 99, …" per report, biggest first, for the tables that grew.
     fn growth_per_table(&self, before: &Sizes, reports: u64) -> String {
         let mut grew: Vec<(&String, i64)> = self
             .tables

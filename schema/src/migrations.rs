@@ -87,6 +87,16 @@ pub const ALL: &[Migration] = &[
         name: "verdicts",
         sql: include_str!("../migrations/0015_verdicts.sql"),
     },
+    Migration {
+        version: 16,
+        name: "drive_predictive",
+        sql: include_str!("../migrations/0016_drive_predictive.sql"),
+    },
+    Migration {
+        version: 17,
+        name: "samples_in_bodies",
+        sql: include_str!("../migrations/0017_samples_in_bodies.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -133,17 +133,31 @@ async fn one_report_opens_at_most_the_appliance_s_share_of_alerts_the_rest_folde
     .await;
     let expected_folded = MAX_ITEMS as i64 + 2 - findings;
     assert_eq!(folded, expected_folded.to_string());
-    let garbage: Option<i16> = db
-        .client()
+    // The drive with the garbage temperature, read back from the kept body.
+    let storage = phonehome_ingest::storage::Storage::connect(db.url(), 2).expect("storage");
+    let detail = storage
+        .appliance_detail(serial, 1)
         .await
-        .query_one(
-            "SELECT max(s.temperature_celsius) FROM drive_samples s JOIN drives d ON d.id = s.drive_id
-             WHERE d.model = $1",
-            &[&r.smart.devices[1].model],
-        )
-        .await
-        .expect("sample")
-        .get(0);
+        .expect("read")
+        .expect("the appliance");
+    let key = detail
+        .drives
+        .iter()
+        .find(|d| d.model == r.smart.devices[1].model)
+        .map(|d| d.drive_key.clone())
+        .expect("the drive with the garbage temperature");
+    let series = detail
+        .history
+        .drives
+        .iter()
+        .find(|s| s.drive_key == key)
+        .expect("its readings");
+    assert!(!series.samples.is_empty(), "{key} has readings");
+    let garbage: Option<i16> = series
+        .samples
+        .iter()
+        .filter_map(|s| s.temperature_celsius)
+        .max();
     assert_eq!(garbage, None, "65535 °C is not charted");
 
     // The next report is normal: the folded alert resolves and the filesystem alerts end.

@@ -118,10 +118,22 @@ async fn the_collector_delivers_this_machines_report_into_postgres() {
         fs_count >= 1,
         "this machine's filesystems are in the stored report"
     );
+    // The readings are read back from that body: one filesystem per mount point.
+    let detail = storage
+        .appliance_detail(&serial, 1)
+        .await
+        .expect("read the appliance")
+        .expect("the appliance is there");
     assert_eq!(
-        db.count("filesystem_samples").await,
-        fs_count as i64,
-        "one filesystem sample per mount point of the report"
+        detail.filesystems.len(),
+        fs_count,
+        "one filesystem reading per mount point of the report: {:?}",
+        detail.filesystems
+    );
+    assert_eq!(
+        detail.history.filesystems.len(),
+        fs_count,
+        "one filesystem series per mount point of the report"
     );
 
     // A second daily run is a second report; the appliance's current state follows it.

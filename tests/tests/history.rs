@@ -46,16 +46,30 @@ async fn every_report_becomes_time_series_and_current_state() {
     assert_eq!(store(&storage, &day0).await, InsertOutcome::Stored);
     assert_eq!(store(&storage, &day0).await, InsertOutcome::Duplicate);
 
+    // The readings come back from the kept bodies through the API's reader.
+    let detail = storage
+        .appliance_detail("SN-TS", 7)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    let h = &detail.history;
     // Per drive, keyed by WWN (the /dev name is kept only as where it sat): the ATA disk's
     // values of each day, oldest first.
-    let ata = rows(
-        &db,
-        "SELECT d.drive_key, s.reallocated_sectors::text, s.temperature_celsius::text,
-                s.power_on_hours::text
-         FROM drive_samples s JOIN drives d ON d.id = s.drive_id
-         WHERE d.drive_key LIKE 'wwn:0x5000c500%' ORDER BY s.collected_at",
-    )
-    .await;
+    let ata: Vec<Vec<String>> = h
+        .drives
+        .iter()
+        .filter(|s| s.drive_key.starts_with("wwn:0x5000c500"))
+        .flat_map(|s| {
+            s.samples.iter().map(|r| {
+                vec![
+                    s.drive_key.clone(),
+                    r.reallocated_sectors.unwrap_or(0).to_string(),
+                    r.temperature_celsius.unwrap_or(0).to_string(),
+                    r.power_on_hours.unwrap_or(0).to_string(),
+                ]
+            })
+        })
+        .collect();
     let first = &day1.smart.devices[0];
     assert_eq!(
         ata,
@@ -74,32 +88,67 @@ async fn every_report_becomes_time_series_and_current_state() {
             ],
         ]
     );
-    let nvme = rows(
-        &db,
-        "SELECT s.nvme_percentage_used::text, s.nvme_available_spare::text,
-                s.nvme_media_errors::text, s.nvme_critical_warning::text
-         FROM drive_samples s JOIN drives d ON d.id = s.drive_id
-         WHERE d.drive_key LIKE 'wwn:eui.%' ORDER BY s.collected_at LIMIT 1",
-    )
-    .await;
+    // Each reading is dated by its report (min of collected and received), oldest first.
+    let ata_series = h
+        .drives
+        .iter()
+        .find(|s| s.drive_key == "wwn:0x5000c500a2b3c4d5")
+        .expect("the ATA disk's series");
+    assert_eq!(
+        ata_series
+            .samples
+            .iter()
+            .map(|r| r.collected_at.timestamp_micros())
+            .collect::<Vec<_>>(),
+        vec![
+            day1.collected_at.timestamp_micros(),
+            day0.collected_at.timestamp_micros()
+        ]
+    );
+    let nvme_series = h
+        .drives
+        .iter()
+        .find(|s| s.drive_key.starts_with("wwn:eui."))
+        .expect("the NVMe drive's series");
+    let r = &nvme_series.samples[0];
+    let nvme = vec![
+        r.nvme_percentage_used.unwrap_or(0).to_string(),
+        r.nvme_available_spare.unwrap_or(0).to_string(),
+        r.nvme_media_errors.unwrap_or(0).to_string(),
+        r.nvme_critical_warning.unwrap_or(0).to_string(),
+    ];
     let n = day1.smart.devices[1].nvme.clone().expect("nvme health");
     assert_eq!(
         nvme,
-        vec![vec![
+        vec![
             n.percentage_used.unwrap_or(0).to_string(),
             n.available_spare_percent.unwrap_or(0).to_string(),
             n.media_errors.unwrap_or(0).to_string(),
             n.critical_warning.unwrap_or(0).to_string(),
-        ]]
+        ]
     );
-    // The disk in standby has no identity in its output: no sample, no drive.
+    // The disk in standby has no identity in its output: no readings, no drive.
+    assert_eq!(h.drives.len(), 2, "{:?}", h.drives);
     assert_eq!(db.count("drives").await, 2);
+    // The newest readings of the drives now in the appliance are the newest report's.
+    let latest_ata = detail
+        .drives
+        .iter()
+        .find(|d| d.drive_key == "wwn:0x5000c500a2b3c4d5")
+        .and_then(|d| d.latest.clone())
+        .expect("the ATA disk's newest reading");
+    assert_eq!(latest_ata.reallocated_sectors, Some(12));
+    assert_eq!(latest_ata.temperature_celsius, Some(51));
 
-    let fs = rows(
-        &db,
-        "SELECT mount_point, bytes_used::text FROM filesystem_samples ORDER BY collected_at",
-    )
-    .await;
+    let fs: Vec<Vec<String>> = h
+        .filesystems
+        .iter()
+        .flat_map(|s| {
+            s.samples
+                .iter()
+                .map(|p| vec![s.mount_point.clone(), p.bytes_used.to_string()])
+        })
+        .collect();
     let used = day1.filesystems.filesystems[0].bytes_used;
     assert_eq!(
         fs,
@@ -108,15 +157,40 @@ async fn every_report_becomes_time_series_and_current_state() {
             vec!["/".to_owned(), (used + 1_000_000).to_string()],
         ]
     );
-    let nic = rows(
-        &db,
-        "SELECT name, rx_errors::text FROM nic_samples ORDER BY collected_at",
-    )
-    .await;
+    assert_eq!(
+        detail
+            .filesystems
+            .iter()
+            .map(|f| (f.mount_point.as_str(), f.sample.bytes_used))
+            .collect::<Vec<_>>(),
+        vec![("/", (used + 1_000_000) as i64)]
+    );
+    let nic: Vec<Vec<String>> = h
+        .nics
+        .iter()
+        .flat_map(|s| {
+            s.samples.iter().map(|p| {
+                vec![
+                    s.name.clone(),
+                    p.rx_errors.map(|e| e.to_string()).unwrap_or_default(),
+                ]
+            })
+        })
+        .collect();
     let name = day1.nics.nics[0].name.clone();
     assert_eq!(
         nic,
         vec![vec![name.clone(), "3".into()], vec![name, "9".into()]]
+    );
+    // Only the reports' own rows hold history: no table per drive, filesystem or NIC.
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*)::text FROM pg_class
+             WHERE relname IN ('drive_samples', 'filesystem_samples', 'nic_samples')"
+        )
+        .await,
+        vec![vec!["0".to_owned()]]
     );
 
     // Current state: one row, the newest report's values, counts of everything.
@@ -157,6 +231,54 @@ async fn every_report_becomes_time_series_and_current_state() {
             ],
         ]
     );
+}
+
+/// An appliance that reports far more often than daily (by hand, or a hostile one) costs a
+/// chart no more than four bodies a day of its window: the newest report of each slice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_decodes_at_most_four_bodies_a_day_however_often_an_appliance_reported() {
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 2).expect("storage");
+    let mut sent = Vec::new();
+    for k in 0..12i64 {
+        let mut r = report("SN-OFTEN", 0);
+        r.collected_at = Utc::now() - Duration::hours(22) + Duration::hours(2 * k);
+        r.filesystems.filesystems[0].bytes_used = 1_000 + k as u64;
+        store(&storage, &r).await;
+        sent.push(r);
+    }
+    let detail = storage
+        .appliance_detail("SN-OFTEN", 1)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(detail.history.reports.len(), 12, "every report is listed");
+    let used: Vec<i64> = detail.history.filesystems[0]
+        .samples
+        .iter()
+        .map(|p| p.bytes_used)
+        .collect();
+    assert!(
+        (2..=4).contains(&used.len()),
+        "a day's window decodes at most 4 bodies: {used:?}"
+    );
+    assert!(
+        used.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {used:?}"
+    );
+    assert_eq!(
+        used.last(),
+        Some(&1_011),
+        "the newest report is always read"
+    );
+    assert_eq!(detail.filesystems[0].sample.bytes_used, 1_011);
+    // A window long enough for all of them reads all of them.
+    let week = storage
+        .appliance_detail("SN-OFTEN", 7)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(week.history.filesystems[0].samples.len(), 12);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -481,7 +603,8 @@ async fn months_are_partitions_and_retention_drops_whole_months() {
         .await
         .expect("maintenance")
         .expect("nobody else ran it");
-    assert_eq!(summary.partitions_dropped, 4, "{summary:?}");
+    // The reports are the only partitioned table (their bodies hold the samples).
+    assert_eq!(summary.partitions_dropped, 1, "{summary:?}");
     for table in maintenance::PARTITIONED {
         let present = rows(
             &db,
@@ -516,7 +639,7 @@ async fn months_are_partitions_and_retention_drops_whole_months() {
     );
     assert_eq!(
         rows(&db, "SELECT replica, partitions_dropped::text, (finished_at IS NOT NULL)::text FROM maintenance_runs").await,
-        vec![vec!["test".to_owned(), "4".into(), "true".into()]]
+        vec![vec!["test".to_owned(), "1".into(), "true".into()]]
     );
 }
 
@@ -658,7 +781,22 @@ async fn concurrent_reports_and_racing_retries_are_each_stored_once() {
         rows(&db, "SELECT DISTINCT report_count::text FROM appliances").await,
         vec![vec!["5".to_owned()]]
     );
-    assert_eq!(db.count("drive_samples").await, 300 * 2);
+    // Each report's readings once: five days of both drives, read back from the bodies.
+    let detail = storage
+        .appliance_detail("SN-C000", 30)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(detail.history.reports.len(), 5);
+    assert_eq!(
+        detail
+            .history
+            .drives
+            .iter()
+            .map(|s| s.samples.len())
+            .collect::<Vec<_>>(),
+        vec![5, 5]
+    );
 }
 
 /// An empty schema with the first `applied` migrations applied and recorded, as an older ingest
@@ -739,7 +877,13 @@ async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
         .await,
         vec![vec!["2".to_owned(), old[1].report_id.to_string()]]
     );
-    assert_eq!(db.count("filesystem_samples").await, 2);
+    let moved = storage
+        .appliance_detail("SN-L", 30)
+        .await
+        .expect("read")
+        .expect("the appliance");
+    assert_eq!(moved.history.filesystems.len(), 1);
+    assert_eq!(moved.history.filesystems[0].samples.len(), 2);
     for r in &old {
         let json = storage
             .report_json("SN-L", r.report_id)
@@ -754,7 +898,7 @@ async fn reports_kept_by_the_old_schema_move_into_the_history_model() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
+async fn an_upgrade_to_packed_rows_and_samples_in_bodies_keeps_every_certificate_and_reading() {
     use phonehome_schema::migrations::ALL;
     let db = TestDb::new().await;
     // Rebuild the database as migration 5 left it, with reports written by this ingest and
@@ -765,7 +909,7 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         .expect("the row_packing migration");
     let client = schema_as_of(&db, before_packing).await;
     // The columns and tables this build writes or reads that later migrations add
-    // (migrations 7, 10, 12, 13, 14 and 15 can run twice).
+    // (migrations 7, 10, 12, 13, 14, 15 and 16 can run twice).
     for name in [
         "dashboard",
         "certificate_expiry",
@@ -773,6 +917,7 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         "reopen",
         "reliability",
         "verdicts",
+        "drive_predictive",
     ] {
         let m = ALL
             .iter()
@@ -801,16 +946,24 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         )
         .await
         .expect("a report from before migration 5");
-    let samples = "SELECT collected_at::text, appliance_id::text, mount_point, bytes_total::text,
-                       bytes_used::text, inodes_total::text, inodes_used::text
-                   FROM filesystem_samples ORDER BY 1, 3";
-    let partitions =
-        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                      WHERE i.inhparent = 'filesystem_samples'::regclass ORDER BY 1";
-    let (samples_before, partitions_before) =
-        (rows(&db, samples).await, rows(&db, partitions).await);
-    assert!(samples_before.len() >= 2, "{samples_before:?}");
-    assert!(partitions_before.len() >= 4, "{partitions_before:?}");
+    // A sample row an older ingest wrote (this one writes none), for a drive whose kept
+    // predictive attributes that ingest never set: migration 16 fills them from it.
+    let now = Utc::now();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE drive_samples_by_hand PARTITION OF drive_samples
+                 FOR VALUES FROM ('{}') TO ('{}');
+             UPDATE drives SET predictive = NULL;
+             INSERT INTO drive_samples (collected_at, appliance_id, drive_id, failing,
+                 reallocated_sectors, pending_sectors)
+             SELECT '{}', a.id, d.id, false, 5, 0 FROM appliances a, drives d
+             WHERE d.drive_key = 'wwn:0x5000c500a2b3c4d5'",
+            (now - Duration::days(2)).to_rfc3339(),
+            (now + Duration::days(1)).to_rfc3339(),
+            (now - Duration::days(1)).to_rfc3339(),
+        ))
+        .await
+        .expect("an old sample");
 
     let applied = storage.migrate().await.expect("migrate");
     assert_eq!(
@@ -853,26 +1006,64 @@ async fn an_upgrade_to_packed_rows_keeps_every_certificate_and_sample() {
         .await,
         vec![vec!["0".to_owned()]]
     );
-    // The filesystem samples are all there, in the same partitions, with the 8-byte columns
-    // first.
-    assert_eq!(rows(&db, samples).await, samples_before);
-    assert_eq!(rows(&db, partitions).await, partitions_before);
+    // The sample tables are gone; the drive keeps what its newest sample said (reallocated
+    // sectors: bit 0), the only one none of the others.
     assert_eq!(
         rows(
             &db,
-            "SELECT string_agg(attname::text, ',' ORDER BY attnum) FROM pg_attribute
-             WHERE attrelid = 'filesystem_samples'::regclass AND attnum > 0 AND NOT attisdropped"
+            "SELECT count(*)::text FROM pg_class
+             WHERE relname LIKE 'drive\\_samples%' OR relname LIKE 'filesystem\\_samples%'
+                OR relname LIKE 'nic\\_samples%'"
         )
         .await,
-        vec![vec![
-            "collected_at,bytes_total,bytes_used,inodes_total,inodes_used,appliance_id,mount_point"
-                .to_owned()
-        ]]
+        vec![vec!["0".to_owned()]]
     );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT drive_key, coalesce(predictive::text, 'null') FROM drives ORDER BY 1"
+        )
+        .await,
+        vec![
+            vec!["wwn:0x5000c500a2b3c4d5".to_owned(), "1".into()],
+            vec!["wwn:eui.0025385791b4f537".to_owned(), "null".into()],
+        ]
+    );
+    // The readings come from the bodies: the two this build stored; the body the hand-made
+    // report carries cannot be read and leaves a gap, not an error.
+    let readings = |days| {
+        let storage = &storage;
+        async move {
+            let detail = storage
+                .appliance_detail("SN-P", days)
+                .await
+                .expect("read")
+                .expect("the appliance");
+            detail
+                .history
+                .filesystems
+                .iter()
+                .map(|f| f.samples.len())
+                .sum::<usize>()
+        }
+    };
+    assert_eq!(readings(60).await, 2);
     // And the ingest goes on writing.
     store(&storage, &report("SN-P", 1)).await;
     assert_eq!(db.count("reports").await, 4);
-    assert_eq!(rows(&db, samples).await.len(), samples_before.len() * 3 / 2);
+    assert_eq!(readings(60).await, 3);
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT coalesce(predictive::text, 'null') FROM drives ORDER BY drive_key"
+        )
+        .await,
+        // The ATA disk's counters are all zero now; the example's NVMe drive has 7
+        // uncorrectable errors (bit 4, ATA 198's column), 7 media errors (bit 5) and 99 % spare
+        // (bit 6).
+        vec![vec!["0".to_owned()], vec!["112".to_owned()]],
+        "the newest report's values replace the kept ones"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

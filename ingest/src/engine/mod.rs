@@ -26,7 +26,7 @@ pub use changes::{
     LatestMembership, Member, Opening, VersionChange,
 };
 pub use previous::{
-    DriveState, FilesystemState, History, NicState, Previous, RuleState, trend_window,
+    DriveState, FilesystemState, History, NicState, Previous, RuleState, trend_points, trend_window,
 };
 
 use crate::alerts::{AlertsConfig, Finding, Rule};

@@ -29,7 +29,7 @@ pub struct Previous {
 /// (collected at, bytes used) of one filesystem in one report.
 type UsedAt = (DateTime<Utc>, i64);
 
-/// An appliance's previous report read back from the time series (its kept state was missing
+/// An appliance's previous report read back from its kept bodies (its kept state was missing
 /// or stale): drive samples by drive id, NIC rows, and filesystem points (mount, at, used).
 #[derive(Debug, Default, Clone)]
 pub struct History {
@@ -350,7 +350,7 @@ impl Previous {
 }
 
 /// Points of a filesystem's fill trend: the current report and the ones before it.
-fn trend_points(config: &AlertsConfig) -> usize {
+pub fn trend_points(config: &AlertsConfig) -> usize {
     config.filesystem_filling.reports.max(3) as usize
 }
 

@@ -1,7 +1,7 @@
-//! One transaction for a batch of reports: the reports, their time series, the appliances'
-//! current state, drive membership, version changes and identity events commit together or not
-//! at all. Rows go in as arrays (`unnest`), so a batch of 50 reports costs about as many round
-//! trips as one.
+//! One transaction for a batch of reports: the reports (whose bodies are the time series), the
+//! appliances' current state, drive membership, version changes and identity events commit
+//! together or not at all. Rows go in as arrays (`unnest`), so a batch of 50 reports costs about
+//! as many round trips as one.
 //!
 //! Appliance rows are locked in serial order first: two batches (or two replicas) that touch the
 //! same appliances queue behind each other instead of deadlocking, and what this batch derives
@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::rows::{CurrentState, DriveRow, DriveSample, FilesystemRow, NicRow, PreparedReport};
+use super::evidence::Codec;
+use super::rows::{CurrentState, DriveRow, PreparedReport};
 use super::{InsertOutcome, StorageError};
 use crate::alerts::AlertsConfig;
 use crate::engine::{
@@ -30,6 +31,7 @@ pub(super) async fn write(
     tx: &Transaction<'_>,
     batch: &[&PreparedReport],
     config: &AlertsConfig,
+    codec: &Codec,
 ) -> Result<Vec<InsertOutcome>, StorageError> {
     let mut outcomes = vec![InsertOutcome::Duplicate; batch.len()];
     // A report twice in one batch (a retry racing its original) is stored once.
@@ -138,11 +140,13 @@ pub(super) async fn write(
         .map(|&i| batch[i].at)
         .min()
         .unwrap_or_else(Utc::now);
+    // This batch's reports are in `reports` already; the history read back must not see them.
+    let batch_ids: Vec<Uuid> = unique.iter().map(|&i| batch[i].report_id).collect();
     let (members, shared, book, history) = tokio::try_join!(
         open_memberships(tx, &appliance_ids),
         appliances_sharing_identity(tx, batch, &stored),
         super::alerts::load(tx, &appliance_ids),
-        super::previous::load_history(tx, earliest, &without_state, config),
+        super::previous::load_history(tx, codec, earliest, &without_state, &batch_ids, config),
     )?;
     // Where else a drive was last seen matters only for one not already in its appliance,
     // which in steady state is none: no query then.
@@ -192,8 +196,9 @@ pub(super) async fn write(
         .iter()
         .map(|(s, b)| (b.id, s.as_str()))
         .collect();
+    // No sample rows: a report's drive, filesystem and NIC values are read back from its
+    // body (`readings.rs`), which holds them all in a few hundred bytes.
     tokio::try_join!(
-        insert_samples(tx, &reports, &loaded),
         write_events(tx, &decision.changes),
         update_appliances(tx, &decision.appliances, &cert_ids),
         super::alerts::write(tx, &decision.alerts, &serials, config),
@@ -430,9 +435,10 @@ async fn drive_ids(
         let insert = tx
             .prepare_cached(
                 "INSERT INTO drives (drive_key, model, serial, wwn, first_seen_at, firmware,
-                     protocol, capacity_bytes)
+                     protocol, capacity_bytes, predictive)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                      $5::timestamptz[], $6::text[], $7::text[], $8::bigint[])
+                                      $5::timestamptz[], $6::text[], $7::text[], $8::bigint[],
+                                      $9::smallint[])
                  ON CONFLICT (drive_key) DO NOTHING",
             )
             .await?;
@@ -453,6 +459,10 @@ async fn drive_ids(
                     .map(|d| d.protocol.as_deref())
                     .collect::<Vec<_>>(),
                 &rows.iter().map(|d| d.capacity_bytes).collect::<Vec<_>>(),
+                &rows
+                    .iter()
+                    .map(|d| d.sample.predictive())
+                    .collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -464,7 +474,8 @@ async fn drive_ids(
         }
     }
     // A firmware update (or a drive first written before these columns existed) is news for the
-    // drive list; a drive that did not change is read and not written.
+    // drive list, a predictive attribute turning non-zero (or back) for reliability; a drive
+    // that did not change is read and not written.
     let (ids, rows): (Vec<i32>, Vec<&DriveRow>) = newest
         .iter()
         .filter_map(|(k, (d, _))| known.get(*k).map(|id| (*id, *d)))
@@ -473,12 +484,12 @@ async fn drive_ids(
         let update = tx
             .prepare_cached(
                 "UPDATE drives d SET firmware = u.firmware, protocol = u.protocol,
-                     capacity_bytes = u.capacity
-                 FROM unnest($1::int[], $2::text[], $3::text[], $4::bigint[])
-                     AS u(id, firmware, protocol, capacity)
+                     capacity_bytes = u.capacity, predictive = u.predictive
+                 FROM unnest($1::int[], $2::text[], $3::text[], $4::bigint[], $5::smallint[])
+                     AS u(id, firmware, protocol, capacity, predictive)
                  WHERE d.id = u.id
-                   AND (d.firmware, d.protocol, d.capacity_bytes)
-                       IS DISTINCT FROM (u.firmware, u.protocol, u.capacity)",
+                   AND (d.firmware, d.protocol, d.capacity_bytes, d.predictive)
+                       IS DISTINCT FROM (u.firmware, u.protocol, u.capacity, u.predictive)",
             )
             .await?;
         tx.execute(
@@ -494,6 +505,10 @@ async fn drive_ids(
                     .map(|d| d.protocol.as_deref())
                     .collect::<Vec<_>>(),
                 &rows.iter().map(|d| d.capacity_bytes).collect::<Vec<_>>(),
+                &rows
+                    .iter()
+                    .map(|d| d.sample.predictive())
+                    .collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -600,173 +615,6 @@ async fn appliances_sharing_identity(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
-}
-
-/// The stored reports' drive, filesystem and NIC samples.
-async fn insert_samples(
-    tx: &Transaction<'_>,
-    batch: &[&PreparedReport],
-    loaded: &Loaded,
-) -> Result<(), StorageError> {
-    let drive_ids = &loaded.drive_ids;
-    let id = |i: usize| loaded.before[&batch[i].serial].id;
-    let drives: Vec<(usize, &DriveRow)> = (0..batch.len())
-        .flat_map(|i| batch[i].drives.iter().map(move |d| (i, d)))
-        .collect();
-    let filesystems: Vec<(usize, &FilesystemRow)> = (0..batch.len())
-        .flat_map(|i| batch[i].filesystems.iter().map(move |f| (i, f)))
-        .collect();
-    let nics: Vec<(usize, &NicRow)> = (0..batch.len())
-        .flat_map(|i| batch[i].nics.iter().map(move |n| (i, n)))
-        .collect();
-
-    let drive_stmt = tx
-        .prepare_cached(
-            "INSERT INTO drive_samples (collected_at, appliance_id, drive_id, power_on_hours,
-                 temperature_celsius, nvme_critical_warning, nvme_available_spare,
-                 nvme_percentage_used, health_passed, failing, reallocated_sectors,
-                 pending_sectors, offline_uncorrectable, crc_errors, nvme_media_errors,
-                 scsi_grown_defects, scsi_uncorrected, error_log_entries, reported_uncorrect,
-                 command_timeout)
-             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::int[], $4::int[],
-                 $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[], $9::bool[],
-                 $10::bool[], $11::int[], $12::int[], $13::int[], $14::int[],
-                 $15::bigint[], $16::bigint[], $17::bigint[], $18::bigint[], $19::int[],
-                 $20::int[])",
-        )
-        .await?;
-    let fs_stmt = tx
-        .prepare_cached(
-            "INSERT INTO filesystem_samples (collected_at, appliance_id, bytes_total, bytes_used,
-                 inodes_total, inodes_used, mount_point)
-             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::bigint[], $4::bigint[],
-                 $5::bigint[], $6::bigint[], $7::text[])",
-        )
-        .await?;
-    let nic_stmt = tx
-        .prepare_cached(
-            "INSERT INTO nic_samples (collected_at, appliance_id, rx_bytes, tx_bytes, rx_errors,
-                 tx_errors, rx_dropped, tx_dropped, name)
-             SELECT * FROM unnest($1::timestamptz[], $2::int[], $3::bigint[], $4::bigint[],
-                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[])",
-        )
-        .await?;
-
-    let s = |f: &dyn Fn(&DriveSample) -> Option<i16>| {
-        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
-    };
-    let c = |f: &dyn Fn(&DriveSample) -> Option<i32>| {
-        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
-    };
-    let l = |f: &dyn Fn(&DriveSample) -> Option<i64>| {
-        drives.iter().map(|(_, d)| f(&d.sample)).collect::<Vec<_>>()
-    };
-    let drive_insert = async {
-        if drives.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &drive_stmt,
-            &[
-                &drives.iter().map(|(i, _)| batch[*i].at).collect::<Vec<_>>(),
-                &drives.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
-                &drives
-                    .iter()
-                    .map(|(_, d)| drive_ids.get(&d.key).copied())
-                    .collect::<Vec<_>>(),
-                &drives
-                    .iter()
-                    .map(|(_, d)| d.sample.power_on_hours)
-                    .collect::<Vec<_>>(),
-                &s(&|d| d.temperature_celsius),
-                &s(&|d| d.nvme_critical_warning),
-                &s(&|d| d.nvme_available_spare),
-                &s(&|d| d.nvme_percentage_used),
-                &drives
-                    .iter()
-                    .map(|(_, d)| d.sample.health_passed)
-                    .collect::<Vec<_>>(),
-                &drives
-                    .iter()
-                    .map(|(_, d)| d.sample.failing)
-                    .collect::<Vec<_>>(),
-                &c(&|d| d.reallocated_sectors),
-                &c(&|d| d.pending_sectors),
-                &c(&|d| d.offline_uncorrectable),
-                &c(&|d| d.crc_errors),
-                &l(&|d| d.nvme_media_errors),
-                &l(&|d| d.scsi_grown_defects),
-                &l(&|d| d.scsi_uncorrected),
-                &l(&|d| d.error_log_entries),
-                &c(&|d| d.reported_uncorrect),
-                &c(&|d| d.command_timeout),
-            ],
-        )
-        .await
-    };
-    let fs_insert = async {
-        if filesystems.is_empty() {
-            return Ok(0);
-        }
-        tx.execute(
-            &fs_stmt,
-            &[
-                &filesystems
-                    .iter()
-                    .map(|(i, _)| batch[*i].at)
-                    .collect::<Vec<_>>(),
-                &filesystems.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
-                &filesystems
-                    .iter()
-                    .map(|(_, f)| f.bytes_total)
-                    .collect::<Vec<_>>(),
-                &filesystems
-                    .iter()
-                    .map(|(_, f)| f.bytes_used)
-                    .collect::<Vec<_>>(),
-                &filesystems
-                    .iter()
-                    .map(|(_, f)| f.inodes_total)
-                    .collect::<Vec<_>>(),
-                &filesystems
-                    .iter()
-                    .map(|(_, f)| f.inodes_used)
-                    .collect::<Vec<_>>(),
-                &filesystems
-                    .iter()
-                    .map(|(_, f)| f.mount_point.as_str())
-                    .collect::<Vec<_>>(),
-            ],
-        )
-        .await
-    };
-    let nic_insert = async {
-        if nics.is_empty() {
-            return Ok(0);
-        }
-        let c =
-            |f: &dyn Fn(&NicRow) -> Option<i64>| nics.iter().map(|(_, n)| f(n)).collect::<Vec<_>>();
-        tx.execute(
-            &nic_stmt,
-            &[
-                &nics.iter().map(|(i, _)| batch[*i].at).collect::<Vec<_>>(),
-                &nics.iter().map(|(i, _)| id(*i)).collect::<Vec<_>>(),
-                &c(&|n| n.rx_bytes),
-                &c(&|n| n.tx_bytes),
-                &c(&|n| n.rx_errors),
-                &c(&|n| n.tx_errors),
-                &c(&|n| n.rx_dropped),
-                &c(&|n| n.tx_dropped),
-                &nics
-                    .iter()
-                    .map(|(_, n)| n.name.as_str())
-                    .collect::<Vec<_>>(),
-            ],
-        )
-        .await
-    };
-    tokio::try_join!(drive_insert, fs_insert, nic_insert)?;
-    Ok(())
 }
 
 /// Identity events, version changes, membership and drive events.

@@ -14,7 +14,8 @@ use phonehome_dashboard::{AlertCursor, ApplianceCursor, Health, Page, Severity};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use super::read::{DRIVE_READING, DriveReading, drive_point};
+use super::read::{DriveReading, drive_point};
+use super::readings::{self, BODY_COLUMNS, StoredBody};
 use super::{Storage, StorageError};
 use crate::lifecycle::{
     Lifecycle, State as LifecycleState, effective_state, serials_in, silence_exempt_serials,
@@ -538,12 +539,8 @@ impl Storage {
             )
             .await?;
         let appliance_ids: Vec<i32> = placements.iter().map(|r| r.get(4)).collect();
-        let since = Utc::now() - Duration::days(i64::from(days));
-        let samples_sql = format!(
-            "SELECT {DRIVE_READING} FROM drive_samples s
-             WHERE s.appliance_id = ANY($1) AND s.drive_id = $2 AND s.collected_at >= $3
-             ORDER BY s.collected_at"
-        );
+        let now = Utc::now();
+        let since = now - Duration::days(i64::from(days));
         let alerts_sql = format!(
             "(SELECT {ALERT_COLUMNS} FROM alerts al JOIN appliances a ON a.id = al.appliance_id
               WHERE al.subject = $1 AND al.state = 'firing' AND al.rule LIKE 'disk\\_%')
@@ -552,13 +549,36 @@ impl Storage {
               WHERE al.appliance_id = ANY($2) AND al.subject = $1 AND al.state = 'resolved'
               ORDER BY al.id DESC LIMIT 50)"
         );
-        let samples_params: [&(dyn ToSql + Sync); 3] = [&appliance_ids, &drive_id, &since];
         let alerts_params: [&(dyn ToSql + Sync); 2] = [&key, &appliance_ids];
-        let (samples, alerts) = tokio::try_join!(
-            client.query(&samples_sql, &samples_params),
-            client.query(&alerts_sql, &alerts_params),
-        )?;
+        // The drive's readings are in the bodies of the appliances it sat in, while it sat
+        // there: each placement in the window reads its own span, at most BODIES_PER_DAY a day
+        // of it (so at most (days + 1 + placements) × BODIES_PER_DAY bodies, placements ≤ 100).
+        let conn = &client;
+        let bodies = async {
+            let mut bodies: Vec<StoredBody> = Vec::new();
+            for p in placements.iter().rev() {
+                let from: DateTime<Utc> = p.get(2);
+                let until: Option<DateTime<Utc>> = p.get(3);
+                let from = from.max(since);
+                let to = until.unwrap_or(now + readings::ahead());
+                if to <= from {
+                    continue;
+                }
+                let appliance_id: i32 = p.get(4);
+                let cap = readings::cap_for(from, to);
+                bodies.extend(readings::window(conn, appliance_id, from, to, cap).await?);
+            }
+            Ok::<_, tokio_postgres::Error>(bodies)
+        };
+        let (alerts, bodies) = tokio::try_join!(client.query(&alerts_sql, &alerts_params), bodies)?;
         drop(client);
+        let mut samples: Vec<DriveReading> = self
+            .readings(bodies)
+            .await?
+            .iter()
+            .filter_map(|r| r.drive(key).map(|s| DriveReading::new(r.at, s)))
+            .collect();
+        samples.sort_by_key(|r| r.collected_at);
         let smart = match now_in {
             Some(appliance_id) => self.newest_smart(appliance_id, key).await?,
             None => None,
@@ -586,38 +606,55 @@ impl Storage {
             alerts,
             smart,
             days,
-            samples: samples
-                .iter()
-                .filter_map(|r| DriveReading::from_row(r, 0))
-                .map(|r| drive_point(&r))
-                .collect(),
+            samples: samples.iter().map(drive_point).collect(),
         }))
     }
 
-    /// What the appliance's newest report said about drive `key`, from the kept body.
+    /// What the appliance's newest report said about drive `key`, from the kept body, with what
+    /// rose since the report before it.
     async fn newest_smart(
         &self,
         appliance_id: i32,
         key: &str,
     ) -> Result<Option<d::SmartSnapshot>, StorageError> {
         let client = self.pool().get().await?;
-        let row = client
-            .query_opt(
-                "SELECT r.body, r.body_dictionary FROM appliances a
-                 JOIN reports r ON r.appliance_id = a.id AND r.report_id = a.last_report_id
-                     -- State is ordered by the receive time when the appliance's clock ran
-                     -- ahead (at most a day, or the report was refused): its own time is later.
-                     AND r.collected_at BETWEEN a.last_collected_at
-                         AND a.last_collected_at + interval '25 hours'
-                 WHERE a.id = $1",
+        // The newest report and the one before it, the previous report the rules judged the
+        // newest against.
+        let rows = client
+            .query(
+                &format!(
+                    "(SELECT {BODY_COLUMNS}, true FROM reports r
+                      WHERE r.appliance_id = $1 AND r.report_id =
+                            (SELECT last_report_id FROM appliances WHERE id = $1)
+                        -- State is ordered by the receive time when the appliance's clock ran
+                        -- ahead (at most a day, or the report was refused): its own time is
+                        -- later.
+                        AND r.collected_at BETWEEN
+                            (SELECT last_collected_at FROM appliances WHERE id = $1)
+                            AND (SELECT last_collected_at FROM appliances WHERE id = $1)
+                                + interval '25 hours'
+                      LIMIT 1)
+                     UNION ALL
+                     (SELECT {BODY_COLUMNS}, false FROM reports r
+                      WHERE r.appliance_id = $1 AND r.collected_at <
+                            (SELECT last_collected_at FROM appliances WHERE id = $1)
+                      ORDER BY r.collected_at DESC LIMIT 1)"
+                ),
                 &[&appliance_id],
             )
             .await?;
         drop(client);
-        let Some(row) = row else {
+        let Some(newest) = rows.iter().find(|r| r.get::<_, bool>(4)) else {
             return Ok(None);
         };
-        let Some(json) = self.decompress_body(row.get(0), row.get(1)).await? else {
+        let newest = StoredBody::from_row(newest, 0);
+        let previous = rows
+            .iter()
+            .find(|r| !r.get::<_, bool>(4))
+            .map(|r| StoredBody::from_row(r, 0));
+        self.know_dictionaries(std::slice::from_ref(&newest))
+            .await?;
+        let Ok(json) = self.codec().decompress(&newest.body, newest.dictionary) else {
             return Ok(None);
         };
         // The body passed the contract when it was stored; one that no longer parses (an older
@@ -626,6 +663,7 @@ impl Storage {
             return Ok(None);
         };
         let collected_at = report.collected_at;
+        let readings_now = readings::Readings::of(&report, newest.at(), &self.settings.alerts);
         let Some(dev) = report
             .smart
             .devices
@@ -634,48 +672,25 @@ impl Storage {
         else {
             return Ok(None);
         };
-        let rises = self.rises(appliance_id, key).await?;
+        // What rose between the previous report and the newest: the history half of the
+        // verdict, as `disk_degrading` judged it when the newest arrived (against the previous
+        // report only, as the rules' kept state holds it).
+        let rises = match (&previous, readings_now.drive(key)) {
+            (Some(previous), Some(current)) => match self.reading(previous).await? {
+                Some(before) => before
+                    .drive(key)
+                    .map(|p| crate::verdict::rises(p, current))
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         Ok(Some(smart_snapshot(
             dev,
             collected_at,
             &self.settings.alerts.disk_wearout,
             rises,
         )))
-    }
-
-    /// What rose between the drive's last two samples in this appliance: the history half of
-    /// its verdict, as `disk_degrading` judged it when the newest arrived.
-    async fn rises(
-        &self,
-        appliance_id: i32,
-        key: &str,
-    ) -> Result<Vec<crate::verdict::Reason>, StorageError> {
-        let client = self.pool().get().await?;
-        let rows = client
-            .query(
-                "SELECT s.reallocated_sectors, s.pending_sectors, s.offline_uncorrectable,
-                        s.crc_errors, s.nvme_media_errors, s.scsi_grown_defects,
-                        s.error_log_entries
-                 FROM drive_samples s JOIN drives d ON d.id = s.drive_id
-                 WHERE s.appliance_id = $1 AND d.drive_key = $2
-                 ORDER BY s.collected_at DESC LIMIT 2",
-                &[&appliance_id, &key],
-            )
-            .await?;
-        let sample = |r: &tokio_postgres::Row| crate::model::DriveSample {
-            reallocated_sectors: r.get(0),
-            pending_sectors: r.get(1),
-            offline_uncorrectable: r.get(2),
-            crc_errors: r.get(3),
-            nvme_media_errors: r.get(4),
-            scsi_grown_defects: r.get(5),
-            error_log_entries: r.get(6),
-            ..Default::default()
-        };
-        Ok(match rows.as_slice() {
-            [newest, before] => crate::verdict::rises(&sample(before), &sample(newest)),
-            _ => Vec::new(),
-        })
     }
 
     /// The fleet-wide counts (see [`FleetCounts`]); `silent_before` is the silence threshold.

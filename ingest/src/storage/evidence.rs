@@ -9,7 +9,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use zstd::bulk::Compressor;
+use zstd::bulk::{Compressor, Decompressor};
 use zstd::dict::DecoderDictionary;
 use zstd::zstd_safe::CParameter;
 
@@ -152,25 +152,50 @@ impl Codec {
         body: &[u8],
         dictionary: Option<i16>,
     ) -> Result<String, EvidenceError> {
-        let mut out = Vec::with_capacity(body.len() * 8);
-        match dictionary {
-            None => {
-                zstd::stream::read::Decoder::new(body)?.read_to_end(&mut out)?;
-            }
-            Some(id) => {
-                let dict = self
-                    .inner
+        let dict = match dictionary {
+            None => None,
+            Some(id) => Some(
+                self.inner
                     .read()
                     .ok()
                     .and_then(|d| d.decoders.get(&id).cloned())
-                    .ok_or(EvidenceError::UnknownDictionary(id))?;
-                zstd::stream::read::Decoder::with_prepared_dictionary(body, &dict)?
-                    .read_to_end(&mut out)?;
+                    .ok_or(EvidenceError::UnknownDictionary(id))?,
+            ),
+        };
+        // Every frame `compress` writes states its size: decoded in one shot into a buffer of
+        // that size, a body costs a context and no more. The streaming decoder's window and
+        // input buffers (hundreds of KB allocated per body) cost more than decoding a 5 KB
+        // report, and the charts decode hundreds of bodies a request.
+        let size = zstd::zstd_safe::get_frame_content_size(body)
+            .ok()
+            .flatten()
+            .filter(|s| *s <= ONE_SHOT_MAX_BYTES)
+            .and_then(|s| usize::try_from(s).ok());
+        let out = match (size, &dict) {
+            (Some(size), Some(dict)) => {
+                Decompressor::with_prepared_dictionary(dict)?.decompress(body, size)?
             }
-        }
+            (Some(size), None) => Decompressor::new()?.decompress(body, size)?,
+            (None, Some(dict)) => {
+                let mut out = Vec::with_capacity(body.len().saturating_mul(8));
+                zstd::stream::read::Decoder::with_prepared_dictionary(body, dict)?
+                    .read_to_end(&mut out)?;
+                out
+            }
+            (None, None) => {
+                let mut out = Vec::with_capacity(body.len().saturating_mul(8));
+                zstd::stream::read::Decoder::new(body)?.read_to_end(&mut out)?;
+                out
+            }
+        };
         String::from_utf8(out).map_err(|_| EvidenceError::NotText)
     }
 }
+
+/// Bodies whose frame says they are larger than this are decoded as a stream (a body passed the
+/// ingest's `max_body_bytes` when it arrived; this only keeps a lying frame from making us
+/// allocate what it claims).
+const ONE_SHOT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Trains a dictionary from sample bodies (JSON text). `None` when zstd finds too little in
 /// common, or there are too few samples to be worth it.

@@ -10,13 +10,9 @@ use super::evidence;
 use super::{Conn, Storage, StorageError};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
-/// Tables partitioned by month of `collected_at`.
-pub const PARTITIONED: [&str; 4] = [
-    "reports",
-    "drive_samples",
-    "filesystem_samples",
-    "nic_samples",
-];
+/// Tables partitioned by month of `collected_at`: the reports, whose bodies are the only time
+/// series since migration 17 dropped the sample tables.
+pub const PARTITIONED: [&str; 1] = ["reports"];
 
 /// Tables every write batch looks rows up in by key (see [`analyze_current_state`]).
 const CURRENT_STATE: [&str; 5] = [

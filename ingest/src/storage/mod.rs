@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod notify;
 mod previous;
 pub mod read;
+mod readings;
 pub mod reliability;
 pub mod rows;
 pub mod writer;
@@ -770,11 +771,8 @@ impl Core {
         reports: &[&PreparedReport],
     ) -> Result<Vec<InsertOutcome>, StorageError> {
         let mut client = self.pool.get().await?;
-        // The report's own time places it; samples go by the time state is ordered by.
-        let months: HashSet<Month> = reports
-            .iter()
-            .flat_map(|r| [Month::of(r.collected_at), Month::of(r.at)])
-            .collect();
+        // The report's own time places it (reports are the only partitioned table).
+        let months: HashSet<Month> = reports.iter().map(|r| Month::of(r.collected_at)).collect();
         for month in months {
             let known = self
                 .partitions
@@ -795,7 +793,7 @@ impl Core {
         }
         let statements = client.statement_cache();
         let tx = client.transaction().await?;
-        let written = batch::write(&tx, reports, &self.alerts).await;
+        let written = batch::write(&tx, reports, &self.alerts, &self.codec).await;
         if self.pool.pooler {
             // Through a transaction pooler the next transaction may run on another server
             // connection, where a cached statement does not exist: close them all here, before

@@ -1,7 +1,10 @@
 //! Reads behind the operations JSON API: alerts, the fleet's current state, and one appliance's
 //! current state with its recent history. Every query starts from an indexed key (alert id,
 //! serial, `appliance_id` with `collected_at`), so a page costs the same with a million
-//! appliances as with three.
+//! appliances as with three. The history's readings are decoded from the kept report bodies
+//! (`readings.rs`), at most [`readings::BODIES_PER_DAY`] a day of the window.
+
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -10,7 +13,9 @@ use tokio_postgres::types::ToSql;
 
 use phonehome_dashboard as d;
 
+use super::readings::{self, Readings};
 use super::{Storage, StorageError};
+use crate::model::{DriveSample, FilesystemRow, NicRow};
 
 /// One alert episode, as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -56,7 +61,7 @@ pub struct ApplianceState {
     pub health: phonehome_dashboard::Health,
 }
 
-/// One drive sample: what one report said about one drive.
+/// One drive reading: what one report said about one drive.
 #[derive(Debug, Clone, Serialize)]
 pub struct DriveReading {
     pub collected_at: DateTime<Utc>,
@@ -76,34 +81,26 @@ pub struct DriveReading {
     pub scsi_uncorrected: Option<i64>,
 }
 
-/// The sample columns [`DriveReading::from_row`] reads, in its order, for a `drive_samples s`.
-pub(super) const DRIVE_READING: &str = "s.collected_at, s.temperature_celsius, s.power_on_hours,
-    s.health_passed, s.failing, s.reallocated_sectors, s.pending_sectors,
-    s.offline_uncorrectable, s.crc_errors, s.nvme_critical_warning, s.nvme_percentage_used,
-    s.nvme_available_spare, s.nvme_media_errors, s.scsi_grown_defects, s.scsi_uncorrected";
-
 impl DriveReading {
-    /// Reads [`DRIVE_READING`] starting at column `at`; `None` when the sample is absent (a
-    /// left join found none).
-    pub(super) fn from_row(row: &Row, at: usize) -> Option<Self> {
-        let collected_at: Option<DateTime<Utc>> = row.get(at);
-        Some(DriveReading {
-            collected_at: collected_at?,
-            temperature_celsius: row.get(at + 1),
-            power_on_hours: row.get(at + 2),
-            health_passed: row.get(at + 3),
-            failing: row.get::<_, Option<bool>>(at + 4).unwrap_or(false),
-            reallocated_sectors: row.get(at + 5),
-            pending_sectors: row.get(at + 6),
-            offline_uncorrectable: row.get(at + 7),
-            crc_errors: row.get(at + 8),
-            nvme_critical_warning: row.get(at + 9),
-            nvme_percentage_used: row.get(at + 10),
-            nvme_available_spare: row.get(at + 11),
-            nvme_media_errors: row.get(at + 12),
-            scsi_grown_defects: row.get(at + 13),
-            scsi_uncorrected: row.get(at + 14),
-        })
+    /// What `sample`, taken at `at`, shows.
+    pub(super) fn new(at: DateTime<Utc>, sample: &DriveSample) -> Self {
+        DriveReading {
+            collected_at: at,
+            temperature_celsius: sample.temperature_celsius,
+            power_on_hours: sample.power_on_hours,
+            health_passed: sample.health_passed,
+            failing: sample.failing,
+            reallocated_sectors: sample.reallocated_sectors,
+            pending_sectors: sample.pending_sectors,
+            offline_uncorrectable: sample.offline_uncorrectable,
+            crc_errors: sample.crc_errors,
+            nvme_critical_warning: sample.nvme_critical_warning,
+            nvme_percentage_used: sample.nvme_percentage_used,
+            nvme_available_spare: sample.nvme_available_spare,
+            nvme_media_errors: sample.nvme_media_errors,
+            scsi_grown_defects: sample.scsi_grown_defects,
+            scsi_uncorrected: sample.scsi_uncorrected,
+        }
     }
 }
 
@@ -316,39 +313,131 @@ fn appliance_state(row: &Row) -> ApplianceState {
     }
 }
 
-fn filesystem_point(row: &Row, at: usize) -> FilesystemPoint {
+fn filesystem_point(at: DateTime<Utc>, f: &FilesystemRow) -> FilesystemPoint {
     FilesystemPoint {
-        collected_at: row.get(at),
-        bytes_used: row.get(at + 1),
-        bytes_total: row.get(at + 2),
-        inodes_used: row.get(at + 3),
-        inodes_total: row.get(at + 4),
+        collected_at: at,
+        bytes_used: f.bytes_used,
+        bytes_total: f.bytes_total,
+        inodes_used: f.inodes_used,
+        inodes_total: f.inodes_total,
     }
 }
 
-fn nic_point(row: &Row, at: usize) -> NicPoint {
+fn nic_point(at: DateTime<Utc>, n: &NicRow) -> NicPoint {
     NicPoint {
-        collected_at: row.get(at),
-        rx_bytes: row.get(at + 1),
-        tx_bytes: row.get(at + 2),
-        rx_errors: row.get(at + 3),
-        tx_errors: row.get(at + 4),
-        rx_dropped: row.get(at + 5),
-        tx_dropped: row.get(at + 6),
+        collected_at: at,
+        rx_bytes: n.rx_bytes,
+        tx_bytes: n.tx_bytes,
+        rx_errors: n.rx_errors,
+        tx_errors: n.tx_errors,
+        rx_dropped: n.rx_dropped,
+        tx_dropped: n.tx_dropped,
     }
 }
 
-/// Groups rows ordered by key, then time, into one series per key.
-fn series<T>(rows: &[Row], point: impl Fn(&Row) -> T) -> Vec<(String, Vec<T>)> {
-    let mut out: Vec<(String, Vec<T>)> = Vec::new();
-    for row in rows {
-        let key: String = row.get(0);
-        match out.last_mut() {
-            Some((k, points)) if *k == key => points.push(point(row)),
-            _ => out.push((key, vec![point(row)])),
+/// How far back the newest readings are looked for, as when they were sample rows: a drive in
+/// standby in the newest reports still shows its last values.
+const LATEST_DAYS: i64 = 31;
+/// Bodies walked back, beyond the history's, for a drive (or the filesystems, or the NICs) the
+/// history's reports do not show: a month of daily reports.
+const LATEST_LOOKBACK: i64 = 31;
+
+/// The newest reading of each drive now in the appliance, and the newest filesystems and NICs,
+/// gathered newest report first.
+#[derive(Debug, Default)]
+struct Latest {
+    drives: BTreeMap<String, DriveReading>,
+    filesystems: Option<Vec<FilesystemReading>>,
+    nics: Option<Vec<NicReading>>,
+}
+
+impl Latest {
+    /// Takes from `r` what no newer report gave (`r` must be older than those seen so far).
+    fn absorb(&mut self, r: &Readings, wanted: &HashSet<&str>) {
+        for (key, sample) in &r.drives {
+            if wanted.contains(key.as_str()) && !self.drives.contains_key(key) {
+                self.drives
+                    .insert(key.clone(), DriveReading::new(r.at, sample));
+            }
+        }
+        if self.filesystems.is_none() && !r.filesystems.is_empty() {
+            let mut fs: Vec<FilesystemReading> = r
+                .filesystems
+                .iter()
+                .map(|f| FilesystemReading {
+                    mount_point: f.mount_point.clone(),
+                    sample: filesystem_point(r.at, f),
+                })
+                .collect();
+            fs.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+            self.filesystems = Some(fs);
+        }
+        if self.nics.is_none() && !r.nics.is_empty() {
+            let mut nics: Vec<NicReading> = r
+                .nics
+                .iter()
+                .map(|n| NicReading {
+                    name: n.name.clone(),
+                    sample: nic_point(r.at, n),
+                })
+                .collect();
+            nics.sort_by(|a, b| a.name.cmp(&b.name));
+            self.nics = Some(nics);
         }
     }
-    out
+
+    fn complete(&self, wanted: &HashSet<&str>) -> bool {
+        self.filesystems.is_some() && self.nics.is_some() && self.drives.len() >= wanted.len()
+    }
+}
+
+/// The history's series from readings oldest first: one per drive, filesystem and NIC, in key
+/// order.
+fn series(readings: &[Readings]) -> (Vec<DriveSeries>, Vec<FilesystemSeries>, Vec<NicSeries>) {
+    let mut drives: BTreeMap<&str, Vec<DriveReading>> = BTreeMap::new();
+    let mut filesystems: BTreeMap<&str, Vec<FilesystemPoint>> = BTreeMap::new();
+    let mut nics: BTreeMap<&str, Vec<NicPoint>> = BTreeMap::new();
+    for r in readings {
+        for (key, sample) in &r.drives {
+            drives
+                .entry(key.as_str())
+                .or_default()
+                .push(DriveReading::new(r.at, sample));
+        }
+        for f in &r.filesystems {
+            filesystems
+                .entry(f.mount_point.as_str())
+                .or_default()
+                .push(filesystem_point(r.at, f));
+        }
+        for n in &r.nics {
+            nics.entry(n.name.as_str())
+                .or_default()
+                .push(nic_point(r.at, n));
+        }
+    }
+    (
+        drives
+            .into_iter()
+            .map(|(k, samples)| DriveSeries {
+                drive_key: k.to_owned(),
+                samples,
+            })
+            .collect(),
+        filesystems
+            .into_iter()
+            .map(|(m, samples)| FilesystemSeries {
+                mount_point: m.to_owned(),
+                samples,
+            })
+            .collect(),
+        nics.into_iter()
+            .map(|(n, samples)| NicSeries {
+                name: n.to_owned(),
+                samples,
+            })
+            .collect(),
+    )
 }
 
 impl Storage {
@@ -376,51 +465,26 @@ impl Storage {
         };
         let id: i32 = row.get(0);
         let state = appliance_state(&row);
-        let since = Utc::now() - Duration::days(i64::from(days));
-        // The newest readings are those of the newest report, or close to it: bounding them
-        // lets PostgreSQL skip every older month (the samples are indexed by appliance only).
-        let recent = state.last_collected_at - Duration::days(31);
+        let now = Utc::now();
+        let since = now - Duration::days(i64::from(days));
+        // The newest readings are those of the newest report, or close to it.
+        let recent = state.last_collected_at - Duration::days(LATEST_DAYS);
 
         // Parameters outlive the queries, which run together below.
         let by_id_since: &[&(dyn ToSql + Sync)] = &[&id, &since];
-        let by_id_recent: &[&(dyn ToSql + Sync)] = &[&id, &recent];
+        let by_id: &[&(dyn ToSql + Sync)] = &[&id];
         let by_id_events: &[&(dyn ToSql + Sync)] = &[&id, &EVENTS_SHOWN];
         let by_serial_events: &[&(dyn ToSql + Sync)] = &[&serial, &EVENTS_SHOWN];
         let by_id_resolved: &[&(dyn ToSql + Sync)] = &[&id, &RESOLVED_ALERTS_SHOWN];
         // The queries are independent: sent together on one connection, they cost one round
-        // trip's wait instead of eleven.
-        let drives_sql = format!(
-            "SELECT d.drive_key, d.model, d.serial, d.wwn, m.device_name, m.from_at,
-                        {DRIVE_READING}
-                 FROM drive_membership m
-                 JOIN drives d ON d.id = m.drive_id
-                 LEFT JOIN LATERAL (
-                     SELECT * FROM drive_samples s
-                     WHERE s.appliance_id = m.appliance_id AND s.drive_id = m.drive_id
-                       AND s.collected_at >= $2
-                     ORDER BY s.collected_at DESC LIMIT 1) s ON true
-                 WHERE m.appliance_id = $1 AND m.until_at IS NULL
-                 ORDER BY m.device_name, d.drive_key"
-        );
-        let drives = client.query(&drives_sql, by_id_recent);
-        let filesystems = client.query(
-            "SELECT mount_point, collected_at, bytes_used, bytes_total, inodes_used, inodes_total
-             FROM filesystem_samples
-             WHERE appliance_id = $1 AND collected_at =
-                 (SELECT max(collected_at) FROM filesystem_samples
-                  WHERE appliance_id = $1 AND collected_at >= $2)
-             ORDER BY mount_point",
-            by_id_recent,
-        );
-        let nics = client.query(
-            "SELECT name, collected_at, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
-                    tx_dropped
-             FROM nic_samples
-             WHERE appliance_id = $1 AND collected_at =
-                 (SELECT max(collected_at) FROM nic_samples
-                  WHERE appliance_id = $1 AND collected_at >= $2)
-             ORDER BY name",
-            by_id_recent,
+        // trip's wait instead of nine.
+        let drives = client.query(
+            "SELECT d.drive_key, d.model, d.serial, d.wwn, m.device_name, m.from_at
+             FROM drive_membership m
+             JOIN drives d ON d.id = m.drive_id
+             WHERE m.appliance_id = $1 AND m.until_at IS NULL
+             ORDER BY m.device_name, d.drive_key",
+            by_id,
         );
         let reports = client.query(
             "SELECT report_id, collected_at, received_at, app_status, app_version
@@ -428,25 +492,13 @@ impl Storage {
              ORDER BY collected_at, report_id",
             by_id_since,
         );
-        let drive_series_sql = format!(
-            "SELECT d.drive_key, {DRIVE_READING}
-                 FROM drive_samples s JOIN drives d ON d.id = s.drive_id
-                 WHERE s.appliance_id = $1 AND s.collected_at >= $2
-                 ORDER BY d.drive_key, s.collected_at"
-        );
-        let drive_series = client.query(&drive_series_sql, by_id_since);
-        let filesystem_series = client.query(
-            "SELECT mount_point, collected_at, bytes_used, bytes_total, inodes_used, inodes_total
-             FROM filesystem_samples WHERE appliance_id = $1 AND collected_at >= $2
-             ORDER BY mount_point, collected_at",
-            by_id_since,
-        );
-        let nic_series = client.query(
-            "SELECT name, collected_at, rx_bytes, tx_bytes, rx_errors, tx_errors, rx_dropped,
-                    tx_dropped
-             FROM nic_samples WHERE appliance_id = $1 AND collected_at >= $2
-             ORDER BY name, collected_at",
-            by_id_since,
+        // The window's bodies: every report's readings, at most BODIES_PER_DAY a day.
+        let bodies = readings::window(
+            &client,
+            id,
+            since,
+            now + readings::ahead(),
+            i64::from(days).saturating_mul(readings::BODIES_PER_DAY),
         );
         let versions = client.query(
             "SELECT component, old_version, new_version, changed_at, report_id
@@ -480,31 +532,46 @@ impl Storage {
                  ORDER BY 1 DESC"
         );
         let alerts = client.query(&alerts_sql, by_id_resolved);
-        let (
+        let (drives, reports, bodies, versions, drive_events, identity_events, alerts) = tokio::try_join!(
             drives,
-            filesystems,
-            nics,
             reports,
-            drive_series,
-            filesystem_series,
-            nic_series,
-            versions,
-            drive_events,
-            identity_events,
-            alerts,
-        ) = tokio::try_join!(
-            drives,
-            filesystems,
-            nics,
-            reports,
-            drive_series,
-            filesystem_series,
-            nic_series,
+            bodies,
             versions,
             drive_events,
             identity_events,
             alerts,
         )?;
+        // Decoding may load a dictionary, which takes a connection: the pool may have one.
+        drop(client);
+        let mut history = self.readings(bodies).await?;
+        // By the time state is ordered by (a clock running ahead moves a report back).
+        history.sort_by_key(|r| r.at);
+
+        // The newest reading of every drive now here, and the newest filesystems and NICs:
+        // from the history, newest first; walking further back (a bounded number of bodies, no
+        // further than LATEST_DAYS) only for what it lacks, as a drive in standby does.
+        let open: HashSet<&str> = drives.iter().map(|r| r.get::<_, &str>(0)).collect();
+        let mut latest = Latest::default();
+        for r in history.iter().rev().filter(|r| r.at >= recent) {
+            latest.absorb(r, &open);
+        }
+        if !latest.complete(&open) {
+            // The history covered everything since `since`.
+            let client = self.pool().get().await?;
+            let older = readings::newest(&client, id, recent, since, LATEST_LOOKBACK).await?;
+            drop(client);
+            for body in &older {
+                if let Some(r) = self.reading(body).await? {
+                    if r.at >= recent {
+                        latest.absorb(&r, &open);
+                    }
+                }
+                if latest.complete(&open) {
+                    break;
+                }
+            }
+        }
+        let (drive_series, filesystem_series, nic_series) = series(&history);
 
         Ok(Some(ApplianceDetail {
             state,
@@ -517,23 +584,11 @@ impl Storage {
                     wwn: r.get(3),
                     device_name: r.get(4),
                     since: r.get(5),
-                    latest: DriveReading::from_row(r, 6),
+                    latest: latest.drives.remove(r.get::<_, &str>(0)),
                 })
                 .collect(),
-            filesystems: filesystems
-                .iter()
-                .map(|r| FilesystemReading {
-                    mount_point: r.get(0),
-                    sample: filesystem_point(r, 1),
-                })
-                .collect(),
-            nics: nics
-                .iter()
-                .map(|r| NicReading {
-                    name: r.get(0),
-                    sample: nic_point(r, 1),
-                })
-                .collect(),
+            filesystems: latest.filesystems.unwrap_or_default(),
+            nics: latest.nics.unwrap_or_default(),
             history: History {
                 days,
                 since,
@@ -547,25 +602,9 @@ impl Storage {
                         app_version: r.get(4),
                     })
                     .collect(),
-                // A sample's time is never NULL in the series query (no outer join there).
-                drives: series(&drive_series, |r| DriveReading::from_row(r, 1))
-                    .into_iter()
-                    .map(|(drive_key, samples)| DriveSeries {
-                        drive_key,
-                        samples: samples.into_iter().flatten().collect(),
-                    })
-                    .collect(),
-                filesystems: series(&filesystem_series, |r| filesystem_point(r, 1))
-                    .into_iter()
-                    .map(|(mount_point, samples)| FilesystemSeries {
-                        mount_point,
-                        samples,
-                    })
-                    .collect(),
-                nics: series(&nic_series, |r| nic_point(r, 1))
-                    .into_iter()
-                    .map(|(name, samples)| NicSeries { name, samples })
-                    .collect(),
+                drives: drive_series,
+                filesystems: filesystem_series,
+                nics: nic_series,
             },
             versions: versions
                 .iter()

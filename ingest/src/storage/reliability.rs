@@ -1,6 +1,9 @@
 //! Loads what `phonehome_dashboard::reliability` judges: each drive's life in the fleet, whether
 //! it failed, and its latest predictive counters; stores the result for the page and the API.
-//! Run by maintenance (hourly, one replica), never on a request: it reads every drive.
+//! Run by maintenance (hourly, one replica), never on a request: it reads every drive. The
+//! counters are those the drive's row keeps (`drives.predictive`, set by the write path from
+//! each report): no history is read, neither sample rows (gone since migration 17) nor the
+//! 100,000 newest bodies a fleet's latest readings would otherwise take.
 
 use std::collections::BTreeMap;
 
@@ -13,20 +16,13 @@ use super::{Storage, StorageError};
 
 /// Drives on the "replace soon" list.
 const REPLACE_SOON: usize = 100;
-/// Latest samples are looked for this far back: a drive removed before then counts with its
-/// attributes unknown (as zero).
+/// A drive's kept counters count if it was last seen this recently: one removed (or whose
+/// appliance went silent) before then counts with its attributes unknown (as zero).
 const LATEST_DAYS: i32 = 35;
 
-/// The predictive attributes, named as the page shows them.
-const ATTRIBUTES: [&str; 7] = [
-    "ATA 5 reallocated sectors",
-    "ATA 187 reported uncorrectable",
-    "ATA 188 command timeout",
-    "ATA 197 pending sectors",
-    "ATA 198 offline uncorrectable",
-    "NVMe media errors",
-    "NVMe spare used",
-];
+/// The predictive attributes, named as the page shows them, in the order of the bits of
+/// `drives.predictive`.
+const ATTRIBUTES: [&str; 7] = crate::model::PREDICTIVE;
 
 /// One drive as the query returns it.
 struct DriveLife {
@@ -69,7 +65,10 @@ impl Storage {
                             sum(extract(epoch FROM coalesce(m.until_at, now()) - m.from_at))
                                 / 86400.0 AS days,
                             (array_agg(a.serial) FILTER (WHERE m.until_at IS NULL))[1]
-                                AS in_service
+                                AS in_service,
+                            -- When the drive was last seen: its appliance's newest report while
+                            -- it sits in one, else the first report that no longer showed it.
+                            max(coalesce(m.until_at, a.last_collected_at)) AS seen_at
                      FROM drive_membership m JOIN appliances a ON a.id = m.appliance_id
                      GROUP BY m.drive_id),
                  failed AS (
@@ -83,26 +82,13 @@ impl Storage {
                            AND al.rule <> 'disk_missing'
                            AND al.severity IN ('warning', 'critical')
                            AND al.started_at <= e.at
-                           AND coalesce(al.resolved_at, 'infinity') >= e.at - interval '1 day')),
-                 latest AS (
-                     SELECT DISTINCT ON (drive_id) drive_id, reallocated_sectors,
-                            reported_uncorrect, command_timeout, pending_sectors, offline_uncorrectable, nvme_media_errors,
-                            nvme_available_spare
-                     FROM drive_samples
-                     WHERE collected_at > now() - make_interval(days => $1)
-                     ORDER BY drive_id, collected_at DESC)
+                           AND coalesce(al.resolved_at, 'infinity') >= e.at - interval '1 day'))
                  SELECT d.drive_key, coalesce(d.model, '(unknown model)'), d.firmware, d.serial,
                         l.days::float8, f.drive_key IS NOT NULL, l.in_service,
-                        coalesce(s.reallocated_sectors, 0) > 0,
-                        coalesce(s.reported_uncorrect, 0) > 0,
-                        coalesce(s.command_timeout, 0) > 0,
-                        coalesce(s.pending_sectors, 0) > 0,
-                        coalesce(s.offline_uncorrectable, 0) > 0,
-                        coalesce(s.nvme_media_errors, 0) > 0,
-                        coalesce(s.nvme_available_spare, 100) < 100
+                        CASE WHEN l.seen_at > now() - make_interval(days => $1)
+                             THEN coalesce(d.predictive, 0) ELSE 0 END::int
                  FROM drives d JOIN life l ON l.drive_id = d.id
-                 LEFT JOIN failed f ON f.drive_key = d.drive_key
-                 LEFT JOIN latest s ON s.drive_id = d.id",
+                 LEFT JOIN failed f ON f.drive_key = d.drive_key",
                 &[&LATEST_DAYS],
             )
             .await?;
@@ -116,15 +102,10 @@ impl Storage {
                 days: row.get::<_, f64>(4).max(0.0),
                 failed: row.get(5),
                 in_service: row.get(6),
-                nonzero: [
-                    row.get(7),
-                    row.get(8),
-                    row.get(9),
-                    row.get(10),
-                    row.get(11),
-                    row.get(12),
-                    row.get(13),
-                ],
+                nonzero: {
+                    let bits: i32 = row.get(7);
+                    std::array::from_fn(|i| bits & (1 << i) != 0)
+                },
             })
             .collect();
         let mut fleet = counts("(fleet)", None);

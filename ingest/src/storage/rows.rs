@@ -75,7 +75,9 @@ pub fn drive_key(d: &SmartDevice) -> Option<String> {
     Some(format!("sn:{model}/{serial}"))
 }
 
-fn drive_sample(d: &SmartDevice, verdict: &crate::verdict::DriveVerdict) -> DriveSample {
+/// What a report says about one drive, as rules, charts and reliability read it; the same
+/// conversion serves the write path and the readers of kept bodies (`readings.rs`).
+pub(super) fn drive_sample(d: &SmartDevice, verdict: &crate::verdict::DriveVerdict) -> DriveSample {
     let nvme = d.nvme.as_ref();
     let scsi = d.scsi.as_ref();
     let scsi_uncorrected = scsi.and_then(|s| {
@@ -115,6 +117,45 @@ fn drive_sample(d: &SmartDevice, verdict: &crate::verdict::DriveVerdict) -> Driv
             .and_then(|l| l.count)
             .or_else(|| nvme.and_then(|n| n.error_log_entries))),
     }
+}
+
+/// The report's filesystems, one per mount point (the first wins).
+pub(super) fn filesystem_rows(report: &Report) -> Vec<FilesystemRow> {
+    let mut filesystems: Vec<FilesystemRow> = Vec::new();
+    for f in &report.filesystems.filesystems {
+        if filesystems.iter().any(|r| r.mount_point == f.mount_point) {
+            continue;
+        }
+        filesystems.push(FilesystemRow {
+            mount_point: f.mount_point.clone(),
+            bytes_total: big_required(f.bytes_total),
+            bytes_used: big_required(f.bytes_used),
+            inodes_total: big_required(f.inodes_total),
+            inodes_used: big_required(f.inodes_used),
+        });
+    }
+    filesystems
+}
+
+/// The report's NICs, one per name (the first wins).
+pub(super) fn nic_rows(report: &Report) -> Vec<NicRow> {
+    let mut nics: Vec<NicRow> = Vec::new();
+    for n in &report.nics.nics {
+        if nics.iter().any(|r| r.name == n.name) {
+            continue;
+        }
+        let c = |name: &str| big(n.counters.get(name).copied());
+        nics.push(NicRow {
+            name: n.name.clone(),
+            rx_bytes: c("rx_bytes"),
+            tx_bytes: c("tx_bytes"),
+            rx_errors: c("rx_errors"),
+            tx_errors: c("tx_errors"),
+            rx_dropped: c("rx_dropped"),
+            tx_dropped: c("tx_dropped"),
+        });
+    }
+    nics
 }
 
 /// The rows of `report`; `body` is the compressed JSON and its dictionary.
@@ -165,35 +206,8 @@ pub fn prepare(
             None => smart_complete = false,
         }
     }
-    let mut filesystems: Vec<FilesystemRow> = Vec::new();
-    for f in &report.filesystems.filesystems {
-        if filesystems.iter().any(|r| r.mount_point == f.mount_point) {
-            continue;
-        }
-        filesystems.push(FilesystemRow {
-            mount_point: f.mount_point.clone(),
-            bytes_total: big_required(f.bytes_total),
-            bytes_used: big_required(f.bytes_used),
-            inodes_total: big_required(f.inodes_total),
-            inodes_used: big_required(f.inodes_used),
-        });
-    }
-    let mut nics: Vec<NicRow> = Vec::new();
-    for n in &report.nics.nics {
-        if nics.iter().any(|r| r.name == n.name) {
-            continue;
-        }
-        let c = |name: &str| big(n.counters.get(name).copied());
-        nics.push(NicRow {
-            name: n.name.clone(),
-            rx_bytes: c("rx_bytes"),
-            tx_bytes: c("tx_bytes"),
-            rx_errors: c("rx_errors"),
-            tx_errors: c("tx_errors"),
-            rx_dropped: c("rx_dropped"),
-            tx_dropped: c("tx_dropped"),
-        });
-    }
+    let filesystems = filesystem_rows(report);
+    let nics = nic_rows(report);
     let collection_errors = [
         report.identity.errors.len(),
         report.system.errors.len(),
