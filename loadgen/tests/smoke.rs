@@ -26,6 +26,7 @@ async fn a_tiny_run_sends_every_report_and_measures_both_ceilings() {
     has("limit: ");
     has("ratio ingest/limit: ");
     has("bytes per report, tables + indexes");
+    has("storage without dead row versions: ");
 
     assert_eq!(
         db.count("reports").await,
