@@ -130,6 +130,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Enough to keep PostgreSQL busy with a queue per connection, small enough to bound memory
 /// (at most this many bodies of `max_body_bytes` at once).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 256;
+/// A full maintenance run (partitions, retention, dictionary, rollups, reliability) every hour.
+pub const DEFAULT_MAINTENANCE_INTERVAL_SECONDS: u64 = 3600;
+
 /// Twice as many connections as reports may be in flight (and twice `max_in_flight` when only
 /// that is set). A request that finds every in-flight slot taken waits up to a second
 /// (`admission_wait_ms`) for one before it is refused with a 503, so the extra connections queue behind the busy ones rather
@@ -199,7 +202,7 @@ impl Default for Config {
             db_writers: 4,
             db_batch_max: 64,
             retention_days: DEFAULT_RETENTION_DAYS,
-            maintenance_interval_seconds: 3600,
+            maintenance_interval_seconds: DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
             replica_name: None,
             alerts: crate::alerts::AlertsConfig::default(),
             alertmanager: AlertmanagerConfig::default(),

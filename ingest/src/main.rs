@@ -254,8 +254,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 storage.clone(),
                 replica.clone(),
                 interval,
-                std::time::Duration::from_secs(60),
-                std::time::Duration::from_secs(3600),
+                phonehome_ingest::storage::maintenance::YOUNG_EVERY,
+                phonehome_ingest::storage::maintenance::YOUNG_FOR,
             )
         })
     };

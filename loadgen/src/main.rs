@@ -36,7 +36,7 @@ mod setup;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 /// Load generator for the phonehome ingest: N simulated appliances, each with its own client
 /// certificate, post M reports over mutual TLS; then the same number of reports go straight
@@ -126,6 +126,15 @@ pub struct Cli {
     #[arg(long, value_name = "K", default_value_t = 2, conflicts_with = "reports",
           value_parser = clap::value_parser!(u64).range(1..))]
     backlog: u64,
+
+    /// With --outage: the fleet was known before the outage, as after a real 24-hour outage:
+    /// each appliance's report of the day before goes straight into PostgreSQL first (through
+    /// the storage layer, concurrency 64, not part of the drain's time), the database is then
+    /// vacuumed and analysed as autovacuum would have over that day, and the drain sends the
+    /// days after it. Without it every appliance is new to the ingest at t0 (a first-contact
+    /// storm: every appliance, drive and certificate row is created during the drain).
+    #[arg(long)]
+    known_fleet: bool,
 
     /// With --outage: how long each appliance's run keeps retrying, from t0; a retry that would
     /// start later is not made, and the appliance's remaining reports wait for its next daily
@@ -217,6 +226,15 @@ fn main() -> ExitCode {
         return block_on(fill::run(fill)).map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS);
     }
     let cli = Cli::parse();
+    // `requires = "outage"` cannot say this: a flag's default counts as present for clap.
+    if cli.known_fleet && !cli.outage {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--known-fleet describes an outage drain: it needs --outage",
+            )
+            .exit();
+    }
     match block_on(phases::run(cli)) {
         Some(true) => ExitCode::SUCCESS,
         Some(false) => ExitCode::from(3),

@@ -36,6 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use phonehome_ingest::tls::ApplianceIdentity;
+use phonehome_schema::Serial;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -45,7 +47,7 @@ use uuid::Uuid;
 use crate::Cli;
 use crate::fleet::Fleet;
 use crate::http;
-use crate::phases::{REQUEST_TIMEOUT, Tally, progress};
+use crate::phases::{REQUEST_TIMEOUT, Tally, progress, ticker};
 use crate::setup::{self, Appliance, IngestGauge, LocalIngest, Target};
 
 /// The collector's default `max_retry_wait_seconds`: the longest wait between attempts, and the
@@ -91,6 +93,9 @@ pub async fn run(
     );
     let _ = std::io::stdout().flush();
 
+    if cli.known_fleet {
+        seed_known_fleet(cli, &fleet, &appliances).await?;
+    }
     let mut db = ReportCount::connect(&cli.database_url).await?;
     let before = db.count().await?;
 
@@ -111,6 +116,7 @@ pub async fn run(
         appliances,
         target,
         backlog: k as usize,
+        first_day: u64::from(cli.known_fleet),
         t0,
         deadline: t0.checked_add(Duration::from_secs(cli.retry_budget_secs)),
         slots: Semaphore::new(slots),
@@ -254,6 +260,84 @@ pub async fn run(
     Ok(acked == total && new_rows == total)
 }
 
+/// Stores every appliance's report of the day before the outage straight through the storage
+/// layer, then vacuums and analyses the database as autovacuum would have over that day.
+async fn seed_known_fleet(
+    cli: &Cli,
+    fleet: &Arc<Fleet>,
+    appliances: &[Appliance],
+) -> anyhow::Result<()> {
+    const SENDERS: usize = 64;
+    let n = appliances.len() as u64;
+    let storage = setup::storage(
+        &cli.database_url,
+        cli.db_pool_size as usize,
+        cli.db_writers as usize,
+    )?;
+    progress(format!(
+        "known fleet: storing {n} reports of the day before the outage"
+    ));
+    let jobs: Arc<Vec<(Serial, ApplianceIdentity)>> = Arc::new(
+        appliances
+            .iter()
+            .map(|a| (a.serial.clone(), a.identity.clone()))
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let tick = ticker("known fleet", done.clone(), n);
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let (next, done, storage) = (next.clone(), done.clone(), storage.clone());
+        let (fleet, jobs) = (fleet.clone(), jobs.clone());
+        set.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((serial, identity)) = jobs.get(i as usize) else {
+                    return anyhow::Ok(());
+                };
+                let report = fleet.report(serial, i, 0);
+                let body = serde_json::to_string(&report).context("serialise a report")?;
+                storage
+                    .insert_report(&report, identity, &body)
+                    .await
+                    .with_context(|| format!("store {serial}'s report of the day before"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut result = Ok(());
+    while let Some(joined) = set.join_next().await {
+        let outcome = match joined {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::Error::new(e).context("a seeding task failed")),
+        };
+        if let Err(e) = outcome {
+            set.abort_all();
+            result = result.and(Err(e));
+        }
+    }
+    tick.abort();
+    result?;
+    let stored_in = started.elapsed();
+    let vacuum_started = Instant::now();
+    let (client, connection) = tokio_postgres::connect(&cli.database_url, tokio_postgres::NoTls)
+        .await
+        .context("connect to PostgreSQL to vacuum")?;
+    tokio::spawn(connection);
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .context("VACUUM ANALYZE after storing the day before")?;
+    println!(
+        "known fleet: {n} reports of the day before the outage stored in {:.1} s (straight into PostgreSQL, not part of the drain), VACUUM ANALYZE in {:.1} s",
+        stored_in.as_secs_f64(),
+        vacuum_started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Counts the rows of `reports` (its partitions included, if it has any).
 struct ReportCount {
     client: tokio_postgres::Client,
@@ -304,6 +388,8 @@ struct Drain {
     appliances: Vec<Appliance>,
     target: Target,
     backlog: usize,
+    /// The fleet's day of the oldest spooled report: 1 when the day before is already stored.
+    first_day: u64,
     t0: Instant,
     /// End of every appliance's retry budget (the whole fleet started its run at t0); `None`
     /// when too far away to name.
@@ -452,7 +538,8 @@ impl Drain {
         let a = &self.appliances[i];
         let mut conn: Option<Conn<'_>> = None;
         while spool.next < spool.ids.len() {
-            let body = match self.body(a, i, spool.ids[spool.next], spool.next as u64) {
+            let day = self.first_day + spool.next as u64;
+            let body = match self.body(a, i, spool.ids[spool.next], day) {
                 Ok((json_len, body)) => {
                     t.json_bytes += json_len as u64;
                     t.wire_bytes += body.len() as u64;

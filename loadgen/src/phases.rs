@@ -48,7 +48,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             cli.backlog - 1,
             phonehome_schema::MAX_REPORT_AGE_DAYS
         );
-        cli.backlog
+        // A known fleet's report of the day before the outage is day 0; the spool follows it.
+        cli.backlog + u64::from(cli.known_fleet)
     } else {
         m.div_ceil(n)
     };
@@ -119,6 +120,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 pool,
                 cli.db_writers as usize,
                 admission,
+                if cli.outage {
+                    setup::Pace::Shipped
+                } else {
+                    setup::Pace::Compressed
+                },
             )
             .await?;
             (ingest.target.clone(), Some(ingest))
@@ -523,7 +529,11 @@ impl Run {
 }
 
 /// Prints a progress line every few seconds until aborted.
-fn ticker(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+pub(crate) fn ticker(
+    label: &'static str,
+    done: Arc<AtomicU64>,
+    total: u64,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
         let mut last = 0;

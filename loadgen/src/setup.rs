@@ -403,6 +403,15 @@ impl IngestGauge {
     }
 }
 
+/// How often the in-process ingest runs its maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Faster than shipped, for runs that pass simulated days in seconds.
+    Compressed,
+    /// The ingest's shipped defaults, for runs in real time (the outage drain).
+    Shipped,
+}
+
 /// The ingest running inside this process; stopped with [`LocalIngest::stop`].
 #[derive(Debug)]
 pub struct LocalIngest {
@@ -423,6 +432,7 @@ impl LocalIngest {
         pool_size: usize,
         writers: usize,
         admission: Admission,
+        pace: Pace,
     ) -> anyhow::Result<Self> {
         let tls = tls::ServerTls::load(files, tls::DEFAULT_RENEW_GRACE)
             .context("load the ingest's TLS files")?;
@@ -432,18 +442,31 @@ impl LocalIngest {
             .await
             .context("load the report-body dictionaries")?;
         // As `phonehome-ingest serve` does: maintenance trains the report-body dictionary once
-        // there are enough reports, which is most of what a report costs on disk. A run here
-        // squeezes a month into seconds (a simulated day passes in well under a second), so it
-        // looks at the young deployment (dictionary, statistics of the growing tables) every
-        // 100 ms for a minute (the ingest looks every minute for an hour, a smaller share of a
-        // day than 100 ms is of this run's), and runs in full every 30 s.
-        let maintenance = phonehome_ingest::storage::maintenance::spawn_paced(
-            storage.clone(),
-            "loadgen".into(),
-            std::time::Duration::from_secs(30),
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(60),
-        );
+        // there are enough reports, which is most of what a report costs on disk.
+        let maintenance = match pace {
+            // A throughput run squeezes a month into seconds (a simulated day passes in well
+            // under a second), so it looks at the young deployment (dictionary, statistics of
+            // the growing tables) every 100 ms for a minute (the ingest looks every minute for
+            // an hour, a smaller share of a day than 100 ms is of this run's), and runs in full
+            // every 30 s.
+            Pace::Compressed => phonehome_ingest::storage::maintenance::spawn_paced(
+                storage.clone(),
+                "loadgen".into(),
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(60),
+            ),
+            // A drain runs in real time: the shipped pacing, a full run at start and then
+            // hourly, a look every minute in between. (Every 30 s, the full run's reliability
+            // rollup over a million appliances' drives halved the drain's rate while it ran.)
+            Pace::Shipped => phonehome_ingest::storage::maintenance::spawn(
+                storage.clone(),
+                "loadgen".into(),
+                std::time::Duration::from_secs(
+                    phonehome_ingest::config::DEFAULT_MAINTENANCE_INTERVAL_SECONDS,
+                ),
+            ),
+        };
         let reports = phonehome_ingest::server::listen_reports(([127, 0, 0, 1], 0).into())
             .context("listen on 127.0.0.1 for reports")?;
         let ops = TcpListener::bind("127.0.0.1:0")

@@ -74,6 +74,44 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
     assert_eq!(db.count("appliances").await, 1000);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_fleet_drains_the_days_after_the_one_it_had_stored() {
+    let db = TestDb::new().await;
+    let run = common::run_ok(
+        db.url(),
+        &["--outage", "--known-fleet", "--appliances", "200"],
+    )
+    .await;
+    let has = |needle: &str| run.has(needle);
+    has("known fleet: 200 reports of the day before the outage stored in ");
+    has("VACUUM ANALYZE in ");
+    has("200 appliances x 2 spooled reports = 400 reports");
+    has("400 of 400 reports acknowledged");
+    has("200 drained, 0 gave up");
+    has(
+        "400 new rows in reports (200 before, 600 after), 200 x 2 = 400 once drained: every report exactly once",
+    );
+    let client = db.client().await;
+    // Every appliance moved forward through its three days: nothing arrived late, and the
+    // current state is the newest day's.
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE report_count = 3),
+                    count(*) FILTER (WHERE last_collected_at = (
+                        SELECT max(collected_at) FROM reports r WHERE r.appliance_id = a.id))
+             FROM appliances a",
+            &[],
+        )
+        .await
+        .expect("appliances");
+    let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        counts,
+        (200, 200, 200),
+        "(appliances, with 3 reports, newest state)"
+    );
+}
+
 #[test]
 fn outage_flags_do_not_mix_with_the_throughput_phases() {
     for args in [
@@ -96,6 +134,14 @@ fn outage_flags_do_not_mix_with_the_throughput_phases() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("cannot be used with"), "{args:?}: {stderr}");
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+        .args(["--database-url", "postgres://127.0.0.1:1/x"])
+        .args(["--appliances", "2", "--reports", "5", "--known-fleet"])
+        .output()
+        .expect("run phonehome-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "--known-fleet alone: {stderr}");
+    assert!(stderr.contains("--outage"), "--known-fleet alone: {stderr}");
     let help = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
         .arg("--help")
         .output()
@@ -107,6 +153,7 @@ fn outage_flags_do_not_mix_with_the_throughput_phases() {
         "--retry-budget-secs",
         "--max-in-flight",
         "--max-connections",
+        "--known-fleet",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }

@@ -183,6 +183,9 @@ pub fn known_ids<'a>(
 /// A machine-id or system UUID that another serial reports too: a cloned image.
 pub fn identity_shared(r: &PreparedReport, known: &KnownIds<'_>, out: &mut Changes) {
     let uuid = r.state.system_uuid.map(|u| u.to_string());
+    // (kind, other serial) already told for this report; a set, as a cloned image can be
+    // shared by thousands.
+    let mut told: std::collections::HashSet<(IdentityKind, &str)> = Default::default();
     for (serial, machine_id, system_uuid) in known {
         if *serial == r.serial {
             continue;
@@ -200,7 +203,8 @@ pub fn identity_shared(r: &PreparedReport, known: &KnownIds<'_>, out: &mut Chang
             ),
         ] {
             if let (Some(mine), Some(theirs)) = (mine, theirs) {
-                if mine == theirs {
+                // The other serial can be known twice: its row, and its report in this batch.
+                if mine == theirs && told.insert((kind, *serial)) {
                     out.identity_events.push(IdentityEvent {
                         serial: r.serial.clone(),
                         kind,
@@ -404,6 +408,34 @@ mod tests {
         assert!(
             w.identity_events.is_empty(),
             "a first report changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_shared_identifier_is_one_event_per_other_serial_and_report() {
+        let r = prepared();
+        let uuid = r.state.system_uuid.map(|u| u.to_string());
+        let machine_id = r.state.machine_id.as_deref();
+        // The clone is known twice (its row, and its own report in the same batch), the
+        // reporting appliance once (itself: never shared with itself).
+        let known: KnownIds<'_> = vec![
+            ("CLONE-1", machine_id, uuid.clone()),
+            ("CLONE-1", machine_id, uuid.clone()),
+            (r.serial.as_str(), machine_id, uuid.clone()),
+        ];
+        let mut w = Changes::default();
+        identity_shared(&r, &known, &mut w);
+        let kinds: Vec<(IdentityKind, Option<&str>)> = w
+            .identity_events
+            .iter()
+            .map(|e| (e.kind, e.other_serial.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (IdentityKind::MachineIdShared, Some("CLONE-1")),
+                (IdentityKind::SystemUuidShared, Some("CLONE-1")),
+            ]
         );
     }
 

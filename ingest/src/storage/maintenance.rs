@@ -505,14 +505,13 @@ async fn version_counts(client: &mut Conn, now: DateTime<Utc>) -> Result<u32, St
 /// report-body dictionary, so bodies shrink within a minute of the 100th report and again of
 /// the 2,000th.
 pub fn spawn(storage: Storage, replica: String, interval: Duration) -> tokio::task::JoinHandle<()> {
-    spawn_paced(
-        storage,
-        replica,
-        interval,
-        Duration::from_secs(60),
-        Duration::from_secs(3600),
-    )
+    spawn_paced(storage, replica, interval, YOUNG_EVERY, YOUNG_FOR)
 }
+
+/// How often a young deployment is looked at between full runs ...
+pub const YOUNG_EVERY: Duration = Duration::from_secs(60);
+/// ... and for how long after the ingest starts.
+pub const YOUNG_FOR: Duration = Duration::from_secs(3600);
 
 /// [`spawn`], looking at the young deployment every `young_every` for its first `young_for`.
 pub fn spawn_paced(
