@@ -239,8 +239,9 @@ async fn lock_appliances(
         // New appliances get a row that says "nothing kept yet" (report_count 0); the state is
         // filled in at the end of the batch like everyone else's. The indexed columns
         // (hostname, identity, versions) go in now, as the first report has them: the update at
-        // the end then changes no indexed column and stays a HOT update on the same page,
-        // instead of a second row version with an entry in each of the table's nine indexes.
+        // the end then changes no indexed column and can be a HOT update on the same page
+        // (when the page has room), instead of a second row version with an entry in each of
+        // the table's seven indexes.
         let insert = tx
             .prepare_cached(
                 "INSERT INTO appliances (serial, first_seen_at, last_report_at, last_collected_at,
