@@ -150,11 +150,14 @@ impl StreamingPair {
     }
 
     /// Waits until the standby has replayed everything the primary had written when called.
+    /// The target is the WAL *insert* position: the test clusters run with
+    /// `synchronous_commit=off`, so a commit the ingest has acknowledged may still sit in the WAL
+    /// buffers, past `pg_current_wal_lsn()` (the write position), until the WAL writer flushes it.
     pub async fn wait_replayed(&self, db: &str) {
         let primary = connect(&self.primary_url(db)).await;
         let standby = connect(&self.standby_url(db)).await;
         let target: String = primary
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await
             .expect("primary WAL position")
             .get(0);
