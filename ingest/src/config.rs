@@ -106,7 +106,7 @@ pub struct Config {
     pub retention_days: u32,
     /// How often maintenance runs (partitions ahead, retention, dictionary, version counts,
     /// statistics); once per interval for all replicas together. In the first hour after a
-    /// replica starts it also looks every minute at what a young deployment cannot wait an
+    /// replica starts it also looks every 5 s at what a young deployment cannot wait an
     /// interval for: statistics of growing tables, a first dictionary and its replacement.
     pub maintenance_interval_seconds: u64,
     /// Name of this replica in logs and `maintenance_runs` (default: hostname:pid).

@@ -446,7 +446,7 @@ impl LocalIngest {
         let maintenance = match pace {
             // A throughput run squeezes a month into seconds (a simulated day passes in well
             // under a second), so it looks at the young deployment (dictionary, statistics of
-            // the growing tables) every 100 ms for a minute (the ingest looks every minute for
+            // the growing tables) every 100 ms for a minute (the ingest looks every 5 s for
             // an hour, a smaller share of a day than 100 ms is of this run's), and runs in full
             // every 30 s.
             Pace::Compressed => phonehome_ingest::storage::maintenance::spawn_paced(
@@ -457,7 +457,7 @@ impl LocalIngest {
                 std::time::Duration::from_secs(60),
             ),
             // A drain runs in real time: the shipped pacing, a full run at start and then
-            // hourly, a look every minute in between. (Every 30 s, the full run's reliability
+            // hourly, a look every 5 s in the first hour. (Every 30 s, the full run's reliability
             // rollup over a million appliances' drives halved the drain's rate while it ran.)
             Pace::Shipped => phonehome_ingest::storage::maintenance::spawn(
                 storage.clone(),
