@@ -53,7 +53,7 @@ impl DashboardSource {
 
     fn silent_before(&self) -> chrono::DateTime<Utc> {
         let hours = self.storage.settings().alerts.appliance_silent.hours;
-        Utc::now() - chrono::Duration::hours(i64::from(hours))
+        crate::storage::fleet::silence_threshold(Utc::now(), hours)
     }
 
     fn cached(&self) -> Option<Arc<FleetCounts>> {

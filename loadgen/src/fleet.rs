@@ -537,3 +537,65 @@ mod tests {
         assert!(err.contains("400 days"), "{err}");
     }
 }
+
+thread_local! {
+    /// One deflate state per thread, reset between bodies: a fresh encoder per body allocated
+    /// and zeroed its tables each time, 4 % of this machine's two cores in a drain (perf),
+    /// work the simulated appliances would do on their own CPUs.
+    static DEFLATE: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::fast(), false));
+}
+
+/// `json` as a gzip member (RFC 1952) at the fast level: the same bytes a `GzEncoder` at that
+/// level makes, without building a new compressor for each body. The collector uses the
+/// default level; the fast one gives the ingest the same work (a gzip body to inflate) and
+/// leaves more of this machine's two cores to the ingest and PostgreSQL.
+pub fn gzip_fast(json: &[u8]) -> anyhow::Result<Vec<u8>> {
+    DEFLATE.with_borrow_mut(|deflate| {
+        deflate.reset();
+        let mut out = Vec::with_capacity(json.len() / 2 + 64);
+        // Magic, deflate, no flags, no time, fastest (XFL 4), unknown OS: as flate2 writes it.
+        out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
+        loop {
+            let consumed = usize::try_from(deflate.total_in()).context("deflate input")?;
+            let rest = json.get(consumed..).context("deflate read past its input")?;
+            let status = deflate
+                .compress_vec(rest, &mut out, flate2::FlushCompress::Finish)
+                .context("deflate the report")?;
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            out.reserve(out.capacity().max(64));
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(json);
+        out.extend_from_slice(&crc.sum().to_le_bytes());
+        out.extend_from_slice(&crc.amount().to_le_bytes());
+        Ok(out)
+    })
+}
+
+#[cfg(test)]
+mod gzip_tests {
+    use std::io::Read;
+
+    #[test]
+    fn gzip_fast_bodies_inflate_to_their_json_again_and_again() {
+        // Reused state must not leak from one body into the next: sizes either side of the
+        // output's first reservation, and an empty body.
+        let bodies: Vec<Vec<u8>> = vec![
+            br#"{"a":1}"#.to_vec(),
+            (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect(),
+            Vec::new(),
+            br#"{"serial":"SN-1","report":"again"}"#.repeat(300),
+        ];
+        for json in bodies.iter().chain(bodies.iter()) {
+            let gz = super::gzip_fast(json).expect("gzip");
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut back)
+                .expect("a valid gzip member");
+            assert_eq!(&back, json);
+        }
+    }
+}

@@ -666,15 +666,7 @@ impl Drain {
         let mut report = self.fleet.report(&a.serial, i as u64, day);
         report.report_id = id;
         let json = serde_json::to_vec(&report).context("serialise the report")?;
-        // The collector uses the default level; the fast one gives the ingest the same work
-        // (a gzip body to inflate) and leaves more of this machine's two cores to the ingest
-        // and PostgreSQL, since on a real fleet the compression happens on the appliances.
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(json.len() / 4),
-            flate2::Compression::fast(),
-        );
-        enc.write_all(&json).context("gzip the report")?;
-        Ok((json.len(), enc.finish().context("gzip the report")?))
+        Ok((json.len(), crate::fleet::gzip_fast(&json)?))
     }
 }
 

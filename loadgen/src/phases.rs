@@ -408,12 +408,7 @@ impl Run {
         if !self.gzip {
             return Ok((json.len(), json));
         }
-        let mut enc = flate2::write::GzEncoder::new(
-            Vec::with_capacity(json.len() / 4),
-            flate2::Compression::fast(),
-        );
-        enc.write_all(&json)?;
-        Ok((json.len(), enc.finish()?))
+        Ok((json.len(), crate::fleet::gzip_fast(&json)?))
     }
 
     async fn connect(&self, a: &Appliance) -> Result<TlsStream<TcpStream>, String> {

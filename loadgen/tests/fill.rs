@@ -119,7 +119,7 @@ async fn a_fill_writes_a_fleet_that_needs_watching_and_two_runs_are_two_fleets()
     assert_eq!(
         scalar(
             &db,
-            "SELECT count(*) FROM appliance_seen WHERE last_report_at < now() - interval '36 hours'"
+            "SELECT count(*) FROM appliances WHERE last_report_at < now() - interval '36 hours'"
         )
         .await,
         silent

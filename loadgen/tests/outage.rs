@@ -72,6 +72,21 @@ async fn a_small_outage_drains_through_503s_and_stores_every_report_once() {
 
     assert_eq!(db.count("reports").await, 2000, "each report stored once");
     assert_eq!(db.count("appliances").await, 1000);
+    // The list's and the silence check's copy (migration 18): every appliance's row holds the
+    // minute of its last report, though most second reports of a spool did not write it.
+    let seen: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM appliances a JOIN appliance_seen s ON s.appliance_id = a.id
+             WHERE s.reported_minute = date_trunc('minute', a.last_report_at, 'UTC')
+               AND s.serial = a.serial AND s.hostname IS NOT DISTINCT FROM a.hostname",
+            &[],
+        )
+        .await
+        .expect("appliance_seen")
+        .get(0);
+    assert_eq!(seen, 1000, "appliance_seen rows that match their appliance");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,6 +125,17 @@ async fn a_known_fleet_drains_the_days_after_the_one_it_had_stored() {
         (200, 200, 200),
         "(appliances, with 3 reports, newest state)"
     );
+    // The seeded day was a day before the drain's: each appliance's minute moved.
+    let seen: i64 = client
+        .query_one(
+            "SELECT count(*) FROM appliances a JOIN appliance_seen s ON s.appliance_id = a.id
+             WHERE s.reported_minute = date_trunc('minute', a.last_report_at, 'UTC')",
+            &[],
+        )
+        .await
+        .expect("appliance_seen")
+        .get(0);
+    assert_eq!(seen, 200, "appliance_seen rows at their appliance's last minute");
 }
 
 #[test]

@@ -97,6 +97,11 @@ pub const ALL: &[Migration] = &[
         name: "samples_in_bodies",
         sql: include_str!("../migrations/0017_samples_in_bodies.sql"),
     },
+    Migration {
+        version: 18,
+        name: "seen_minute",
+        sql: include_str!("../migrations/0018_seen_minute.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use phonehome_dashboard::{AlertCursor, ApplianceCursor, Health, Page, Severity};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::fleet::reported_minute;
 use super::read::{DriveReading, drive_point};
 use super::readings::{self, BODY_COLUMNS, StoredBody};
 use super::{Storage, StorageError};
@@ -85,7 +86,7 @@ fn page<T>(mut items: Vec<T>, limit: i64, cursor: impl Fn(&T) -> String) -> Page
     Page { items, next }
 }
 
-const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, s.last_report_at, a.health,
+const APPLIANCE_COLUMNS: &str = "a.serial, a.hostname, a.last_report_at, a.health,
     (SELECT count(*) FROM alerts al WHERE al.appliance_id = a.id AND al.state = 'firing'),
     a.failing_drive_count, a.app_status, a.app_version, a.os_pretty_name, a.report_count,
     l.state, l.until";
@@ -263,9 +264,9 @@ impl Storage {
             let p = sql.bind(silent_before);
             let e = sql.bind(silence_exempt_serials(lifecycles, now));
             sql.and(if silent {
-                format!("(s.last_report_at < {p} AND a.serial <> ALL({e}))")
+                format!("(s.reported_minute < {p} AND a.serial <> ALL({e}))")
             } else {
-                format!("(s.last_report_at >= {p} OR a.serial = ANY({e}))")
+                format!("(s.reported_minute >= {p} OR a.serial = ANY({e}))")
             });
         }
         if let Some(versions) = below_minimum {
@@ -313,8 +314,9 @@ impl Storage {
         };
         let order = match q.sort {
             ApplianceSort::Serial => by_serial,
-            ApplianceSort::LastReport => "s.last_report_at DESC, s.serial DESC",
-            ApplianceSort::Oldest => "s.last_report_at, s.serial",
+            // By minute (what appliance_seen keeps, migration 18), then serial.
+            ApplianceSort::LastReport => "s.reported_minute DESC, s.serial DESC",
+            ApplianceSort::Oldest => "s.reported_minute, s.serial",
             ApplianceSort::Health => "3 - a.health, a.serial",
         };
         match &q.after {
@@ -330,7 +332,7 @@ impl Storage {
                 } else {
                     ">"
                 };
-                sql.and(format!("(s.last_report_at, s.serial) {op} ({pt}, {ps})"));
+                sql.and(format!("(s.reported_minute, s.serial) {op} ({pt}, {ps})"));
             }
             Some(ApplianceCursor::Health(h, s)) => {
                 let (ph, ps) = (sql.bind(3 - i32::from(h.rank())), sql.bind(s.clone()));
@@ -356,7 +358,7 @@ impl Storage {
             match sort {
                 ApplianceSort::Serial => ApplianceCursor::Serial(a.serial.clone()),
                 ApplianceSort::LastReport | ApplianceSort::Oldest => {
-                    ApplianceCursor::Time(a.last_report_at, a.serial.clone())
+                    ApplianceCursor::Time(reported_minute(a.last_report_at), a.serial.clone())
                 }
                 ApplianceSort::Health => ApplianceCursor::Health(a.health, a.serial.clone()),
             }

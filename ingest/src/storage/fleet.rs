@@ -7,7 +7,26 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+
 use super::{Storage, StorageError};
+
+/// The silence threshold `hours` before `now`: an appliance whose last report is older is
+/// silent. Whole minutes (rounded down), because `appliance_seen` keeps the minute of the last
+/// report (migration 18): against a whole minute, the instant and its minute always give the
+/// same verdict, so the alert, the list's filter, its badge and the fleet counts agree.
+pub fn silence_threshold(now: DateTime<Utc>, hours: u32) -> DateTime<Utc> {
+    let exact = now
+        .checked_sub_signed(TimeDelta::hours(i64::from(hours)))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    exact.duration_trunc(TimeDelta::minutes(1)).unwrap_or(exact)
+}
+
+/// The minute `appliance_seen` keeps for a last report at `at` (`date_trunc('minute', at,
+/// 'UTC')`): the appliance list's cursor.
+pub fn reported_minute(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(at)
+}
 
 /// Serialises the silence check across replicas.
 const SILENCE_LOCK: i64 = 8_424_200_005;
@@ -56,9 +75,9 @@ impl Storage {
                 // locked first, in serial order as report batches lock them: the two queue
                 // instead of deadlocking. Those already marked silent are not locked again.
                 "WITH quiet AS (
-                     SELECT a.id, a.serial, s.last_report_at FROM appliance_seen s
+                     SELECT a.id, a.serial, a.last_report_at FROM appliance_seen s
                      JOIN appliances a ON a.id = s.appliance_id
-                     WHERE s.last_report_at < now() - make_interval(hours => $1::int)
+                     WHERE s.reported_minute < $3
                        AND a.serial <> ALL($2::text[])
                        AND NOT EXISTS (
                            SELECT 1 FROM alerts al
@@ -86,7 +105,11 @@ impl Storage {
                         now()
                  FROM quiet a
                  ON CONFLICT (fingerprint) WHERE state = 'firing' DO NOTHING",
-                &[&i32::try_from(hours).unwrap_or(i32::MAX), &exempt],
+                &[
+                    &i32::try_from(hours).unwrap_or(i32::MAX),
+                    &exempt,
+                    &silence_threshold(chrono::Utc::now(), hours),
+                ],
             )
             .await?)
     }
@@ -114,5 +137,43 @@ pub async fn silence_watch(storage: Storage, hours: u32, every: Duration) {
             }
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    use super::{reported_minute, silence_threshold};
+
+    #[test]
+    fn the_instant_and_its_minute_agree_on_silence() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 12, 7, 15, 30, 42)
+            .single()
+            .expect("a valid time")
+            + TimeDelta::microseconds(123_456);
+        let threshold = silence_threshold(now, 24);
+        assert_eq!(
+            threshold,
+            Utc.with_ymd_and_hms(2026, 12, 6, 15, 30, 0)
+                .single()
+                .expect("a valid time")
+        );
+        for us in [
+            -61_000_000,
+            -60_000_001,
+            -60_000_000,
+            -1,
+            0,
+            1,
+            59_999_999,
+            60_000_000,
+        ] {
+            let at = threshold + TimeDelta::microseconds(us);
+            assert_eq!(at < threshold, reported_minute(at) < threshold, "{at}");
+        }
+        // No panic at the edges of time.
+        let _ = silence_threshold(chrono::DateTime::<Utc>::MIN_UTC, u32::MAX);
     }
 }

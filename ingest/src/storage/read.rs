@@ -443,7 +443,7 @@ fn series(readings: &[Readings]) -> (Vec<DriveSeries>, Vec<FilesystemSeries>, Ve
 impl Storage {
     /// When an appliance last heard from before this counts as silent.
     fn silent_before(&self) -> DateTime<Utc> {
-        Utc::now() - Duration::hours(i64::from(self.settings.alerts.appliance_silent.hours))
+        super::fleet::silence_threshold(Utc::now(), self.settings.alerts.appliance_silent.hours)
     }
 
     /// One appliance with the last `days` days of history; `None` when the serial never
