@@ -558,7 +558,9 @@ pub fn gzip_fast(json: &[u8]) -> anyhow::Result<Vec<u8>> {
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
         loop {
             let consumed = usize::try_from(deflate.total_in()).context("deflate input")?;
-            let rest = json.get(consumed..).context("deflate read past its input")?;
+            let rest = json
+                .get(consumed..)
+                .context("deflate read past its input")?;
             let status = deflate
                 .compress_vec(rest, &mut out, flate2::FlushCompress::Finish)
                 .context("deflate the report")?;

@@ -135,7 +135,10 @@ async fn a_known_fleet_drains_the_days_after_the_one_it_had_stored() {
         .await
         .expect("appliance_seen")
         .get(0);
-    assert_eq!(seen, 200, "appliance_seen rows at their appliance's last minute");
+    assert_eq!(
+        seen, 200,
+        "appliance_seen rows at their appliance's last minute"
+    );
 }
 
 #[test]

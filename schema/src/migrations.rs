@@ -102,6 +102,11 @@ pub const ALL: &[Migration] = &[
         name: "seen_minute",
         sql: include_str!("../migrations/0018_seen_minute.sql"),
     },
+    Migration {
+        version: 19,
+        name: "health_per_statement",
+        sql: include_str!("../migrations/0019_health_per_statement.sql"),
+    },
 ];
 
 #[cfg(test)]

@@ -142,6 +142,68 @@ async fn maintenance_puts_right_health_that_disagrees_with_the_firing_alerts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn health_follows_every_alert_statement_however_many_rows_it_touches() {
+    // Health is kept by statement triggers on alerts (migration 19): each INSERT or UPDATE
+    // recomputes the worst firing severity of the appliances and drives it touched.
+    let db = TestDb::new().await;
+    let storage = Storage::connect(db.url(), 2).expect("pool");
+    let mut r = example_report("HEALTH-2");
+    r.smart.devices[0].temperature_celsius = Some(70);
+    let prepared = storage
+        .prepare_report(&r, &[9; 32], r.collected_at)
+        .expect("prepared");
+    storage.write_prepared(&[prepared]).await.expect("stored");
+    let client = db.client().await;
+    let health = || async {
+        let row = client
+            .query_one(
+                "SELECT a.health, (SELECT d.health FROM drives d JOIN alerts al
+                                   ON al.subject = d.drive_key AND al.rule LIKE 'disk\\_%'
+                                   LIMIT 1)
+                 FROM appliances a WHERE a.serial = 'HEALTH-2'",
+                &[],
+            )
+            .await
+            .expect("health");
+        (row.get::<_, i16>(0), row.get::<_, i16>(1))
+    };
+    let run = |sql: &'static str| {
+        let client = &client;
+        async move { client.batch_execute(sql).await.expect(sql) }
+    };
+    assert_eq!(
+        health().await,
+        (2, 2),
+        "(appliance, drive): a hot drive is a warning"
+    );
+
+    // Two firing alerts in one statement: the worst wins.
+    run(
+        "INSERT INTO alerts (fingerprint, rule, appliance_id, subject, severity, state,
+                             started_at, value, summary, changed_at)
+         SELECT 'test/' || s, 'test_rule', a.id, s, sev, 'firing', now(), '1', 'test', now()
+         FROM appliances a, (VALUES ('x', 'critical'), ('y', 'info')) v(s, sev)
+         WHERE a.serial = 'HEALTH-2'",
+    )
+    .await;
+    assert_eq!(health().await, (3, 2), "not a disk alert: the drive stays");
+    // Resolving the critical one brings the appliance back to the drive's warning.
+    run("UPDATE alerts SET state = 'resolved', resolved_at = now() WHERE subject = 'x'").await;
+    assert_eq!(health().await, (2, 2));
+    // A disk alert's severity rises: the appliance and the drive follow.
+    run("UPDATE alerts SET severity = 'critical' WHERE rule LIKE 'disk\\_%'").await;
+    assert_eq!(health().await, (3, 3));
+    // An update that changes neither state nor severity changes no health.
+    run("UPDATE appliances SET health = 1 WHERE serial = 'HEALTH-2'").await;
+    run("UPDATE alerts SET value = '2' WHERE state = 'firing'").await;
+    assert_eq!(health().await.0, 1, "recomputed although nothing changed");
+    run("UPDATE appliances SET health = 3 WHERE serial = 'HEALTH-2'").await;
+    // Everything resolved in one statement: nothing fires, health is 0 everywhere.
+    run("UPDATE alerts SET state = 'resolved', resolved_at = now() WHERE state = 'firing'").await;
+    assert_eq!(health().await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_report_that_makes_the_writer_panic_is_refused_alone_and_the_writer_goes_on() {
     let db = TestDb::new().await;
     let storage = Storage::connect_with(
