@@ -30,6 +30,7 @@
 //! runtime of the other phases). They still share this machine's cores, as the target says, and
 //! the summary shows how the CPU time was split.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,8 +87,13 @@ pub async fn run(
         None => format!("ingest at {}", target.addr),
     };
     println!(
-        "phonehome-loadgen {}: outage drain: {n} appliances x {k} spooled reports = {total} reports, the whole fleet calling at t0; up to {concurrency} connections at once; gzip JSON bodies; retry budget {} s; db pool {}; {where_}",
+        "phonehome-loadgen {}: outage drain: {n} appliances x {k} spooled reports = {total} reports, the whole fleet calling at t0; up to {concurrency} connections at once; gzip JSON bodies{}; retry budget {} s; db pool {}; {where_}",
         env!("CARGO_PKG_VERSION"),
+        if cli.prebuilt_bodies {
+            " (built before t0)"
+        } else {
+            ""
+        },
         cli.retry_budget_secs,
         cli.db_pool_size,
     );
@@ -96,6 +102,12 @@ pub async fn run(
     if cli.known_fleet {
         seed_known_fleet(cli, &fleet, &appliances).await?;
     }
+    let first_day = u64::from(cli.known_fleet);
+    let prebuilt = if cli.prebuilt_bodies {
+        Some(prebuild(&fleet, &appliances, k as usize, first_day)?)
+    } else {
+        None
+    };
     let mut db = ReportCount::connect(&cli.database_url).await?;
     let before = db.count().await?;
 
@@ -116,7 +128,8 @@ pub async fn run(
         appliances,
         target,
         backlog: k as usize,
-        first_day: u64::from(cli.known_fleet),
+        first_day,
+        prebuilt,
         t0,
         deadline: t0.checked_add(Duration::from_secs(cli.retry_budget_secs)),
         slots: Semaphore::new(slots),
@@ -390,6 +403,8 @@ struct Drain {
     backlog: usize,
     /// The fleet's day of the oldest spooled report: 1 when the day before is already stored.
     first_day: u64,
+    /// With --prebuilt-bodies: every appliance's spool, built before t0.
+    prebuilt: Option<Vec<Vec<Built>>>,
     t0: Instant,
     /// End of every appliance's retry budget (the whole fleet started its run at t0); `None`
     /// when too far away to name.
@@ -497,7 +512,10 @@ impl Drain {
     async fn appliance(self: Arc<Self>, i: usize) -> (Tally, Fate) {
         let mut t = Tally::default();
         let mut spool = Spool {
-            ids: (0..self.backlog).map(|_| Uuid::new_v4()).collect(),
+            ids: match self.prebuilt.as_ref().and_then(|p| p.get(i)) {
+                Some(built) => built.iter().map(|b| b.id).collect(),
+                None => (0..self.backlog).map(|_| Uuid::new_v4()).collect(),
+            },
             next: 0,
             attempts: 0,
         };
@@ -539,11 +557,19 @@ impl Drain {
         let mut conn: Option<Conn<'_>> = None;
         while spool.next < spool.ids.len() {
             let day = self.first_day + spool.next as u64;
-            let body = match self.body(a, i, spool.ids[spool.next], day) {
-                Ok((json_len, body)) => {
-                    t.json_bytes += json_len as u64;
-                    t.wire_bytes += body.len() as u64;
-                    body
+            let built = self
+                .prebuilt
+                .as_ref()
+                .and_then(|p| p.get(i))
+                .and_then(|spool_bodies| spool_bodies.get(spool.next));
+            let body = match built.map_or_else(
+                || build_body(&self.fleet, a, i, spool.ids[spool.next], day).map(Cow::Owned),
+                |b| Ok(Cow::Borrowed(b)),
+            ) {
+                Ok(b) => {
+                    t.json_bytes += b.json_len as u64;
+                    t.wire_bytes += b.body.len() as u64;
+                    b
                 }
                 Err(e) => {
                     return SessionEnd::Over(Fate::Stopped {
@@ -567,7 +593,7 @@ impl Drain {
                         })
                     }
                 };
-                http::post_report(&mut c.stream, &self.target.host, &body, true, true).await
+                http::post_report(&mut c.stream, &self.target.host, &body.body, true, true).await
             })
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")));
@@ -651,23 +677,86 @@ impl Drain {
         }
         SessionEnd::Retry(wait)
     }
+}
 
-    /// Appliance `i`'s report for `day` (0 = the oldest in its spool) with report id `id`:
-    /// the JSON length and the gzip body. Rebuilt for every attempt rather than kept, so that
-    /// 100,000 waiting appliances do not hold their bodies; the same id makes it the same
-    /// report to the ingest.
-    fn body(
-        &self,
-        a: &Appliance,
-        i: usize,
-        id: Uuid,
-        day: u64,
-    ) -> anyhow::Result<(usize, Vec<u8>)> {
-        let mut report = self.fleet.report(&a.serial, i as u64, day);
-        report.report_id = id;
-        let json = serde_json::to_vec(&report).context("serialise the report")?;
-        Ok((json.len(), crate::fleet::gzip_fast(&json)?))
+/// One spooled report as it goes on the wire.
+#[derive(Debug, Clone)]
+struct Built {
+    id: Uuid,
+    json_len: usize,
+    body: Vec<u8>,
+}
+
+/// Appliance `i`'s report for `day` (0 = the oldest in its spool) with report id `id`: the
+/// JSON length and the gzip body. Without --prebuilt-bodies it is rebuilt for every attempt
+/// rather than kept, so that 100,000 waiting appliances do not hold their bodies; the same id
+/// makes it the same report to the ingest.
+fn build_body(fleet: &Fleet, a: &Appliance, i: usize, id: Uuid, day: u64) -> anyhow::Result<Built> {
+    let mut report = fleet.report(&a.serial, i as u64, day);
+    report.report_id = id;
+    let json = serde_json::to_vec(&report).context("serialise the report")?;
+    Ok(Built {
+        id,
+        json_len: json.len(),
+        body: crate::fleet::gzip_fast(&json)?,
+    })
+}
+
+/// Every appliance's spool of `backlog` reports from `first_day` on, built on every core before
+/// t0 (--prebuilt-bodies).
+fn prebuild(
+    fleet: &Fleet,
+    appliances: &[Appliance],
+    backlog: usize,
+    first_day: u64,
+) -> anyhow::Result<Vec<Vec<Built>>> {
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = appliances.len().div_ceil(threads).max(1);
+    progress(format!(
+        "building {} spooled bodies before t0 on {threads} threads",
+        appliances.len().saturating_mul(backlog)
+    ));
+    let parts: Vec<anyhow::Result<Vec<Vec<Built>>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = appliances
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(j, a)| {
+                            let i = c * chunk + j;
+                            (0..backlog)
+                                .map(|d| {
+                                    build_body(fleet, a, i, Uuid::new_v4(), first_day + d as u64)
+                                })
+                                .collect::<anyhow::Result<Vec<Built>>>()
+                        })
+                        .collect::<anyhow::Result<Vec<Vec<Built>>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a body-building thread panicked")))
+            })
+            .collect()
+    });
+    let mut all = Vec::with_capacity(appliances.len());
+    for part in parts {
+        all.extend(part?);
     }
+    let bytes: usize = all.iter().flatten().map(|b| b.body.len()).sum();
+    println!(
+        "prebuilt bodies: {} built in {:.1} s before t0 (not part of the drain), {} MB held",
+        all.iter().map(Vec::len).sum::<usize>(),
+        started.elapsed().as_secs_f64(),
+        bytes / 1_000_000
+    );
+    Ok(all)
 }
 
 /// The collector's backoff: full jitter over `BACKOFF_BASE × 2^(n-1)`, capped at `max`, after

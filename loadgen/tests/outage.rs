@@ -94,10 +94,18 @@ async fn a_known_fleet_drains_the_days_after_the_one_it_had_stored() {
     let db = TestDb::new().await;
     let run = common::run_ok(
         db.url(),
-        &["--outage", "--known-fleet", "--appliances", "200"],
+        // The bodies built before t0, which must be the days after the stored one.
+        &[
+            "--outage",
+            "--known-fleet",
+            "--prebuilt-bodies",
+            "--appliances",
+            "200",
+        ],
     )
     .await;
     let has = |needle: &str| run.has(needle);
+    has("prebuilt bodies: 400 built in ");
     has("known fleet: 200 reports of the day before the outage stored in ");
     has("VACUUM ANALYZE in ");
     has("200 appliances x 2 spooled reports = 400 reports");
@@ -171,6 +179,21 @@ fn outage_flags_do_not_mix_with_the_throughput_phases() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "--known-fleet alone: {stderr}");
     assert!(stderr.contains("--outage"), "--known-fleet alone: {stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
+        .args(["--database-url", "postgres://127.0.0.1:1/x"])
+        .args(["--appliances", "2", "--reports", "5", "--prebuilt-bodies"])
+        .output()
+        .expect("run phonehome-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--prebuilt-bodies alone: {stderr}"
+    );
+    assert!(
+        stderr.contains("--outage"),
+        "--prebuilt-bodies alone: {stderr}"
+    );
     let help = Command::new(env!("CARGO_BIN_EXE_phonehome-loadgen"))
         .arg("--help")
         .output()
@@ -183,6 +206,7 @@ fn outage_flags_do_not_mix_with_the_throughput_phases() {
         "--max-in-flight",
         "--max-connections",
         "--known-fleet",
+        "--prebuilt-bodies",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
