@@ -50,7 +50,8 @@ def main():
     q = urllib.parse.quote
 
     mid = sql(db, "SELECT serial FROM appliances ORDER BY serial OFFSET (SELECT count(*) / 2 FROM appliances) LIMIT 1")
-    mid_time = sql(db, f"SELECT to_char(last_report_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM appliances WHERE serial = '{mid}'")
+    # The list's cursor holds the minute appliance_seen keeps (migration 18).
+    mid_time = sql(db, f"SELECT to_char(reported_minute AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM appliance_seen WHERE serial = '{mid}'")
     ok_mid = sql(db, "SELECT serial FROM appliances WHERE health = 0 ORDER BY serial OFFSET (SELECT count(*) / 2 FROM appliances WHERE health = 0) LIMIT 1")
     busiest = sql(db, "SELECT serial FROM appliances ORDER BY report_count DESC, serial LIMIT 1")
     critical = sql(db, "SELECT serial FROM appliances ORDER BY health DESC, serial LIMIT 1") or busiest
@@ -155,8 +156,8 @@ def main():
         plans = [
             ("appliances, middle page", f"SELECT a.serial {seen} WHERE a.serial > '{mid}' ORDER BY a.serial LIMIT 51"),
             ("appliances sort=health, middle of ok", f"SELECT a.serial {seen} WHERE (3 - a.health, a.serial) > (3, '{ok_mid}') ORDER BY 3 - a.health, a.serial LIMIT 51"),
-            ("appliances sort=oldest, middle", f"SELECT a.serial {seen} WHERE (s.last_report_at, s.serial) > ('{mid_time}', '{mid}') ORDER BY s.last_report_at, s.serial LIMIT 51"),
-            ("appliances silent=true", f"SELECT a.serial {seen} WHERE s.last_report_at < now() - interval '36 hours' ORDER BY a.serial LIMIT 51"),
+            ("appliances sort=oldest, middle", f"SELECT a.serial {seen} WHERE (s.reported_minute, s.serial) > ('{mid_time}', '{mid}') ORDER BY s.reported_minute, s.serial LIMIT 51"),
+            ("appliances silent=true", f"SELECT a.serial {seen} WHERE s.reported_minute < date_trunc('minute', now() - interval '36 hours', 'UTC') ORDER BY a.serial LIMIT 51"),
             ("appliances rule=disk_failing", f"SELECT a.serial {seen} WHERE a.id IN (SELECT appliance_id FROM alerts WHERE state = 'firing' AND rule = 'disk_failing') ORDER BY a.serial LIMIT 51"),
             ("appliances drive_model (rarest)", f"SELECT a.serial {seen} WHERE a.id IN (SELECT m.appliance_id FROM drive_membership m JOIN drives dr ON dr.id = m.drive_id WHERE m.until_at IS NULL AND dr.model = '{rare_model}') ORDER BY a.serial LIMIT 51"),
             ("appliances q=prefix", f"SELECT a.serial {seen} WHERE (lower(s.serial) LIKE lower('{prefix}') || '%' OR lower(s.hostname) LIKE lower('{prefix}') || '%') ORDER BY s.serial LIMIT 51"),

@@ -729,7 +729,16 @@ fn prebuild(
                             let i = c * chunk + j;
                             (0..backlog)
                                 .map(|d| {
-                                    build_body(fleet, a, i, Uuid::new_v4(), first_day + d as u64)
+                                    let mut b = build_body(
+                                        fleet,
+                                        a,
+                                        i,
+                                        Uuid::new_v4(),
+                                        first_day + d as u64,
+                                    )?;
+                                    // Held until the end: only the bytes it needs.
+                                    b.body.shrink_to_fit();
+                                    Ok(b)
                                 })
                                 .collect::<anyhow::Result<Vec<Built>>>()
                         })

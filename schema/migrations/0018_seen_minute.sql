@@ -9,6 +9,13 @@
 -- (`storage::silence_threshold`), so `instant < threshold` and `minute < threshold` give the same
 -- verdict; the appliance list sorts by minute, then serial, and shows the instant from
 -- `appliances`. Safe to run again.
+--
+-- It rewrites every appliance_seen row (about 10 s a million), holding both tables meanwhile:
+-- reports wait, then go on. Locked up front, appliances first as report batches lock them, so
+-- that a batch holding an appliance row cannot meet it halfway. An ingest older than this
+-- migration fails its appliance list and silence checks once the column is renamed: upgrade
+-- every replica together (collectors keep their reports spooled and send them again).
+LOCK TABLE appliances, appliance_seen IN ACCESS EXCLUSIVE MODE;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM information_schema.columns
@@ -18,8 +25,17 @@ BEGIN
     END IF;
 END $$;
 ALTER INDEX IF EXISTS appliance_seen_last_report RENAME TO appliance_seen_reported_minute;
-UPDATE appliance_seen SET reported_minute = date_trunc('minute', reported_minute, 'UTC')
-WHERE reported_minute <> date_trunc('minute', reported_minute, 'UTC');
+-- From appliances, not from the old copy: the update trigger below writes only rows that exist,
+-- so any appliance missing here would stay missing.
+INSERT INTO appliance_seen (appliance_id, serial, reported_minute, hostname)
+SELECT id, serial, date_trunc('minute', last_report_at, 'UTC'), hostname FROM appliances
+ON CONFLICT (appliance_id) DO NOTHING;
+UPDATE appliance_seen s
+SET reported_minute = date_trunc('minute', a.last_report_at, 'UTC'), hostname = a.hostname
+FROM appliances a
+WHERE a.id = s.appliance_id
+  AND (s.reported_minute IS DISTINCT FROM date_trunc('minute', a.last_report_at, 'UTC')
+       OR s.hostname IS DISTINCT FROM a.hostname);
 
 -- A new appliance's row (its insert, one statement per batch).
 CREATE OR REPLACE FUNCTION phonehome_appliance_seen() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -161,6 +161,12 @@ impl StreamingPair {
             .await
             .expect("primary WAL position")
             .get(0);
+        // A commit made with synchronous_commit=on is flushed at once, and with it everything
+        // before the target: the standby receives it now, not at the WAL writer's next round.
+        primary
+            .batch_execute("SET synchronous_commit = on; SELECT txid_current()")
+            .await
+            .expect("a flushed commit on the primary");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let behind: bool = standby
