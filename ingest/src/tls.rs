@@ -170,7 +170,7 @@ fn build(files: &TlsConfig, renew_grace: Duration) -> Result<Loaded, TlsSetupErr
     let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     let verifier = Arc::new(GraceVerifier {
-        inner: webpki,
+        inner: Arc::new(KnownIssuers::new(webpki)),
         grace: renew_grace,
     });
     let chain = read_certs(&files.server_cert)?;
@@ -277,6 +277,146 @@ impl ClientCertVerifier for GraceVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// How long a verified issuing CA is taken as verified before its chain is checked again.
+const KNOWN_ISSUER_FOR: u64 = 600;
+/// Issuing CAs remembered at once: a fleet has one, two during a rotation.
+const KNOWN_ISSUERS: usize = 8;
+
+/// Client certificate verification that checks each issuing (intermediate) CA's own chain once
+/// in [`KNOWN_ISSUER_FOR`], not in every handshake. Every appliance sends the same issuing CA
+/// after its certificate, and verifying that CA's signature by the root again is one of the
+/// three Ed25519 verifications of each handshake, a tenth of the ingest's CPU in a fleet-wide
+/// reconnect (docs/benchmarks.md, item 3, fourth pass).
+///
+/// Once a chain `[certificate, issuing CA]` has passed the full verification, the issuing CA
+/// (byte for byte) becomes a trust anchor of its own for a while, bounded by its own end of
+/// validity: later certificates it signed are checked against it alone, with every check on
+/// the certificate itself (signature, dates, client-auth usage, name constraints). Only a
+/// success is taken from that shortcut: any failure is verified again in full, so what a bad
+/// certificate is told, and the renewal grace, stay exactly those of the full verification.
+#[derive(Debug)]
+struct KnownIssuers {
+    full: Arc<dyn ClientCertVerifier>,
+    known: std::sync::Mutex<Vec<KnownIssuer>>,
+}
+
+#[derive(Debug)]
+struct KnownIssuer {
+    der: Vec<u8>,
+    /// Unix seconds of the full verification: an earlier moment (the renewal grace asks about
+    /// the past) is verified in full.
+    since: u64,
+    /// Unix seconds after which the full chain is checked again.
+    until: u64,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl KnownIssuers {
+    fn new(full: Arc<dyn ClientCertVerifier>) -> Self {
+        KnownIssuers {
+            full,
+            known: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn known(
+        &self,
+        issuer: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Option<Arc<dyn ClientCertVerifier>> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .iter()
+            .find(|k| {
+                (k.since..k.until).contains(&now.as_secs()) && k.der.as_slice() == issuer.as_ref()
+            })
+            .map(|k| k.verifier.clone())
+    }
+
+    /// Remembers `issuer`, whose chain to a root has just been verified at `now`.
+    fn remember(&self, issuer: &CertificateDer<'_>, now: UnixTime) {
+        let Ok((_, parsed)) = X509Certificate::from_der(issuer) else {
+            return;
+        };
+        let Ok(not_after) = u64::try_from(parsed.validity().not_after.timestamp()) else {
+            return;
+        };
+        let until = now
+            .as_secs()
+            .saturating_add(KNOWN_ISSUER_FOR)
+            .min(not_after);
+        let mut anchor = RootCertStore::empty();
+        if anchor.add(issuer.clone().into_owned()).is_err() {
+            return;
+        }
+        let Ok(verifier) =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(anchor), provider()).build()
+        else {
+            return;
+        };
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|k| k.der.as_slice() != issuer.as_ref() && now.as_secs() < k.until);
+        if known.len() >= KNOWN_ISSUERS {
+            known.remove(0);
+        }
+        known.push(KnownIssuer {
+            der: issuer.to_vec(),
+            since: now.as_secs(),
+            until,
+            verifier,
+        });
+    }
+}
+
+impl ClientCertVerifier for KnownIssuers {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.full.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let [issuer] = intermediates else {
+            return self.full.verify_client_cert(end_entity, intermediates, now);
+        };
+        if let Some(shortcut) = self.known(issuer, now)
+            && let Ok(verified) = shortcut.verify_client_cert(end_entity, &[], now)
+        {
+            return Ok(verified);
+        }
+        let verified = self
+            .full
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.remember(issuer, now);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.full.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.full.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.full.supported_verify_schemes()
     }
 }
 
@@ -455,6 +595,143 @@ mod tests {
         )
         .unwrap();
         assert!(verify(&read_certs(&foreign.cert).unwrap()[0]).is_err());
+    }
+
+    /// Counts the full verifications the shortcut leaves to it.
+    #[derive(Debug)]
+    struct Counting {
+        inner: Arc<dyn ClientCertVerifier>,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.inner.root_hint_subjects()
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<ClientCertVerified, rustls::Error> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+
+    #[test]
+    fn a_verified_issuing_ca_is_not_verified_again_but_every_certificate_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+        ca::init_ca_at(dir.path(), "test", 3650, 3650, long_ago).unwrap();
+        let authority = ca::Authority::load(dir.path()).unwrap();
+        let mut roots = RootCertStore::empty();
+        for c in read_certs(&dir.path().join(ca::CA_CERT_FILE)).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let counting = Arc::new(Counting {
+            inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap(),
+            calls: Default::default(),
+        });
+        let full_calls = || counting.calls.load(std::sync::atomic::Ordering::SeqCst);
+        let verifier = KnownIssuers::new(counting.clone());
+        let intermediate = CertificateDer::from(authority.intermediate_der().unwrap().unwrap());
+        let cert = |serial: &str, issued_days_ago: i64| {
+            let key = pki::KeyType::Ed25519.generate().unwrap();
+            let serial = Serial::parse(serial).unwrap();
+            let at = chrono::Utc::now() - chrono::Duration::days(issued_days_ago);
+            ca::appliance_params(&serial, at, 30)
+                .unwrap()
+                .signed_by(&key, authority.issuer())
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let now = UnixTime::now();
+        let verify = |c: &CertificateDer<'_>, at: UnixTime| {
+            verifier.verify_client_cert(c, std::slice::from_ref(&intermediate), at)
+        };
+
+        assert!(verify(&cert("SN-A", 1), now).is_ok());
+        assert_eq!(full_calls(), 1, "the first chain is verified in full");
+        for serial in ["SN-B", "SN-C", "SN-D"] {
+            assert!(verify(&cert(serial, 1), now).is_ok(), "{serial}");
+        }
+        assert_eq!(
+            full_calls(),
+            1,
+            "later certificates of the same issuing CA: shortcut"
+        );
+
+        // What the shortcut cannot vouch for goes to the full verification and gets its answer.
+        let old = cert("SN-OLD", 70);
+        let expired = verify(&old, now);
+        assert!(
+            matches!(
+                expired,
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ExpiredContext { .. }
+                ))
+            ),
+            "{expired:?}"
+        );
+        assert_eq!(full_calls(), 2);
+        assert_eq!(
+            expired.err(),
+            counting
+                .inner
+                .verify_client_cert(&old, std::slice::from_ref(&intermediate), now)
+                .err(),
+            "the full verification's own answer"
+        );
+        let other = tempfile::tempdir().unwrap();
+        ca::init_ca(other.path(), "other", 10, 10).unwrap();
+        let foreign = ca::issue_appliance(
+            other.path(),
+            other.path(),
+            &Serial::parse("SN-FOREIGN").unwrap(),
+            10,
+            pki::KeyType::Ed25519,
+        )
+        .unwrap();
+        let foreign = read_certs(&foreign.cert).unwrap().remove(0);
+        assert!(
+            verify(&foreign, now).is_err(),
+            "another CA's certificate behind our issuing CA stays refused"
+        );
+        assert_eq!(full_calls(), 3);
+        // A moment before the full verification (the renewal grace asks about the past).
+        let before = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() - 86_400));
+        assert!(verify(&cert("SN-E", 2), before).is_ok());
+        assert_eq!(full_calls(), 4, "the past is verified in full");
+        // After the shortcut's time is up, the chain is verified in full again, once.
+        let later =
+            UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + KNOWN_ISSUER_FOR + 1));
+        assert!(verify(&cert("SN-F", 1), later).is_ok());
+        assert!(verify(&cert("SN-G", 1), later).is_ok());
+        assert_eq!(full_calls(), 5);
     }
 
     #[test]

@@ -549,7 +549,9 @@ thread_local! {
 /// `json` as a gzip member (RFC 1952) at the fast level: the same bytes a `GzEncoder` at that
 /// level makes, without building a new compressor for each body. The collector uses the
 /// default level; the fast one gives the ingest the same work (a gzip body to inflate) and
-/// leaves more of this machine's two cores to the ingest and PostgreSQL.
+/// leaves more of this machine's two cores to the ingest and PostgreSQL. With zlib-rs, 2,000
+/// of the fleet's bodies (5.5 KB of JSON) took 32.7 µs and 2,345 bytes each at level 1, 59.2
+/// µs and 1,827 bytes at level 2, 78.9 µs and 1,744 bytes at the collector's level 6.
 pub fn gzip_fast(json: &[u8]) -> anyhow::Result<Vec<u8>> {
     DEFLATE.with_borrow_mut(|deflate| {
         deflate.reset();
