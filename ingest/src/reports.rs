@@ -187,7 +187,8 @@ async fn store(
     let json = encoding.decode(&raw, limit)?;
 
     let now = Utc::now();
-    let report = parse_report(&json, now)?;
+    let text = body_text(&json)?;
+    let report = parse_report_text(text, now)?;
     let retention = state.storage.settings().retention_days;
     if now.signed_duration_since(report.collected_at) > chrono::Duration::days(i64::from(retention))
     {
@@ -212,9 +213,6 @@ async fn store(
             identity.serial.as_str()
         )));
     }
-    // parse_report has already proved the body is UTF-8.
-    let text = std::str::from_utf8(&json).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-
     let started = Instant::now();
     let outcome = state
         .storage
@@ -271,23 +269,30 @@ fn sent_at(headers: &HeaderMap) -> Option<chrono::DateTime<Utc>> {
 /// parse then reads the bytes again, which costs less than building a `serde_json::Value` and
 /// converting it (a fifth of the keep-alive path's JSON time went to the tree's maps).
 pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError> {
-    serde_json::from_slice::<Checked>(json).map_err(|e| match e.classify() {
+    parse_report_text(body_text(json)?, now)
+}
+
+/// The body as text: checked as UTF-8 once, as a whole, so that the two parses below read it
+/// as a `str` and do not check each string again (`core::str::from_utf8` was 1.3 % of the
+/// machine in a fleet-wide reconnect, docs/benchmarks.md item 3, fourth pass).
+fn body_text(json: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(json)
+        .map_err(|e| ApiError::MalformedJson(format!("malformed JSON: the body is not UTF-8: {e}")))
+}
+
+/// [`parse_report`] of a body already known to be UTF-8.
+pub fn parse_report_text(json: &str, now: DateTime<Utc>) -> Result<Report, ApiError> {
+    serde_json::from_str::<Checked>(json).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Contract {
             field: String::new(),
             message: e.to_string(),
         },
         _ => ApiError::MalformedJson(format!("malformed JSON: {e}")),
     })?;
-    // JSON can only carry U+0000 as the escape `\u0000`: build a tree to find its path (a path
-    // per node) only when the body has one.
-    let may_hold_nul = json.iter().enumerate().any(|(i, &c)| {
-        c == b'\\'
-            && json
-                .get(i.saturating_add(1)..i.saturating_add(6))
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"u0000"))
-    });
-    if may_hold_nul {
-        let value: serde_json::Value = serde_json::from_slice(json)
+    // JSON can only carry U+0000 as the escape `\u0000` (`\U` is no escape, and the body has
+    // parsed): build a tree to find its path (a path per node) only when the body has one.
+    if json.contains("\\u0000") {
+        let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| ApiError::MalformedJson(format!("malformed JSON: {e}")))?;
         if let Some(path) = find_nul(&value, String::new()) {
             return Err(ApiError::Contract {
@@ -298,10 +303,10 @@ pub fn parse_report(json: &[u8], now: DateTime<Utc>) -> Result<Report, ApiError>
     }
     // Tracking the path of every field costs a third of the typed parse (profile of the
     // keep-alive path): only a body that fails is read again to name its field.
-    let report: Report = match serde_json::from_slice(json) {
+    let report: Report = match serde_json::from_str(json) {
         Ok(report) => report,
         Err(_) => {
-            let mut de = serde_json::Deserializer::from_slice(json);
+            let mut de = serde_json::Deserializer::from_str(json);
             let e = match serde_path_to_error::deserialize::<_, Report>(&mut de) {
                 Err(e) => e,
                 Ok(_) => {
