@@ -335,9 +335,11 @@ const SERVER_CHAIN_VERIFIED_FOR: u64 = 60;
 #[derive(Debug)]
 struct OnceVerified {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
-    /// The chain and name last verified, and until when (Unix seconds).
-    verified: std::sync::Mutex<Option<(Vec<Vec<u8>>, String, u64)>>,
+    verified: std::sync::Mutex<Option<Verified>>,
 }
+
+/// The chain and name last verified, and until when (Unix seconds).
+type Verified = (Vec<Vec<u8>>, String, u64);
 
 impl OnceVerified {
     fn new(inner: Arc<rustls::client::WebPkiServerVerifier>) -> Self {
