@@ -167,10 +167,11 @@ fn build(files: &TlsConfig, renew_grace: Duration) -> Result<Loaded, TlsSetupErr
             path: files.ca_cert.clone(),
             message: e.to_string(),
         })?;
+    let anchors = roots.roots.clone();
     let webpki =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
     let verifier = Arc::new(GraceVerifier {
-        inner: Arc::new(KnownIssuers::new(webpki)),
+        inner: Arc::new(KnownIssuers::new(webpki, anchors)),
         grace: renew_grace,
     });
     let chain = read_certs(&files.server_cert)?;
@@ -292,15 +293,24 @@ const KNOWN_ISSUERS: usize = 8;
 /// chain check took 6.2 % of the process that ran the ingest beside the simulated appliances,
 /// half of it this signature (docs/benchmarks.md, item 3, fourth pass).
 ///
-/// Once a chain `[certificate, issuing CA]` has passed the full verification, the issuing CA
-/// (byte for byte) becomes a trust anchor of its own for a while, bounded by its own end of
-/// validity: later certificates it signed are checked against it alone, with every check on
-/// the certificate itself (signature, dates, client-auth usage, name constraints). Only a
-/// success is taken from that shortcut: any failure is verified again in full, so what a bad
-/// certificate is told, and the renewal grace, stay exactly those of the full verification.
+/// Once a chain `[certificate, issuing CA]` has passed the full verification *through* that
+/// issuing CA, the CA (byte for byte) becomes a trust anchor of its own for a while, bounded by
+/// its own end of validity: later certificates it signed are checked against it alone, with
+/// every check on the certificate itself (signature, dates, client-auth usage, the CA's name
+/// constraints). Only a success is taken from that shortcut: any failure is verified again in
+/// full, so what a bad certificate is told, and the renewal grace, stay exactly those of the
+/// full verification.
+///
+/// "Through" matters: the full verification ignores a certificate sent after the client's own
+/// when that one chains to a root directly (a single-tier CA, or a root being migrated to two
+/// tiers), so a chain that passed does not vouch for what came after it. Only the issuing CA
+/// of the path webpki actually verified is remembered, and only under a root without name
+/// constraints of its own, which the shortcut would not apply.
 #[derive(Debug)]
 struct KnownIssuers {
     full: Arc<dyn ClientCertVerifier>,
+    /// The roots `full` verifies against, to learn which path a verified chain took.
+    anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
     known: std::sync::Mutex<Vec<KnownIssuer>>,
 }
 
@@ -316,9 +326,13 @@ struct KnownIssuer {
 }
 
 impl KnownIssuers {
-    fn new(full: Arc<dyn ClientCertVerifier>) -> Self {
+    fn new(
+        full: Arc<dyn ClientCertVerifier>,
+        anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
+    ) -> Self {
         KnownIssuers {
             full,
+            anchors,
             known: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -337,8 +351,14 @@ impl KnownIssuers {
             .map(|k| k.verifier.clone())
     }
 
-    /// Remembers `issuer`, whose chain to a root has just been verified at `now`.
-    fn remember(&self, issuer: &CertificateDer<'_>, now: UnixTime) {
+    /// Remembers `issuer` if the chain `[end_entity, issuer]`, which has just passed the full
+    /// verification at `now`, went through it to a root without name constraints.
+    fn remember(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        issuer: &CertificateDer<'_>,
+        now: UnixTime,
+    ) {
         let Ok((_, parsed)) = X509Certificate::from_der(issuer) else {
             return;
         };
@@ -349,6 +369,19 @@ impl KnownIssuers {
             .as_secs()
             .saturating_add(KNOWN_ISSUER_FOR)
             .min(not_after);
+        {
+            // A renewal-grace check asks about the past: it must not replace a fresher entry.
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known
+                .iter()
+                .any(|k| k.der.as_slice() == issuer.as_ref() && k.until >= until)
+            {
+                return;
+            }
+        }
+        if !self.went_through(end_entity, issuer, now) {
+            return;
+        }
         let mut anchor = RootCertStore::empty();
         if anchor.add(issuer.clone().into_owned()).is_err() {
             return;
@@ -369,6 +402,39 @@ impl KnownIssuers {
             until,
             verifier,
         });
+    }
+}
+
+impl KnownIssuers {
+    /// Whether webpki's own path for `[end_entity, issuer]` at `now` is exactly end entity,
+    /// `issuer`, and a root without name constraints.
+    fn went_through(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        issuer: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> bool {
+        let Ok(cert) = webpki::EndEntityCert::try_from(end_entity) else {
+            return false;
+        };
+        let intermediates = [issuer.clone()];
+        let provider = provider();
+        let Ok(path) = cert.verify_for_usage(
+            provider.signature_verification_algorithms.all,
+            &self.anchors,
+            &intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        ) else {
+            return false;
+        };
+        let mut through = path.intermediate_certificates();
+        let only = through.next().map(|c| c.der());
+        through.next().is_none()
+            && only.is_some_and(|der| der.as_ref() == issuer.as_ref())
+            && path.anchor().name_constraints.is_none()
     }
 }
 
@@ -394,7 +460,7 @@ impl ClientCertVerifier for KnownIssuers {
         let verified = self
             .full
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.remember(issuer, now);
+        self.remember(end_entity, issuer, now);
         Ok(verified)
     }
 
@@ -650,6 +716,7 @@ mod tests {
         for c in read_certs(&dir.path().join(ca::CA_CERT_FILE)).unwrap() {
             roots.add(c).unwrap();
         }
+        let anchors = roots.roots.clone();
         let counting = Arc::new(Counting {
             inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
@@ -657,7 +724,7 @@ mod tests {
             calls: Default::default(),
         });
         let full_calls = || counting.calls.load(std::sync::atomic::Ordering::SeqCst);
-        let verifier = KnownIssuers::new(counting.clone());
+        let verifier = KnownIssuers::new(counting.clone(), anchors);
         let intermediate = CertificateDer::from(authority.intermediate_der().unwrap().unwrap());
         let cert = |serial: &str, issued_days_ago: i64| {
             let key = pki::KeyType::Ed25519.generate().unwrap();
@@ -723,16 +790,91 @@ mod tests {
             "another CA's certificate behind our issuing CA stays refused"
         );
         assert_eq!(full_calls(), 3);
+        let other_authority = ca::Authority::load(other.path()).unwrap();
+        let other_issuing =
+            CertificateDer::from(other_authority.intermediate_der().unwrap().unwrap());
+        assert!(
+            verifier
+                .verify_client_cert(&foreign, std::slice::from_ref(&other_issuing), now)
+                .is_err(),
+            "another CA's certificate behind its own issuing CA stays refused"
+        );
+        assert_eq!(full_calls(), 4);
+        assert!(
+            verify(&cert("SN-H", 1), now).is_ok(),
+            "the known CA is still known"
+        );
+        assert_eq!(full_calls(), 4);
         // A moment before the full verification (the renewal grace asks about the past).
         let before = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() - 86_400));
         assert!(verify(&cert("SN-E", 2), before).is_ok());
-        assert_eq!(full_calls(), 4, "the past is verified in full");
+        assert_eq!(full_calls(), 5, "the past is verified in full");
+        assert!(
+            verify(&cert("SN-I", 1), now).is_ok(),
+            "a look at the past does not replace the fresh entry"
+        );
+        assert_eq!(full_calls(), 5);
         // After the shortcut's time is up, the chain is verified in full again, once.
         let later =
             UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + KNOWN_ISSUER_FOR + 1));
         assert!(verify(&cert("SN-F", 1), later).is_ok());
         assert!(verify(&cert("SN-G", 1), later).is_ok());
-        assert_eq!(full_calls(), 5);
+        assert_eq!(full_calls(), 6);
+    }
+
+    #[test]
+    fn a_certificate_the_verified_path_did_not_go_through_is_never_an_anchor() {
+        // A root that signs appliance certificates itself (a single-tier CA): here our issuing
+        // CA, trusted as the root. webpki then ignores whatever the client sends after its own
+        // certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = chrono::Utc::now() - chrono::Duration::days(365);
+        ca::init_ca_at(dir.path(), "ours", 3650, 3650, long_ago).unwrap();
+        let ours = ca::Authority::load(dir.path()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(
+                ours.intermediate_der().unwrap().unwrap(),
+            ))
+            .unwrap();
+        let anchors = roots.roots.clone();
+        let verifier = KnownIssuers::new(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap(),
+            anchors,
+        );
+        // The attacker's own CA, whose key they hold.
+        let theirs_dir = tempfile::tempdir().unwrap();
+        ca::init_ca_at(theirs_dir.path(), "theirs", 3650, 3650, long_ago).unwrap();
+        let theirs = ca::Authority::load(theirs_dir.path()).unwrap();
+        let theirs_issuing = CertificateDer::from(theirs.intermediate_der().unwrap().unwrap());
+        let signed_by = |authority: &ca::Authority, serial: &str| {
+            let key = pki::KeyType::Ed25519.generate().unwrap();
+            ca::appliance_params(
+                &Serial::parse(serial).unwrap(),
+                chrono::Utc::now() - chrono::Duration::days(1),
+                30,
+            )
+            .unwrap()
+            .signed_by(&key, authority.issuer())
+            .unwrap()
+            .der()
+            .clone()
+        };
+        let now = UnixTime::now();
+        let sent_with_theirs = |c: &CertificateDer<'_>| {
+            verifier.verify_client_cert(c, std::slice::from_ref(&theirs_issuing), now)
+        };
+
+        assert!(
+            sent_with_theirs(&signed_by(&ours, "SN-REAL")).is_ok(),
+            "a genuine certificate passes whatever follows it"
+        );
+        assert!(
+            sent_with_theirs(&signed_by(&theirs, "SN-FORGED")).is_err(),
+            "what followed it must not have become an anchor"
+        );
     }
 
     #[test]
