@@ -403,9 +403,7 @@ impl KnownIssuers {
             verifier,
         });
     }
-}
 
-impl KnownIssuers {
     /// Whether webpki's own path for `[end_entity, issuer]` at `now` is exactly end entity,
     /// `issuer`, and a root without name constraints.
     fn went_through(

@@ -360,11 +360,10 @@ impl ServerCertVerifier for OnceVerified {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain = || -> Vec<Vec<u8>> {
+        let presented = || {
             std::iter::once(end_entity)
                 .chain(intermediates)
-                .map(|c| c.to_vec())
-                .collect()
+                .map(|c| c.as_ref())
         };
         let name = server_name.to_str();
         {
@@ -372,11 +371,7 @@ impl ServerCertVerifier for OnceVerified {
             if let Some((der, n, until)) = verified.as_ref()
                 && now.as_secs() < *until
                 && *n == name
-                && der.len() == intermediates.len() + 1
-                && der
-                    .iter()
-                    .zip(std::iter::once(end_entity).chain(intermediates))
-                    .all(|(a, b)| a.as_slice() == b.as_ref())
+                && der.iter().map(Vec::as_slice).eq(presented())
             {
                 return Ok(ServerCertVerified::assertion());
             }
@@ -389,7 +384,7 @@ impl ServerCertVerifier for OnceVerified {
             now,
         )?;
         *self.verified.lock().unwrap_or_else(|p| p.into_inner()) = Some((
-            chain(),
+            presented().map(<[u8]>::to_vec).collect(),
             name.into_owned(),
             now.as_secs().saturating_add(SERVER_CHAIN_VERIFIED_FOR),
         ));
